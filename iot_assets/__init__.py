@@ -1,0 +1,1 @@
+"""iot-assets: IoT device inventory, anomalies and drift from IPFIX flow records."""

@@ -1,0 +1,223 @@
+"""One archive to day shards of decoded flows, its rejects and a reconciliation summary.
+
+An archive spans all days, so it is parsed once, streaming, into one Parquet file per
+day; the daily assets then only gather shards. Memory stays bounded: a day's rows are
+flushed as a row group once enough have gathered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from iot_assets import catalogue
+from iot_assets.archive import ArchiveError, ArchiveFile, open_json_member
+from iot_assets.decode import DECODED_SCHEMA, REJECTS_SCHEMA, Reject, decode_block, iter_blocks
+
+FLUSH_ROWS = 200_000
+PARQUET_OPTIONS = dict(compression="zstd", compression_level=1)
+
+
+@dataclass
+class ArchiveSummary:
+    """Counts that reconcile an archive: lines = flow_records + stats + tombstones."""
+
+    archive: str
+    device: str | None = None
+    sha256: str = ""
+    size_bytes: int = 0
+    parts: int = 1
+    lines: int = 0
+    flow_records: int = 0
+    stats_exported: int | None = None
+    stats_lines: int = 0
+    tombstone_lines: int = 0
+    decoded: int = 0
+    rejected: int = 0
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    days: dict[str, int] = field(default_factory=dict)
+    mac_counts: dict[str, int] = field(default_factory=dict)
+    local_mac: str | None = None
+    dominant_mac: str | None = None
+    unknown_fields: list[str] = field(default_factory=list)
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def reconciled(self) -> bool:
+        return (
+            self.error is None
+            and self.decoded + self.rejected == self.flow_records
+            and self.stats_exported == self.flow_records
+        )
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ArchiveSummary":
+        return cls(**data)
+
+
+class _DayShards:
+    """Buffers decoded rows per day and writes them as row groups of `day=YYYY-MM-DD` files."""
+
+    def __init__(self, root: Path, archive: str):
+        self.root = root
+        self.archive = archive
+        self.buffers: dict[str, list[pa.Table]] = {}
+        self.buffered: Counter[str] = Counter()
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.rows: Counter[str] = Counter()
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        days = pc.strftime(table.column("flow_start"), format="%Y-%m-%d")
+        days = days.combine_chunks() if isinstance(days, pa.ChunkedArray) else days
+        encoded = days.dictionary_encode()
+        indices = encoded.indices.to_numpy()
+        for code, day in enumerate(encoded.dictionary.to_pylist()):
+            part = table.filter(pa.array(indices == code)) if len(encoded.dictionary) > 1 else table
+            self.buffers.setdefault(day, []).append(part)
+            self.buffered[day] += part.num_rows
+            self.rows[day] += part.num_rows
+            if self.buffered[day] >= FLUSH_ROWS:
+                self._flush(day)
+
+    def _flush(self, day: str) -> None:
+        parts = self.buffers.pop(day, [])
+        self.buffered.pop(day, None)
+        if not parts:
+            return
+        writer = self.writers.get(day)
+        if writer is None:
+            path = self.root / f"day={day}" / f"{self.archive}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = self.writers[day] = pq.ParquetWriter(path, DECODED_SCHEMA, **PARQUET_OPTIONS)
+        writer.write_table(pa.concat_tables(parts))
+
+    def close(self) -> None:
+        for day in list(self.buffers):
+            self._flush(day)
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _count_macs(table: pa.Table, counts: Counter) -> None:
+    for column in ("src_mac", "dst_mac"):
+        for item in pc.value_counts(table.column(column)).to_pylist():
+            counts[item["values"]] += item["counts"]
+
+
+def _is_host_mac(mac: str) -> bool:
+    """A unicast MAC that is not the home gateway: a candidate for the archive's device."""
+    first_octet = int(mac[:2], 16)
+    return mac != catalogue.GATEWAY_MAC and not first_octet & 1 and mac != "00:00:00:00:00:00"
+
+
+def decode_archive(
+    archive: ArchiveFile,
+    out_dir: Path,
+    first_day: date,
+    last_day: date,
+    sha256: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ArchiveSummary:
+    """Decode `archive` into `out_dir` (replaced atomically): flows/day=*/, rejects.parquet, summary.json.
+
+    Archive-level damage (truncated gzip, corrupt tar, unsafe member) ends the archive with
+    `error` set; the lines decoded before it are kept and counted, so nothing goes unaccounted.
+    """
+    device = catalogue.BY_ARCHIVE.get(archive.name)
+    summary = ArchiveSummary(
+        archive=archive.name,
+        device=device.name if device else None,
+        sha256=sha256 or archive.sha256(),
+        size_bytes=archive.size_bytes,
+        parts=len(archive.parts),
+    )
+    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shards = _DayShards(tmp / "flows", archive.name)
+    rejects: list[Reject] = []
+    reasons: Counter[str] = Counter()
+    macs: Counter[str] = Counter()
+    unknown: set[str] = set()
+    try:
+        with open_json_member(archive) as stream:
+            for block, first_line in iter_blocks(stream):
+                decoded = decode_block(block, first_line, archive.name, first_day, last_day)
+                summary.lines += decoded.lines
+                summary.stats_lines += len(decoded.stats)
+                summary.tombstone_lines += decoded.tombstones
+                for stats in decoded.stats:
+                    summary.stats_exported = stats.get("exportedFlowTotalCount")
+                summary.decoded += decoded.flows.num_rows
+                rejects.extend(decoded.rejects)
+                reasons.update(r.reason for r in decoded.rejects)
+                unknown |= decoded.unknown_fields
+                _count_macs(decoded.flows, macs)
+                shards.add(decoded.flows)
+                if on_progress:
+                    on_progress(len(block))
+    except ArchiveError as exc:
+        summary.error = exc.message
+    except (EOFError, OSError, ValueError) as exc:
+        # isal and tarfile report truncation and corruption while streaming.
+        summary.error = f"damaged after line {summary.lines}: {exc}"
+    finally:
+        shards.close()
+    if summary.stats_lines > 1:
+        summary.warnings.append(f"{summary.stats_lines} stats records; the last one is used")
+    if summary.stats_lines == 0 and summary.error is None:
+        summary.warnings.append("no stats record: the archive cannot be reconciled")
+
+    summary.flow_records = summary.lines - summary.stats_lines - summary.tombstone_lines
+    summary.rejected = len(rejects)
+    summary.rejects_by_reason = dict(sorted(reasons.items()))
+    summary.days = dict(sorted(shards.rows.items()))
+    summary.unknown_fields = sorted(unknown)
+    hosts = Counter({mac: n for mac, n in macs.items() if _is_host_mac(mac)})
+    summary.mac_counts = dict(hosts.most_common(20))
+    summary.dominant_mac = hosts.most_common(1)[0][0] if hosts else None
+    summary.local_mac = device.mac if device else summary.dominant_mac
+    if device and summary.dominant_mac and summary.dominant_mac != device.mac:
+        summary.warnings.append(
+            f"the dominant MAC {summary.dominant_mac} is not {device.name}'s catalogue MAC {device.mac}"
+        )
+
+    reject_table = pa.table(
+        {
+            "archive": [archive.name] * len(rejects),
+            "line_number": [r.line_number for r in rejects],
+            "reason": [r.reason for r in rejects],
+            "detail": [r.detail for r in rejects],
+        },
+        schema=REJECTS_SCHEMA,
+    )
+    pq.write_table(reject_table, tmp / "rejects.parquet", **PARQUET_OPTIONS)
+    (tmp / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out_dir)
+    return summary
+
+
+def read_summary(staged_dir: Path) -> ArchiveSummary | None:
+    path = staged_dir / "summary.json"
+    if not path.exists():
+        return None
+    return ArchiveSummary.from_json(json.loads(path.read_text()))
