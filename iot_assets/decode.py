@@ -16,7 +16,9 @@ so that each bad record is rejected with its line number and the rest goes throu
 from __future__ import annotations
 
 import io
+import queue
 import re
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -306,25 +308,31 @@ def _rule_masks(cols: dict[str, np.ndarray], first_day: date, last_day: date) ->
 def _convert(flows: pa.StructArray, line_numbers: np.ndarray, archive: str, first_day: date, last_day: date) -> tuple[pa.Table, list[Reject]]:
     """Typed columns from the `flows` struct; rows breaking a rule become rejects."""
     n = len(flows)
-    reason = np.full(n, None, dtype=object)
+    # The first reason that applies to a row, as an index into `reasons` (0: none).
+    reason_code = np.zeros(n, dtype=np.int32)
+    reasons = [""]
+
+    def mark(reason: str, mask: np.ndarray) -> None:
+        mask = mask & (reason_code == 0)
+        if mask.any():
+            reasons.append(reason)
+            reason_code[mask] = len(reasons) - 1
+
     columns: dict[str, pa.Array] = {}
     for f, child in zip(FIELDS, flows.flatten()):
-        if f.required:
-            missing = np.asarray(pc.is_null(child).to_numpy(zero_copy_only=False))
-            reason[missing & (reason == None)] = f"missing_field:{f.source}"  # noqa: E711
+        if f.required and child.null_count:
+            mark(f"missing_field:{f.source}", np.asarray(pc.is_null(child).to_numpy(zero_copy_only=False)))
         values, bad = _CONVERTERS[f.kind](child)
-        if bad.any():
-            reason[bad & (reason == None)] = f"bad_value:{f.source}"  # noqa: E711
+        mark(f"bad_value:{f.source}", bad)
         columns[f.name] = values
     numeric = {
         name: np.asarray(pc.fill_null(columns[name].cast(pa.int64()), 0).to_numpy(zero_copy_only=False))
         for name in ("packets", "bytes", "reverse_packets", "reverse_bytes", "src_port", "dst_port", "protocol", "duration_ms", "flow_start", "flow_end")
     }
     for rule, mask in _rule_masks(numeric, first_day, last_day):
-        reason[mask & (reason == None)] = rule  # noqa: E711
+        mark(rule, mask)
     is_v6 = pc.or_(pc.match_substring(columns["src_ip"], ":"), pc.match_substring(columns["dst_ip"], ":"))
     columns["ip_version"] = pc.if_else(pc.fill_null(is_v6, False), 6, 4).cast(pa.int8())
-    good = reason == None  # noqa: E711
     table = pa.table(
         {
             "archive": pa.array(np.full(n, archive, dtype=object), type=pa.string()),
@@ -332,22 +340,25 @@ def _convert(flows: pa.StructArray, line_numbers: np.ndarray, archive: str, firs
             **columns,
         }
     ).cast(DECODED_SCHEMA)
-    rejects = [Reject(int(line_numbers[i]), str(reason[i])) for i in np.flatnonzero(~good)]
-    if not good.all():
-        table = table.filter(pa.array(good))
+    bad_rows = np.flatnonzero(reason_code)
+    rejects = [Reject(int(line_numbers[i]), reasons[reason_code[i]]) for i in bad_rows]
+    if len(bad_rows):
+        table = table.filter(pa.array(reason_code == 0))
     return table, rejects
 
 
 # ---------------------------------------------------------------- parsing a block
 
 
+PARSE_CHUNK_BYTES = 4 << 20
 _PARSE_STRICT = pj.ParseOptions(explicit_schema=RECORD_SCHEMA, unexpected_field_behavior="error")
 _PARSE_LENIENT = pj.ParseOptions(explicit_schema=RECORD_SCHEMA, unexpected_field_behavior="ignore")
 
 
 def _read(block: bytes, parse: pj.ParseOptions) -> pa.Table:
     return pj.read_json(
-        io.BytesIO(block), read_options=pj.ReadOptions(block_size=max(len(block), 1 << 20) + 1), parse_options=parse
+        # Blocks of a few MB let pyarrow parse on every core.
+        io.BytesIO(block), read_options=pj.ReadOptions(block_size=PARSE_CHUNK_BYTES), parse_options=parse
     )
 
 
@@ -463,7 +474,45 @@ def decode_block(block: bytes, first_line: int, archive: str, first_day: date, l
 
 
 def iter_blocks(stream: BinaryIO, block_bytes: int = 16 << 20) -> Iterator[tuple[bytes, int]]:
-    """Blocks of whole lines from a byte stream, with the number of each block's first line."""
+    """Blocks of whole lines from a byte stream, with the number of each block's first line.
+
+    Reading runs one block ahead in a thread, so that inflating and untarring the next
+    block overlaps with decoding this one; an error while reading is raised here.
+    """
+    blocks: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in _blocks(stream, block_bytes):
+                while not stop.is_set():
+                    try:
+                        blocks.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            blocks.put(None)
+        except BaseException as exc:  # handed to the consumer
+            blocks.put(exc)
+
+    reader = threading.Thread(target=produce, name="archive-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = blocks.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+
+
+def _blocks(stream: BinaryIO, block_bytes: int) -> Iterator[tuple[bytes, int]]:
     pending = b""
     line = 1
     while True:

@@ -1,8 +1,7 @@
-"""One archive to day shards of decoded flows, its rejects and a reconciliation summary.
+"""One archive to a Parquet file of decoded flows, its rejects and a reconciliation summary.
 
-An archive spans all days, so it is parsed once, streaming, into one Parquet file per
-day; the daily assets then only gather shards. Memory stays bounded: a day's rows are
-flushed as a row group once enough have gathered.
+An archive spans all days, so it is parsed once per content hash, streaming block by
+block in bounded memory; the daily assets then read their day from every staged file.
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ from iot_assets import catalogue
 from iot_assets.archive import ArchiveError, ArchiveFile, open_json_member
 from iot_assets.decode import DECODED_SCHEMA, REJECTS_SCHEMA, Reject, decode_block, iter_blocks
 
-FLUSH_ROWS = 200_000
-PARQUET_OPTIONS = dict(compression="zstd", compression_level=1)
+PARQUET_OPTIONS = dict(compression="snappy")
 
 
 @dataclass
@@ -70,49 +68,30 @@ class ArchiveSummary:
         return cls(**data)
 
 
-class _DayShards:
-    """Buffers decoded rows per day and writes them as row groups of `day=YYYY-MM-DD` files."""
+class _FlowWriter:
+    """One Parquet file per archive, a row group per block sorted by start time.
 
-    def __init__(self, root: Path, archive: str):
-        self.root = root
-        self.archive = archive
-        self.buffers: dict[str, list[pa.Table]] = {}
-        self.buffered: Counter[str] = Counter()
-        self.writers: dict[str, pq.ParquetWriter] = {}
-        self.rows: Counter[str] = Counter()
+    Records are nearly in time order, so each row group spans a few days and a daily
+    read prunes the rest by the row groups' min/max statistics. Rows per day are counted
+    here so that the sensor knows which partitions an archive touches.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.writer = pq.ParquetWriter(path, DECODED_SCHEMA, **PARQUET_OPTIONS)
+        self.rows_per_day: Counter[str] = Counter()
 
     def add(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        days = pc.strftime(table.column("flow_start"), format="%Y-%m-%d")
-        days = days.combine_chunks() if isinstance(days, pa.ChunkedArray) else days
-        encoded = days.dictionary_encode()
-        indices = encoded.indices.to_numpy()
-        for code, day in enumerate(encoded.dictionary.to_pylist()):
-            part = table.filter(pa.array(indices == code)) if len(encoded.dictionary) > 1 else table
-            self.buffers.setdefault(day, []).append(part)
-            self.buffered[day] += part.num_rows
-            self.rows[day] += part.num_rows
-            if self.buffered[day] >= FLUSH_ROWS:
-                self._flush(day)
-
-    def _flush(self, day: str) -> None:
-        parts = self.buffers.pop(day, [])
-        self.buffered.pop(day, None)
-        if not parts:
-            return
-        writer = self.writers.get(day)
-        if writer is None:
-            path = self.root / f"day={day}" / f"{self.archive}.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            writer = self.writers[day] = pq.ParquetWriter(path, DECODED_SCHEMA, **PARQUET_OPTIONS)
-        writer.write_table(pa.concat_tables(parts))
+        table = table.sort_by("flow_start")
+        days = pc.value_counts(pc.strftime(table.column("flow_start"), format="%Y-%m-%d"))
+        for item in days.to_pylist():
+            self.rows_per_day[item["values"]] += item["counts"]
+        self.writer.write_table(table)
 
     def close(self) -> None:
-        for day in list(self.buffers):
-            self._flush(day)
-        for writer in self.writers.values():
-            writer.close()
+        self.writer.close()
 
 
 def _count_macs(table: pa.Table, counts: Counter) -> None:
@@ -135,7 +114,7 @@ def decode_archive(
     sha256: str | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> ArchiveSummary:
-    """Decode `archive` into `out_dir` (replaced atomically): flows/day=*/, rejects.parquet, summary.json.
+    """Decode `archive` into `out_dir` (replaced atomically): flows.parquet, rejects.parquet, summary.json.
 
     Archive-level damage (truncated gzip, corrupt tar, unsafe member) ends the archive with
     `error` set; the lines decoded before it are kept and counted, so nothing goes unaccounted.
@@ -151,7 +130,7 @@ def decode_archive(
     tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shards = _DayShards(tmp / "flows", archive.name)
+    flows = _FlowWriter(tmp / "flows.parquet")
     rejects: list[Reject] = []
     reasons: Counter[str] = Counter()
     macs: Counter[str] = Counter()
@@ -170,7 +149,7 @@ def decode_archive(
                 reasons.update(r.reason for r in decoded.rejects)
                 unknown |= decoded.unknown_fields
                 _count_macs(decoded.flows, macs)
-                shards.add(decoded.flows)
+                flows.add(decoded.flows)
                 if on_progress:
                     on_progress(len(block))
     except ArchiveError as exc:
@@ -179,7 +158,7 @@ def decode_archive(
         # isal and tarfile report truncation and corruption while streaming.
         summary.error = f"damaged after line {summary.lines}: {exc}"
     finally:
-        shards.close()
+        flows.close()
     if summary.stats_lines > 1:
         summary.warnings.append(f"{summary.stats_lines} stats records; the last one is used")
     if summary.stats_lines == 0 and summary.error is None:
@@ -188,7 +167,7 @@ def decode_archive(
     summary.flow_records = summary.lines - summary.stats_lines - summary.tombstone_lines
     summary.rejected = len(rejects)
     summary.rejects_by_reason = dict(sorted(reasons.items()))
-    summary.days = dict(sorted(shards.rows.items()))
+    summary.days = dict(sorted(flows.rows_per_day.items()))
     summary.unknown_fields = sorted(unknown)
     hosts = Counter({mac: n for mac, n in macs.items() if _is_host_mac(mac)})
     summary.mac_counts = dict(hosts.most_common(20))
