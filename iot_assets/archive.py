@@ -47,13 +47,20 @@ class ArchiveFile:
 
 def find_archives(directory: Path) -> tuple[list[ArchiveFile], list[ArchiveError]]:
     """Group the archives in `directory`; split archives with a missing part become errors."""
+    return group_archives(sorted(p for p in Path(directory).iterdir() if p.is_file() and not p.name.startswith(".")))
+
+
+def group_archives(paths: list[Path]) -> tuple[list[ArchiveFile], list[ArchiveError]]:
+    """Archives from file paths: `x.tar.gz`, or the parts `x.tar.gz00`, `x.tar.gz01`, ..."""
     groups: dict[str, dict[str | None, Path]] = defaultdict(dict)
-    for path in sorted(Path(directory).iterdir()):
-        match = _PART.match(path.name)
-        if match and path.is_file():
-            groups[match["stem"]][match["part"]] = path
-    archives: list[ArchiveFile] = []
     errors: list[ArchiveError] = []
+    for path in paths:
+        match = _PART.match(path.name)
+        if not match:
+            errors.append(ArchiveError(path.name, "not an archive name (<device>.tar.gz or <device>.tar.gzNN)"))
+            continue
+        groups[match["stem"]][match["part"]] = path
+    archives: list[ArchiveFile] = []
     for stem, parts in sorted(groups.items()):
         if None in parts and len(parts) > 1:
             errors.append(ArchiveError(stem, "both a single .tar.gz and split parts are present"))

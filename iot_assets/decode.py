@@ -157,10 +157,18 @@ _OUT_TYPES: dict[str, pa.DataType] = {
     "text": pa.string(),
 }
 
+# Payload counts that are zero when YAF leaves them out; timing statistics stay null.
+ZERO_WHEN_ABSENT = tuple(
+    f"{prefix}{name}"
+    for prefix in ("", "reverse_")
+    for name in ("tcp_urg_packets", "small_packets", "non_empty_packets", "payload_bytes", "first_payload_bytes",
+                 "large_packets", "max_payload_bytes", "stddev_payload_bytes", "bytes_per_packet")
+)
+
 DECODED_SCHEMA = pa.schema(
     [pa.field("archive", pa.string()), pa.field("line_number", pa.int64())]
     + [pa.field(f.name, _OUT_TYPES[f.kind]) for f in FIELDS]
-    + [pa.field("ip_version", pa.int8())]
+    + [pa.field("has_flow_stats", pa.bool_()), pa.field("ip_version", pa.int8())]
 )
 REJECTS_SCHEMA = pa.schema(
     [
@@ -331,6 +339,11 @@ def _convert(flows: pa.StructArray, line_numbers: np.ndarray, archive: str, firs
     }
     for rule, mask in _rule_masks(numeric, first_day, last_day):
         mark(rule, mask)
+    # YAF leaves the statistics out when a direction carried no payload (checked on the real
+    # archives: reverse statistics are absent exactly when there are no reverse packets).
+    columns["has_flow_stats"] = pc.is_valid(columns["non_empty_packets"])
+    for name in ZERO_WHEN_ABSENT:
+        columns[name] = pc.fill_null(columns[name], 0)
     is_v6 = pc.or_(pc.match_substring(columns["src_ip"], ":"), pc.match_substring(columns["dst_ip"], ":"))
     columns["ip_version"] = pc.if_else(pc.fill_null(is_v6, False), 6, 4).cast(pa.int8())
     table = pa.table(

@@ -1,0 +1,137 @@
+"""Data contracts: one pandera model per table, used by the assets, the UI and the tests."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+from iot_assets.clean import REMOTE_SCOPES
+from iot_assets.decode import END_REASONS
+
+MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
+UtcMs = pd.DatetimeTZDtype(unit="ms", tz="UTC")
+
+
+class DecodedFlows(pa.DataFrameModel):
+    """Every flow record of a day, typed, source-oriented as YAF exported it."""
+
+    archive: Series[str] = pa.Field(description="archive the record came from (lineage)")
+    line_number: Series[int] = pa.Field(ge=1, description="line of the record in the archive's JSON member")
+    flow_start: Series[UtcMs] = pa.Field(description="first packet, UTC")
+    flow_end: Series[UtcMs] = pa.Field(description="last packet, UTC")
+    duration_ms: Series[int] = pa.Field(ge=0, description="flowDurationMilliseconds, which holds seconds, in ms")
+    protocol: Series[int] = pa.Field(ge=0, le=255, description="IP protocol number")
+    src_mac: Series[str] = pa.Field(str_matches=MAC_PATTERN, description="source MAC, trailing colon removed")
+    dst_mac: Series[str] = pa.Field(str_matches=MAC_PATTERN)
+    src_ip: Series[str] = pa.Field(description="IPv4 or IPv6, despite the source's field name")
+    dst_ip: Series[str] = pa.Field()
+    src_port: Series[int] = pa.Field(ge=0, le=65535)
+    dst_port: Series[int] = pa.Field(ge=0, le=65535)
+    packets: Series[int] = pa.Field(ge=0)
+    bytes: Series[int] = pa.Field(ge=0)
+    reverse_packets: Series[int] = pa.Field(ge=0)
+    reverse_bytes: Series[int] = pa.Field(ge=0)
+    end_reason: Series[str] = pa.Field(isin=sorted(set(END_REASONS.values())))
+    ip_version: Series[np.int8] = pa.Field(isin=[4, 6])
+    has_flow_stats: Series[bool] = pa.Field(description="YAF kept payload statistics for the flow")
+
+    @pa.dataframe_check(error="flow_end before flow_start")
+    def ends_after_start(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["flow_end"] >= df["flow_start"]
+
+    class Config:
+        strict = False  # the remaining YAF fields pass through as decoded
+
+
+class CleanFlows(pa.DataFrameModel):
+    """Flows seen from their local device: out of and into the device, labelled."""
+
+    archive: Series[str] = pa.Field(description="archive the record came from (lineage)")
+    line_number: Series[int] = pa.Field(ge=1, description="line of the record in the archive's JSON member")
+    flow_start: Series[UtcMs] = pa.Field(description="first packet, UTC")
+    flow_end: Series[UtcMs] = pa.Field(description="last packet, UTC")
+    duration_ms: Series[int] = pa.Field(ge=0, le=86_400_000)
+    rtt_ms: Series[int] = pa.Field(ge=0, description="delay of the first reverse packet")
+    device_mac: Series[str] = pa.Field(str_matches=MAC_PATTERN, description="the local device")
+    device_name: Series[str] = pa.Field(nullable=True, description="catalogue device, null if not in the catalogue")
+    device_category: Series[str] = pa.Field(nullable=True)
+    in_catalogue: Series[bool] = pa.Field()
+    device_ip: Series[str] = pa.Field()
+    device_port: Series[int] = pa.Field(ge=0, le=65535)
+    remote_ip: Series[str] = pa.Field()
+    remote_mac: Series[str] = pa.Field(str_matches=MAC_PATTERN)
+    remote_port: Series[int] = pa.Field(ge=0, le=65535)
+    remote_scope: Series[str] = pa.Field(isin=list(REMOTE_SCOPES))
+    device_initiated: Series[bool] = pa.Field(description="the device sent the first packet YAF saw")
+    protocol: Series[int] = pa.Field(ge=0, le=255)
+    ip_version: Series[int] = pa.Field(isin=[4, 6])
+    end_reason: Series[str] = pa.Field(isin=sorted(set(END_REASONS.values())))
+    has_flow_stats: Series[bool] = pa.Field()
+    bytes_out: Series[int] = pa.Field(ge=0, description="bytes sent by the device")
+    bytes_in: Series[int] = pa.Field(ge=0, description="bytes received by the device")
+    packets_out: Series[int] = pa.Field(ge=0)
+    packets_in: Series[int] = pa.Field(ge=0)
+    payload_bytes_out: Series[int] = pa.Field(ge=0)
+    payload_bytes_in: Series[int] = pa.Field(ge=0)
+    non_empty_packets_out: Series[int] = pa.Field(ge=0)
+    non_empty_packets_in: Series[int] = pa.Field(ge=0)
+    small_packets_out: Series[int] = pa.Field(ge=0)
+    small_packets_in: Series[int] = pa.Field(ge=0)
+    large_packets_out: Series[int] = pa.Field(ge=0)
+    large_packets_in: Series[int] = pa.Field(ge=0)
+    max_payload_bytes_out: Series[int] = pa.Field(ge=0)
+    max_payload_bytes_in: Series[int] = pa.Field(ge=0)
+    first_payload_bytes_out: Series[int] = pa.Field(ge=0)
+    first_payload_bytes_in: Series[int] = pa.Field(ge=0)
+    mean_interarrival_ms_out: Series[float] = pa.Field(ge=0, nullable=True)
+    mean_interarrival_ms_in: Series[float] = pa.Field(ge=0, nullable=True)
+    stddev_payload_bytes_out: Series[int] = pa.Field(ge=0)
+    stddev_payload_bytes_in: Series[int] = pa.Field(ge=0)
+    initial_tcp_flags_out: Series[int] = pa.Field(ge=0, le=255)
+    initial_tcp_flags_in: Series[int] = pa.Field(ge=0, le=255)
+    union_tcp_flags_out: Series[int] = pa.Field(ge=0, le=255)
+    union_tcp_flags_in: Series[int] = pa.Field(ge=0, le=255)
+
+    @pa.dataframe_check(error="flow_end before flow_start")
+    def ends_after_start(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["flow_end"] >= df["flow_start"]
+
+    @pa.dataframe_check(error="a flow without packets")
+    def has_packets(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["packets_out"] + df["packets_in"]) > 0
+
+    class Config:
+        strict = True
+        coerce = True
+
+
+class FlowRejects(pa.DataFrameModel):
+    """Records that did not make it into a flow table, each with its reason."""
+
+    archive: Series[str] = pa.Field()
+    line_number: Series[int] = pa.Field(ge=1)
+    reason: Series[str] = pa.Field()
+    detail: Series[str] = pa.Field(nullable=True)
+
+    class Config:
+        strict = True
+        coerce = True
+
+
+def column_schema(model: type[pa.DataFrameModel]) -> dg.TableSchema:
+    """The model as Dagster column metadata, so the UI documents every column."""
+    schema = model.to_schema()
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=name,
+                type=str(column.dtype),
+                description=column.description,
+                constraints=dg.TableColumnConstraints(nullable=column.nullable),
+            )
+            for name, column in schema.columns.items()
+        ]
+    )

@@ -1,0 +1,43 @@
+"""Sensors: new or changed archives in the landing zone start the pipeline."""
+
+
+import hashlib
+import json
+
+import dagster as dg
+
+from iot_assets.jobs import daily_flows_job, ingest_archives_job
+from iot_assets.partitions import daily_partitions
+from iot_assets.resources import DataLake
+
+
+def landing_zone_fingerprint(lake: DataLake) -> str:
+    """Names, sizes and modification times of the archive files: cheap, no reading."""
+    if not lake.raw_dir.exists():
+        return ""
+    entries = sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in lake.raw_dir.iterdir() if ".tar.gz" in p.name
+    )
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:20]
+
+
+@dg.sensor(job=ingest_archives_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def archive_sensor(context: dg.SensorEvaluationContext, lake: DataLake):
+    """Requests a landing-zone scan when archives appear or change."""
+    fingerprint = landing_zone_fingerprint(lake)
+    if not fingerprint or fingerprint == context.cursor:
+        return dg.SkipReason("no new or changed archives")
+    context.update_cursor(fingerprint)
+    return dg.RunRequest(run_key=f"landing-zone-{fingerprint}")
+
+
+@dg.asset_sensor(asset_key=dg.AssetKey("raw_archives"), job=daily_flows_job, default_status=dg.DefaultSensorStatus.RUNNING)
+def changed_days_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    """Rebuilds the days that newly decoded archives touch."""
+    materialization = asset_event.asset_materialization
+    changed = materialization.metadata.get("changed_days") if materialization else None
+    days = changed.value if changed else []
+    partitions = set(daily_partitions.get_partition_keys())
+    for day in days:
+        if day in partitions:
+            yield dg.RunRequest(run_key=f"{asset_event.run_id}-{day}", partition_key=day)
