@@ -316,6 +316,8 @@ def _rule_masks(cols: dict[str, np.ndarray], first_day: date, last_day: date) ->
 def _convert(flows: pa.StructArray, line_numbers: np.ndarray, archive: str, first_day: date, last_day: date) -> tuple[pa.Table, list[Reject]]:
     """Typed columns from the `flows` struct; rows breaking a rule become rejects."""
     n = len(flows)
+    if n == 0:
+        return DECODED_SCHEMA.empty_table(), []
     # The first reason that applies to a row, as an index into `reasons` (0: none).
     reason_code = np.zeros(n, dtype=np.int32)
     reasons = [""]

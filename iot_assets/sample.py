@@ -138,7 +138,14 @@ def _camera(cloud: str, scale: float, stream_port: int, size: float = 1.0) -> tu
         _tls("cloud_api", cloud, 30 * scale, packets=(14, 0.4), payload_in=(350 * size, 0.5)),
         _ntp(8, "ntp_nict"),
         _udp("app_probe", stream_port, "phone", 6 * scale, inbound=True, pattern="diurnal", packets=(4, 0.5)),
+        _udp("lan_discovery", 41032, "broadcast", 2 * scale, payload_out=(600 * size, 0.0), reply_ratio=0.0),
     )
+
+
+def _cast(per_day: float) -> Service:
+    """Google Cast: phones connect to the device's port 8009."""
+    return Service("cast", 6, 8009, "phone", per_day=per_day, inbound=True, pattern="diurnal", packets=(20, 0.8),
+                   payload_out=(300, 0.5), payload_in=(300, 0.5), duration_s=(30, 1.0))
 
 
 def _speaker(cloud: str, per_day: float, ipv6: bool = True) -> tuple[Service, ...]:
@@ -181,6 +188,8 @@ def _profiles() -> dict[str, Profile]:
         Profile(d["au_wireless_adapter"], "192.168.1.41", (
             _session("hub_line", "japan_isp", sessions=2, port=443),
             _udp("zigbee_bridge", 9999, "japan_isp", 4000, packets=(1, 0.2), payload_out=(60, 0.3), slots=2),
+            Service("voice_gateway", 17, 5060, "japan_isp", per_day=300, packets=(2, 0.2), payload_out=(450, 0.2),
+                    payload_in=(380, 0.2), slots=1, churn_days=200),
             _tls("api", "aws_tokyo", 800, packets=(10, 0.5)),
             _ssdp(300), _ntp(24),
         )),
@@ -196,8 +205,7 @@ def _profiles() -> dict[str, Profile]:
         Profile(d["google_home_gen1"], "192.168.1.74", (
             *_speaker("google", 40000, ipv6=True),
             _udp("cast_discovery", 1900, "ssdp", 9000, packets=(2, 0.3), payload_out=(350, 0.2), reply_ratio=0.0),
-            Service("cast", 6, 8009, "phone", per_day=800, inbound=True, packets=(20, 0.8),
-                    payload_out=(300, 0.5), payload_in=(300, 0.5), duration_s=(30, 1.0)),
+            _cast(800),
         ), user_driven=True),
         Profile(d["i-o_data_qwatch"], "192.168.1.85", _camera("aws_tokyo", 3.0, 10001, size=1.0), dns="gateway"),
         Profile(d["irobot_roomba"], "192.168.1.96", (
@@ -210,19 +218,25 @@ def _profiles() -> dict[str, Profile]:
             _session("hub_line", "japan_isp", sessions=3, port=443, payload_out=(80, 0.3)),
             _udp("device_poll", 9999, "japan_isp", 8000, packets=(2, 0.3), payload_out=(80, 0.3), slots=2),
             _tls("api", "azure", 900, packets=(10, 0.5)),
+            _udp("lan_keepalive", 9001, "pc", 400, packets=(1, 0.0), payload_out=(36, 0.0)),
             _ssdp(200), _ntp(24),
         )),
         # Same OEM as the PLANEX SmaCam PanTilt (MAC prefix e0:b9:4d): nearly the same firmware.
         Profile(d["jvc_kenwood_hdtv_ip_camera"], "192.168.1.118", _camera("linode", 0.4, 20001, size=1.05)),
-        Profile(d["line_clova_wave"], "192.168.1.129", _speaker("azure", 1800, ipv6=False), user_driven=True),
+        Profile(d["line_clova_wave"], "192.168.1.129", (
+            *_speaker("azure", 1800, ipv6=False),
+            # LINE voice calls.
+            _udp("rtp", 16384, "japan_isp", 2, pattern="diurnal", packets=(2000, 0.8), payload_out=(160, 0.0),
+                 payload_in=(160, 0.0), duration_s=(120, 0.8)),
+        ), user_driven=True),
         Profile(d["link_japan_eremote"], "192.168.1.150", (
             _session("control", "aws_tokyo", sessions=1, port=443, flip=0.6),
-            _udp("cloud_udp", 8053, "aws_tokyo", 2600, packets=(1, 0.2), payload_out=(80, 0.3), slots=2),
+            _udp("cloud_udp", 6666, "aws_tokyo", 2600, packets=(1, 0.2), payload_out=(80, 0.3), slots=2),
             _tls("api", "aws_tokyo", 80, pattern="diurnal"),
             _ntp(8),
         ), user_driven=True),
         Profile(d["mouse_computer_room_hub"], "192.168.1.161", (
-            _session("control", "azure", sessions=1, port=443, flip=0.6),
+            _session("control", "azure", sessions=1, port=1883, flip=0.6),
             _tls("api", "azure", 12, pattern="diurnal"),
             _mdns(4),
         ), online=0.12),
@@ -247,7 +261,7 @@ def _profiles() -> dict[str, Profile]:
             _ssdp(400), _mdns(400), _ntp(24),
         ), user_driven=True),
         Profile(d["planex_camera_one_shot!"], "192.168.1.194", _camera("japan_isp", 5.0, 10001, size=0.8)),
-        Profile(d["planex_smacam_outdoor"], "192.168.1.205", _camera("linode", 0.6, 20002, size=1.3)),
+        Profile(d["planex_smacam_outdoor"], "192.168.1.205", _camera("linode", 0.6, 20001, size=1.3)),
         Profile(d["planex_smacam_pantilt"], "192.168.1.216", _camera("linode", 0.4, 20001, size=1.0)),
         Profile(d["powerelectric_wi-fi_plug"], "192.168.1.227", (
             *_plug_like("alibaba", 400, port=1883),
@@ -262,9 +276,11 @@ def _profiles() -> dict[str, Profile]:
             _tls("video", "akamai", 2500, pattern="diurnal", packets=(900, 1.5), payload_out=(50, 0.2),
                  payload_in=(1400, 0.05), duration_s=(30, 1.2), slots=10),
             Service("dlna", 6, 80, "pc", per_day=800, pattern="diurnal", packets=(8, 0.4), payload_out=(200, 0.3)),
+            _cast(300),
         ), user_driven=True),
         Profile(d["sony_network_camera"], "192.168.1.13", _camera("sony", 0.4, 443, size=0.9)),
-        Profile(d["sony_smart_speaker"], "192.168.1.24", _speaker("google", 18000, ipv6=True), user_driven=True),
+        Profile(d["sony_smart_speaker"], "192.168.1.24", (*_speaker("google", 18000, ipv6=True), _cast(200)),
+                user_driven=True),
         Profile(d["xiaomi_mijia_led"], "192.168.1.20", (
             _session("miio_tcp", "alibaba", sessions=1, port=80, flip=0.0, packets=(120, 0.8), payload_out=(10, 0.3),
                      payload_in=(10, 0.3), churn_days=40, duty=0.65),
@@ -455,6 +471,14 @@ def _background(profile: Profile, day_ms: int, scale: float, rng: np.random.Gene
         np.full(n, catalogue.GATEWAY_IP, object), np.full(n, catalogue.GATEWAY_MAC, object),
         np.full(n, 67), np.full(n, 68), np.ones(n, bool), np.ones(n, np.int64), np.ones(n, np.int64),
         np.full(n, 300), np.full(n, 300), np.zeros(n, bool), np.zeros(n, bool), np.full(n, profile.lan_ip, object)))
+    # A PC on the LAN scanning for devices (seen in the real archives on 5678 and 54321).
+    n = rng.poisson(0.4)
+    flows.append(_Flows(
+        day_ms + rng.integers(0, 86_400_000, n), np.zeros(n, np.int64), np.full(n, 17),
+        np.full(n, PC[1], object), np.full(n, PC[0], object), rng.integers(32768, 61000, n),
+        rng.choice([5678, 54321, 1900], n), np.zeros(n, bool), np.ones(n, np.int64), np.zeros(n, np.int64),
+        np.full(n, 32), np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool),
+        np.full(n, profile.lan_ip, object)))
     # DNS lookups, to the gateway or a public resolver.
     dns_ip = "8.8.8.8" if profile.dns == "google" else catalogue.GATEWAY_IP
     n = rng.poisson(max(1.5, 0.02 * sum(s.per_day for s in profile.services)) * max(scale, 0.05))
