@@ -46,8 +46,13 @@ class ArchiveFile:
 
 
 def find_archives(directory: Path) -> tuple[list[ArchiveFile], list[ArchiveError]]:
-    """Group the archives in `directory`; split archives with a missing part become errors."""
-    return group_archives(sorted(p for p in Path(directory).iterdir() if p.is_file() and not p.name.startswith(".")))
+    """Group the archives in `directory`; split archives with a missing part become errors.
+
+    Files whose names are not archive names (a README beside the archives) are not records
+    and are left alone.
+    """
+    paths = sorted(p for p in Path(directory).iterdir() if p.is_file() and _PART.match(p.name))
+    return group_archives(paths)
 
 
 def group_archives(paths: list[Path]) -> tuple[list[ArchiveFile], list[ArchiveError]]:

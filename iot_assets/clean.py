@@ -80,7 +80,9 @@ def to_device_centric(decoded: pd.DataFrame, local_macs: dict[str, str]) -> tupl
         return a.where(out_is_fwd, b)
 
     device_mac = local_mac[present].reset_index(drop=True)
-    device = device_mac.map(catalogue.BY_MAC)
+    names = {mac: d.name for mac, d in catalogue.BY_MAC.items()}
+    categories = {mac: d.category for mac, d in catalogue.BY_MAC.items()}
+    in_catalogue = device_mac.isin(names)
     clean = pd.DataFrame(
         {
             "archive": d["archive"],
@@ -90,9 +92,9 @@ def to_device_centric(decoded: pd.DataFrame, local_macs: dict[str, str]) -> tupl
             "duration_ms": d["duration_ms"],
             "rtt_ms": d["reverse_delta_ms"],
             "device_mac": device_mac,
-            "device_name": device.map(lambda x: x.name if x else None).astype(object),
-            "device_category": device.map(lambda x: x.category if x else None).astype(object),
-            "in_catalogue": device.notna(),
+            "device_name": device_mac.map(names).astype(object).where(in_catalogue, None),
+            "device_category": device_mac.map(categories).astype(object).where(in_catalogue, None),
+            "in_catalogue": in_catalogue,
             "device_ip": d["src_ip"].where(out_is_fwd, d["dst_ip"]),
             "device_port": d["src_port"].where(out_is_fwd, d["dst_port"]),
             "remote_ip": d["dst_ip"].where(out_is_fwd, d["src_ip"]),

@@ -2,7 +2,6 @@
 
 import dagster as dg
 
-from iot_assets.partitions import daily_partitions
 
 ingest_archives_job = dg.define_asset_job(
     "ingest_archives_job",
@@ -13,7 +12,6 @@ ingest_archives_job = dg.define_asset_job(
 daily_flows_job = dg.define_asset_job(
     "daily_flows_job",
     selection=dg.AssetSelection.assets("decoded_flows", "clean_flows", "clean_rejects"),
-    partitions_def=daily_partitions,
     description="Build one day of flow tables from the staged archives.",
 )
 

@@ -1,0 +1,32 @@
+from click.testing import CliRunner
+
+from iot_assets.cli import main
+from iot_assets_tests.conftest import flow_line, json_archive, trailer
+
+
+def test_decode_writes_parquet_and_reports_counts(sample_dir, tmp_path):
+    result = CliRunner().invoke(main, ["decode", str(sample_dir / "nature_remo.tar.gz"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "nature_remo:" in result.output and "ok" in result.output
+    assert (tmp_path / "nature_remo" / "flows.parquet").exists()
+
+
+def test_decode_fails_loudly_on_an_archive_that_does_not_reconcile(tmp_path):
+    path = json_archive(tmp_path / "nature_remo.tar.gz", flow_line() + b"garbage\n" + trailer(1))
+    result = CliRunner().invoke(main, ["decode", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "rejected 1 x invalid_json" in result.output and "NOT RECONCILED" in result.output
+
+
+def test_sample_command(tmp_path):
+    result = CliRunner().invoke(main, ["sample", "--out", str(tmp_path), "--days", "1", "--scale", "0.02",
+                                       "--devices", "nature_remo,qrio_hub"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nature_remo.tar.gz", "qrio_hub.tar.gz"]
+    assert "MB/s" in result.output
+
+
+def test_bad_settings_are_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("IOT_ASSETS_START_DATE", "2019-13-01")
+    result = CliRunner().invoke(main, ["decode", __file__, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "IOT_ASSETS_START_DATE" in result.output
