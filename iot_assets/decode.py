@@ -200,6 +200,7 @@ class Block:
     stats: list[dict]
     tombstones: int
     lines: int
+    size_bytes: int
     unknown_fields: set[str] = field(default_factory=set)
 
 
@@ -278,15 +279,28 @@ def _no_bad(values: pa.Array) -> np.ndarray:
     return np.zeros(len(values), dtype=bool)
 
 
+def _per_distinct(convert: Callable[[pa.Array], tuple[pa.Array, np.ndarray]]):
+    """Apply a string converter to the distinct values only: a block has few distinct MACs or flags."""
+
+    def apply(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+        encoded = pc.dictionary_encode(values)
+        out, bad = convert(encoded.dictionary)
+        indices = encoded.indices
+        bad_rows = np.asarray(pc.fill_null(pc.take(pa.array(bad, type=pa.bool_()), indices), False).to_numpy(zero_copy_only=False))
+        return pc.take(out, indices), bad_rows
+
+    return apply
+
+
 _CONVERTERS: dict[str, Callable[[pa.Array], tuple[pa.Array, np.ndarray]]] = {
     "time": lambda v: (pc.assume_timezone(v, "UTC"), _no_bad(v)),
     "seconds": _seconds_to_ms,
     "int": lambda v: (v, _no_bad(v)),
     "ip": lambda v: (v, _no_bad(v)),
-    "mac": _mac,
-    "hex": _hex_to_int,
-    "tcp_flags": _tcp_flags_to_int,
-    "end_reason": _end_reason,
+    "mac": _per_distinct(_mac),
+    "hex": _per_distinct(_hex_to_int),
+    "tcp_flags": _per_distinct(_tcp_flags_to_int),
+    "end_reason": _per_distinct(_end_reason),
     "text": lambda v: (v, _no_bad(v)),
 }
 
@@ -485,7 +499,7 @@ def decode_block(block: bytes, first_line: int, archive: str, first_day: date, l
         flows = pa.array(records, type=FLOW_STRUCT) if records else pa.array([], type=FLOW_STRUCT)
         lines_kept = np.asarray(kept_lines, dtype=np.int64)
     decoded, rule_rejects = _convert(flows, lines_kept, archive, first_day, last_day)
-    return Block(decoded, rejects + rule_rejects, stats, tombstones, n_lines, unknown)
+    return Block(decoded, rejects + rule_rejects, stats, tombstones, n_lines, len(block), unknown)
 
 
 def iter_blocks(stream: BinaryIO, block_bytes: int = 16 << 20) -> Iterator[tuple[bytes, int]]:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
-from collections import Counter
+import threading
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -72,26 +75,42 @@ class _FlowWriter:
     """One Parquet file per archive, a row group per block sorted by start time.
 
     Records are nearly in time order, so each row group spans a few days and a daily
-    read prunes the rest by the row groups' min/max statistics. Rows per day are counted
-    here so that the sensor knows which partitions an archive touches.
+    read prunes the rest by the row groups' min/max statistics. Writing runs in its own
+    thread (Parquet encoding releases the GIL) so that it overlaps with parsing.
     """
 
     def __init__(self, path: Path):
-        self.path = path
-        self.writer = pq.ParquetWriter(path, DECODED_SCHEMA, **PARQUET_OPTIONS)
         self.rows_per_day: Counter[str] = Counter()
+        self._writer = pq.ParquetWriter(path, DECODED_SCHEMA, **PARQUET_OPTIONS)
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="parquet-writer", daemon=True)
+        self._thread.start()
 
     def add(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        table = table.sort_by("flow_start")
-        days = pc.value_counts(pc.strftime(table.column("flow_start"), format="%Y-%m-%d"))
-        for item in days.to_pylist():
-            self.rows_per_day[item["values"]] += item["counts"]
-        self.writer.write_table(table)
+        days = pc.divide(table.column("flow_start").cast(pa.int64()), 86_400_000)
+        for item in pc.value_counts(days).to_pylist():
+            self.rows_per_day[(date(1970, 1, 1) + timedelta(days=item["values"])).isoformat()] += item["counts"]
+        if self._error:
+            raise self._error
+        self._queue.put(table)
+
+    def _run(self) -> None:
+        while (table := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write_table(table.sort_by("flow_start"))
+                except BaseException as exc:  # raised in the decoding thread
+                    self._error = exc
 
     def close(self) -> None:
-        self.writer.close()
+        self._queue.put(None)
+        self._thread.join()
+        self._writer.close()
+        if self._error:
+            raise self._error
 
 
 def _count_macs(table: pa.Table, counts: Counter) -> None:
@@ -104,6 +123,19 @@ def _is_host_mac(mac: str) -> bool:
     """A unicast MAC that is not the home gateway: a candidate for the archive's device."""
     first_octet = int(mac[:2], 16)
     return mac != catalogue.GATEWAY_MAC and not first_octet & 1 and mac != "00:00:00:00:00:00"
+
+
+def _decode_blocks(stream, archive: str, first_day: date, last_day: date, workers: int = 2):
+    """Decoded blocks in order, two decoding at once: one block's conversion fills the
+    gaps in the next one's parse."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        for block, first_line in iter_blocks(stream):
+            pending.append(pool.submit(decode_block, block, first_line, archive, first_day, last_day))
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def decode_archive(
@@ -137,8 +169,7 @@ def decode_archive(
     unknown: set[str] = set()
     try:
         with open_json_member(archive) as stream:
-            for block, first_line in iter_blocks(stream):
-                decoded = decode_block(block, first_line, archive.name, first_day, last_day)
+            for decoded in _decode_blocks(stream, archive.name, first_day, last_day):
                 summary.lines += decoded.lines
                 summary.stats_lines += len(decoded.stats)
                 summary.tombstone_lines += decoded.tombstones
@@ -151,7 +182,7 @@ def decode_archive(
                 _count_macs(decoded.flows, macs)
                 flows.add(decoded.flows)
                 if on_progress:
-                    on_progress(len(block))
+                    on_progress(decoded.size_bytes)
     except ArchiveError as exc:
         summary.error = exc.message
     except (EOFError, OSError, ValueError) as exc:
