@@ -88,6 +88,35 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
 
 
 @main.command()
+@click.argument("archive", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def inject(archive: tuple[Path, ...], out_dir: Path, seed: int) -> None:
+    """Copy an archive (single or its split parts) with attack episodes for its device.
+
+    Writes OUT/<archive>.tar.gz and appends the episodes to OUT/episodes.csv (device, type,
+    start, end). Point IOT_ASSETS_EPISODES at that file for the anomaly metrics.
+    """
+    from iot_assets.archive import group_archives
+    from iot_assets.inject import inject as inject_archive
+
+    found, errors = group_archives(list(archive))
+    if errors or len(found) != 1:
+        raise click.UsageError("; ".join(str(e) for e in errors) or "give the parts of exactly one archive")
+    settings = _settings()
+    if out_dir.resolve() == settings.raw_dir.resolve():
+        raise click.UsageError("--out must not be the landing zone: the copy would sit beside its original")
+    path, episodes = inject_archive(found[0], out_dir, seed)
+    for ep in episodes:
+        click.echo(f"{ep.device}: {ep.type} {ep.start:%Y-%m-%d %H:%M} .. {ep.end:%Y-%m-%d %H:%M}")
+    click.echo(f"wrote {path} and {out_dir / 'episodes.csv'}")
+
+
+# Devices that get attack episodes in the sample `iot-assets run` writes.
+SAMPLE_ATTACKED = ("nature_remo", "google_home_gen1", "planex_smacam_pantilt")
+
+
+@main.command()
 @click.option("--sample-days", type=click.IntRange(1, 400), default=SAMPLE_DAYS, show_default=True,
               help="Days of sample to write when the landing zone is empty.")
 @click.option("--sample-scale", type=click.FloatRange(0.001, 10), default=SAMPLE_SCALE, show_default=True)
@@ -106,6 +135,8 @@ def run(sample_days: int, sample_scale: float, seed: int) -> None:
         _write_sample(settings.raw_dir, settings.first_day, days, sample_scale, seed)
         if not os.environ.get("IOT_ASSETS_END_DATE"):
             os.environ["IOT_ASSETS_END_DATE"] = (settings.first_day + timedelta(days=days - 1)).isoformat()
+        if days >= 7 and not os.environ.get("IOT_ASSETS_EPISODES"):
+            os.environ["IOT_ASSETS_EPISODES"] = str(_attack_sample(settings, seed))
     os.environ.setdefault("DAGSTER_HOME", str(settings.data_dir / "dagster_home"))
     home = Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
@@ -116,6 +147,22 @@ def run(sample_days: int, sample_scale: float, seed: int) -> None:
 
     ok = run_everything(echo=click.echo)
     sys.exit(0 if ok else 1)
+
+
+def _attack_sample(settings: Settings, seed: int) -> Path:
+    """Give a few sample devices attack episodes, so the anomaly metrics have ground truth."""
+    from iot_assets.archive import find_archives
+    from iot_assets.inject import inject as inject_archive
+
+    out = settings.data_dir / "episodes"
+    (out / "episodes.csv").unlink(missing_ok=True)
+    archives, _ = find_archives(settings.raw_dir)
+    for archive in archives:
+        if archive.name in SAMPLE_ATTACKED:
+            path, _ = inject_archive(archive, out, seed)
+            os.replace(path, archive.parts[0])
+    click.echo(f"attack episodes for {', '.join(SAMPLE_ATTACKED)}: {out / 'episodes.csv'} (IOT_ASSETS_EPISODES)")
+    return out / "episodes.csv"
 
 
 def _settings() -> Settings:

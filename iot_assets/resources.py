@@ -21,11 +21,25 @@ class DataLake(dg.ConfigurableResource):
     data_dir: str
     first_day: str
     last_day: str
+    window_minutes: int = 60
+    train_fraction: float = 0.7
+    target_fpr: float = 0.01
+    seed: int = 0
+    episodes: str = ""  # an episodes.csv with ground truth for the anomaly metrics, if any
 
     @classmethod
     def from_env(cls) -> "DataLake":
         s = Settings.from_env()
-        return cls(data_dir=str(s.data_dir), first_day=s.first_day.isoformat(), last_day=s.last_day.isoformat())
+        return cls(data_dir=str(s.data_dir), first_day=s.first_day.isoformat(), last_day=s.last_day.isoformat(),
+                   window_minutes=s.window_minutes, train_fraction=s.train_fraction, target_fpr=s.target_fpr,
+                   seed=s.seed, episodes=str(s.episodes or ""))
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.data_dir) / "models"
+
+    def table_path(self, asset: str, partition: str | None = None) -> Path:
+        return lake_path(self.data_dir, asset, partition)
 
     @property
     def raw_dir(self) -> Path:
@@ -53,6 +67,11 @@ def write_parquet_atomic(data: pd.DataFrame | pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def lake_path(data_dir: str, asset: str, partition: str | None = None) -> Path:
+    base = Path(data_dir) / "lake" / asset
+    return (base / f"day={partition}" if partition else base) / "part-0.parquet"
+
+
 def day_bounds(day: str) -> tuple[datetime, datetime]:
     start = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
     return start, start + timedelta(days=1)
@@ -68,8 +87,7 @@ class ParquetLakeIOManager(dg.ConfigurableIOManager):
     data_dir: str
 
     def _path(self, asset: str, partition: str | None) -> Path:
-        base = Path(self.data_dir) / "lake" / asset
-        return (base / f"day={partition}" if partition else base) / "part-0.parquet"
+        return lake_path(self.data_dir, asset, partition)
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
         if obj is None:
@@ -83,10 +101,15 @@ class ParquetLakeIOManager(dg.ConfigurableIOManager):
         asset = context.asset_key.to_user_string()
         if not context.has_asset_partitions:
             return pd.read_parquet(self._path(asset, None))
-        frames = []
-        for key in context.asset_partition_keys:
-            path = self._path(asset, key)
-            if not path.exists():
-                raise FileNotFoundError(f"{asset} partition {key} has not been materialized ({path})")
-            frames.append(pd.read_parquet(path))
+        keys = context.asset_partition_keys
+        paths = {key: self._path(asset, key) for key in keys}
+        missing = [key for key, path in paths.items() if not path.exists()]
+        if len(keys) == 1 and missing:
+            raise FileNotFoundError(f"{asset} partition {keys[0]} has not been materialized ({paths[keys[0]]})")
+        if len(missing) == len(keys):
+            raise FileNotFoundError(f"none of the {len(keys)} partitions of {asset} has been materialized")
+        if missing:
+            # A range (training days, the day before) with gaps: use what exists, and say so.
+            context.log.warning(f"{asset}: {len(missing)} of {len(keys)} partitions not materialized, e.g. {missing[0]}")
+        frames = [pd.read_parquet(path) for key, path in paths.items() if key not in missing]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)

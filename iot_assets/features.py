@@ -1,0 +1,218 @@
+"""Behavioural features per device and time window, from clean flows.
+
+A window row holds two views of one MAC:
+- `w_*`: what the device did in the window itself (the anomaly detector uses these);
+- `c_*`: the same measures over the trailing 24 hours, window included, so that an hour
+  in which a quiet device only answered the gateway's probes still carries what it did
+  recently (the classifier uses both). Only the past is used, so scoring stays causal.
+
+No identity reaches the features: no MAC, LAN address, device or archive name. Remote
+endpoints enter as hashed /16 prefixes and service-port classes, which describe which
+clouds and services a device talks to, not who it is on the LAN.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pandas as pd
+
+CONTEXT_HOURS = 24
+PREFIX_BUCKETS = 32
+PORT_BUCKETS = 16
+
+# Service ports common on IoT devices; any other port falls into a hashed bucket.
+SERVICE_PORTS = {
+    53: "dns", 67: "dhcp", 68: "dhcp", 80: "http", 123: "ntp", 137: "netbios", 443: "https", 554: "rtsp",
+    1883: "mqtt", 1900: "ssdp", 5060: "sip", 5353: "mdns", 5683: "coap", 8080: "http_alt", 8443: "https_alt",
+    8883: "mqtts", 8009: "cast",
+}
+SERVICE_NAMES = sorted(set(SERVICE_PORTS.values()))
+IDENTITY_COLUMNS = ("device_mac", "device_name", "device_category", "device_ip", "archive", "in_catalogue")
+KEY_COLUMNS = ["device_mac", "window_start"]
+
+TCP_SYN, TCP_RST, TCP_FIN, TCP_ACK = 0x02, 0x04, 0x01, 0x10
+
+
+def _stable_bucket(values: pd.Series, buckets: int) -> np.ndarray:
+    """A bucket per distinct value by CRC32: the same value lands in the same bucket everywhere."""
+    codes, uniques = pd.factorize(values.astype(str))
+    table = np.array([zlib.crc32(u.encode()) % buckets for u in uniques], dtype=np.int64)
+    return table[codes] if len(uniques) else np.zeros(len(values), dtype=np.int64)
+
+
+def flow_indicators(clean: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
+    """One row per flow with additive indicators, keyed by device and window."""
+    scope = clean["remote_scope"]
+    dev_init = clean["device_initiated"].to_numpy()
+    internet = (scope == "internet").to_numpy()
+    # The service of a flow is the server's port: the remote one when the device started it.
+    server_port = np.where(dev_init, clean["remote_port"], clean["device_port"])
+    proto = clean["protocol"].to_numpy()
+    flags_out = np.where(dev_init, clean["initial_tcp_flags_out"], clean["initial_tcp_flags_in"])
+    union = clean["union_tcp_flags_out"].to_numpy() | clean["union_tcp_flags_in"].to_numpy()
+    ind = {
+        "device_mac": clean["device_mac"].to_numpy(),
+        "window_start": clean["flow_start"].dt.floor(f"{window_minutes}min"),
+        "flows": np.ones(len(clean)),
+        "dev_init": dev_init,
+        "tcp": proto == 6,
+        "udp": proto == 17,
+        "icmp": (proto == 1) | (proto == 58),
+        "ipv6": (clean["ip_version"] == 6).to_numpy(),
+        "bytes_out": clean["bytes_out"].to_numpy(float),
+        "bytes_in": clean["bytes_in"].to_numpy(float),
+        "packets_out": clean["packets_out"].to_numpy(float),
+        "packets_in": clean["packets_in"].to_numpy(float),
+        "payload_out": clean["payload_bytes_out"].to_numpy(float),
+        "payload_in": clean["payload_bytes_in"].to_numpy(float),
+        "nonempty_out": clean["non_empty_packets_out"].to_numpy(float),
+        "nonempty_in": clean["non_empty_packets_in"].to_numpy(float),
+        "small_out": clean["small_packets_out"].to_numpy(float),
+        "large_out": clean["large_packets_out"].to_numpy(float),
+        "large_in": clean["large_packets_in"].to_numpy(float),
+        "duration_s": clean["duration_ms"].to_numpy(float) / 1000,
+        "long_flow": (clean["duration_ms"] >= 1_700_000).to_numpy(),
+        "short_flow": (clean["duration_ms"] < 1000).to_numpy(),
+        "end_idle": (clean["end_reason"] == "idle").to_numpy(),
+        "end_active": (clean["end_reason"] == "active").to_numpy(),
+        "end_detected": (clean["end_reason"] == "end_detected").to_numpy(),
+        "syn_only": (proto == 6) & (flags_out == TCP_SYN) & (clean["packets_in"].to_numpy() == 0),
+        "rst": (proto == 6) & ((union & TCP_RST) > 0),
+        "fin": (proto == 6) & ((union & TCP_FIN) > 0),
+        "unanswered": dev_init & (clean["packets_in"].to_numpy() == 0),
+    }
+    for name in ("gateway", "lan", "internet", "broadcast", "multicast", "link_local"):
+        ind[f"scope_{name}"] = (scope == name).to_numpy()
+    services = pd.Series(server_port).map(SERVICE_PORTS)
+    for name in SERVICE_NAMES:
+        ind[f"svc_{name}"] = (services == name).to_numpy()
+    other = services.isna().to_numpy()
+    ind["svc_ephemeral"] = other & (server_port >= 49152)
+    port_bucket = _stable_bucket(pd.Series(server_port), PORT_BUCKETS)
+    registered = other & (server_port < 49152) & (server_port > 0)
+    for b in range(PORT_BUCKETS):
+        ind[f"port_b{b:02d}"] = registered & (port_bucket == b)
+    prefix = clean["remote_ip"].str.extract(r"^(\d+\.\d+)\.", expand=False)
+    prefix_bucket = _stable_bucket(prefix.fillna(""), PREFIX_BUCKETS)
+    for b in range(PREFIX_BUCKETS):
+        ind[f"prefix_b{b:02d}"] = internet & (prefix_bucket == b)
+    frame = pd.DataFrame(ind)
+    frame["remote_ip"] = clean["remote_ip"].where(internet, None).to_numpy()
+    frame["remote_prefix"] = prefix.where(internet, None).to_numpy()
+    frame["remote_port"] = np.where(dev_init, server_port, -1)
+    return frame
+
+
+def window_sums(indicators: pd.DataFrame) -> pd.DataFrame:
+    """Per device and window: summed indicators and distinct endpoints."""
+    keys = KEY_COLUMNS
+    sums = indicators.drop(columns=["remote_ip", "remote_prefix", "remote_port"]).groupby(keys, sort=True).sum()
+    distinct = indicators.groupby(keys, sort=True).agg(
+        distinct_ips=("remote_ip", "nunique"),
+        distinct_prefixes=("remote_prefix", "nunique"),
+        distinct_ports=("remote_port", "nunique"),
+    )
+    out = sums.join(distinct)
+    return out.astype(float)
+
+
+def _ratios(s: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """Scale-free features from summed indicators."""
+    flows = s["flows"].clip(lower=1)
+    dev_flows = s["dev_init"].clip(lower=1)
+    internet = s["scope_internet"].clip(lower=1)
+    f = {
+        "log_flows": np.log1p(s["flows"]),
+        "log_dev_flows": np.log1p(s["dev_init"]),
+        "log_bytes_out": np.log1p(s["bytes_out"]),
+        "log_bytes_in": np.log1p(s["bytes_in"]),
+        "log_packets_out": np.log1p(s["packets_out"]),
+        "log_packets_in": np.log1p(s["packets_in"]),
+        "out_share_bytes": s["bytes_out"] / (s["bytes_out"] + s["bytes_in"]).clip(lower=1),
+        "out_share_packets": s["packets_out"] / (s["packets_out"] + s["packets_in"]).clip(lower=1),
+        "dev_init_share": s["dev_init"] / flows,
+        "payload_per_pkt_out": s["payload_out"] / s["nonempty_out"].clip(lower=1),
+        "payload_per_pkt_in": s["payload_in"] / s["nonempty_in"].clip(lower=1),
+        "bytes_per_flow_out": np.log1p(s["bytes_out"] / flows),
+        "bytes_per_flow_in": np.log1p(s["bytes_in"] / flows),
+        "packets_per_flow": np.log1p((s["packets_out"] + s["packets_in"]) / flows),
+        "small_share_out": s["small_out"] / s["packets_out"].clip(lower=1),
+        "large_share_out": s["large_out"] / s["packets_out"].clip(lower=1),
+        "large_share_in": s["large_in"] / s["packets_in"].clip(lower=1),
+        "mean_duration_s": np.log1p(s["duration_s"] / flows),
+        "unanswered_share": s["unanswered"] / dev_flows,
+        "log_distinct_ips": np.log1p(s["distinct_ips"]),
+        "log_distinct_prefixes": np.log1p(s["distinct_prefixes"]),
+        "log_distinct_ports": np.log1p(s["distinct_ports"]),
+        "flows_per_ip": np.log1p(s["scope_internet"] / s["distinct_ips"].clip(lower=1)),
+    }
+    shares = [c for c in s.columns if c.startswith(("tcp", "udp", "icmp", "ipv6", "long_", "short_", "end_", "syn_",
+                                                     "rst", "fin", "scope_"))]
+    for c in shares:
+        f[f"{c}_share"] = s[c] / flows
+    # Services are shares of the device's own conversations: the gateway's probes reach
+    # every device alike and would drown a quiet device's few flows.
+    own = (s["flows"] - s["scope_gateway"]).clip(lower=1)
+    f["log_own_flows"] = np.log1p(s["flows"] - s["scope_gateway"])
+    for c in [c for c in s.columns if c.startswith(("svc_", "port_b"))]:
+        f[f"{c}_share"] = s[c] / own
+    for c in [c for c in s.columns if c.startswith("prefix_b")]:
+        f[f"{c}_share"] = s[c] / internet
+    return pd.DataFrame(f, index=s.index).add_prefix(prefix)
+
+
+def build_windows(clean: pd.DataFrame, history: pd.DataFrame | None, day: str, window_minutes: int = 60) -> pd.DataFrame:
+    """Feature rows for the windows of `day`; `history` holds the clean flows of the day before."""
+    frames = [clean] if history is None or history.empty else [history, clean]
+    flows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else clean
+    if flows.empty:
+        return pd.DataFrame(columns=KEY_COLUMNS + FEATURES + ["device_name", "device_category", "hour_of_day"])
+    sums = window_sums(flow_indicators(flows, window_minutes))
+    # Trailing context: the windows of the last 24 hours of the same device, this one included.
+    per_device = []
+    span = pd.Timedelta(hours=CONTEXT_HOURS)
+    for mac, part in sums.groupby(level="device_mac", sort=False):
+        part = part.droplevel("device_mac")
+        context = part.rolling(span).sum()
+        # Distinct counts do not add up across windows: the busiest window stands in.
+        for col in ("distinct_ips", "distinct_prefixes", "distinct_ports"):
+            context[col] = part[col].rolling(span).max()
+        per_device.append((mac, part, context))
+    window = pd.concat({m: p for m, p, _ in per_device}, names=KEY_COLUMNS)
+    context = pd.concat({m: c for m, _, c in per_device}, names=KEY_COLUMNS)
+    features = pd.concat([_ratios(window, "w_"), _ratios(context, "c_")], axis=1)
+    day_start = pd.Timestamp(day, tz="UTC")
+    features = features[(features.index.get_level_values("window_start") >= day_start)
+                        & (features.index.get_level_values("window_start") < day_start + pd.Timedelta(days=1))]
+    labels = clean.groupby("device_mac").agg(device_name=("device_name", "first"),
+                                             device_category=("device_category", "first"))
+    out = features.reset_index().merge(labels, left_on="device_mac", right_index=True, how="left")
+    out["hour_of_day"] = out["window_start"].dt.hour  # kept for reports; not a model feature
+    return out.reset_index(drop=True)
+
+
+def _feature_names() -> list[str]:
+    """The model features in a stable order, from a one-flow example."""
+    example = pd.DataFrame({
+        "device_mac": ["02:00:00:00:00:01"], "flow_start": [pd.Timestamp("2019-07-01", tz="UTC")],
+        "remote_scope": ["internet"], "device_initiated": [True], "remote_port": [443], "device_port": [40000],
+        "protocol": [6], "initial_tcp_flags_out": [2], "initial_tcp_flags_in": [18], "union_tcp_flags_out": [27],
+        "union_tcp_flags_in": [27], "ip_version": [4], "bytes_out": [100], "bytes_in": [100], "packets_out": [1],
+        "packets_in": [1], "payload_bytes_out": [0], "payload_bytes_in": [0], "non_empty_packets_out": [0],
+        "non_empty_packets_in": [0], "small_packets_out": [0], "large_packets_out": [0], "large_packets_in": [0],
+        "duration_ms": [1], "end_reason": ["idle"], "remote_ip": ["1.2.3.4"],
+    })
+    sums = window_sums(flow_indicators(example, 60))
+    return list(_ratios(sums, "w_").columns) + list(_ratios(sums, "c_").columns)
+
+
+FEATURES: list[str] = _feature_names()
+WINDOW_FEATURES: list[str] = [f for f in FEATURES if f.startswith("w_")]
+# What the anomaly detector watches: the window's own behaviour, and the services of the
+# last 24 hours (a lasting change shows even in an hour the device is quiet). Not the
+# hashed cloud prefixes: providers rotate addresses across /16s every few weeks, and as
+# anomaly features the prefixes raised false alarms on such rotations.
+ANOMALY_FEATURES: list[str] = [f for f in FEATURES if (f.startswith("w_") and not f.startswith("w_prefix_b"))
+                               or f.startswith(("c_svc_", "c_port_b"))]
