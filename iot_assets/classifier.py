@@ -126,7 +126,7 @@ _REASONS = ["idle", "active", "eof", "end_detected"]
 def flow_features(clean: pd.DataFrame) -> pd.DataFrame:
     """What a classifier of single flows sees: one flow's own numbers, no context."""
     dev = clean["device_initiated"].to_numpy()
-    server_port = np.where(dev, clean["remote_port"], clean["device_port"])
+    server_port = np.minimum(clean["remote_port"].to_numpy(), clean["device_port"].to_numpy())
     return pd.DataFrame({
         "protocol": clean["protocol"].to_numpy(float),
         "server_port": server_port.astype(float),

@@ -47,8 +47,10 @@ def flow_indicators(clean: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
     scope = clean["remote_scope"]
     dev_init = clean["device_initiated"].to_numpy()
     internet = (scope == "internet").to_numpy()
-    # The service of a flow is the server's port: the remote one when the device started it.
-    server_port = np.where(dev_init, clean["remote_port"], clean["device_port"])
+    # The service of a flow is the server's port, the lower of the two: YAF exports the later
+    # pieces of a long connection from whichever side it saw first, so who started the
+    # record does not say who is the server.
+    server_port = np.minimum(clean["remote_port"].to_numpy(), clean["device_port"].to_numpy())
     proto = clean["protocol"].to_numpy()
     flags_out = np.where(dev_init, clean["initial_tcp_flags_out"], clean["initial_tcp_flags_in"])
     union = clean["union_tcp_flags_out"].to_numpy() | clean["union_tcp_flags_in"].to_numpy()

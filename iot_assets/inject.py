@@ -150,7 +150,11 @@ def inject(archive: ArchiveFile, out_dir: Path, seed: int) -> tuple[Path, list[E
     episodes: list[Episode] = []
     for k, kind in enumerate(hours):
         day = datetime.fromisoformat(slot_days[order[k % len(slot_days)]]).replace(tzinfo=timezone.utc)
-        start = day + timedelta(hours=1 + 7 * (k // len(slot_days)) + float(rng.uniform(0, 1.5)))
+        if len(slot_days) >= len(hours):  # a day each: any time of day
+            offset = float(rng.uniform(0, 23.5 - hours[kind]))
+        else:  # sharing days: one after the other
+            offset = 1 + 7 * (k // len(slot_days)) + float(rng.uniform(0, 1.5))
+        start = day + timedelta(hours=offset)
         start = start.replace(second=0, microsecond=0)
         episodes.append(Episode(device.name, kind, start, start + timedelta(hours=hours[kind])))
     last_day = datetime.fromisoformat(days[-1]).replace(tzinfo=timezone.utc) + timedelta(days=1)

@@ -186,7 +186,8 @@ def anomaly_detector(context: dg.AssetExecutionContext, device_windows: pd.DataF
     days = classifier.window_days(device_windows)
     train_days, eval_days = classifier.time_split(days.unique().tolist(), lake.train_fraction)
     episodes = _episodes(lake)
-    labels = anomaly.label_windows(device_windows, episodes, lake.window_minutes)
+    labels = anomaly.evaluation_labels(device_windows, episodes, lake.window_minutes,
+                                       pd.Timedelta(hours=CONTEXT_HOURS))
     train = days.isin(train_days)
     detector, metrics = anomaly.compare_and_fit(
         device_windows[train], labels[train], device_windows[~train], labels[~train], lake.target_fpr, lake.seed)

@@ -1,0 +1,52 @@
+"""Attack episodes injected into a copy of an archive, in the same format."""
+
+import csv
+import tarfile
+
+import pandas as pd
+import pyarrow.parquet as pq
+from click.testing import CliRunner
+
+from iot_assets import sample
+from iot_assets.archive import find_archives
+from iot_assets.cli import main
+from iot_assets.inject import EPISODE_TYPES, inject, read_episodes
+from iot_assets.ingest import decode_archive
+from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
+
+
+def test_inject_adds_every_episode_type_and_stays_decodable(tmp_path):
+    raw = tmp_path / "raw"
+    sample.generate(raw, FIRST_DAY, 10, scale=0.05, seed=2, devices=["nature_remo"])
+    (archive,), _ = find_archives(raw)
+    original = decode_archive(archive, tmp_path / "original", FIRST_DAY, LAST_DAY)
+    out = tmp_path / "injected"
+    path, episodes = inject(archive, out, seed=4)
+    assert sorted(e.type for e in episodes) == sorted(EPISODE_TYPES)
+    assert list((raw).iterdir()) == [archive.parts[0]]  # nothing written into the raw zone
+    with tarfile.open(path, "r:gz") as tar:
+        assert [m.name for m in tar.getmembers()] == ["nature_remo.json"]
+    (copy,), _ = find_archives(out)
+    summary = decode_archive(copy, tmp_path / "staged", FIRST_DAY, LAST_DAY)
+    assert summary.reconciled and summary.rejected == 0 and summary.decoded > original.decoded
+
+    table = read_episodes(out / "episodes.csv")
+    assert list(table.columns) == ["device", "type", "start", "end"] and (table["device"] == "Nature Remo").all()
+    # Episodes fall in the last 30% of days: the models train on clean days.
+    assert table["start"].min() >= pd.Timestamp("2019-07-01", tz="UTC")
+    flows = pq.read_table(tmp_path / "staged" / "flows.parquet").to_pandas()
+    scan = table[table["type"] == "scan"].iloc[0]
+    in_scan = flows[(flows["flow_start"] >= scan["start"]) & (flows["flow_start"] < scan["end"])]
+    assert (in_scan["dst_port"].isin([23, 2323])).sum() > 1000
+    change = table[table["type"] == "firmware_change"].iloc[0]
+    after = flows[(flows["flow_start"] >= change["start"]) & (flows["src_mac"] == "60:01:94:54:6b:e8")]
+    before = flows[(flows["flow_start"] < change["start"]) & (flows["src_mac"] == "60:01:94:54:6b:e8")]
+    assert 443 in set(before["dst_port"]) and 443 not in set(after["dst_port"]) and 8443 in set(after["dst_port"])
+
+
+def test_inject_command_refuses_the_landing_zone(tmp_path, monkeypatch):
+    raw = tmp_path / "data" / "raw"
+    sample.generate(raw, FIRST_DAY, 2, scale=0.02, seed=2, devices=["qrio_hub"])
+    monkeypatch.setenv("IOT_ASSETS_DATA_DIR", str(tmp_path / "data"))
+    result = CliRunner().invoke(main, ["inject", str(raw / "qrio_hub.tar.gz"), "--out", str(raw)])
+    assert result.exit_code == 2 and "landing zone" in result.output
