@@ -121,11 +121,14 @@ SAMPLE_ATTACKED = ("nature_remo", "google_home_gen1", "planex_smacam_pantilt")
               help="Days of sample to write when the landing zone is empty.")
 @click.option("--sample-scale", type=click.FloatRange(0.001, 10), default=SAMPLE_SCALE, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def run(sample_days: int, sample_scale: float, seed: int) -> None:
+@click.option("--strict", is_flag=True, help="Exit non-zero when an ERROR-level asset check fails, too.")
+def run(sample_days: int, sample_scale: float, seed: int, strict: bool) -> None:
     """Materialize every asset for every partition of the configured range, headless.
 
     When the landing zone ($IOT_ASSETS_DATA_DIR/raw) holds no archive, a sample is
     written first and, unless IOT_ASSETS_END_DATE is set, the range is the sample's days.
+    Exits non-zero if any run failed; failed ERROR-level checks are printed as ALERT
+    lines and, with --strict, fail the command too.
     """
     settings = _settings()
     settings.raw_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,7 @@ def run(sample_days: int, sample_scale: float, seed: int) -> None:
 
     from iot_assets.pipeline import run_everything
 
-    ok = run_everything(echo=click.echo)
+    ok = run_everything(echo=click.echo, strict=strict)
     sys.exit(0 if ok else 1)
 
 

@@ -62,6 +62,8 @@ class Settings:
         if 1440 % window:
             raise SettingsError(f"IOT_ASSETS_WINDOW_MINUTES={window} does not divide a day")
         episodes = os.environ.get("IOT_ASSETS_EPISODES", "").strip()
+        if not episodes and (data_dir / "episodes" / "episodes.csv").exists():
+            episodes = str(data_dir / "episodes" / "episodes.csv")  # where `iot-assets run` puts the sample's
         return cls(
             data_dir=data_dir, first_day=first, last_day=last, window_minutes=window,
             train_fraction=_parse_number("IOT_ASSETS_TRAIN_FRACTION", 0.7, 0.1, 0.95),

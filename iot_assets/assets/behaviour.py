@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_selection import f_classif
 
-from iot_assets import anomaly, catalogue, classifier
+from iot_assets import anomaly, catalogue, classifier, drift
 from iot_assets.features import CONTEXT_HOURS, FEATURES, build_windows
 from iot_assets.inject import read_episodes
 from iot_assets.partitions import daily_partitions
@@ -132,8 +132,14 @@ def device_classifier(context: dg.AssetExecutionContext, device_windows: pd.Data
     group_name="behaviour",
     io_manager_key="lake_io_manager",
     deps=["device_classifier"],
-    check_specs=[dg.AssetCheckSpec("inventory_agrees_with_catalogue", asset="device_inventory",
-                                   description="At least 90% of the catalogue MACs seen get their catalogue device.")],
+    check_specs=[
+        dg.AssetCheckSpec("inventory_agrees_with_catalogue", asset="device_inventory",
+                          description="At least 90% of the catalogue MACs seen get their catalogue device."),
+        dg.AssetCheckSpec("no_unknown_devices", asset="device_inventory",
+                          description="Every MAC seen is in the catalogue."),
+        dg.AssetCheckSpec("no_silent_devices", asset="device_inventory",
+                          description="Every device the classifier was trained on is seen."),
+    ],
 )
 def device_inventory(context: dg.AssetExecutionContext, device_windows: pd.DataFrame, lake: DataLake):
     """Per MAC seen that day: the predicted device and category with confidence, against the catalogue."""
@@ -145,6 +151,20 @@ def device_inventory(context: dg.AssetExecutionContext, device_windows: pd.DataF
         "macs": len(inventory), "not_in_catalogue": int((~inventory["in_catalogue"]).sum()),
         "disagreements": int(inventory["disagrees"].sum()), "agreement": agreement,
     })
+    unknown = inventory[~inventory["in_catalogue"]]
+    yield dg.AssetCheckResult(
+        check_name="no_unknown_devices", passed=unknown.empty, severity=dg.AssetCheckSeverity.WARN,
+        description=", ".join(f"{r.device_mac} (looks like {r.predicted_device}, {r.confidence:.0%})"
+                              for r in unknown.itertuples()) or "every MAC is in the catalogue",
+        metadata={"unknown_macs": dg.MetadataValue.json(unknown["device_mac"].tolist())},
+    )
+    seen = set(inventory["catalogue_device"].dropna())
+    silent = sorted(set(model.labels) - seen)
+    yield dg.AssetCheckResult(
+        check_name="no_silent_devices", passed=not silent, severity=dg.AssetCheckSeverity.WARN,
+        description=", ".join(silent) or "every trained device was seen",
+        metadata={"silent": dg.MetadataValue.json(silent), "seen": len(seen), "trained": len(model.labels)},
+    )
     yield dg.AssetCheckResult(
         check_name="inventory_agrees_with_catalogue", passed=agreement is None or agreement >= 0.9,
         severity=dg.AssetCheckSeverity.WARN,
@@ -236,4 +256,59 @@ def anomaly_scores(context: dg.AssetExecutionContext, device_windows: pd.DataFra
         check_name="anomaly_rate_in_bounds", passed=rate <= bound, severity=dg.AssetCheckSeverity.WARN,
         description=f"{rate:.2%} of windows flagged (bound {bound:.2%})",
         metadata={"anomaly_rate": rate, "bound": bound, "anomalies": len(flagged)},
+    )
+
+
+DRIFT_FILE = "drift_reference.json"
+
+
+@dg.asset(group_name="behaviour", ins={"device_windows": dg.AssetIn()})
+def drift_reference(context: dg.AssetExecutionContext, device_windows: pd.DataFrame, lake: DataLake):
+    """Per device and feature, the training distribution and how far single training days strayed."""
+    days = classifier.window_days(device_windows)
+    train_days, _ = classifier.time_split(days.unique().tolist(), lake.train_fraction)
+    attacked = anomaly.label_windows(device_windows, _episodes(lake), lake.window_minutes,
+                                     lookback=pd.Timedelta(hours=CONTEXT_HOURS)).notna()
+    reference = drift.build_reference(device_windows[days.isin(train_days) & ~attacked])
+    path = lake.models_dir / DRIFT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"train_range": [train_days[0], train_days[-1]], "devices": reference}))
+    return dg.MaterializeResult(metadata={
+        "devices": len(reference), "features": len(FEATURES), "train_range": dg.MetadataValue.json([train_days[0], train_days[-1]]),
+        "reference": dg.MetadataValue.path(str(path)),
+    })
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name="behaviour",
+    io_manager_key="lake_io_manager",
+    deps=["drift_reference"],
+    check_specs=[dg.AssetCheckSpec("feature_drift", asset="feature_drift",
+                                   description="Every device's features and service mix against the training reference: "
+                                               "WARN on moderate drift, ERROR on major drift.")],
+)
+def feature_drift(context: dg.AssetExecutionContext, device_windows: pd.DataFrame, lake: DataLake):
+    """The day's Jensen–Shannon distance to the training reference, per device and feature."""
+    reference = json.loads((lake.models_dir / DRIFT_FILE).read_text())["devices"]
+    table = drift.day_drift(device_windows, reference)
+    summary = drift.summarize(table)
+    major = summary[summary["level"] == "major"]
+    moderate = summary[summary["level"] == "moderate"]
+    yield dg.Output(table, metadata={
+        "devices": len(summary), "drifted_features": int(table["drifted"].sum()),
+        "summary": dg.MetadataValue.md(summary.to_markdown(index=False, floatfmt=".2f") if len(summary) else "no device"),
+    })
+    severity = dg.AssetCheckSeverity.ERROR if len(major) else dg.AssetCheckSeverity.WARN
+    flagged = pd.concat([major, moderate])
+    yield dg.AssetCheckResult(
+        check_name="feature_drift", passed=flagged.empty, severity=severity,
+        description="; ".join(f"{r.device_name or r.device_mac}: {r.level} ({r.drifted_share:.0%} of features, "
+                              f"mix x{r.mix_ratio:.1f})" for r in flagged.itertuples()) or "no device drifted",
+        metadata={
+            "devices_major": len(major), "devices_moderate": len(moderate),
+            "drifted_feature_share_max": float(summary["drifted_share"].max()) if len(summary) else 0.0,
+            "per_device": dg.MetadataValue.json(summary[["device_name", "drifted_share", "mix_ratio", "level"]]
+                                                .fillna("").to_dict("records")),
+        },
     )

@@ -1,0 +1,135 @@
+"""Feature drift against the training reference, per device, with Jensen–Shannon distance.
+
+For every device and feature the reference keeps the bin edges (deciles of the training
+windows), the training distribution over those bins, and how far single training days
+strayed from it. A day drifts on a feature when its distance exceeds what the training
+days themselves reached; the share of drifted features says how much a device changed.
+Histograms keep the cost independent of the number of rows: a day of millions of flows
+is a few thousand windows, binned once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from iot_assets.features import FEATURES
+
+# Share of a device's features that drift: at or above MODERATE a WARN, at or above MAJOR an ERROR.
+MODERATE = 0.10
+MAJOR = 0.30
+MIN_DISTANCE = 0.2  # below this Jensen–Shannon distance no feature counts as drifted
+MIN_MIX_DISTANCE = 0.1
+# A service or endpoint mix this many times further from the reference than any training day: major.
+MAJOR_MIX_RATIO = 2.0
+
+
+def _edges(values: np.ndarray) -> np.ndarray:
+    # Quintiles: a day has only 24 hourly windows, and more bins would mostly measure noise.
+    return np.unique(np.quantile(values, [0.2, 0.4, 0.6, 0.8]))
+
+
+def _histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1).astype(float)
+    return counts / max(counts.sum(), 1.0)
+
+
+def js_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen–Shannon distance (base 2, in [0, 1]) between two histograms."""
+    p = (p + 1e-6) / (p + 1e-6).sum()
+    q = (q + 1e-6) / (q + 1e-6).sum()
+    m = (p + q) / 2
+    divergence = 0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m))
+    return float(np.sqrt(max(divergence, 0.0)))
+
+
+def _mixes(windows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A day's flows spread over services and over cloud prefixes, rebuilt from window shares.
+
+    Thousands of flows make these mixes steady from day to day: where the per-feature
+    histograms of 24 windows are noisy, a change of services or endpoints stands out here.
+    """
+    own = np.expm1(windows["w_log_own_flows"].to_numpy(dtype=float))
+    internet = np.expm1(windows["w_log_flows"].to_numpy(dtype=float)) * windows["w_scope_internet_share"].to_numpy(dtype=float)
+    services = [c for c in windows.columns if c.startswith(("w_svc_", "w_port_b"))]
+    prefixes = [c for c in windows.columns if c.startswith("w_prefix_b")]
+    mix = {
+        "mix:services": (windows[services].to_numpy(dtype=float) * own[:, None]).sum(axis=0),
+        "mix:endpoints": (windows[prefixes].to_numpy(dtype=float) * internet[:, None]).sum(axis=0),
+    }
+    return {name: counts / counts.sum() if counts.sum() > 0 else counts for name, counts in mix.items()}
+
+
+def build_reference(train: pd.DataFrame, features: list[str] = FEATURES) -> dict:
+    """Per device: edges, training histogram and the largest daily distance seen in training."""
+    reference = {}
+    days = train["window_start"].dt.strftime("%Y-%m-%d")
+    for mac, part in train.groupby("device_mac"):
+        if part["window_start"].dt.strftime("%Y-%m-%d").nunique() < 2:
+            continue
+        entry = {"device_name": part["device_name"].iloc[0], "features": {}, "mixes": {}}
+        part_days = days.loc[part.index]
+        expected_mix = _mixes(part)
+        daily_mix = [_mixes(part[part_days == d]) for d in part_days.unique()]
+        for name, expected in expected_mix.items():
+            distances = [js_distance(m[name], expected) for m in daily_mix if m[name].sum() > 0]
+            entry["mixes"][name] = {"expected": expected.tolist(),
+                                    "limit": max(max(distances, default=0.0) * 1.1, MIN_MIX_DISTANCE)}
+        for feature in features:
+            values = part[feature].to_numpy(dtype=float)
+            edges = _edges(values)
+            expected = _histogram(values, edges)
+            daily = [js_distance(_histogram(part.loc[part_days == d, feature].to_numpy(dtype=float), edges), expected)
+                     for d in part_days.unique()]
+            entry["features"][feature] = {
+                "edges": edges.tolist(),
+                "expected": expected.tolist(),
+                "limit": max(float(np.max(daily)) * 1.1, MIN_DISTANCE),
+            }
+        reference[mac] = entry
+    return reference
+
+
+def day_drift(windows: pd.DataFrame, reference: dict) -> pd.DataFrame:
+    """One row per device and feature (and service / endpoint mix): the day's distance to the
+    reference and whether it drifted."""
+    rows = []
+    for mac, part in windows.groupby("device_mac"):
+        entry = reference.get(mac)
+        if entry is None:
+            continue
+        for name, observed in _mixes(part).items():
+            ref = entry["mixes"][name]
+            distance = js_distance(observed, np.asarray(ref["expected"])) if observed.sum() > 0 else 0.0
+            rows.append({"device_mac": mac, "device_name": entry["device_name"], "feature": name,
+                         "js_distance": distance, "limit": ref["limit"], "drifted": distance > ref["limit"]})
+        for feature, ref in entry["features"].items():
+            observed = _histogram(part[feature].to_numpy(dtype=float), np.asarray(ref["edges"]))
+            distance = js_distance(observed, np.asarray(ref["expected"]))
+            rows.append({"device_mac": mac, "device_name": entry["device_name"], "feature": feature,
+                         "js_distance": distance, "limit": ref["limit"], "drifted": distance > ref["limit"]})
+    return pd.DataFrame(rows, columns=["device_mac", "device_name", "feature", "js_distance", "limit", "drifted"])
+
+
+def summarize(drift: pd.DataFrame) -> pd.DataFrame:
+    """Per device: the share of drifted features, how far the mixes moved against their limits,
+    the level, and the features that moved most."""
+    if drift.empty:
+        return pd.DataFrame(columns=["device_mac", "device_name", "drifted_share", "mix_ratio", "level", "top_drifted"])
+    rows = []
+    for (mac, name), part in drift.groupby(["device_mac", "device_name"], dropna=False):
+        is_mix = part["feature"].str.startswith("mix:")
+        share = float(part.loc[~is_mix, "drifted"].mean())
+        ratios = (part["js_distance"] / part["limit"])[is_mix]
+        ratios.index = part.loc[is_mix, "feature"]
+        mix_ratio = float(ratios.max())
+        moved = part[part["drifted"]].sort_values("js_distance", ascending=False)
+        # Cloud providers rotate endpoints on their own: a moved endpoint mix alone is moderate.
+        major = share >= MAJOR or ratios.get("mix:services", 0.0) >= MAJOR_MIX_RATIO
+        moderate = share >= MODERATE or mix_ratio > 1.0
+        rows.append({
+            "device_mac": mac, "device_name": name, "drifted_share": share, "mix_ratio": mix_ratio,
+            "level": "major" if major else "moderate" if moderate else "none",
+            "top_drifted": ", ".join(f"{f} ({d:.2f})" for f, d in zip(moved["feature"].head(5), moved["js_distance"].head(5))),
+        })
+    return pd.DataFrame(rows).sort_values("drifted_share", ascending=False).reset_index(drop=True)
