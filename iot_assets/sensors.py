@@ -39,5 +39,14 @@ def changed_days_sensor(context: dg.SensorEvaluationContext, asset_event: dg.Eve
     days = changed.value if changed else []
     partitions = set(daily_partitions.get_partition_keys())
     for day in days:
-        if day in partitions:
+        if day in partitions and not _built_since(context.instance, day, asset_event.timestamp):
             yield dg.RunRequest(run_key=f"{asset_event.run_id}-{day}", partition_key=day)
+
+
+def _built_since(instance: dg.DagsterInstance, day: str, timestamp: float) -> bool:
+    """Whether the day's clean flows were already rebuilt after the archives changed (by `iot-assets run`, say)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("clean_flows"), asset_partitions=[day], after_timestamp=timestamp),
+        limit=1,
+    ).records
+    return bool(records)

@@ -167,7 +167,7 @@ def model_report(context: dg.AssetExecutionContext, lake: DataLake):
         ax.set_ylabel("true")
         ax.set_title("confusion matrix (share of each true device's windows)")
         body.append(_png(fig))
-    per_device = pd.DataFrame(metrics["per_device"]).T.reset_index(names="device")
+    per_device = pd.DataFrame(metrics["per_device"]).T.reset_index(names="device").astype({"support": int})
     body.append(_table(per_device, flag=per_device["f1"] < 0.9))
     importance = pd.Series(metrics["feature_importance"]).head(20)[::-1]
     fig, ax = plt.subplots(figsize=(8, 6))
