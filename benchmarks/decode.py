@@ -19,7 +19,6 @@ and prints MB/s of JSON, peak RSS, and our speed as a ratio of each baseline.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess

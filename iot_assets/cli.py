@@ -32,7 +32,6 @@ def main() -> None:
 @click.option("--devices", default="", help="Comma-separated archive names; default all 25.")
 def sample(out_dir: Path, start, days: int, scale: float, seed: int, devices: str) -> None:
     """Write sample archives in the published KDDI-IoT-2019 format."""
-    from iot_assets.sample import generate
 
     written = _write_sample(out_dir, start.date(), days, scale, seed, [d for d in devices.split(",") if d] or None)
     click.echo(f"wrote {len(written)} archives to {out_dir}")

@@ -19,7 +19,6 @@ import io
 import queue
 import re
 import threading
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import BinaryIO, Callable, Iterator

@@ -52,7 +52,7 @@ def flow_indicators(clean: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
     # record does not say who is the server.
     server_port = np.minimum(clean["remote_port"].to_numpy(), clean["device_port"].to_numpy())
     proto = clean["protocol"].to_numpy()
-    flags_out = np.where(dev_init, clean["initial_tcp_flags_out"], clean["initial_tcp_flags_in"])
+    initiator_flags = np.where(dev_init, clean["initial_tcp_flags_out"], clean["initial_tcp_flags_in"])
     union = clean["union_tcp_flags_out"].to_numpy() | clean["union_tcp_flags_in"].to_numpy()
     ind = {
         "device_mac": clean["device_mac"].to_numpy(),
@@ -80,7 +80,7 @@ def flow_indicators(clean: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
         "end_idle": (clean["end_reason"] == "idle").to_numpy(),
         "end_active": (clean["end_reason"] == "active").to_numpy(),
         "end_detected": (clean["end_reason"] == "end_detected").to_numpy(),
-        "syn_only": (proto == 6) & (flags_out == TCP_SYN) & (clean["packets_in"].to_numpy() == 0),
+        "syn_only": (proto == 6) & (initiator_flags == TCP_SYN) & (clean["packets_in"].to_numpy() == 0),
         "rst": (proto == 6) & ((union & TCP_RST) > 0),
         "fin": (proto == 6) & ((union & TCP_FIN) > 0),
         "unanswered": dev_init & (clean["packets_in"].to_numpy() == 0),

@@ -49,11 +49,11 @@ def _ms(t: datetime) -> int:
 
 
 def _flows(n: int, start_ms: np.ndarray, duration_ms: np.ndarray, proto: int, remote_ip, remote_port, local_ip: str,
-           pkts_out, pkts_in, payload_out, payload_in) -> sample._Flows:
+           pkts_out, pkts_in, payload_out, payload_in) -> sample.FlowColumns:
     def arr(v, dtype=np.int64):
         return np.asarray(v, dtype=dtype) if np.ndim(v) else np.full(n, v, dtype=dtype)
 
-    return sample._Flows(
+    return sample.FlowColumns(
         start_ms=arr(start_ms), duration_ms=arr(duration_ms), proto=arr(proto),
         remote_ip=arr(remote_ip, object), remote_mac=np.full(n, catalogue.GATEWAY_MAC, object),
         remote_port=arr(remote_port), local_port=np.random.default_rng(n).integers(32768, 61000, n),
@@ -67,7 +67,7 @@ def _random_ips(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.array([f"{a}.{b}.{c}.{d}" for a, b, c, d in octets], dtype=object)
 
 
-def episode_flows(kind: str, start: datetime, end: datetime, local_ip: str, rng: np.random.Generator) -> sample._Flows:
+def episode_flows(kind: str, start: datetime, end: datetime, local_ip: str, rng: np.random.Generator) -> sample.FlowColumns:
     t0, t1 = _ms(start), _ms(end)
     if kind == "scan":
         n = int((t1 - t0) / 1000)  # one probe a second
@@ -166,7 +166,7 @@ def inject(archive: ArchiveFile, out_dir: Path, seed: int) -> tuple[Path, list[E
     extra_lines = []
     for ep in episodes:
         if ep.type != "firmware_change":
-            extra_lines += sample._lines(profile, episode_flows(ep.type, ep.start, ep.end, local_ip, rng), rng)
+            extra_lines += sample.json_lines(profile, episode_flows(ep.type, ep.start, ep.end, local_ip, rng), rng)
     change = next((e for e in episodes if e.type == "firmware_change"), None)
     since = change.start.strftime("%Y-%m-%d %H:%M:%S.000").encode() if change else b"9999"
 

@@ -36,7 +36,6 @@ from iot_assets.catalogue import Device
 
 SPLIT_PART_BYTES = 1 << 30  # published archives are cut into parts of this size
 ACTIVE_TIMEOUT_S = 1800.0
-IDLE_TIMEOUT_S = 300.0
 
 PHONE = ("38:f9:d3:57:bb:26", "192.168.1.92")
 PC = ("64:bc:0c:4b:aa:ce", "192.168.1.202")
@@ -304,7 +303,7 @@ DIURNAL = np.roll(_LOCAL_HOURLY, -9) / _LOCAL_HOURLY.mean()
 
 
 @dataclass
-class _Flows:
+class FlowColumns:
     """Columns of generated flows, from the device's point of view before orientation."""
 
     start_ms: np.ndarray
@@ -384,7 +383,7 @@ def _times(svc: Service, rate_scale: float, user_driven: bool, day_ms: int, rng:
 
 
 def _service_flows(profile: Profile, svc: Service, seed: int, day_index: int, day_ms: int,
-                   scale: float, rng: np.random.Generator) -> _Flows | None:
+                   scale: float, rng: np.random.Generator) -> FlowColumns | None:
     if svc.pattern == "session":
         # One record per active timeout per connection; reconnects now and then.
         starts, durations, cont = [], [], []
@@ -432,7 +431,7 @@ def _service_flows(profile: Profile, svc: Service, seed: int, day_index: int, da
         payload_out, payload_in = np.where(flipped, payload_in, payload_out), np.where(flipped, payload_out, payload_in)
     ipv6 = np.full(n, svc.ipv6)
     local_ip = np.full(n, _link_local(profile.device.mac) if svc.ipv6 else profile.lan_ip, object)
-    return _Flows(start_ms, duration_ms, np.full(n, svc.proto), remote_ip, remote_mac, remote_port,
+    return FlowColumns(start_ms, duration_ms, np.full(n, svc.proto), remote_ip, remote_mac, remote_port,
                   local_port, device_started, pkts_out, pkts_in, payload_out, payload_in, continuation, ipv6, local_ip)
 
 
@@ -443,13 +442,13 @@ def _link_local(mac: str) -> str:
     return "fe80::" + ":".join(f"{eui[i]:02x}{eui[i + 1]:02x}" for i in range(0, 8, 2)).lstrip("0")
 
 
-def _background(profile: Profile, day_ms: int, scale: float, rng: np.random.Generator) -> list[_Flows]:
+def _background(profile: Profile, day_ms: int, scale: float, rng: np.random.Generator) -> list[FlowColumns]:
     """Traffic every device in the home has: gateway probes, ICMP answers, DHCP, DNS."""
     flows = []
     # NetBIOS name probes from the gateway, every ~79 s.
     n = rng.poisson(1094 * scale)
     start = day_ms + np.sort(rng.integers(0, 86_400_000, n))
-    flows.append(_Flows(
+    flows.append(FlowColumns(
         start, rng.normal(580, 8, n).clip(550, 620).astype(np.int64), np.full(n, 17),
         np.full(n, catalogue.GATEWAY_IP, object), np.full(n, catalogue.GATEWAY_MAC, object),
         rng.integers(32768, 61000, n), np.full(n, 137), np.zeros(n, bool),
@@ -459,21 +458,21 @@ def _background(profile: Profile, day_ms: int, scale: float, rng: np.random.Gene
     starts = np.arange(day_ms + rng.integers(0, 1_800_000), day_ms + 86_400_000, 1_800_000 + 2000)
     n = len(starts)
     pk = np.maximum(1, rng.poisson(max(58 * scale, 1), n))
-    flows.append(_Flows(
+    flows.append(FlowColumns(
         starts, rng.normal(1_755_000, 8000, n).astype(np.int64), np.full(n, 1),
         np.full(n, catalogue.GATEWAY_IP, object), np.full(n, catalogue.GATEWAY_MAC, object),
         np.full(n, 3), np.full(n, 3), np.ones(n, bool), pk, np.zeros(n, np.int64), np.full(n, 28),
         np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool), np.full(n, profile.lan_ip, object)))
     # DHCP renewals to the gateway.
     n = rng.poisson(4.6)
-    flows.append(_Flows(
+    flows.append(FlowColumns(
         day_ms + rng.integers(0, 86_400_000, n), rng.integers(0, 20, n), np.full(n, 17),
         np.full(n, catalogue.GATEWAY_IP, object), np.full(n, catalogue.GATEWAY_MAC, object),
         np.full(n, 67), np.full(n, 68), np.ones(n, bool), np.ones(n, np.int64), np.ones(n, np.int64),
         np.full(n, 300), np.full(n, 300), np.zeros(n, bool), np.zeros(n, bool), np.full(n, profile.lan_ip, object)))
     # A PC on the LAN scanning for devices (seen in the real archives on 5678 and 54321).
     n = rng.poisson(0.4)
-    flows.append(_Flows(
+    flows.append(FlowColumns(
         day_ms + rng.integers(0, 86_400_000, n), np.zeros(n, np.int64), np.full(n, 17),
         np.full(n, PC[1], object), np.full(n, PC[0], object), rng.integers(32768, 61000, n),
         rng.choice([5678, 54321, 1900], n), np.zeros(n, bool), np.ones(n, np.int64), np.zeros(n, np.int64),
@@ -482,7 +481,7 @@ def _background(profile: Profile, day_ms: int, scale: float, rng: np.random.Gene
     # DNS lookups, to the gateway or a public resolver.
     dns_ip = "8.8.8.8" if profile.dns == "google" else catalogue.GATEWAY_IP
     n = rng.poisson(max(1.5, 0.02 * sum(s.per_day for s in profile.services)) * max(scale, 0.05))
-    flows.append(_Flows(
+    flows.append(FlowColumns(
         day_ms + rng.integers(0, 86_400_000, n), rng.integers(5, 60, n), np.full(n, 17),
         np.full(n, dns_ip, object), np.full(n, catalogue.GATEWAY_MAC, object),
         np.full(n, 53), rng.integers(32768, 61000, n), np.ones(n, bool), np.ones(n, np.int64),
@@ -491,8 +490,8 @@ def _background(profile: Profile, day_ms: int, scale: float, rng: np.random.Gene
     return flows
 
 
-def _concat(parts: list[_Flows]) -> _Flows:
-    return _Flows(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in _Flows.__dataclass_fields__})
+def _concat(parts: list[FlowColumns]) -> FlowColumns:
+    return FlowColumns(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in FlowColumns.__dataclass_fields__})
 
 
 # ---------------------------------------------------------------- JSON lines
@@ -538,12 +537,12 @@ def _timestamps(ms: np.ndarray) -> list[str]:
             zip(days.tolist(), h.tolist(), m.tolist(), s.tolist(), milli.tolist())]
 
 
-def _lines(profile: Profile, f: _Flows, rng: np.random.Generator) -> list[str]:
+def json_lines(profile: Profile, f: FlowColumns, rng: np.random.Generator) -> list[str]:
     """JSON lines for the flows, oriented the way YAF exports them, in export order."""
     n = len(f.start_ms)
     end_ms = f.start_ms + f.duration_ms
     order = np.argsort(end_ms, kind="stable")  # YAF exports a flow when it ends
-    f = _Flows(**{k: getattr(f, k)[order] for k in _Flows.__dataclass_fields__})
+    f = FlowColumns(**{k: getattr(f, k)[order] for k in FlowColumns.__dataclass_fields__})
     end_ms = end_ms[order]
     dev = f.device_started
     proto = f.proto
@@ -640,7 +639,7 @@ def device_day_lines(profile: Profile, day: date, seed: int, scale: float, first
         flows = _service_flows(profile, svc, seed, day_index, day_ms, scale, rng)
         if flows is not None:
             parts.append(flows)
-    return _lines(profile, _concat(parts), rng)
+    return json_lines(profile, _concat(parts), rng)
 
 
 def _stats_line(flows: int, packets: int, exporter_pid: int) -> str:
@@ -722,7 +721,7 @@ def write_archive(lines_by_day, out_dir: Path, stem: str, part_bytes: int = SPLI
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     spool = out_dir / f".{stem}.json.spool"
-    flows = packets = 0
+    flows = 0
     with open(spool, "wb") as f:
         for lines in lines_by_day:
             flows += len(lines)

@@ -1,7 +1,6 @@
 """Bad input: a clear error or a reasoned reject naming archive and line; nothing lost."""
 
 import gzip
-import json
 import tarfile
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """Features, classifier and anomaly detector: no identity reaches the models, splits are by time."""
 
 import json
-from datetime import date
 from pathlib import Path
 
 import numpy as np

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 

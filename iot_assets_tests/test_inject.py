@@ -1,6 +1,5 @@
 """Attack episodes injected into a copy of an archive, in the same format."""
 
-import csv
 import tarfile
 
 import pandas as pd

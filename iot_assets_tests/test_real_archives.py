@@ -1,6 +1,5 @@
 """The three real archives in ../shared decode with exact counts (skipped where absent)."""
 
-import pytest
 
 from iot_assets.archive import find_archives
 from iot_assets.ingest import decode_archive

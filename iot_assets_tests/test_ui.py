@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
