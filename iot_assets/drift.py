@@ -22,6 +22,8 @@ MIN_DISTANCE = 0.2  # below this Jensen–Shannon distance no feature counts as 
 MIN_MIX_DISTANCE = 0.1
 # A service or endpoint mix this many times further from the reference than any training day: major.
 MAJOR_MIX_RATIO = 2.0
+# Share of a day's own flows on services a device never used in training: above it moderate.
+NOVEL_SERVICES = 0.02
 
 
 def _edges(values: np.ndarray) -> np.ndarray:
@@ -69,12 +71,15 @@ def build_reference(train: pd.DataFrame, features: list[str] = FEATURES) -> dict
             continue
         entry = {"device_name": part["device_name"].iloc[0], "features": {}, "mixes": {}}
         part_days = days.loc[part.index]
+        # A new day exceeds the largest of n training days with chance 1/(n + 1): with few
+        # training days the limit needs room, or a tenth of the features "drift" by chance.
+        margin = 1.0 + 2.0 / np.sqrt(part_days.nunique())
         expected_mix = _mixes(part)
         daily_mix = [_mixes(part[part_days == d]) for d in part_days.unique()]
         for name, expected in expected_mix.items():
             distances = [js_distance(m[name], expected) for m in daily_mix if m[name].sum() > 0]
             entry["mixes"][name] = {"expected": expected.tolist(),
-                                    "limit": max(max(distances, default=0.0) * 1.1, MIN_MIX_DISTANCE)}
+                                    "limit": max(max(distances, default=0.0) * margin, MIN_MIX_DISTANCE)}
         for feature in features:
             values = part[feature].to_numpy(dtype=float)
             edges = _edges(values)
@@ -84,7 +89,7 @@ def build_reference(train: pd.DataFrame, features: list[str] = FEATURES) -> dict
             entry["features"][feature] = {
                 "edges": edges.tolist(),
                 "expected": expected.tolist(),
-                "limit": max(float(np.max(daily)) * 1.1, MIN_DISTANCE),
+                "limit": max(float(np.max(daily)) * margin, MIN_DISTANCE),
             }
         reference[mac] = entry
     return reference
@@ -100,9 +105,15 @@ def day_drift(windows: pd.DataFrame, reference: dict) -> pd.DataFrame:
             continue
         for name, observed in _mixes(part).items():
             ref = entry["mixes"][name]
-            distance = js_distance(observed, np.asarray(ref["expected"])) if observed.sum() > 0 else 0.0
+            expected = np.asarray(ref["expected"])
+            distance = js_distance(observed, expected) if observed.sum() > 0 else 0.0
             rows.append({"device_mac": mac, "device_name": entry["device_name"], "feature": name,
                          "js_distance": distance, "limit": ref["limit"], "drifted": distance > ref["limit"]})
+            if name == "mix:services":
+                # Services the device never used in training: the sharpest sign of new firmware or malware.
+                novel = float(observed[expected == 0].sum())
+                rows.append({"device_mac": mac, "device_name": entry["device_name"], "feature": "mix:novel_services",
+                             "js_distance": novel, "limit": NOVEL_SERVICES, "drifted": novel > NOVEL_SERVICES})
         for feature, ref in entry["features"].items():
             observed = _histogram(part[feature].to_numpy(dtype=float), np.asarray(ref["edges"]))
             distance = js_distance(observed, np.asarray(ref["expected"]))
@@ -124,7 +135,8 @@ def summarize(drift: pd.DataFrame) -> pd.DataFrame:
         ratios.index = part.loc[is_mix, "feature"]
         mix_ratio = float(ratios.max())
         moved = part[part["drifted"]].sort_values("js_distance", ascending=False)
-        # Cloud providers rotate endpoints on their own: a moved endpoint mix alone is moderate.
+        # Cloud providers rotate endpoints on their own, and devices do start using mDNS one
+        # day: a moved endpoint mix or a new service alone is moderate.
         major = share >= MAJOR or ratios.get("mix:services", 0.0) >= MAJOR_MIX_RATIO
         moderate = share >= MODERATE or mix_ratio > 1.0
         rows.append({

@@ -18,7 +18,7 @@ def landing_zone_fingerprint(lake: DataLake) -> str:
     entries = sorted(
         (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in lake.raw_dir.iterdir() if ".tar.gz" in p.name
     )
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:20] if entries else ""
 
 
 @dg.sensor(job=ingest_archives_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)

@@ -74,5 +74,15 @@ def test_iot_assets_run_from_an_empty_landing_zone(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 of 108 partitions" not in done.stdout  # the range follows the sample
     assert (tmp_path / "data" / "lake" / "clean_flows" / "day=2019-06-26" / "part-0.parquet").exists()
-    assert (tmp_path / "data" / "reports" / "reconciliation.json").exists()
+    reports = tmp_path / "data" / "reports"
+    assert (reports / "reconciliation.json").exists()
     assert "outputs:" in done.stdout
+    classifier = json.loads((reports / "classifier_metrics.json").read_text())
+    assert {"accuracy", "macro_f1", "labels", "confusion_matrix", "per_device", "train_range", "eval_range", "window",
+            "features", "feature_importance", "baseline_per_flow"} <= set(classifier)
+    assert classifier["train_range"][1] < classifier["eval_range"][0]
+    detector = json.loads((reports / "anomaly_metrics.json").read_text())
+    assert {"detector", "threshold", "fpr_clean", "roc_auc", "per_episode_type", "detectors_compared"} <= set(detector)
+    assert len(detector["detectors_compared"]) >= 5
+    assert (reports / "model_report.html").read_text().count("data:image/png;base64") >= 2
+    assert "Inventory" in (reports / "daily" / "2019-06-26.html").read_text()
