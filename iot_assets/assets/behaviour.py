@@ -38,7 +38,7 @@ def device_windows(context: dg.AssetExecutionContext, clean_flows: pd.DataFrame,
     })
 
 
-def _episodes(lake: DataLake) -> pd.DataFrame | None:
+def episodes_of(lake: DataLake) -> pd.DataFrame | None:
     return read_episodes(Path(lake.episodes)) if lake.episodes else None
 
 
@@ -50,8 +50,7 @@ def _sample_flows(lake: DataLake, days: list[str], seed: int) -> pd.DataFrame:
         if not path.exists():
             continue
         flows = pd.read_parquet(path)
-        frames.append(flows.groupby("device_mac", group_keys=False).apply(
-            lambda g: g.sample(min(len(g), BASELINE_FLOWS_PER_DEVICE_DAY), random_state=seed)))
+        frames.append(flows.sample(frac=1.0, random_state=seed).groupby("device_mac").head(BASELINE_FLOWS_PER_DEVICE_DAY))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -92,7 +91,7 @@ def exploration(train: pd.DataFrame) -> tuple[str, dict]:
 )
 def device_classifier(context: dg.AssetExecutionContext, device_windows: pd.DataFrame, lake: DataLake):
     """XGBoost device classifier, trained on the earlier days, evaluated on the later ones."""
-    attacked = anomaly.label_windows(device_windows, _episodes(lake), lake.window_minutes,
+    attacked = anomaly.label_windows(device_windows, episodes_of(lake), lake.window_minutes,
                                      lookback=pd.Timedelta(hours=CONTEXT_HOURS)).notna()
     model, metrics, _ = classifier.train_and_evaluate(device_windows, lake.train_fraction, lake.seed, attacked)
     path = lake.models_dir / CLASSIFIER_FILE
@@ -205,7 +204,7 @@ def anomaly_detector(context: dg.AssetExecutionContext, device_windows: pd.DataF
     """PyOD detectors per device, compared on the later days, the best kept; thresholds at the target FPR."""
     days = classifier.window_days(device_windows)
     train_days, eval_days = classifier.time_split(days.unique().tolist(), lake.train_fraction)
-    episodes = _episodes(lake)
+    episodes = episodes_of(lake)
     labels = anomaly.evaluation_labels(device_windows, episodes, lake.window_minutes,
                                        pd.Timedelta(hours=CONTEXT_HOURS))
     train = days.isin(train_days)
@@ -267,7 +266,7 @@ def drift_reference(context: dg.AssetExecutionContext, device_windows: pd.DataFr
     """Per device and feature, the training distribution and how far single training days strayed."""
     days = classifier.window_days(device_windows)
     train_days, _ = classifier.time_split(days.unique().tolist(), lake.train_fraction)
-    attacked = anomaly.label_windows(device_windows, _episodes(lake), lake.window_minutes,
+    attacked = anomaly.label_windows(device_windows, episodes_of(lake), lake.window_minutes,
                                      lookback=pd.Timedelta(hours=CONTEXT_HOURS)).notna()
     reference = drift.build_reference(device_windows[days.isin(train_days) & ~attacked])
     path = lake.models_dir / DRIFT_FILE

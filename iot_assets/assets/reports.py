@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from iot_assets import anomaly  # noqa: E402
-from iot_assets.assets.behaviour import _episodes  # noqa: E402
+from iot_assets.assets.behaviour import episodes_of  # noqa: E402
 from iot_assets.features import CONTEXT_HOURS  # noqa: E402
 from iot_assets.partitions import daily_partitions  # noqa: E402
 from iot_assets.resources import DataLake  # noqa: E402
@@ -182,7 +182,7 @@ def model_report(context: dg.AssetExecutionContext, lake: DataLake):
                 f"{(anomaly_metrics['fpr_clean'] or 0):.2%}.</p>")
     body.append(_table(compared, flag=compared["detector"] == anomaly_metrics["detector"]))
     scores = _partitions(lake, "anomaly_scores")
-    episodes = _episodes(lake)
+    episodes = episodes_of(lake)
     if len(scores) and episodes is not None:
         scores = scores[scores["has_model"].astype(bool) & (scores["day"] >= metrics["eval_range"][0])].reset_index(drop=True)
         labels_ = anomaly.evaluation_labels(scores, episodes, lake.window_minutes, pd.Timedelta(hours=CONTEXT_HOURS))
