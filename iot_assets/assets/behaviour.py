@@ -1,6 +1,7 @@
 """Device behaviour: features per window, the device classifier, the anomaly detector."""
 
 import json
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -19,13 +20,17 @@ CLASSIFIER_FILE = "device_classifier.json"
 DETECTOR_FILE = "anomaly_detector.joblib"
 BASELINE_FLOWS_PER_DEVICE_DAY = 400
 
+with warnings.catch_warnings():
+    # The parameter is beta in Dagster 1.13; the first day has no day before it.
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    DAY_AND_DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-1, allow_nonexistent_upstream_partitions=True)
+
 
 @dg.asset(
     partitions_def=daily_partitions,
     group_name="behaviour",
     io_manager_key="lake_io_manager",
-    ins={"clean_flows": dg.AssetIn(partition_mapping=dg.TimeWindowPartitionMapping(
-        start_offset=-1, allow_nonexistent_upstream_partitions=True))},
+    ins={"clean_flows": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE)},
 )
 def device_windows(context: dg.AssetExecutionContext, clean_flows: pd.DataFrame, lake: DataLake) -> dg.Output:
     """Behavioural features per device and window, with the trailing 24 hours as context."""
