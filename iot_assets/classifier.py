@@ -27,6 +27,29 @@ def window_days(windows: pd.DataFrame) -> pd.Series:
     return windows["window_start"].dt.strftime("%Y-%m-%d")
 
 
+@dataclass(frozen=True)
+class TimeSplit:
+    """The one split every model uses: the earlier days train, the later days evaluate."""
+
+    train_days: list[str]
+    eval_days: list[str]
+
+    @classmethod
+    def of(cls, windows: pd.DataFrame, train_fraction: float) -> "TimeSplit":
+        return cls(*time_split(window_days(windows).unique().tolist(), train_fraction))
+
+    def is_train(self, windows: pd.DataFrame) -> pd.Series:
+        return window_days(windows).isin(self.train_days)
+
+    @property
+    def train_range(self) -> list[str]:
+        return [self.train_days[0], self.train_days[-1]]
+
+    @property
+    def eval_range(self) -> list[str]:
+        return [self.eval_days[0], self.eval_days[-1]]
+
+
 @dataclass
 class DeviceClassifier:
     booster: xgb.XGBClassifier
@@ -80,7 +103,7 @@ def evaluate(y_true: list[str], y_pred: list[str], labels: list[str]) -> dict:
     }
 
 
-def train_and_evaluate(windows: pd.DataFrame, train_fraction: float, seed: int,
+def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
                        attacked: pd.Series | None = None) -> tuple[DeviceClassifier, dict, pd.DataFrame]:
     """Fit on the earlier days' windows, score the later days'. Returns model, metrics, eval predictions.
 
@@ -91,10 +114,8 @@ def train_and_evaluate(windows: pd.DataFrame, train_fraction: float, seed: int,
     if attacked is not None:
         windows = windows[~attacked]
     labelled = windows[windows["device_name"].notna()]
-    train_days, eval_days = time_split(window_days(labelled).unique().tolist(), train_fraction)
-    days = window_days(labelled)
-    train = labelled[days.isin(train_days)]
-    evaluation = labelled[days.isin(eval_days)]
+    in_train = split.is_train(labelled)
+    train, evaluation = labelled[in_train], labelled[~in_train]
     booster, labels = fit(train, "device_name", FEATURES, seed)
     model = DeviceClassifier(booster, labels, list(FEATURES))
     known = evaluation[evaluation["device_name"].isin(labels)]
@@ -103,8 +124,8 @@ def train_and_evaluate(windows: pd.DataFrame, train_fraction: float, seed: int,
     importance = booster.get_booster().get_score(importance_type="gain")
     names = {f"f{i}": name for i, name in enumerate(FEATURES)}
     metrics.update({
-        "train_range": [train_days[0], train_days[-1]],
-        "eval_range": [eval_days[0], eval_days[-1]],
+        "train_range": split.train_range,
+        "eval_range": split.eval_range,
         "train_windows": int(len(train)),
         "eval_windows": int(len(known)),
         "eval_windows_of_devices_unseen_in_training": int(len(evaluation) - len(known)),

@@ -15,22 +15,13 @@ from iot_assets import catalogue
 _HEX_OCTETS = {f"{i:02x}": i for i in range(256)}
 REMOTE_SCOPES = ("gateway", "lan", "internet", "broadcast", "multicast", "link_local", "unspecified")
 
-# Decoded columns that come in a forward and a reverse flavour, and their device-centric names.
-_DIRECTIONAL = {
-    # forward column, reverse column -> base name (gets _out / _in)
-    ("bytes", "reverse_bytes"): "bytes",
-    ("packets", "reverse_packets"): "packets",
-    ("payload_bytes", "reverse_payload_bytes"): "payload_bytes",
-    ("non_empty_packets", "reverse_non_empty_packets"): "non_empty_packets",
-    ("small_packets", "reverse_small_packets"): "small_packets",
-    ("large_packets", "reverse_large_packets"): "large_packets",
-    ("max_payload_bytes", "reverse_max_payload_bytes"): "max_payload_bytes",
-    ("first_payload_bytes", "reverse_first_payload_bytes"): "first_payload_bytes",
-    ("mean_interarrival_ms", "reverse_mean_interarrival_ms"): "mean_interarrival_ms",
-    ("stddev_payload_bytes", "reverse_stddev_payload_bytes"): "stddev_payload_bytes",
-    ("initial_tcp_flags", "reverse_initial_tcp_flags"): "initial_tcp_flags",
-    ("union_tcp_flags", "reverse_union_tcp_flags"): "union_tcp_flags",
-}
+# Decoded columns with a reverse twin (`reverse_<name>`); cleaning turns each pair into
+# `<name>_out` and `<name>_in`.
+_DIRECTIONAL = (
+    "bytes", "packets", "payload_bytes", "non_empty_packets", "small_packets", "large_packets",
+    "max_payload_bytes", "first_payload_bytes", "mean_interarrival_ms", "stddev_payload_bytes",
+    "initial_tcp_flags", "union_tcp_flags",
+)
 
 
 def remote_scope(ip: pd.Series, mac: pd.Series) -> np.ndarray:
@@ -107,8 +98,8 @@ def to_device_centric(decoded: pd.DataFrame, local_macs: dict[str, str]) -> tupl
             "has_flow_stats": d["has_flow_stats"],
         }
     )
-    for (forward, reverse), base in _DIRECTIONAL.items():
-        clean[f"{base}_out"] = pick(forward, reverse, out=True)
-        clean[f"{base}_in"] = pick(forward, reverse, out=False)
+    for name in _DIRECTIONAL:
+        clean[f"{name}_out"] = pick(name, f"reverse_{name}", out=True)
+        clean[f"{name}_in"] = pick(name, f"reverse_{name}", out=False)
     clean["remote_scope"] = remote_scope(clean["remote_ip"], clean["remote_mac"])
     return clean, rejects.reset_index(drop=True)

@@ -47,6 +47,12 @@ def episodes_of(lake: DataLake) -> pd.DataFrame | None:
     return read_episodes(Path(lake.episodes)) if lake.episodes else None
 
 
+def attacked_windows(windows: pd.DataFrame, lake: DataLake) -> pd.Series:
+    """Windows in an injected episode or within the 24-hour context after one: not the device's normal."""
+    return anomaly.label_windows(windows, episodes_of(lake), lake.window_minutes,
+                                 lookback=pd.Timedelta(hours=CONTEXT_HOURS)).notna()
+
+
 def _sample_flows(lake: DataLake, days: list[str], seed: int) -> pd.DataFrame:
     """Up to a few hundred clean flows per device and day, for the per-flow baseline."""
     frames = []
@@ -96,19 +102,17 @@ def exploration(train: pd.DataFrame) -> tuple[str, dict]:
 )
 def device_classifier(context: dg.AssetExecutionContext, device_windows: pd.DataFrame, lake: DataLake):
     """XGBoost device classifier, trained on the earlier days, evaluated on the later ones."""
-    attacked = anomaly.label_windows(device_windows, episodes_of(lake), lake.window_minutes,
-                                     lookback=pd.Timedelta(hours=CONTEXT_HOURS)).notna()
-    model, metrics, _ = classifier.train_and_evaluate(device_windows, lake.train_fraction, lake.seed, attacked)
+    split = classifier.TimeSplit.of(device_windows, lake.train_fraction)
+    model, metrics, _ = classifier.train_and_evaluate(device_windows, split, lake.seed,
+                                                      attacked_windows(device_windows, lake))
     path = lake.models_dir / CLASSIFIER_FILE
-    model.save(path, {"window_minutes": lake.window_minutes, "train_range": metrics["train_range"]})
-    days = sorted(classifier.window_days(device_windows).unique())
-    train_days = [d for d in days if metrics["train_range"][0] <= d <= metrics["train_range"][1]]
-    eval_days = [d for d in days if metrics["eval_range"][0] <= d <= metrics["eval_range"][1]]
+    model.save(path, {"window_minutes": lake.window_minutes, "train_range": split.train_range})
     metrics["window"] = f"{lake.window_minutes}min"
     metrics["baseline_per_flow"] = classifier.per_flow_baseline(
-        _sample_flows(lake, train_days, lake.seed), _sample_flows(lake, eval_days, lake.seed), model.labels, lake.seed)
+        _sample_flows(lake, split.train_days, lake.seed), _sample_flows(lake, split.eval_days, lake.seed),
+        model.labels, lake.seed)
     labelled = device_windows[device_windows["device_name"].notna()]
-    report, explored = exploration(labelled[classifier.window_days(labelled).isin(train_days)])
+    report, explored = exploration(labelled[split.is_train(labelled)])
     metrics["exploration"] = explored
     lake.reports_dir.mkdir(parents=True, exist_ok=True)
     (lake.reports_dir / "classifier_metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -207,20 +211,18 @@ def predict_inventory(model: classifier.DeviceClassifier, windows: pd.DataFrame,
 @dg.asset(group_name="behaviour", ins={"device_windows": dg.AssetIn()})
 def anomaly_detector(context: dg.AssetExecutionContext, device_windows: pd.DataFrame, lake: DataLake):
     """PyOD detectors per device, compared on the later days, the best kept; thresholds at the target FPR."""
-    days = classifier.window_days(device_windows)
-    train_days, eval_days = classifier.time_split(days.unique().tolist(), lake.train_fraction)
-    episodes = episodes_of(lake)
-    labels = anomaly.evaluation_labels(device_windows, episodes, lake.window_minutes,
+    split = classifier.TimeSplit.of(device_windows, lake.train_fraction)
+    labels = anomaly.evaluation_labels(device_windows, episodes_of(lake), lake.window_minutes,
                                        pd.Timedelta(hours=CONTEXT_HOURS))
-    train = days.isin(train_days)
+    train = split.is_train(device_windows)
     detector, metrics = anomaly.compare_and_fit(
         device_windows[train], labels[train], device_windows[~train], labels[~train], lake.target_fpr, lake.seed)
     path = lake.models_dir / DETECTOR_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(detector, path)  # PyOD models are scikit-learn estimators: joblib is their format
     metrics.update({"threshold": f"per device: quantile {1 - lake.target_fpr:g} of its training scores",
-                    "target_fpr": lake.target_fpr, "train_range": [train_days[0], train_days[-1]],
-                    "eval_range": [eval_days[0], eval_days[-1]], "devices_modelled": len(detector.devices),
+                    "target_fpr": lake.target_fpr, "train_range": split.train_range,
+                    "eval_range": split.eval_range, "devices_modelled": len(detector.devices),
                     "episodes": lake.episodes or None})
     lake.reports_dir.mkdir(parents=True, exist_ok=True)
     (lake.reports_dir / "anomaly_metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -269,16 +271,14 @@ DRIFT_FILE = "drift_reference.json"
 @dg.asset(group_name="behaviour", ins={"device_windows": dg.AssetIn()})
 def drift_reference(context: dg.AssetExecutionContext, device_windows: pd.DataFrame, lake: DataLake):
     """Per device and feature, the training distribution and how far single training days strayed."""
-    days = classifier.window_days(device_windows)
-    train_days, _ = classifier.time_split(days.unique().tolist(), lake.train_fraction)
-    attacked = anomaly.label_windows(device_windows, episodes_of(lake), lake.window_minutes,
-                                     lookback=pd.Timedelta(hours=CONTEXT_HOURS)).notna()
-    reference = drift.build_reference(device_windows[days.isin(train_days) & ~attacked])
+    split = classifier.TimeSplit.of(device_windows, lake.train_fraction)
+    train = split.is_train(device_windows) & ~attacked_windows(device_windows, lake)
+    reference = drift.build_reference(device_windows[train])
     path = lake.models_dir / DRIFT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"train_range": [train_days[0], train_days[-1]], "devices": reference}))
+    path.write_text(json.dumps({"train_range": split.train_range, "devices": reference}))
     return dg.MaterializeResult(metadata={
-        "devices": len(reference), "features": len(FEATURES), "train_range": dg.MetadataValue.json([train_days[0], train_days[-1]]),
+        "devices": len(reference), "features": len(FEATURES), "train_range": dg.MetadataValue.json(split.train_range),
         "reference": dg.MetadataValue.path(str(path)),
     })
 
