@@ -1,23 +1,18 @@
-"""The code location: every asset, check, job, sensor and resource, assembled in one place."""
+"""The code location: every asset, check, job, schedule, sensor and resource, assembled in one place."""
 
 import dagster as dg
 
 from iot_assets.assets import behaviour, flows, reports
-from iot_assets.jobs import (
-    daily_flows_job, daily_job, daily_schedule, daily_scoring_job, ingest_archives_job, reports_job, training_job,
-)
-from iot_assets.resources import ParquetLakeIOManager, DataLake
-from iot_assets.sensors import archive_sensor, changed_days_sensor
+from iot_assets.automation import SCHEDULES, SENSORS
+from iot_assets.jobs import JOBS
+from iot_assets.resources import build_resources
+from iot_assets.settings import SETTINGS
 
-lake = DataLake.from_env()
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([flows, behaviour, reports]),
-    jobs=[ingest_archives_job, daily_flows_job, training_job, daily_scoring_job, reports_job, daily_job],
-    schedules=[daily_schedule],
-    sensors=[archive_sensor, changed_days_sensor],
-    resources={
-        "lake": lake,
-        "lake_io_manager": ParquetLakeIOManager(data_dir=lake.data_dir),
-    },
+    jobs=JOBS,
+    schedules=SCHEDULES,
+    sensors=SENSORS,
+    resources=build_resources(SETTINGS),
 )

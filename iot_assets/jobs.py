@@ -2,6 +2,9 @@
 
 import dagster as dg
 
+FLOW_ASSETS = ("decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "device_windows")
+MODEL_ASSETS = ("device_classifier", "anomaly_detector", "drift_reference")
+SCORING_ASSETS = ("device_inventory", "anomaly_scores", "feature_drift", "daily_report")
 
 ingest_archives_job = dg.define_asset_job(
     "ingest_archives_job",
@@ -11,20 +14,20 @@ ingest_archives_job = dg.define_asset_job(
 
 daily_flows_job = dg.define_asset_job(
     "daily_flows_job",
-    selection=dg.AssetSelection.assets("decoded_flows", "clean_flows", "clean_rejects", "device_windows"),
-    description="Build one day of flow tables and device windows from the staged archives.",
+    selection=dg.AssetSelection.assets(*FLOW_ASSETS),
+    description="Build days of flow tables and device windows from the staged archives.",
 )
 
 training_job = dg.define_asset_job(
     "training_job",
-    selection=dg.AssetSelection.assets("device_classifier", "anomaly_detector", "drift_reference"),
-    description="Train and evaluate the device classifier and the anomaly detector on a time split.",
+    selection=dg.AssetSelection.assets(*MODEL_ASSETS),
+    description="Train and evaluate the device classifier, the anomaly detector and the drift reference on a time split.",
 )
 
 daily_scoring_job = dg.define_asset_job(
     "daily_scoring_job",
-    selection=dg.AssetSelection.assets("device_inventory", "anomaly_scores", "feature_drift", "daily_report"),
-    description="Classify the day's MACs and score the day's windows with the trained models.",
+    selection=dg.AssetSelection.assets(*SCORING_ASSETS),
+    description="Classify the days' MACs, score their windows and drift with the current models, and report.",
 )
 
 reports_job = dg.define_asset_job(
@@ -33,16 +36,11 @@ reports_job = dg.define_asset_job(
     description="Write the model report from the models and the scored days.",
 )
 
-# Every daily asset, for the schedule: yesterday's flows, windows, scores, drift and report.
+# Every daily asset: what a new day, or a day whose archives changed, needs rebuilt.
 daily_job = dg.define_asset_job(
     "daily_job",
-    selection=dg.AssetSelection.assets("decoded_flows", "clean_flows", "clean_rejects", "device_windows",
-                                       "device_inventory", "anomaly_scores", "feature_drift", "daily_report"),
-    description="One day end to end with the trained models: flows, windows, inventory, anomalies, drift, report.",
+    selection=dg.AssetSelection.assets(*FLOW_ASSETS, *SCORING_ASSETS),
+    description="Days end to end with the current models: flows, windows, inventory, anomalies, drift, report.",
 )
 
-# Runs shortly after midnight UTC for the day that just ended.
-daily_schedule = dg.build_schedule_from_partitioned_job(daily_job, minute_of_hour=30)
-
-# The order `iot-assets run` materializes everything in; each job runs over all its partitions.
-PIPELINE = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scoring_job", "reports_job")
+JOBS = [ingest_archives_job, daily_flows_job, training_job, daily_scoring_job, reports_job, daily_job]

@@ -1,16 +1,26 @@
-"""The daily partitions: one per day of flows, the range from the environment."""
+"""The daily partitions: one per day of flows, the range from the settings."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from iot_assets.settings import Settings
-
-_settings = Settings.from_env()
+from iot_assets.settings import SETTINGS
 
 # Dagster's end_date is exclusive; the configured last day is inclusive.
 daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=_settings.first_day.isoformat(),
-    end_date=(_settings.last_day + timedelta(days=1)).isoformat(),
+    start_date=SETTINGS.first_day.isoformat(),
+    end_date=(SETTINGS.last_day + timedelta(days=1)).isoformat(),
     timezone="UTC",
 )
+
+# A range of days in one run (a backfill, `iot-assets run`): each day is still its own file.
+single_run = dg.BackfillPolicy.single_run()
+
+
+def day_bounds(day: str) -> tuple[datetime, datetime]:
+    start = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+    return start, start + timedelta(days=1)
+
+
+def previous_day(day: str) -> str:
+    return (datetime.fromisoformat(day) - timedelta(days=1)).date().isoformat()

@@ -1,4 +1,8 @@
-"""Configuration from the environment, read in one place."""
+"""Configuration: read from the environment once, here, and nowhere else.
+
+`definitions.py` turns these values into Dagster resources; `partitions.py` into the daily
+partitions. Nothing else reads `IOT_ASSETS_*`.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ class SettingsError(ValueError):
     pass
 
 
-def _parse_day(name: str, default: date) -> date:
-    raw = os.environ.get(name, "").strip()
+def _parse_day(env, name: str, default: date) -> date:
+    raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
@@ -25,8 +29,8 @@ def _parse_day(name: str, default: date) -> date:
         raise SettingsError(f"{name}={raw!r} is not a date of the form YYYY-MM-DD") from exc
 
 
-def _parse_number(name: str, default: float, low: float, high: float) -> float:
-    raw = os.environ.get(name, "").strip()
+def _parse_number(env, name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
@@ -38,44 +42,55 @@ def _parse_number(name: str, default: float, low: float, high: float) -> float:
     return value
 
 
+def _location(raw: str) -> str:
+    """A local folder becomes an absolute path; an object-store URL stays as it is."""
+    raw = raw or "data"
+    return raw if "://" in raw and not raw.startswith("file://") else str(Path(raw.removeprefix("file://")).resolve())
+
+
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path
+    data_dir: str  # the base location: an absolute local path or an object-store URL (s3://bucket/prefix)
     first_day: date  # inclusive
     last_day: date  # inclusive
     window_minutes: int = 60
     train_fraction: float = 0.7
     target_fpr: float = 0.01
     seed: int = 0
-    episodes: Path | None = None
+    episodes: str = ""  # an episodes.csv with ground truth for the anomaly metrics, if any
+    model_pins: str = ""  # ASSET=VERSION,...: model versions to serve instead of the current ones
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        data_dir = Path(os.environ.get("IOT_ASSETS_DATA_DIR", "") or "data").resolve()
-        first = _parse_day("IOT_ASSETS_START_DATE", DATASET_FIRST_DAY)
-        last = _parse_day("IOT_ASSETS_END_DATE", DATASET_LAST_DAY)
+    def from_env(cls, env=None) -> "Settings":
+        env = os.environ if env is None else env
+        data_dir = _location(env.get("IOT_ASSETS_DATA_DIR", "").strip())
+        first = _parse_day(env, "IOT_ASSETS_START_DATE", DATASET_FIRST_DAY)
+        last = _parse_day(env, "IOT_ASSETS_END_DATE", DATASET_LAST_DAY)
         if last < first:
-            raise SettingsError(
-                f"IOT_ASSETS_END_DATE ({last}) is before IOT_ASSETS_START_DATE ({first})"
-            )
-        window = int(_parse_number("IOT_ASSETS_WINDOW_MINUTES", 60, 5, 1440))
+            raise SettingsError(f"IOT_ASSETS_END_DATE ({last}) is before IOT_ASSETS_START_DATE ({first})")
+        window = int(_parse_number(env, "IOT_ASSETS_WINDOW_MINUTES", 60, 5, 1440))
         if 1440 % window:
             raise SettingsError(f"IOT_ASSETS_WINDOW_MINUTES={window} does not divide a day")
-        episodes = os.environ.get("IOT_ASSETS_EPISODES", "").strip()
-        if not episodes and (data_dir / "episodes" / "episodes.csv").exists():
-            episodes = str(data_dir / "episodes" / "episodes.csv")  # where `iot-assets run` puts the sample's
+        episodes = env.get("IOT_ASSETS_EPISODES", "").strip()
+        default_episodes = f"{data_dir}/episodes/episodes.csv"
+        if not episodes and "://" not in data_dir and Path(default_episodes).exists():
+            episodes = default_episodes  # where `iot-assets run` puts the sample's
         return cls(
             data_dir=data_dir, first_day=first, last_day=last, window_minutes=window,
-            train_fraction=_parse_number("IOT_ASSETS_TRAIN_FRACTION", 0.7, 0.1, 0.95),
-            target_fpr=_parse_number("IOT_ASSETS_TARGET_FPR", 0.01, 0.0001, 0.5),
-            seed=int(_parse_number("IOT_ASSETS_SEED", 0, 0, 2**31)),
-            episodes=Path(episodes).resolve() if episodes else None,
+            train_fraction=_parse_number(env, "IOT_ASSETS_TRAIN_FRACTION", 0.7, 0.1, 0.95),
+            target_fpr=_parse_number(env, "IOT_ASSETS_TARGET_FPR", 0.01, 0.0001, 0.5),
+            seed=int(_parse_number(env, "IOT_ASSETS_SEED", 0, 0, 2**31)),
+            episodes=str(Path(episodes).resolve()) if episodes and "://" not in episodes else episodes,
+            model_pins=env.get("IOT_ASSETS_MODEL_PINS", "").strip(),
         )
 
     @property
-    def raw_dir(self) -> Path:
-        return self.data_dir / "raw"
+    def is_local(self) -> bool:
+        return "://" not in self.data_dir
 
     @property
-    def reports_dir(self) -> Path:
-        return self.data_dir / "reports"
+    def raw_url(self) -> str:
+        return f"{self.data_dir}/raw"
+
+
+SETTINGS = Settings.from_env()

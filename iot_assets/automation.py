@@ -1,0 +1,78 @@
+"""Automation in Dagster's terms: sensors for what depends on the data, schedules for cadences,
+declarative conditions for what follows from other assets."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from iot_assets.jobs import daily_job, ingest_archives_job, training_job
+from iot_assets.partitions import daily_partitions
+from iot_assets.storage.staging import ArchiveStore
+
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def day_ranges(days: list[str]) -> list[tuple[str, str]]:
+    """Consecutive runs of partition keys, as (first, last) pairs."""
+    keys = daily_partitions.get_partition_keys()
+    index = {key: i for i, key in enumerate(keys)}
+    ranges: list[tuple[str, str]] = []
+    for day in sorted(d for d in days if d in index):
+        if ranges and index[day] == index[ranges[-1][1]] + 1:
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    return ranges
+
+
+def range_tags(first: str, last: str) -> dict[str, str]:
+    """A range of days as one run (the assets' single-run backfill policy); one day as a partition."""
+    return {RANGE_START: first, RANGE_END: last}
+
+
+@dg.sensor(job=ingest_archives_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def archive_sensor(context: dg.SensorEvaluationContext, archives: ArchiveStore):
+    """Requests a landing-zone scan when archives appear or change."""
+    fingerprint = archives.fingerprint()
+    if not fingerprint or fingerprint == context.cursor:
+        return dg.SkipReason("no new or changed archives")
+    context.update_cursor(fingerprint)
+    return dg.RunRequest(run_key=f"landing-zone-{fingerprint}")
+
+
+@dg.asset_sensor(asset_key=dg.AssetKey("raw_archives"), job=daily_job, default_status=dg.DefaultSensorStatus.RUNNING)
+def changed_days_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    """Rebuilds every daily asset, through the daily report, of the days new, changed or removed archives touch."""
+    materialization = asset_event.asset_materialization
+    changed = materialization.metadata.get("changed_days") if materialization else None
+    for first, last in day_ranges(changed.value if changed else []):
+        key = f"{asset_event.run_id}-{first}-{last}"
+        if first == last:
+            yield dg.RunRequest(run_key=key, partition_key=first)
+        else:
+            yield dg.RunRequest(run_key=key, tags=range_tags(first, last))
+
+
+# The daily schedule runs at 00:30 UTC for the day that just ended.
+daily_schedule = dg.build_schedule_from_partitioned_job(daily_job, minute_of_hour=30)
+
+# Models retrain weekly (Monday 03:00 UTC) on demand in between: `training_job` in the UI.
+weekly_training_schedule = dg.ScheduleDefinition(
+    name="weekly_training_schedule", job=training_job, cron_schedule="0 3 * * 1",
+    execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.STOPPED,
+)
+
+# The model report follows the models and the scored days it shows.
+AFTER_ITS_INPUTS = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.in_progress()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+)
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation_sensor", target=dg.AssetSelection.assets("model_report"),
+    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60,
+)
+
+SENSORS = [archive_sensor, changed_days_sensor, automation_sensor]
+SCHEDULES = [daily_schedule, weekly_training_schedule]

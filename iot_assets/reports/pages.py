@@ -1,0 +1,141 @@
+"""The daily report and the model report as single HTML pages. Rendering only: frames in, HTML out."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from iot_assets import anomaly, drift
+from iot_assets.features import CONTEXT_HOURS
+from iot_assets.reports.html import heatmap, page, plt, png, table
+
+
+def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, feature_drift: pd.DataFrame,
+               windows: pd.DataFrame, extra_sections: list[str] = ()) -> str:
+    """The day in one HTML page: inventory, anomalies on a timeline, drift, each device's traffic."""
+    body = [f"<p class='note'>{len(inventory)} MACs, {len(windows)} device-windows; model versions: "
+            f"{html.escape(', '.join(_versions(inventory, scores, feature_drift)))}.</p>"]
+    body.append("<h2>Inventory</h2>")
+    shown = inventory[[c for c in ("device_mac", "catalogue_device", "predicted_device", "predicted_category",
+                                   "confidence", "runner_up", "windows", "disagrees") if c in inventory]]
+    body.append(table(shown, flag=inventory["disagrees"].astype(bool) | inventory["catalogue_device"].isna()
+                      if len(inventory) else None))
+
+    body.append("<h2>Anomalies</h2>")
+    if len(scores) and scores["has_model"].astype(bool).any():
+        scores = scores.assign(label=scores["device_name"].fillna(scores["device_mac"]),
+                               hour=scores["window_start"].dt.hour + scores["window_start"].dt.minute / 60)
+        timeline = scores.pivot_table(index="label", columns="hour", values="score_ratio", aggfunc="max")
+        fig, ax = plt.subplots(figsize=(12, 0.3 * max(len(timeline), 4) + 1.5))
+        image = ax.imshow(np.log2(timeline.clip(lower=1e-3).to_numpy(dtype=float)), aspect="auto", cmap="coolwarm",
+                          vmin=-3, vmax=3)
+        flagged = scores[scores["anomaly"].astype(bool)]
+        rows = {name: i for i, name in enumerate(timeline.index)}
+        cols = {hour: i for i, hour in enumerate(timeline.columns)}
+        ax.scatter(flagged["hour"].map(cols), flagged["label"].map(rows), marker="x", color="black", s=40)
+        ax.set_yticks(range(len(timeline)), timeline.index, fontsize=7)
+        ax.set_xlabel("window start (hour, UTC)")
+        ax.set_title("anomaly score / device threshold (log2): red above, blue below")
+        fig.colorbar(image, ax=ax)
+        body.append(png(fig))
+        body.append(table(flagged[["label", "window_start", "score_ratio", "top_features"]]))
+    else:
+        body.append("<p class='note'>no anomaly model for these devices yet</p>")
+
+    body.append("<h2>Drift against the training reference</h2>")
+    summary = drift.summarize(feature_drift)
+    body.append(table(summary, flag=summary["level"] == "major" if len(summary) else None))
+
+    body.append("<h2>Traffic profile</h2>")
+    if len(windows):
+        profile = windows.assign(label=windows["device_name"].fillna(windows["device_mac"]),
+                                 hour=windows["window_start"].dt.hour)
+        body.append(png(heatmap(profile.pivot_table(index="label", columns="hour", values="w_log_own_flows"),
+                                "own flows per hour (log, gateway probes left out)", "log(1 + flows)")))
+        body.append(png(heatmap(profile.pivot_table(index="label", columns="hour", values="w_log_bytes_out"),
+                                "bytes out of the device per hour (log)", "log(1 + bytes)", cmap="magma")))
+    body.extend(extra_sections)
+    return page(f"iot-assets daily report {day}", body)
+
+
+def _versions(*frames: pd.DataFrame) -> list[str]:
+    return sorted({str(v) for f in frames if "model_version" in f for v in f["model_version"].dropna().unique()})
+
+
+def model_page(metrics: dict, anomaly_metrics: dict, versions: dict[str, str], scores: pd.DataFrame,
+               episodes: pd.DataFrame | None, drifts: pd.DataFrame, window_minutes: int, target_fpr: float,
+               extra_sections: list[str] = ()) -> str:
+    """The models in one HTML page: exploration, confusion matrix, scores, importance, ROC curves, drift."""
+    body = [f"<p class='note'>Trained on {metrics['train_range'][0]} .. {metrics['train_range'][1]}, evaluated on "
+            f"{metrics['eval_range'][0]} .. {metrics['eval_range'][1]} ({metrics['window']} windows). Model versions: "
+            + ", ".join(f"{html.escape(a)} <b>{html.escape(v)}</b>" for a, v in versions.items()) + ".</p>"]
+
+    body.append("<h2>Exploration: which features separate devices</h2>")
+    explored = metrics["exploration"]
+    body.append(table(pd.DataFrame(list(explored["top_separating"].items()), columns=["feature", "ANOVA F"])))
+    body.append(f"<p class='note'>{explored['redundant_pairs']} redundant pairs (|Spearman| &gt; 0.95); constant in "
+                f"training: {html.escape(', '.join(explored['constant_features']) or 'none')}. Full write-up: "
+                f"feature_exploration.md.</p>")
+
+    body.append("<h2>Device classifier</h2>")
+    body.append(f"<p>accuracy <b>{metrics['accuracy']:.4f}</b>, macro F1 <b>{metrics['macro_f1']:.4f}</b> on "
+                f"{metrics['eval_windows']:,} windows; per-flow baseline accuracy "
+                f"{metrics['baseline_per_flow']['accuracy'] or 0:.4f}.</p>")
+    labels = metrics["labels"]
+    matrix = np.asarray(metrics["confusion_matrix"], dtype=float)
+    if matrix.size:
+        normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        fig, ax = plt.subplots(figsize=(10, 9))
+        ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title("confusion matrix (share of each true device's windows)")
+        body.append(png(fig))
+    per_device = pd.DataFrame(metrics["per_device"]).T.reset_index(names="device").astype({"support": int})
+    body.append(table(per_device, flag=per_device["f1"] < 0.9))
+    importance = pd.Series(metrics["feature_importance"]).head(20)[::-1]
+    fig, ax = plt.subplots(figsize=(8, 6))
+    ax.barh(importance.index, importance.to_numpy())
+    ax.set_title("feature importance (gain), top 20")
+    ax.tick_params(axis="y", labelsize=7)
+    body.append(png(fig))
+
+    body.append("<h2>Anomaly detector</h2>")
+    compared = pd.DataFrame(anomaly_metrics["detectors_compared"]).T.reset_index(names="detector")
+    body.append(f"<p>kept <b>{anomaly_metrics['detector']}</b>; false positives on clean windows "
+                f"{(anomaly_metrics['fpr_clean'] or 0):.2%}.</p>")
+    body.append(table(compared, flag=compared["detector"] == anomaly_metrics["detector"]))
+    if len(scores) and episodes is not None:
+        days = scores["window_start"].dt.strftime("%Y-%m-%d")
+        scores = scores[scores["has_model"].astype(bool) & (days >= metrics["eval_range"][0])].reset_index(drop=True)
+        labels_ = anomaly.evaluation_labels(scores, episodes, window_minutes, pd.Timedelta(hours=CONTEXT_HOURS))
+        fig, ax = plt.subplots(figsize=(6, 6))
+        clean = labels_.isna()
+        for kind in sorted(set(labels_.dropna()) - {anomaly.AFTERMATH}):
+            mask = clean | (labels_ == kind)
+            fpr, tpr, _ = roc_curve(labels_[mask] == kind, scores.loc[mask, "score_ratio"].fillna(0))
+            ax.plot(fpr, tpr, label=kind)
+        ax.plot([0, 1], [0, 1], color="#aaa", linestyle=":")
+        ax.axvline(target_fpr, color="red", linestyle="--", label=f"target FPR {target_fpr:g}")
+        ax.set_xlabel("false-positive rate")
+        ax.set_ylabel("true-positive rate")
+        ax.set_title("ROC per episode type (evaluation days)")
+        ax.legend(fontsize=8)
+        body.append(png(fig))
+        per_type = pd.DataFrame(anomaly_metrics["per_episode_type"]).T.reset_index(names="episode type")
+        body.append(table(per_type))
+    else:
+        body.append("<p class='note'>no episodes file (IOT_ASSETS_EPISODES): no ROC curves</p>")
+
+    body.append("<h2>Drift over time</h2>")
+    if len(drifts):
+        daily = pd.concat([drift.summarize(part).assign(day=day) for day, part in drifts.groupby("day")])
+        matrix = daily.pivot_table(index="device_name", columns="day", values="drifted_share")
+        body.append(png(heatmap(matrix, "share of drifted features per device and day", "share", cmap="Reds")))
+    body.extend(extra_sections)
+    return page("iot-assets model report", body)

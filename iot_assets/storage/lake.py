@@ -1,0 +1,101 @@
+"""Tables as hive-style Parquet on the base location, one file per day.
+
+`<base>/lake/<asset>/day=YYYY-MM-DD/part-0.parquet` for daily assets, `<base>/lake/<asset>/part-0.parquet`
+otherwise: DuckDB, Spark or Trino read the lake as it is.
+
+A run may cover a range of days (a single-run backfill): daily assets then return
+`{day: frame}` and each day is still its own file. Inputs of daily assets always arrive as
+`{day: frame}`, whether one day or many was asked for, so asset code has one shape to handle.
+"""
+
+from __future__ import annotations
+
+import io
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from upath import UPath
+
+from iot_assets.storage.location import base_path, remove_tree, write_bytes_atomic
+
+PART = "part-0"
+
+
+def parquet_bytes(frame: pd.DataFrame | pa.Table) -> bytes:
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="snappy")
+    return buffer.getvalue()
+
+
+def read_parquet(path: UPath, **kwargs) -> pa.Table:
+    if not path.exists():
+        raise FileNotFoundError(str(path))
+    return pq.read_table(path.path, filesystem=path.fs, **kwargs)
+
+
+class LakeIOManager(dg.UPathIOManager):
+    extension = ".parquet"
+
+    def __init__(self, base_url: str):
+        super().__init__(base_path=base_path(base_url) / "lake")
+
+    def _get_path(self, context) -> UPath:
+        return self._get_path_without_extension(context) / f"{PART}{self.extension}"
+
+    def get_path_for_partition(self, context, path: UPath, partition: str) -> UPath:
+        return path / f"day={partition}" / PART
+
+    def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath) -> None:
+        write_bytes_atomic(path, parquet_bytes(obj))
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
+        return read_parquet(path).to_pandas()
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        if obj is None:
+            return
+        if not context.has_asset_partitions:
+            super().handle_output(context, obj)
+            context.add_output_metadata({"dagster/row_count": len(obj)})
+            return
+        paths = self._get_paths_for_partitions(context)
+        by_day = obj if isinstance(obj, dict) else {next(iter(paths)): obj}
+        if set(by_day) != set(paths):
+            raise ValueError(f"{context.asset_key.to_user_string()}: output holds days {sorted(by_day)[:3]}..., "
+                             f"the run asked for {sorted(paths)[:3]}...")
+        for day, path in paths.items():
+            write_bytes_atomic(path, parquet_bytes(by_day[day]))
+        rows = sum(len(frame) for frame in by_day.values())
+        context.add_output_metadata({"dagster/row_count": rows, "days": len(paths),
+                                     "path": dg.MetadataValue.path(str(next(iter(paths.values())).parent.parent))})
+
+    def load_input(self, context: dg.InputContext):
+        if not context.has_asset_partitions:
+            return super().load_input(context)
+        keys = context.asset_partition_keys
+        if not keys:
+            return {}
+        loaded = self.load_partitions(context)
+        # One partition comes back bare from UPathIOManager; many as a dict: one shape for the assets.
+        if isinstance(loaded, dict):
+            return loaded
+        return {} if loaded is None else {keys[0]: loaded}
+
+
+def prune_outside(base_url: str, keep: set[str]) -> dict[str, list[str]]:
+    """Remove every daily partition file whose day is not in `keep` (the configured range shrank)."""
+    root = base_path(base_url) / "lake"
+    removed: dict[str, list[str]] = {}
+    if not root.exists():
+        return removed
+    for asset_dir in root.iterdir():
+        if not asset_dir.is_dir():
+            continue
+        for child in asset_dir.iterdir():
+            if child.name.startswith("day=") and child.name.removeprefix("day=") not in keep:
+                remove_tree(child)
+                removed.setdefault(asset_dir.name, []).append(child.name.removeprefix("day="))
+    return {asset: sorted(days) for asset, days in removed.items()}
