@@ -9,6 +9,8 @@ window's score are those furthest from the device's usual values.
 
 from __future__ import annotations
 
+import io
+import json
 import warnings
 from dataclasses import dataclass, field
 
@@ -43,6 +45,10 @@ class DeviceModel:
     spread: np.ndarray
     detector: object
     threshold: float
+    # The scaled training matrix the detector was fitted on: the detector's safe serialized
+    # form. The PyOD detectors are deterministic given it and the seed, so they are refitted
+    # on load instead of unpickled.
+    train_scaled: np.ndarray | None = None
 
     def raw_scores(self, owner: "AnomalyDetector", x: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
@@ -58,6 +64,10 @@ class AnomalyDetector:
     target_fpr: float
     features: list[str]
     devices: dict[str, DeviceModel] = field(default_factory=dict)
+    seed: int = 0
+
+    META_FILE = "detector.json"
+    ARRAYS_FILE = "detector.npz"
 
     def _scaled(self, model: DeviceModel, x: np.ndarray) -> np.ndarray:
         """Robust z-scores, less the usual variation: within two spreads of its median a
@@ -74,6 +84,7 @@ class AnomalyDetector:
         threshold is the quantile of those held-out scores at the target false-positive rate.
         Short blocks keep the held-out detectors close to the final one.
         """
+        self.seed = seed
         for mac, part in windows.sort_values("window_start").groupby("device_mac"):
             x = part[self.features].to_numpy(dtype=float)
             if len(x) < 48:
@@ -90,11 +101,65 @@ class AnomalyDetector:
         center = np.median(x, axis=0)
         spread = np.quantile(x, 0.9, axis=0) - np.quantile(x, 0.1, axis=0)
         spread = np.where(spread > 1e-9, spread, np.maximum(np.abs(center) * 0.1, 0.05))
-        model = DeviceModel(center, spread, DETECTORS[self.kind](seed), 0.0)
+        model = DeviceModel(center, spread, None, 0.0)
+        model.train_scaled = self._scaled(model, x)
+        model.detector = self._fit_detector(model.train_scaled, seed)
+        return model
+
+    def _fit_detector(self, train_scaled: np.ndarray, seed: int):
+        detector = DETECTORS[self.kind](seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model.detector.fit(self._scaled(model, x))
-        return model
+            detector.fit(train_scaled)
+        return detector
+
+    def to_files(self) -> dict[str, bytes]:
+        """JSON for the settings and thresholds, NPZ for the arrays: nothing that runs code on load."""
+        macs = sorted(self.devices)
+        meta = {
+            "format": 1, "kind": self.kind, "target_fpr": self.target_fpr, "features": self.features,
+            "seed": self.seed, "shrink": SHRINK,
+            "devices": [{"device_mac": mac, "threshold": self.devices[mac].threshold} for mac in macs],
+        }
+        arrays = {}
+        for i, mac in enumerate(macs):
+            model = self.devices[mac]
+            arrays[f"center_{i}"] = model.center
+            arrays[f"spread_{i}"] = model.spread
+            arrays[f"train_scaled_{i}"] = model.train_scaled
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        return {self.META_FILE: json.dumps(meta, indent=2).encode(), self.ARRAYS_FILE: buffer.getvalue()}
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> "AnomalyDetector":
+        """The detector back from `to_files`: each device's detector refitted on its stored training matrix."""
+        for name in (cls.META_FILE, cls.ARRAYS_FILE):
+            if name not in files:
+                raise ValueError(f"anomaly detector: file {name!r} is missing (files: {sorted(files)})")
+        try:
+            meta = json.loads(files[cls.META_FILE].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"anomaly detector: {cls.META_FILE!r} is not a JSON document ({error})") from None
+        if meta.get("shrink") != SHRINK or meta.get("kind") not in DETECTORS:
+            raise ValueError(f"anomaly detector: {cls.META_FILE!r} was written for kind {meta.get('kind')!r} "
+                             f"and shrink {meta.get('shrink')!r}; this code has {sorted(DETECTORS)} and {SHRINK}")
+        try:
+            # allow_pickle=False: an object array, or a pickle instead of an NPZ, is refused.
+            with np.load(io.BytesIO(files[cls.ARRAYS_FILE]), allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (ValueError, OSError) as error:
+            raise ValueError(f"anomaly detector: {cls.ARRAYS_FILE!r} is not a plain NPZ of numbers ({error})") from None
+        detector = cls(meta["kind"], meta["target_fpr"], meta["features"], seed=meta["seed"])
+        for i, entry in enumerate(meta["devices"]):
+            try:
+                center, spread, train = arrays[f"center_{i}"], arrays[f"spread_{i}"], arrays[f"train_scaled_{i}"]
+            except KeyError as missing:
+                raise ValueError(f"anomaly detector: {cls.ARRAYS_FILE!r} lacks {missing} for device "
+                                 f"{entry['device_mac']}") from None
+            model = DeviceModel(center, spread, detector._fit_detector(train, detector.seed), float(entry["threshold"]), train)
+            detector.devices[entry["device_mac"]] = model
+        return detector
 
     def score(self, windows: pd.DataFrame, top: int = 3) -> pd.DataFrame:
         """Score, flag and the most deviating features per window; NaN for devices without a model."""

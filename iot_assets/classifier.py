@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,27 +51,60 @@ class TimeSplit:
         return [self.eval_days[0], self.eval_days[-1]]
 
 
+def _json_file(files: dict[str, bytes], name: str, model: str) -> dict:
+    """A JSON document from a model's files, or a clear error: nothing else is ever parsed."""
+    if name not in files:
+        raise ValueError(f"{model}: file {name!r} is missing (files: {sorted(files)})")
+    try:
+        return json.loads(files[name].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{model}: {name!r} is not a JSON document ({error}); refusing to load it") from None
+
+
 @dataclass
 class DeviceClassifier:
     booster: xgb.XGBClassifier
     labels: list[str]
     features: list[str]
+    # Anything else worth keeping beside the model (window_minutes, train_range): JSON values.
+    info: dict = field(default_factory=dict)
+
+    MODEL_FILE = "model.json"
+    META_FILE = "meta.json"
 
     def predict_proba(self, windows: pd.DataFrame) -> np.ndarray:
         return self.booster.predict_proba(windows[self.features].to_numpy(dtype=np.float32))
 
+    def to_files(self) -> dict[str, bytes]:
+        """XGBoost's own JSON model and a JSON meta (labels, features, info): no pickles."""
+        with tempfile.TemporaryDirectory() as tmp:
+            # The scikit-learn wrapper's save_model keeps its own attributes (classes) in the JSON.
+            path = Path(tmp) / self.MODEL_FILE
+            self.booster.save_model(path)
+            model = path.read_bytes()
+        meta = {"labels": self.labels, "features": self.features, **self.info}
+        return {self.MODEL_FILE: model, self.META_FILE: json.dumps(meta, indent=2).encode()}
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> "DeviceClassifier":
+        """The classifier back from `to_files`; refuses anything that is not JSON."""
+        meta = _json_file(files, cls.META_FILE, "device classifier")
+        _json_file(files, cls.MODEL_FILE, "device classifier")  # XGBoost's JSON, checked before XGBoost reads it
+        booster = xgb.XGBClassifier()
+        booster.load_model(bytearray(files[cls.MODEL_FILE]))
+        labels, features = meta.pop("labels"), meta.pop("features")
+        return cls(booster, labels, features, meta)
+
     def save(self, path: Path, extra: dict) -> None:
-        """XGBoost's own JSON model format, and the labels and features beside it: no pickles."""
+        """The files of `to_files` at `path` (the model) and beside it (`.meta.json`)."""
+        files = DeviceClassifier(self.booster, self.labels, self.features, {**self.info, **extra}).to_files()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.booster.save_model(path)
-        path.with_suffix(".meta.json").write_text(json.dumps({"labels": self.labels, "features": self.features, **extra}, indent=2))
+        path.write_bytes(files[self.MODEL_FILE])
+        path.with_suffix(".meta.json").write_bytes(files[self.META_FILE])
 
     @classmethod
     def load(cls, path: Path) -> "DeviceClassifier":
-        meta = json.loads(path.with_suffix(".meta.json").read_text())
-        booster = xgb.XGBClassifier()
-        booster.load_model(path)
-        return cls(booster, meta["labels"], meta["features"])
+        return cls.from_files({cls.MODEL_FILE: path.read_bytes(), cls.META_FILE: path.with_suffix(".meta.json").read_bytes()})
 
 
 def fit(train: pd.DataFrame, labels_column: str, features: list[str], seed: int) -> tuple[xgb.XGBClassifier, list[str]]:

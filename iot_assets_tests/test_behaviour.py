@@ -83,10 +83,9 @@ def test_classifier_is_trained_on_earlier_days_and_reproducible(windows, tmp_pat
     assert metrics_again["confusion_matrix"] == metrics["confusion_matrix"]
     np.testing.assert_allclose(model.predict_proba(windows), again.predict_proba(windows))
     # Saved in XGBoost's JSON format, loaded back to the same predictions.
-    path = tmp_path / "model.json"
-    model.save(path, {})
-    assert "learner" in json.loads(path.read_text())
-    np.testing.assert_allclose(classifier.DeviceClassifier.load(path).predict_proba(windows), model.predict_proba(windows))
+    files = model.to_files()
+    assert "learner" in json.loads(files["model.json"])
+    np.testing.assert_allclose(classifier.DeviceClassifier.from_files(files).predict_proba(windows), model.predict_proba(windows))
 
 
 def test_identity_columns_do_not_change_predictions(windows):
