@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -103,7 +106,7 @@ def inject(archive: tuple[Path, ...], out_dir: Path, seed: int) -> None:
     if errors or len(found) != 1:
         raise click.UsageError("; ".join(str(e) for e in errors) or "give the parts of exactly one archive")
     settings = _settings()
-    if out_dir.resolve() == settings.raw_dir.resolve():
+    if str(out_dir.resolve()) == f"{settings.data_dir}/raw":
         raise click.UsageError("--out must not be the landing zone: the copy would sit beside its original")
     path, episodes = inject_archive(found[0], out_dir, seed)
     for ep in episodes:
@@ -122,33 +125,90 @@ SAMPLE_ATTACKED = ("nature_remo", "google_home_gen1", "planex_smacam_pantilt")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--strict", is_flag=True, help="Exit non-zero when an ERROR-level asset check fails, too.")
 def run(sample_days: int, sample_scale: float, seed: int, strict: bool) -> None:
-    """Materialize every asset for every partition of the configured range, headless.
+    """Materialize every asset for every day of the configured range, on Dagster's execution.
 
-    When the landing zone ($IOT_ASSETS_DATA_DIR/raw) holds no archive, a sample is
-    written first and, unless IOT_ASSETS_END_DATE is set, the range is the sample's days.
-    Exits non-zero if any run failed; failed ERROR-level checks are printed as ALERT
+    When the landing zone ($IOT_ASSETS_DATA_DIR/raw) holds no archive, a sample is written
+    first and, unless IOT_ASSETS_END_DATE is set, the range is the sample's days. Exits non-zero
+    if any run failed or a record may be lost; failed ERROR-level checks are printed as ALERT
     lines and, with --strict, fail the command too.
     """
     settings = _settings()
-    settings.raw_dir.mkdir(parents=True, exist_ok=True)
-    if not any(p.name.endswith(".tar.gz") or ".tar.gz" in p.name for p in settings.raw_dir.iterdir()):
-        days = min(sample_days, (settings.last_day - settings.first_day).days + 1)
-        click.echo(f"{settings.raw_dir} is empty: writing a {days}-day sample at scale {sample_scale}")
-        _write_sample(settings.raw_dir, settings.first_day, days, sample_scale, seed)
-        if not os.environ.get("IOT_ASSETS_END_DATE"):
-            os.environ["IOT_ASSETS_END_DATE"] = (settings.first_day + timedelta(days=days - 1)).isoformat()
-        if days >= 7 and not os.environ.get("IOT_ASSETS_EPISODES"):
-            os.environ["IOT_ASSETS_EPISODES"] = str(_attack_sample(settings, seed))
-    os.environ.setdefault("DAGSTER_HOME", str(settings.data_dir / "dagster_home"))
-    home = Path(os.environ["DAGSTER_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    if not settings.is_local:
+        raise click.UsageError("`iot-assets run` keeps its lock and Dagster instance on local disk: for an object-store "
+                               "lake set DAGSTER_HOME and run the jobs through the instance (see deploy/)")
+    data_dir = Path(settings.data_dir)
+    raw = data_dir / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    child_env = dict(os.environ)
+    with _run_lock(data_dir):
+        if not any(".tar.gz" in p.name for p in raw.iterdir()):
+            days = min(sample_days, (settings.last_day - settings.first_day).days + 1)
+            click.echo(f"{raw} is empty: writing a {days}-day sample at scale {sample_scale}")
+            _write_sample(raw, settings.first_day, days, sample_scale, seed)
+            if not child_env.get("IOT_ASSETS_END_DATE"):
+                child_env["IOT_ASSETS_END_DATE"] = (settings.first_day + timedelta(days=days - 1)).isoformat()
+            if days >= 7 and not child_env.get("IOT_ASSETS_EPISODES"):
+                child_env["IOT_ASSETS_EPISODES"] = str(_attack_sample(settings, seed))
+        home = Path(child_env.setdefault("DAGSTER_HOME", str(data_dir / "dagster_home")))
+        home.mkdir(parents=True, exist_ok=True)
+        if not (home / "dagster.yaml").exists():
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        # The code location reads its configuration when it is imported: a child process gets this one.
+        done = subprocess.run([sys.executable, "-m", "iot_assets.pipeline", *(["--strict"] if strict else [])],
+                              env=child_env)
+    sys.exit(done.returncode)
 
-    from iot_assets.pipeline import run_everything
 
-    ok = run_everything(echo=click.echo, strict=strict)
-    sys.exit(0 if ok else 1)
+@contextmanager
+def _run_lock(data_dir: Path):
+    """One `iot-assets run` per data directory at a time; a second one says who holds it and stops."""
+    path = data_dir / ".run.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise click.ClickException(f"another iot-assets run is using {data_dir} "
+                                       f"({handle.read().strip() or 'pid unknown'}); wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@main.group()
+def models() -> None:
+    """Model versions: list them, or choose the one in use (roll back)."""
+
+
+@models.command("list")
+@click.argument("asset")
+def models_list(asset: str) -> None:
+    """The versions of ASSET (device_classifier, anomaly_detector, drift_reference); * marks the one in use."""
+    from iot_assets.storage.models import ModelStore
+
+    store = ModelStore(_settings().data_dir)
+    current = store.current(asset) if store.versions(asset) else None
+    for version in store.versions(asset):
+        click.echo(f"{'*' if version == current else ' '} {version}")
+
+
+@models.command("use")
+@click.argument("asset")
+@click.argument("version")
+def models_use(asset: str, version: str) -> None:
+    """Serve VERSION of ASSET from now on (a rollback); rescore with daily_scoring_job."""
+    from iot_assets.storage.models import ModelStore
+
+    try:
+        ModelStore(_settings().data_dir).use(asset, version)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{asset}: now serving {version}")
 
 
 def _attack_sample(settings: Settings, seed: int) -> Path:
@@ -156,9 +216,9 @@ def _attack_sample(settings: Settings, seed: int) -> Path:
     from iot_assets.archive import find_archives
     from iot_assets.inject import inject as inject_archive
 
-    out = settings.data_dir / "episodes"
+    out = Path(settings.data_dir) / "episodes"
     (out / "episodes.csv").unlink(missing_ok=True)
-    archives, _ = find_archives(settings.raw_dir)
+    archives, _ = find_archives(Path(settings.data_dir) / "raw")
     for archive in archives:
         if archive.name in SAMPLE_ATTACKED:
             path, _ = inject_archive(archive, out, seed)

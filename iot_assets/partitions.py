@@ -1,5 +1,6 @@
 """The daily partitions: one per day of flows, the range from the settings."""
 
+import warnings
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -15,6 +16,9 @@ daily_partitions = dg.DailyPartitionsDefinition(
 
 # A range of days in one run (a backfill, `iot-assets run`): each day is still its own file.
 single_run = dg.BackfillPolicy.single_run()
+# Beta parameters in Dagster 1.13 that every daily asset and every model uses.
+for _parameter in ("backfill_policy", "data_version"):
+    warnings.filterwarnings("ignore", message=f"Parameter `{_parameter}`", category=dg.BetaWarning)
 
 
 def day_bounds(day: str) -> tuple[datetime, datetime]:

@@ -1,71 +1,130 @@
-"""Running every asset headless: each stage's job over all of its partitions, in order."""
+"""Every asset, headless, on Dagster's own execution: a run per stage, days in ranges.
+
+`iot-assets run` starts this module in a child process with the configuration in its
+environment. Each daily stage is one run over the whole range of days (the assets' single-run
+backfill policy, one Parquet file per day); when such a run fails, its days are run one by one,
+so that one bad day fails alone and the others complete.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import dagster as dg
-import pandas as pd
 from tqdm import tqdm
 
+from iot_assets.automation import range_tags
+
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scoring_job", "reports_job")
+# A failed check of these means a record may be lost: the run fails, with --strict or without.
+INTEGRITY_CHECKS = {"archives_reconcile", "decoded_matches_staging", "day_reconciles", "decoded_schema"}
+
+
+class Outcome:
+    def __init__(self, echo: Callable[[str], None], strict: bool):
+        self.echo, self.strict = echo, strict
+        self.problems: list[str] = []
+        self.alerts: list[str] = []
+
+    def record(self, label: str, result: dg.ExecuteInProcessResult, report_failure: bool = True) -> None:
+        if not result.success and report_failure:
+            for event in result.all_events:
+                if event.is_step_failure:
+                    self.problems.append(f"{label}: {event.step_key}: "
+                                         f"{event.event_specific_data.error.message.strip()[:500]}")
+            if not any(p.startswith(label) for p in self.problems):
+                self.problems.append(f"{label}: run failed")
+        for evaluation in result.get_asset_check_evaluations():
+            if evaluation.passed:
+                continue
+            note = (f"{label}: check {evaluation.asset_key.to_user_string()}.{evaluation.check_name} "
+                    f"failed ({evaluation.severity.value}): {evaluation.description}")
+            if evaluation.check_name in INTEGRITY_CHECKS or (self.strict and evaluation.severity == dg.AssetCheckSeverity.ERROR):
+                self.problems.append(note)
+            elif evaluation.severity == dg.AssetCheckSeverity.ERROR:
+                self.alerts.append(note)
+            else:
+                self.echo(f"warning: {note}")
 
 
 def run_everything(echo: Callable[[str], None] = print, strict: bool = False) -> bool:
-    """Materialize every stage for every partition into the instance at DAGSTER_HOME.
+    """Materialize every stage over every day of the configured range into the instance at DAGSTER_HOME.
 
-    A failed partition does not stop the others. Returns False if any run failed, and with
-    `strict` also if an ERROR-severity check failed; says which either way. (A failed check
-    is a finding about the data, such as a drifting device, not a failure of the pipeline.)
+    Returns False if a run failed or a record may be lost (an integrity check failed), and with
+    `strict` also if any ERROR-severity check failed; says which either way. (A failed drift
+    check is a finding about the data, printed as ALERT, not a failure of the pipeline.)
     """
-    from iot_assets.definitions import defs, lake
-    from iot_assets.jobs import PIPELINE
+    from iot_assets.definitions import defs
+    from iot_assets.settings import SETTINGS
 
     instance = dg.DagsterInstance.get()
-    problems: list[str] = []
-    alerts: list[str] = []
-    for job_name in PIPELINE:
-        job = defs.resolve_job_def(job_name)
-        keys = job.partitions_def.get_partition_keys() if job.partitions_def else [None]
-        if job.partitions_def:
-            # Days before the first or after the last record of any archive hold nothing to build.
-            first, last = _data_days(lake)
-            kept = [k for k in keys if first <= k <= last]
-            if len(kept) < len(keys):
-                echo(f"{job_name}: {len(kept)} of {len(keys)} partitions hold data ({first} .. {last})")
-            keys = kept
-        t0 = time.perf_counter()
-        for key in tqdm(keys, desc=job_name, unit="partition", file=sys.stderr, disable=len(keys) == 1):
-            label = f"{job_name}[{key}]" if key else job_name
-            result = job.execute_in_process(instance=instance, partition_key=key, run_config=QUIET,
-                                            raise_on_error=False)
-            if not result.success:
-                failure = next((e for e in result.all_events if e.is_step_failure), None)
-                reason = failure.event_specific_data.error.message.strip() if failure else "run failed"
-                problems.append(f"{label}: {reason}")
-            for evaluation in result.get_asset_check_evaluations():
-                if not evaluation.passed:
-                    level = evaluation.severity.value
-                    note = f"{label}: check {evaluation.asset_key.to_user_string()}.{evaluation.check_name} " \
-                           f"failed ({level}): {evaluation.description}"
-                    if evaluation.severity == dg.AssetCheckSeverity.ERROR:
-                        (problems if strict else alerts).append(note)
-                    else:
-                        echo(f"warning: {note}")
-        echo(f"{job_name}: {len(keys)} run(s) in {time.perf_counter() - t0:.1f} s")
-    echo(f"outputs: Parquet lake {lake.data_dir}/lake, reports {lake.data_dir}/reports, "
-         f"Dagster instance {instance.root_directory}")
-    for alert in alerts:
+    outcome = Outcome(echo, strict)
+    run_stages(defs, instance, defs.resolve_job_def("daily_flows_job").partitions_def.get_partition_keys(), outcome)
+    echo(f"outputs: lake {SETTINGS.data_dir}/lake, models {SETTINGS.data_dir}/models, "
+         f"reports {SETTINGS.data_dir}/reports, Dagster instance {instance.root_directory}")
+    for alert in outcome.alerts:
         echo(f"ALERT {alert}")
-    for problem in problems:
+    for problem in outcome.problems:
         echo(f"FAILED {problem}")
-    return not problems
+    return not outcome.problems
 
 
-def _data_days(lake) -> tuple[str, str]:
-    manifest = pd.read_parquet(Path(lake.data_dir) / "lake" / "raw_archives" / "part-0.parquet")
-    firsts, lasts = manifest["first_day"].dropna(), manifest["last_day"].dropna()
-    return (firsts.min(), lasts.max()) if len(firsts) else ("", "")
+def run_stages(defs: dg.Definitions, instance: dg.DagsterInstance, days: list[str], outcome: Outcome) -> None:
+    """Each stage's job in order: unpartitioned ones once, daily ones over `days`."""
+    for job_name in tqdm(STAGES, desc="iot-assets run", unit="stage", file=sys.stderr):
+        job = defs.resolve_job_def(job_name)
+        reset_peak_rss()
+        t0 = time.perf_counter()
+        if job.partitions_def is None:
+            outcome.record(job_name, job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False))
+        else:
+            _run_days(job, days, instance, outcome)
+        span = f" ({len(days)} days)" if job.partitions_def else ""
+        outcome.echo(f"{job_name}: {time.perf_counter() - t0:.1f} s{span}, peak RSS {peak_rss_mb():,.0f} MB")
+
+
+def _run_days(job, days: list[str], instance, outcome: Outcome) -> None:
+    """All days in one run; if it fails, each day on its own so that the good ones complete."""
+    label = f"{job.name}[{days[0]}..{days[-1]}]"
+    result = job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False,
+                                    tags=range_tags(days[0], days[-1]))
+    if result.success or len(days) == 1:
+        outcome.record(label, result)
+        return
+    outcome.echo(f"{label} failed: running its {len(days)} days one by one")
+    for day in tqdm(days, desc=job.name, unit="day", file=sys.stderr, leave=False):
+        outcome.record(f"{job.name}[{day}]", job.execute_in_process(instance=instance, run_config=QUIET,
+                                                                  raise_on_error=False, partition_key=day))
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory since the last reset, in MB (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def main() -> None:
+    strict = "--strict" in sys.argv[1:]
+    sys.exit(0 if run_everything(strict=strict) else 1)
+
+
+if __name__ == "__main__":
+    main()

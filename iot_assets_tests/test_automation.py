@@ -1,33 +1,50 @@
-"""Sensors, schedule and drift checks, evaluated directly."""
+"""Sensors, schedules and drift checks, evaluated directly; a changed archive rebuilds exactly its days."""
 
-from datetime import datetime, timezone
+import shutil
+from datetime import date, datetime, timezone
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pytest
 
-from iot_assets import drift
+from iot_assets import drift, sample
+from iot_assets.assets.flows import changed_days
+from iot_assets.automation import archive_sensor, changed_days_sensor, day_ranges
 from iot_assets.features import FEATURES
-from iot_assets.resources import DataLake
-from iot_assets.sensors import archive_sensor
+from iot_assets_tests.test_definitions import resources_for
 
 
 def test_archive_sensor_notices_new_and_changed_archives(tmp_path):
-    lake = DataLake(data_dir=str(tmp_path), first_day="2019-06-25", last_day="2019-10-10")
+    resources = {"archives": resources_for(tmp_path)["archives"]}
     (tmp_path / "raw").mkdir()
-    with dg.build_sensor_context(resources={"lake": lake}) as context:
+    with dg.build_sensor_context(resources=resources) as context:
         assert isinstance(archive_sensor(context), dg.SkipReason)
     (tmp_path / "raw" / "nature_remo.tar.gz").write_bytes(b"first")
-    with dg.build_sensor_context(resources={"lake": lake}) as context:
+    with dg.build_sensor_context(resources=resources) as context:
         first = archive_sensor(context)
         assert isinstance(first, dg.RunRequest)
         cursor = context.cursor
-    with dg.build_sensor_context(resources={"lake": lake}, cursor=cursor) as context:
+    with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
         assert isinstance(archive_sensor(context), dg.SkipReason)
     (tmp_path / "raw" / "nature_remo.tar.gz").write_bytes(b"changed content")
-    with dg.build_sensor_context(resources={"lake": lake}, cursor=cursor) as context:
+    with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
         second = archive_sensor(context)
         assert isinstance(second, dg.RunRequest) and second.run_key != first.run_key
+
+
+def test_changed_days_cover_what_an_archive_covered_and_covers():
+    before = {"a": {"sha256": "1", "days": ["d1", "d2", "d3"]}, "b": {"sha256": "2", "days": ["d2"]},
+              "c": {"sha256": "3", "days": ["d5"]}}
+    after = {"a": {"sha256": "9", "days": ["d2"]}, "b": {"sha256": "2", "days": ["d2"]},
+             "n": {"sha256": "4", "days": ["d7"]}}
+    # a shrank (d1, d3 must be emptied of it), c is gone (d5), n is new (d7); b did not change.
+    assert changed_days(before, after) == {"d1", "d2", "d3", "d5", "d7"}
+
+
+def test_day_ranges_group_consecutive_days():
+    assert day_ranges(["2019-06-27", "2019-06-25", "2019-06-26", "2019-07-01"]) == [
+        ("2019-06-25", "2019-06-27"), ("2019-07-01", "2019-07-01")]
 
 
 def test_schedule_runs_the_day_that_ended():
@@ -37,6 +54,64 @@ def test_schedule_runs_the_day_that_ended():
     with dg.build_schedule_context(scheduled_execution_time=datetime(2019, 7, 2, 0, 30, tzinfo=timezone.utc)) as context:
         requests = list(schedule.evaluate_tick(context).run_requests)
     assert [r.partition_key for r in requests] == ["2019-07-01"]
+
+
+def _materialized_days(instance: dg.DagsterInstance, asset: str, after: float) -> list[str]:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_timestamp=after), limit=1000).records
+    return sorted(r.partition_key for r in records)
+
+
+@pytest.mark.slow
+def test_a_changed_archive_rebuilds_every_daily_asset_of_exactly_its_days(tmp_path):
+    from iot_assets.definitions import defs
+    from iot_assets.jobs import daily_job
+    from iot_assets.pipeline import QUIET
+
+    data = tmp_path / "data"
+    devices = ["nature_remo", "xiaomi_mijia_led", "qrio_hub"]
+    sample.generate(data / "raw", date(2019, 6, 25), 5, scale=0.02, seed=1, devices=devices)
+    resources = resources_for(data, IOT_ASSETS_END_DATE="2019-06-29")
+    defs = dg.Definitions.merge(defs, dg.Definitions(resources=resources))
+    instance = dg.DagsterInstance.ephemeral()
+
+    def run(job_name: str, **kwargs):
+        result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, run_config=QUIET, **kwargs)
+        assert result.success
+        return result
+
+    run("ingest_archives_job")
+    tags = {"dagster/asset_partition_range_start": "2019-06-25", "dagster/asset_partition_range_end": "2019-06-29"}
+    run("daily_flows_job", tags=tags)
+    run("training_job")
+    run("daily_scoring_job", tags=tags)
+
+    # The Xiaomi archive is replaced by one that covers 2019-06-28 .. 29 only.
+    replaced = tmp_path / "replacement"
+    sample.generate(replaced, date(2019, 6, 28), 2, scale=0.02, seed=2, devices=["xiaomi_mijia_led"])
+    shutil.copy(replaced / "xiaomi_mijia_led.tar.gz", data / "raw" / "xiaomi_mijia_led.tar.gz")
+    before = instance.get_latest_materialization_event(dg.AssetKey("daily_report")).timestamp
+
+    with dg.build_sensor_context(instance=instance, resources={"archives": resources["archives"]}) as context:
+        assert isinstance(archive_sensor(context), dg.RunRequest)
+    run("ingest_archives_job")
+    sensor = defs.get_sensor_def("changed_days_sensor")
+    with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+        requests = list(sensor.evaluate_tick(context).run_requests)
+    assert len(requests) == 1 and requests[0].job_name in (None, "daily_job")
+    for request in requests:
+        daily_job_def = defs.resolve_job_def(daily_job.name)
+        assert daily_job_def.execute_in_process(instance=instance, run_config=QUIET, tags=request.tags,
+                                                partition_key=request.partition_key).success
+
+    # Every day the old archive covered (25..29) is rebuilt, through the daily report, and no other.
+    for asset in ("decoded_flows", "clean_flows", "device_windows", "device_inventory", "anomaly_scores",
+                  "feature_drift", "daily_report"):
+        assert _materialized_days(instance, asset, before) == [f"2019-06-{d}" for d in range(25, 30)], asset
+    clean = pd.read_parquet(data / "lake" / "clean_flows" / "day=2019-06-26" / "part-0.parquet")
+    assert "Xiaomi Mijia LED" not in set(clean["device_name"]) and len(clean) > 0
+    clean = pd.read_parquet(data / "lake" / "clean_flows" / "day=2019-06-28" / "part-0.parquet")
+    assert "Xiaomi Mijia LED" in set(clean["device_name"])
 
 
 def _windows(days: int, services_shift: float = 0.0, start: str = "2019-07-01", seed: int = 0) -> pd.DataFrame:

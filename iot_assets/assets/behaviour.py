@@ -8,6 +8,7 @@ import pandas as pd
 
 from iot_assets import anomaly, classifier, drift
 from iot_assets.exploration import exploration
+from iot_assets.inventory import predict_inventory
 from iot_assets.features import CONTEXT_HOURS, FEATURES, build_windows
 from iot_assets.partitions import daily_partitions, previous_day, single_run
 from iot_assets.resources import ModelSettings
@@ -123,7 +124,7 @@ def device_inventory(context: dg.AssetExecutionContext, device_windows: dict[str
                      device_classifier: classifier.DeviceClassifier):
     """Per MAC seen that day: the predicted device and category with confidence, against the catalogue."""
     model = device_classifier
-    out = {day: classifier.predict_inventory(model, device_windows[day], day).assign(model_version=model.version)
+    out = {day: predict_inventory(model, device_windows[day], day).assign(model_version=model.version)
            for day in context.partition_keys}
     inventory = concat_days(out)
     known = inventory[inventory["in_catalogue"].astype(bool)] if len(inventory) else inventory
@@ -173,8 +174,7 @@ def anomaly_detector(context: dg.AssetExecutionContext, device_windows: dict[str
                                        pd.Timedelta(hours=CONTEXT_HOURS))
     train = split.is_train(windows)
     detector, metrics = anomaly.compare_and_fit(
-        windows[train], labels[train], windows[~train], labels[~train], model_settings.target_fpr, model_settings.seed,
-        window_minutes=model_settings.window_minutes)
+        windows[train], labels[train], windows[~train], labels[~train], model_settings.target_fpr, model_settings.seed)
     metrics.update({"threshold": f"per device: quantile {1 - model_settings.target_fpr:g} of its held-out scores",
                     "target_fpr": model_settings.target_fpr, "train_range": split.train_range,
                     "eval_range": split.eval_range, "devices_modelled": len(detector.devices),

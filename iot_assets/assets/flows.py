@@ -106,14 +106,26 @@ def device_check(summaries: list[ArchiveSummary]) -> dg.AssetCheckResult:
     )
 
 
-def _covered_days(manifest: pd.DataFrame) -> set[str]:
-    return {day for days in manifest["rows_per_day"].dropna() for day in json.loads(days)}
+def archive_days(manifest: pd.DataFrame) -> dict[str, dict]:
+    """Per archive, the content it was staged from and the days it covers."""
+    return {row.archive: {"sha256": row.sha256, "days": sorted(json.loads(row.rows_per_day or "{}"))}
+            for row in manifest.itertuples()}
 
 
-def _previously_covered(context: dg.AssetExecutionContext) -> set[str]:
+def changed_days(before: dict[str, dict], after: dict[str, dict]) -> set[str]:
+    """Days to rebuild: every day an archive that is new, changed or gone covered, before or after."""
+    days: set[str] = set()
+    for archive in set(before) | set(after):
+        old, new = before.get(archive), after.get(archive)
+        if old is None or new is None or old["sha256"] != new["sha256"]:
+            days |= set((old or {}).get("days", [])) | set((new or {}).get("days", []))
+    return days
+
+
+def _previous_archive_days(context: dg.AssetExecutionContext) -> dict[str, dict]:
     event = context.instance.get_latest_materialization_event(context.asset_key)
-    covered = event.asset_materialization.metadata.get("covered_days") if event and event.asset_materialization else None
-    return set(covered.value) if covered else set()
+    entry = event.asset_materialization.metadata.get("archive_days") if event and event.asset_materialization else None
+    return entry.value if entry else {}
 
 
 @dg.asset(
@@ -132,11 +144,11 @@ def raw_archives(context: dg.AssetExecutionContext, archives: ArchiveStore, repo
     summaries, staged, changed = stage_archives(archives, context.log)
     manifest = manifest_of(summaries, staged)
     report_path = reports.write_json("reconciliation.json", reconciliation_report(summaries))
-    covered = _covered_days(manifest)
+    now = archive_days(manifest)
     in_range = set(daily_partitions.get_partition_keys())
-    # Days a new or changed archive touches, and days no current archive covers any more:
-    # both must be rebuilt, the latter as empty days.
-    changed_days = {d for s in summaries if s.archive in changed for d in s.days} | (_previously_covered(context) - covered)
+    # A new, changed or removed archive changes the days it covered and covers: all are rebuilt
+    # (a day no archive covers any more becomes an empty day, not a stale one).
+    rebuild = changed_days(_previous_archive_days(context), now)
     pruned = prune_outside(archives.base_url, in_range)
     yield dg.Output(
         manifest,
@@ -146,8 +158,8 @@ def raw_archives(context: dg.AssetExecutionContext, archives: ArchiveStore, repo
             "rejected": int(manifest["rejected"].fillna(0).sum()),
             "failed_archives": dg.MetadataValue.json(manifest.loc[manifest["error"].notna(), "archive"].tolist()),
             "decoded_now": dg.MetadataValue.json(changed),
-            "changed_days": dg.MetadataValue.json(sorted(changed_days & in_range)),
-            "covered_days": dg.MetadataValue.json(sorted(covered)),
+            "changed_days": dg.MetadataValue.json(sorted(rebuild & in_range)),
+            "archive_days": dg.MetadataValue.json(now),
             "pruned_outside_range": dg.MetadataValue.json(pruned),
             "reconciliation": dg.MetadataValue.path(str(report_path)),
             "manifest": dg.MetadataValue.md(manifest.drop(columns=["sha256", "staged_key", "rows_per_day"])

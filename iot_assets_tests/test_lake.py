@@ -1,0 +1,121 @@
+"""The lake as the asset graph sees it: whole runs on small landing zones, stale days, range changes, versions."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import date
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from iot_assets import sample
+from iot_assets.pipeline import Outcome, run_stages
+from iot_assets.storage.models import ModelStore
+from iot_assets_tests.test_definitions import resources_for
+
+DAYS = [f"2019-06-{d}" for d in range(25, 29)]
+
+
+def build(data, days=DAYS, **env) -> tuple[dg.Definitions, dg.DagsterInstance, Outcome]:
+    from iot_assets.definitions import defs
+
+    defs = dg.Definitions.merge(defs, dg.Definitions(resources=resources_for(data, **env)))
+    instance = dg.DagsterInstance.ephemeral()
+    messages = []
+    outcome = Outcome(messages.append, strict=False)
+    run_stages(defs, instance, days, outcome)
+    return defs, instance, outcome
+
+
+def lake_days(data, asset) -> list[str]:
+    return sorted(p.name.removeprefix("day=") for p in (data / "lake" / asset).iterdir())
+
+
+@pytest.mark.slow
+def test_a_single_device_is_a_valid_landing_zone(tmp_path):
+    data = tmp_path / "data"
+    sample.generate(data / "raw", date(2019, 6, 25), 4, scale=0.03, seed=3, devices=["nature_remo"])
+    _, _, outcome = build(data)
+    assert outcome.problems == []
+    inventory = pd.read_parquet(data / "lake" / "device_inventory")
+    assert set(inventory["predicted_device"]) == {"Nature Remo"} and len(inventory) == 4
+    scores = pd.read_parquet(data / "lake" / "anomaly_scores")
+    assert scores["has_model"].any()
+
+
+@pytest.mark.slow
+def test_thirty_minute_windows_are_honoured_by_every_behaviour_asset(tmp_path):
+    data = tmp_path / "data"
+    sample.generate(data / "raw", date(2019, 6, 25), 4, scale=0.03, seed=3, devices=["nature_remo", "qrio_hub"])
+    _, _, outcome = build(data, IOT_ASSETS_WINDOW_MINUTES="30")
+    assert outcome.problems == []
+    windows = pd.read_parquet(data / "lake" / "device_windows" / "day=2019-06-26")
+    per_device = windows.groupby("device_mac")["window_start"].nunique()
+    assert per_device.max() == 48  # a day holds 48 half-hour windows
+    assert set(windows["window_start"].dt.minute) == {0, 30}
+    scores = pd.read_parquet(data / "lake" / "anomaly_scores" / "day=2019-06-28")
+    assert set(scores["window_start"].dt.minute) == {0, 30} and scores["has_model"].all()
+    metrics = json.loads((data / "reports" / "anomaly_metrics.json").read_text())
+    assert metrics["window_minutes"] == 30 and metrics["devices_modelled"] == 2
+
+
+@pytest.mark.slow
+def test_days_no_archive_covers_are_emptied_and_training_ignores_them(tmp_path):
+    data = tmp_path / "data"
+    sample.generate(data / "raw", date(2019, 6, 25), 4, scale=0.02, seed=3, devices=["nature_remo", "qrio_hub"])
+    defs, instance, outcome = build(data)
+    assert outcome.problems == []
+    # The hub's archive is removed and the Remo's replaced by a version covering only the first two days.
+    (data / "raw" / "qrio_hub.tar.gz").unlink()
+    shorter = tmp_path / "shorter"
+    sample.generate(shorter, date(2019, 6, 25), 2, scale=0.02, seed=4, devices=["nature_remo"])
+    shutil.copy(shorter / "nature_remo.tar.gz", data / "raw" / "nature_remo.tar.gz")
+    messages = []
+    run_stages(defs, instance, DAYS, Outcome(messages.append, strict=False))
+    for day in DAYS[2:]:
+        assert len(pd.read_parquet(data / "lake" / "clean_flows" / f"day={day}")) == 0, day
+    clean = pd.read_parquet(data / "lake" / "clean_flows")
+    assert set(clean["device_name"]) == {"Nature Remo"}
+    # Only the versions the current archives refer to stay staged.
+    assert sorted(p.name for p in (data / "staging").iterdir() if not p.name.startswith(".")) == ["nature_remo"]
+    assert len(list((data / "staging" / "nature_remo").iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_a_shrunk_range_prunes_the_days_outside_it(tmp_path):
+    data = tmp_path / "data"
+    sample.generate(data / "raw", date(2019, 6, 25), 4, scale=0.02, seed=3, devices=["nature_remo", "qrio_hub"])
+    build(data)
+    assert lake_days(data, "clean_flows") == DAYS
+    # The range is read when the code location is imported: a new process with the shorter range.
+    env = {**os.environ, "IOT_ASSETS_DATA_DIR": str(data), "IOT_ASSETS_END_DATE": DAYS[1]}
+    script = ("import dagster as dg; from iot_assets.definitions import defs; "
+              "r = defs.resolve_job_def('ingest_archives_job').execute_in_process(instance=dg.DagsterInstance.ephemeral()); "
+              "print(r.asset_materializations_for_node('raw_archives')[0].metadata['pruned_outside_range'].value)")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for asset in ("clean_flows", "device_windows", "anomaly_scores", "device_inventory"):
+        assert lake_days(data, asset) == DAYS[:2], asset
+
+
+@pytest.mark.slow
+def test_models_are_versioned_and_a_pin_rolls_back(tmp_path):
+    data = tmp_path / "data"
+    sample.generate(data / "raw", date(2019, 6, 25), 4, scale=0.02, seed=3, devices=["nature_remo", "qrio_hub"])
+    defs, instance, _ = build(data)
+    store = ModelStore(str(data))
+    first = store.current("device_classifier")
+    # Retrain with another seed: a new version beside the old one, served from now on.
+    build(data, IOT_ASSETS_SEED="5")
+    second = store.current("device_classifier")
+    assert first != second and set(store.versions("device_classifier")) >= {first, second}
+    assert set(pd.read_parquet(data / "lake" / "device_inventory")["model_version"]) == {second}
+    # Pinning the first version serves it again.
+    pinned = dg.Definitions.merge(defs, dg.Definitions(resources=resources_for(data, IOT_ASSETS_MODEL_PINS=f"device_classifier={first}")))
+    job = pinned.resolve_job_def("daily_scoring_job")
+    assert job.execute_in_process(instance=instance, partition_key=DAYS[-1]).success
+    inventory = pd.read_parquet(data / "lake" / "device_inventory" / f"day={DAYS[-1]}")
+    assert set(inventory["model_version"]) == {first}
