@@ -34,7 +34,7 @@ class Outcome:
             for event in result.all_events:
                 if event.is_step_failure:
                     self.problems.append(f"{label}: {event.step_key}: "
-                                         f"{event.event_specific_data.error.message.strip()[:500]}")
+                                         f"{failure_message(event.event_specific_data.error)[:500]}")
             if not any(p.startswith(label) for p in self.problems):
                 self.problems.append(f"{label}: run failed")
         for evaluation in result.get_asset_check_evaluations():
@@ -48,6 +48,13 @@ class Outcome:
                 self.alerts.append(note)
             else:
                 self.echo(f"warning: {note}")
+
+
+def failure_message(error) -> str:
+    """What went wrong, from the innermost cause: Dagster wraps the user's error in its own."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
 
 
 def run_everything(echo: Callable[[str], None] = print, strict: bool = False) -> bool:
