@@ -231,6 +231,7 @@ class _Rejects:
         self._lines: list[np.ndarray] = []
         self._reasons: list[str] = []
         self._details: list[list | None] = []
+        self._one: list[tuple[int, str, str | None]] = []  # single rejects of the slow path
 
     def add(self, line_numbers: np.ndarray, reason: str, details: list | None = None) -> None:
         if len(line_numbers):
@@ -239,9 +240,19 @@ class _Rejects:
             self._details.append(details)
 
     def add_one(self, line_number: int, reason: str, detail: str | None = None) -> None:
-        self.add(np.array([line_number]), reason, [detail])
+        self._one.append((line_number, reason, detail))
 
     def table(self, archive: str) -> pa.Table:
+        if self._one:
+            lines, reasons, details = zip(*self._one)
+            self._one = []
+            by_reason: dict[str, tuple[list, list]] = {}
+            for line, reason, detail in zip(lines, reasons, details):
+                entry = by_reason.setdefault(reason, ([], []))
+                entry[0].append(line)
+                entry[1].append(detail)
+            for reason, (reason_lines, reason_details) in by_reason.items():
+                self.add(np.array(reason_lines), reason, reason_details)
         if not self._lines:
             return REJECTS_SCHEMA.empty_table()
         lines = np.concatenate(self._lines)
@@ -599,15 +610,18 @@ def _line_by_line(lines: list[bytes], numbers: np.ndarray, state: _BlockState) -
     for line, number in zip(lines, numbers.tolist()):
         try:
             obj = orjson.loads(line)
+            strict = True
         except orjson.JSONDecodeError as exc:
-            try:  # NaN, Infinity and integers past 64 bits: not JSON to orjson, a bad number to us
-                obj = json.loads(line)
-                strict = False
-            except (ValueError, RecursionError):
+            obj = None
+            if b"NaN" in line or b"Infinity" in line:
+                try:  # not JSON, but a record with a bad number to report as such
+                    obj = json.loads(line)
+                    strict = False
+                except (ValueError, RecursionError):
+                    pass
+            if obj is None:
                 state.rejects.add_one(number, "invalid_json", str(exc)[:_DETAIL_CHARS])
                 continue
-        else:
-            strict = True
         if not isinstance(obj, dict) or len(obj) != 1:
             state.rejects.add_one(number, "unknown_record", f"expected one of flows/stats/tombstone, got {_shape(obj)}")
             continue
