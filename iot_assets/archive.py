@@ -363,6 +363,11 @@ class JsonMember(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    @property
+    def fully_read(self) -> bool:
+        """Every byte of the member was delivered (what fails now is after it)."""
+        return self.bytes_read >= self.size
+
     def read(self, size: int = -1) -> bytes:
         left = self.size - self.bytes_read
         if left <= 0:

@@ -613,7 +613,7 @@ def _line_by_line(lines: list[bytes], numbers: np.ndarray, state: _BlockState) -
             strict = True
         except orjson.JSONDecodeError as exc:
             obj = None
-            if b"NaN" in line or b"Infinity" in line:
+            if b"NaN" in line or b"Infinity" in line or "number" in str(exc):
                 try:  # not JSON, but a record with a bad number to report as such
                     obj = json.loads(line)
                     strict = False
@@ -691,6 +691,16 @@ def _collect_unknown(block: bytes, unknown: set[str]) -> None:
             _unknown_keys(obj["flows"], unknown)
 
 
+def _is_utf8(block: bytes) -> bool:
+    if block.isascii():
+        return True
+    try:
+        block.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def _lines_start_with_brace(block: bytes, n_lines: int) -> bool:
     return block.count(b"\n{") + (block[:1] == b"{") == n_lines
 
@@ -701,6 +711,8 @@ def _decode_block(block: bytes, first_line: int, archive: str, first_day: date, 
     table = None
     lenient = False
     try:
+        if not _is_utf8(block):
+            raise pa.ArrowInvalid("not UTF-8")  # pyarrow would keep the bytes: each line goes to orjson
         table = _read(block, _PARSE_STRICT)
     except pa.ArrowInvalid as exc:
         if "unexpected field" in str(exc):
@@ -807,7 +819,7 @@ class LongLine:
     length_bytes: int
 
 
-def iter_blocks(stream: BinaryIO, block_bytes: int = BLOCK_BYTES, max_line_bytes: int = MAX_LINE_BYTES
+def iter_blocks(stream: BinaryIO, block_bytes: int | None = None, max_line_bytes: int = MAX_LINE_BYTES
                 ) -> Iterator[tuple[bytes, int] | LongLine]:
     """Blocks of whole lines from a byte stream, each with the number of its first line;
     a line longer than `max_line_bytes` comes as a `LongLine` in its place.
@@ -816,6 +828,7 @@ def iter_blocks(stream: BinaryIO, block_bytes: int = BLOCK_BYTES, max_line_bytes
     decoding this one. An error while reading is raised here after every whole line read
     before it has been yielded; the partial line at the error is what could not be read.
     """
+    block_bytes = block_bytes or BLOCK_BYTES
     blocks: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 
@@ -875,8 +888,17 @@ def _blocks(stream: BinaryIO, block_bytes: int, max_line_bytes: int) -> Iterator
         try:
             chunk = stream.read(read_bytes)
         except Exception:
-            if pieces:  # the whole lines read before the damage count
+            # The whole lines read before the damage count; so does the last line if the damage
+            # is after the member (the member's end ends its last line).
+            member_ended = getattr(stream, "fully_read", False)
+            if partial and member_ended:
+                pieces.extend(partial)
+                pieces.append(b"\n")
+                pieces_lines += 1
+            if pieces:
                 yield flush()
+            if skipping >= 0 and member_ended:
+                yield LongLine(line, skipping)
             raise
         if not chunk:
             break
