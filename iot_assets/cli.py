@@ -62,31 +62,39 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
     """Decode archives (single or split parts) to Parquet, without Dagster.
 
     Writes OUT/<archive>/flows.parquet, rejects.parquet and summary.json; records outside
-    IOT_ASSETS_START_DATE..IOT_ASSETS_END_DATE are rejected as outside_date_range.
+    IOT_ASSETS_START_DATE..IOT_ASSETS_END_DATE are rejected as outside_date_range. Every
+    archive is decoded even if another fails; each one that fails or does not reconcile
+    gets one `error:` line on stderr, and the command then exits 1.
     """
     from iot_assets.archive import group_archives
     from iot_assets.ingest import decode_archive
 
     settings = _settings()
     found, errors = group_archives(list(archives))
-    for error in errors:
-        click.echo(f"error: {error}", err=True)
-    failed = bool(errors)
+    failures = [f"error: {error}" for error in errors]
     for archive in found:
         t0 = time.perf_counter()
         with tqdm(total=None, unit="B", unit_scale=True, desc=archive.name, file=sys.stderr) as bar:
             summary = decode_archive(archive, out_dir / archive.name, settings.first_day, settings.last_day,
                                      on_progress=bar.update)
         seconds = time.perf_counter() - t0
-        status = "ok" if summary.reconciled else f"NOT RECONCILED: {summary.error or 'counts differ'}"
+        unreadable = "unknown" if summary.unreadable is None else f"{summary.unreadable:,}"
         click.echo(
-            f"{archive.name}: {summary.flow_records:,} flow lines, {summary.decoded:,} decoded, "
-            f"{summary.rejected:,} rejected, stats say {summary.stats_exported}; {seconds:.1f} s; {status}"
+            f"{archive.name}: {summary.flow_records:,} flow lines read, {summary.decoded:,} decoded, "
+            f"{summary.rejected:,} rejected, {unreadable} unreadable; stats say {summary.stats_exported}; "
+            f"{seconds:.1f} s; {'ok' if summary.reconciled else 'NOT RECONCILED'}"
         )
         for reason, count in summary.rejects_by_reason.items():
             click.echo(f"  rejected {count:,} x {reason}")
-        failed |= not summary.reconciled
-    sys.exit(1 if failed else 0)
+        for warning in summary.warnings:
+            click.echo(f"  warning: {warning}")
+        if not summary.reconciled:
+            failures.append(f"error: {archive.name}: " + (summary.error or (
+                f"{summary.decoded:,} decoded + {summary.rejected:,} rejected = {summary.flow_records:,} flow lines, "
+                f"but the stats record says {summary.stats_exported}")))
+    for failure in failures:
+        click.echo(failure, err=True)
+    sys.exit(1 if failures else 0)
 
 
 @main.command()

@@ -11,11 +11,30 @@ Every quirk of the source is resolved here and nowhere else:
 Fast path: pyarrow parses whole blocks with an explicit schema. A block that pyarrow
 refuses (a non-JSON line, a wrong type, an unknown field) is parsed again line by line,
 so that each bad record is rejected with its line number and the rest goes through.
+
+Nothing in a record raises: a value that is not what YAF writes (a time that is no real
+date, a hex field with a non-hex character, NaN, a number past 64 bits, a wrong type) is
+a reject of that record with its line number, a reason and the value. The reasons:
+
+| reason | the record |
+|---|---|
+| `empty_line` | holds only whitespace |
+| `line_too_long` | is longer than `MAX_LINE_BYTES` (detail: its length); never held in memory |
+| `invalid_json` | is not JSON |
+| `unknown_record` | is not one object with one key `flows`, `stats` or `tombstone` |
+| `missing_field:<field>` | lacks a field YAF always writes |
+| `wrong_type:<field>` | has a value of the wrong JSON type |
+| `bad_timestamp:<field>` | has a time that is not a real UTC time `YYYY-MM-DD hh:mm:ss[.fff]` |
+| `bad_number:<field>` | has NaN, an infinity, or a number past 64 bits |
+| `bad_hex`, `bad_mac`, `bad_ip`, `bad_tcp_flags`, `bad_end_reason` `:<field>` | has a malformed string value |
+| `negative_count:<col>`, `negative_value:<col>`, `no_packets`, `port_out_of_range:<col>`, `protocol_out_of_range`, `negative_duration`, `end_before_start`, `outside_date_range` | breaks a rule of the source |
+| `decode_error` | made the decoder fail (a bug): the record is kept as a reject, never lost |
 """
 
 from __future__ import annotations
 
 import io
+import math
 import queue
 import re
 import threading
@@ -23,11 +42,21 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import BinaryIO, Callable, Iterator
 
+import json
+
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
+
+# The longest line read: a longer one is one `line_too_long` reject, skipped without being
+# held in memory. Real records are 0.6-2 KB.
+MAX_LINE_BYTES = 1 << 20
+# A block of lines holds at most this many bytes (and about MAX_LINES_PER_BLOCK lines), so
+# that a block and what it decodes into stay a few tens of MB whatever the lines are.
+BLOCK_BYTES = 16 << 20
+MAX_LINES_PER_BLOCK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -97,8 +126,10 @@ FIELDS: tuple[Field, ...] = (
     Field("reverseBytesPerPacket", "reverse_bytes_per_packet", "int"),
 )
 
+# Times are read as text and parsed strictly here (`_parse_times`), the same way on the fast
+# and the slow path: pyarrow's own parser would also take `2019-06-25`, `T` and zone offsets.
 _JSON_TYPES: dict[str, pa.DataType] = {
-    "time": pa.timestamp("ms"),
+    "time": pa.string(),
     "seconds": pa.float64(),
     "int": pa.int64(),
     "ip": pa.string(),
@@ -178,9 +209,12 @@ REJECTS_SCHEMA = pa.schema(
     ]
 )
 
-_MAC = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
-_TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,3})?$")
-_INT64 = (-(2**63), 2**63 - 1)
+_INT64_MAX = 2**63 - 1
+_BAD_VALUE = {"time": "bad_timestamp", "seconds": "bad_number", "int": "bad_number", "ip": "bad_ip", "mac": "bad_mac",
+              "hex": "bad_hex", "tcp_flags": "bad_tcp_flags", "end_reason": "bad_end_reason", "text": "bad_text"}
+_KINDS = {f.source: f.kind for f in FIELDS}
+_DETAIL_CHARS = 200
+_MAX_UNKNOWN_FIELDS = 100  # names kept per block: a hostile input could invent millions
 
 
 @dataclass
@@ -190,52 +224,165 @@ class Reject:
     detail: str = ""
 
 
+class _Rejects:
+    """Rejects of a block, gathered as arrays (a block of a million empty lines is one array)."""
+
+    def __init__(self) -> None:
+        self._lines: list[np.ndarray] = []
+        self._reasons: list[str] = []
+        self._details: list[list | None] = []
+        self._one: list[tuple[int, str, str | None]] = []  # single rejects of the slow path
+
+    def add(self, line_numbers: np.ndarray, reason: str, details: list | None = None) -> None:
+        if len(line_numbers):
+            self._lines.append(np.asarray(line_numbers, dtype=np.int64))
+            self._reasons.append(reason)
+            self._details.append(details)
+
+    def add_one(self, line_number: int, reason: str, detail: str | None = None) -> None:
+        self._one.append((line_number, reason, detail))
+
+    def table(self, archive: str) -> pa.Table:
+        if self._one:
+            lines, reasons, details = zip(*self._one)
+            self._one = []
+            by_reason: dict[str, tuple[list, list]] = {}
+            for line, reason, detail in zip(lines, reasons, details):
+                entry = by_reason.setdefault(reason, ([], []))
+                entry[0].append(line)
+                entry[1].append(detail)
+            for reason, (reason_lines, reason_details) in by_reason.items():
+                self.add(np.array(reason_lines), reason, reason_details)
+        if not self._lines:
+            return REJECTS_SCHEMA.empty_table()
+        lines = np.concatenate(self._lines)
+        sizes = [len(a) for a in self._lines]
+        names = sorted(set(self._reasons))
+        if len(names) == 1:
+            reason = _repeated_string(names[0], len(lines))
+        else:
+            codes = np.repeat([names.index(r) for r in self._reasons], sizes).astype(np.int32)
+            reason = pc.take(pa.array(names, pa.string()), codes)
+        if any(d is not None for d in self._details):
+            detail = pa.array([x for d, n in zip(self._details, sizes) for x in (d if d is not None else [None] * n)],
+                              type=pa.string())
+        else:
+            detail = pa.nulls(len(lines), pa.string())
+        table = pa.table(
+            {"archive": _repeated_string(archive, len(lines)), "line_number": pa.array(lines, pa.int64()),
+             "reason": reason, "detail": detail},
+            schema=REJECTS_SCHEMA,
+        )
+        if len(lines) > 1 and (np.diff(lines) < 0).any():
+            table = table.take(np.argsort(lines, kind="stable"))
+        return table
+
+
+def _repeated_string(text: str, n: int) -> pa.Array:
+    """`text` n times, built from its buffers (a million rejects of one block share a reason)."""
+    encoded = text.encode()
+    if n * len(encoded) >= 2**31:
+        return pc.take(pa.array([text], pa.string()), np.zeros(n, dtype=np.int32))
+    offsets = np.arange(n + 1, dtype=np.int32) * len(encoded)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(encoded * n))
+
+
 @dataclass
 class Block:
     """What one block of lines decodes into."""
 
     flows: pa.Table  # DECODED_SCHEMA
-    rejects: list[Reject]
-    stats: list[dict]
+    rejects: pa.Table  # REJECTS_SCHEMA, in line order
+    stats_lines: int  # lines holding a stats record
+    stats_exported: int | None  # the last stats record's exportedFlowTotalCount (None: unusable or none)
     tombstones: int
     lines: int
     size_bytes: int
     unknown_fields: set[str] = field(default_factory=set)
+    stats_problems: list[str] = field(default_factory=list)  # "line N: ..." for unusable stats records
 
 
 # ---------------------------------------------------------------- value converters
+# Each takes the values of one field and returns (converted values, bad mask).
 
 
-def _hex_to_int(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Hex strings with or without `0x` to int64; returns (values, bad mask)."""
-    values = pc.utf8_lower(values)
-    digits = pc.replace_substring_regex(values, pattern="^0x", replacement="")
-    lengths = pc.fill_null(pc.utf8_length(digits), 0).to_numpy(zero_copy_only=False)
-    valid = ~np.asarray(pc.is_null(digits).to_numpy(zero_copy_only=False))
-    width = max(int(lengths.max(initial=1)), 1)
-    bad = valid & ((lengths == 0) | (lengths > 16))
-    width = min(width, 16)
-    padded = pc.utf8_lpad(pc.fill_null(pc.utf8_slice_codeunits(digits, 0, 16), "0"), width=width, padding="0")
-    padded = padded.combine_chunks() if isinstance(padded, pa.ChunkedArray) else padded
-    offsets = np.frombuffer(padded.buffers()[1], dtype=np.int32)[padded.offset : padded.offset + len(padded) + 1]
-    raw = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    nibbles = _HEX_LUT[raw].reshape(len(padded), width)
-    bad |= valid & (nibbles == 255).any(axis=1)
-    nibbles = np.where(nibbles == 255, 0, nibbles).astype(np.uint64)
-    weights = (np.uint64(16) ** np.arange(width - 1, -1, -1, dtype=np.uint64)).astype(np.uint64)
-    ints = (nibbles * weights).sum(axis=1).astype(np.int64) if len(padded) else np.zeros(0, np.int64)
-    return pa.array(ints, type=pa.int64(), mask=~valid | bad), bad
+def _matrix(text: pa.Array, width: int) -> np.ndarray:
+    """The bytes of strings that all have `width` ASCII characters, as an (n, width) array."""
+    text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)[text.offset : text.offset + len(text) + 1]
+    return np.frombuffer(text.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(len(text), width)
+
+
+def _present(values: pa.Array) -> np.ndarray:
+    return np.asarray(values.is_valid().to_numpy(zero_copy_only=False))
+
+
+def _mask(values) -> np.ndarray:
+    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False))
+
+
+_TIME_FORMAT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,3})?$"
+_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+
+
+def _parse_times(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """YAF's UTC times `2019-06-25 08:36:29.747` to timestamps; anything else, or a date or
+    time that does not exist (`2019-02-30`, `24:00:00`, full-width digits), is bad."""
+    n = len(values)
+    if n == 0:
+        return pa.array([], pa.timestamp("ms", tz="UTC")), np.zeros(0, dtype=bool)
+    present = _present(values)
+    well_formed = _mask(pc.match_substring_regex(values, _TIME_FORMAT))
+    text = pc.if_else(pa.array(well_formed), values, "1970-01-01 00:00:00")
+    text = pc.if_else(pc.equal(pc.binary_length(text), 19), pc.binary_join_element_wise(text, ".", ""), text)
+    digits = _matrix(pc.utf8_rpad(text, width=23, padding="0"), 23).astype(np.int64) - 48
+
+    def number(first: int, last: int) -> np.ndarray:
+        out = np.zeros(n, dtype=np.int64)
+        for i in range(first, last):
+            out = out * 10 + digits[:, i]
+        return out
+
+    year, month, day = number(0, 4), number(5, 7), number(8, 10)
+    hour, minute, second, milli = number(11, 13), number(14, 16), number(17, 19), number(20, 23)
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_ok = (month >= 1) & (month <= 12)
+    days_in_month = _DAYS_IN_MONTH[np.where(month_ok, month, 1)] + (leap & (month == 2))
+    real = month_ok & (day >= 1) & (day <= days_in_month) & (hour < 24) & (minute < 60) & (second < 60)
+    ok = well_formed & real
+    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    y = year - (month <= 2)
+    era = y // 400
+    year_of_era = y - era * 400
+    day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    days = era * 146097 + year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year - 719468
+    ms = (((days * 24 + hour) * 60 + minute) * 60 + second) * 1000 + milli
+    bad = present & ~ok
+    return pa.array(ms, type=pa.timestamp("ms", tz="UTC"), mask=~ok), bad
 
 
 _HEX_LUT = np.full(256, 255, dtype=np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):
     _HEX_LUT[_c] = _i
+_NIBBLE_SHIFTS = np.arange(60, -1, -4, dtype=np.uint64)
+
+
+def _hex_to_int(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Hex strings with or without `0x` (at most 16 digits, below 2**63) to int64."""
+    present = _present(values)
+    lower = pc.utf8_lower(values)
+    ok = _mask(pc.match_substring_regex(lower, "^(0x)?[0-9a-f]{1,16}$"))
+    digits = pc.if_else(pa.array(ok), pc.replace_substring_regex(lower, pattern="^0x", replacement=""), "0")
+    nibbles = _HEX_LUT[_matrix(pc.utf8_lpad(digits, width=16, padding="0"), 16)] if len(values) else np.zeros((0, 16), np.uint8)
+    ok &= nibbles[:, 0] < 8  # past int64
+    ints = (nibbles.astype(np.uint64) << _NIBBLE_SHIFTS).sum(axis=1, dtype=np.uint64).view(np.int64)
+    return pa.array(ints, type=pa.int64(), mask=~ok), present & ~ok
 
 
 def _tcp_flags_to_int(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    encoded = pc.dictionary_encode(values)
-    mapped, bad_words = [], []
-    for word in encoded.dictionary.to_pylist():
+    """Letters FSRPAUEC (or `0`) to the flag bits; any other character is bad."""
+    mapped, bad = [], []
+    for word in values.to_pylist():
         bits = 0
         ok = word is not None
         if ok and word != "0":
@@ -245,33 +392,38 @@ def _tcp_flags_to_int(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
                     break
                 bits |= TCP_FLAG_BITS[letter]
         mapped.append(bits if ok else None)
-        bad_words.append(word is not None and not ok)
-    indices = encoded.indices
-    out = pc.take(pa.array(mapped, type=pa.int16()), indices)
-    bad = pc.take(pa.array(bad_words, type=pa.bool_()), indices)
-    return out, np.asarray(pc.fill_null(bad, False).to_numpy(zero_copy_only=False))
+        bad.append(word is not None and not ok)
+    return pa.array(mapped, type=pa.int16()), np.array(bad, dtype=bool)
 
 
 def _end_reason(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    encoded = pc.dictionary_encode(values)
-    words = encoded.dictionary.to_pylist()
-    out = pc.take(pa.array([END_REASONS.get(w) for w in words], type=pa.string()), encoded.indices)
-    bad = pc.take(pa.array([w is not None and w not in END_REASONS for w in words]), encoded.indices)
-    return out, np.asarray(pc.fill_null(bad, False).to_numpy(zero_copy_only=False))
+    words = values.to_pylist()
+    out = pa.array([END_REASONS.get(w) for w in words], type=pa.string())
+    return out, np.array([w is not None and w not in END_REASONS for w in words], dtype=bool)
+
+
+_MAC = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
+_IPV4 = r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$"
+_IPV6 = r"^[0-9a-fA-F:.]{2,45}$"
 
 
 def _mac(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
     out = pc.utf8_rtrim(pc.utf8_lower(values), characters=":")
-    bad = pc.invert(pc.match_substring_regex(out, _MAC))
-    return out, np.asarray(pc.fill_null(bad, False).to_numpy(zero_copy_only=False))
+    return out, _present(values) & ~_mask(pc.match_substring_regex(out, _MAC))
+
+
+def _ip(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """IPv4 dotted quads, or IPv6 text (YAF writes both into the `*IPv4Address` fields)."""
+    v4 = _mask(pc.match_substring_regex(values, _IPV4))
+    v6 = _mask(pc.and_(pc.match_substring_regex(values, _IPV6), pc.match_substring(values, ":")))
+    return values, _present(values) & ~(v4 | v6)
 
 
 def _seconds_to_ms(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
     ms = pc.round(pc.multiply(values, 1000.0))
     finite = pc.and_(pc.is_finite(ms), pc.less(pc.abs(ms), 2.0**62))
-    bad = np.asarray(pc.fill_null(pc.invert(finite), False).to_numpy(zero_copy_only=False))
     ms = pc.if_else(finite, ms, None)
-    return pc.cast(ms, pa.int64()), bad
+    return pc.cast(ms, pa.int64()), _present(values) & ~_mask(finite)
 
 
 def _no_bad(values: pa.Array) -> np.ndarray:
@@ -285,17 +437,17 @@ def _per_distinct(convert: Callable[[pa.Array], tuple[pa.Array, np.ndarray]]):
         encoded = pc.dictionary_encode(values)
         out, bad = convert(encoded.dictionary)
         indices = encoded.indices
-        bad_rows = np.asarray(pc.fill_null(pc.take(pa.array(bad, type=pa.bool_()), indices), False).to_numpy(zero_copy_only=False))
+        bad_rows = _mask(pc.take(pa.array(bad, type=pa.bool_()), indices))
         return pc.take(out, indices), bad_rows
 
     return apply
 
 
 _CONVERTERS: dict[str, Callable[[pa.Array], tuple[pa.Array, np.ndarray]]] = {
-    "time": lambda v: (pc.assume_timezone(v, "UTC"), _no_bad(v)),
+    "time": _parse_times,
     "seconds": _seconds_to_ms,
     "int": lambda v: (v, _no_bad(v)),
-    "ip": lambda v: (v, _no_bad(v)),
+    "ip": _per_distinct(_ip),
     "mac": _per_distinct(_mac),
     "hex": _per_distinct(_hex_to_int),
     "tcp_flags": _per_distinct(_tcp_flags_to_int),
@@ -307,6 +459,11 @@ _CONVERTERS: dict[str, Callable[[pa.Array], tuple[pa.Array, np.ndarray]]] = {
 # ---------------------------------------------------------------- rules
 
 
+_COUNTS = ("packets", "bytes", "reverse_packets", "reverse_bytes")
+_OTHER_INTS = tuple(f.name for f in FIELDS if f.kind == "int" and f.name not in _COUNTS
+                    and f.name not in ("src_port", "dst_port", "protocol"))
+
+
 def _rule_masks(cols: dict[str, np.ndarray], first_day: date, last_day: date) -> list[tuple[str, np.ndarray]]:
     """Absurd values, in the order they are reported; a row gets the first that applies."""
     start = cols["flow_start"]
@@ -314,7 +471,7 @@ def _rule_masks(cols: dict[str, np.ndarray], first_day: date, last_day: date) ->
     first_ms = int(datetime(first_day.year, first_day.month, first_day.day, tzinfo=timezone.utc).timestamp() * 1000)
     after_ms = first_ms + ((last_day - first_day).days + 1) * 86_400_000
     rules = []
-    for name in ("packets", "bytes", "reverse_packets", "reverse_bytes"):
+    for name in _COUNTS:
         rules.append((f"negative_count:{name}", cols[name] < 0))
     rules.append(("no_packets", (cols["packets"] == 0) & (cols["reverse_packets"] == 0)))
     for name in ("src_port", "dst_port"):
@@ -323,34 +480,43 @@ def _rule_masks(cols: dict[str, np.ndarray], first_day: date, last_day: date) ->
     rules.append(("negative_duration", cols["duration_ms"] < 0))
     rules.append(("end_before_start", end < start))
     rules.append(("outside_date_range", (start < first_ms) | (start >= after_ms)))
+    for name in _OTHER_INTS:  # counts, sizes, interfaces, labels: never negative
+        rules.append((f"negative_value:{name}", cols[name] < 0))
     return rules
 
 
-def _convert(flows: pa.StructArray, line_numbers: np.ndarray, archive: str, first_day: date, last_day: date) -> tuple[pa.Table, list[Reject]]:
-    """Typed columns from the `flows` struct; rows breaking a rule become rejects."""
+def _detail(source: str, value) -> str:
+    return f"{source}={value!r}"[:_DETAIL_CHARS]
+
+
+def _convert(flows: pa.StructArray, line_numbers: np.ndarray, archive: str, first_day: date, last_day: date,
+             rejects: _Rejects) -> pa.Table:
+    """Typed columns from the `flows` struct; rows breaking a rule go to `rejects`."""
     n = len(flows)
     if n == 0:
-        return DECODED_SCHEMA.empty_table(), []
-    # The first reason that applies to a row, as an index into `reasons` (0: none).
-    reason_code = np.zeros(n, dtype=np.int32)
-    reasons = [""]
+        return DECODED_SCHEMA.empty_table()
+    rejected = np.zeros(n, dtype=bool)
 
-    def mark(reason: str, mask: np.ndarray) -> None:
-        mask = mask & (reason_code == 0)
-        if mask.any():
-            reasons.append(reason)
-            reason_code[mask] = len(reasons) - 1
+    def mark(reason: str, mask: np.ndarray, source_values: pa.Array | None = None, source: str = "") -> None:
+        rows = np.flatnonzero(mask & ~rejected)
+        if len(rows):
+            rejected[rows] = True
+            details = None
+            if source_values is not None:
+                details = [_detail(source, v) for v in source_values.take(pa.array(rows)).to_pylist()]
+            rejects.add(line_numbers[rows], reason, details)
 
     columns: dict[str, pa.Array] = {}
     for f, child in zip(FIELDS, flows.flatten()):
         if f.required and child.null_count:
-            mark(f"missing_field:{f.source}", np.asarray(pc.is_null(child).to_numpy(zero_copy_only=False)))
+            mark(f"missing_field:{f.source}", ~_present(child))
         values, bad = _CONVERTERS[f.kind](child)
-        mark(f"bad_value:{f.source}", bad)
+        if bad.any():
+            mark(f"{_BAD_VALUE[f.kind]}:{f.source}", bad, child, f.source)
         columns[f.name] = values
     numeric = {
         name: np.asarray(pc.fill_null(columns[name].cast(pa.int64()), 0).to_numpy(zero_copy_only=False))
-        for name in ("packets", "bytes", "reverse_packets", "reverse_bytes", "src_port", "dst_port", "protocol", "duration_ms", "flow_start", "flow_end")
+        for name in _COUNTS + _OTHER_INTS + ("src_port", "dst_port", "protocol", "duration_ms", "flow_start", "flow_end")
     }
     for rule, mask in _rule_masks(numeric, first_day, last_day):
         mark(rule, mask)
@@ -363,16 +529,14 @@ def _convert(flows: pa.StructArray, line_numbers: np.ndarray, archive: str, firs
     columns["ip_version"] = pc.if_else(pc.fill_null(is_v6, False), 6, 4).cast(pa.int8())
     table = pa.table(
         {
-            "archive": pa.array(np.full(n, archive, dtype=object), type=pa.string()),
+            "archive": _repeated_string(archive, n),
             "line_number": pa.array(line_numbers, type=pa.int64()),
             **columns,
         }
     ).cast(DECODED_SCHEMA)
-    bad_rows = np.flatnonzero(reason_code)
-    rejects = [Reject(int(line_numbers[i]), reasons[reason_code[i]]) for i in bad_rows]
-    if len(bad_rows):
-        table = table.filter(pa.array(reason_code == 0))
-    return table, rejects
+    if rejected.any():
+        table = table.filter(pa.array(~rejected))
+    return table
 
 
 # ---------------------------------------------------------------- parsing a block
@@ -381,6 +545,8 @@ def _convert(flows: pa.StructArray, line_numbers: np.ndarray, archive: str, firs
 PARSE_CHUNK_BYTES = 4 << 20
 _PARSE_STRICT = pj.ParseOptions(explicit_schema=RECORD_SCHEMA, unexpected_field_behavior="error")
 _PARSE_LENIENT = pj.ParseOptions(explicit_schema=RECORD_SCHEMA, unexpected_field_behavior="ignore")
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[list(b" \t\r\n")] = True  # JSON's whitespace, which pyarrow skips
 
 
 def _read(block: bytes, parse: pj.ParseOptions) -> pa.Table:
@@ -390,140 +556,299 @@ def _read(block: bytes, parse: pj.ParseOptions) -> pa.Table:
     )
 
 
-def _unknown_fields(block: bytes) -> set[str]:
-    """Names of fields in `block` that the schema does not know (one inferring parse)."""
-    inferred = pj.read_json(io.BytesIO(block), read_options=pj.ReadOptions(block_size=len(block) + 1)).schema
-    unknown: set[str] = set()
-    for top in inferred:
-        if top.name not in RECORD_SCHEMA.names:
-            unknown.add(top.name)
-        elif top.name == "flows" and pa.types.is_struct(top.type):
-            unknown.update(f"flows.{c.name}" for c in top.type if c.name not in FLOW_STRUCT.names)
-    return unknown
-
-
-def _python_type_ok(kind: str, value) -> bool:
+def _value_problem(kind: str, value) -> str | None:
+    """Why a JSON value cannot be a `kind` value (the reason's prefix), or None."""
     if value is None:
-        return True
-    if kind == "int":
-        return type(value) is int and _INT64[0] <= value <= _INT64[1]
-    if kind == "seconds":
-        return type(value) in (int, float)
-    if kind == "time":
-        return type(value) is str and bool(_TIME.match(value))
-    return type(value) is str
+        return None
+    if kind in ("int", "seconds"):
+        if type(value) is int:  # not a bool
+            limit = _INT64_MAX if kind == "int" else 2**62 // 1000
+            return None if -limit <= value <= limit else "bad_number"
+        if type(value) is float:
+            if not math.isfinite(value):
+                return "bad_number"
+            if kind == "seconds":
+                return None  # its range is checked with the others, in _seconds_to_ms
+            return "bad_number" if abs(value) >= 2**63 else "wrong_type"
+        return "wrong_type"
+    return None if type(value) is str else "wrong_type"
 
 
-def _line_by_line(block: bytes, first_line: int) -> tuple[list[dict], list[int], list[Reject], list[dict], int, set[str]]:
-    """The slow path for a block pyarrow refused: every line on its own."""
-    records, line_numbers, rejects, stats, tombstones, unknown = [], [], [], [], 0, set()
-    kinds = {f.source: f.kind for f in FIELDS}
-    for offset, line in enumerate(block.split(b"\n")[:-1]):
-        number = first_line + offset
-        if not line.strip():
-            rejects.append(Reject(number, "empty_line"))
-            continue
+def _unknown_keys(body: dict, unknown: set[str]) -> None:
+    if len(unknown) < _MAX_UNKNOWN_FIELDS:
+        unknown.update(f"flows.{k}" for k in body if k not in _KINDS)
+
+
+def _usable_count(stats) -> int | None:
+    count = stats.get("exportedFlowTotalCount") if isinstance(stats, dict) else None
+    return count if type(count) is int and 0 <= count <= _INT64_MAX else None
+
+
+class _BlockState:
+    """What a block has decoded into so far."""
+
+    def __init__(self, archive: str):
+        self.archive = archive
+        self.rejects = _Rejects()
+        self.stats_lines = 0
+        self.stats_exported: int | None = None
+        self.stats_problems: list[str] = []
+        self.tombstones = 0
+        self.unknown: set[str] = set()
+
+    def stats(self, line_number: int, count: int | None, raw) -> None:
+        self.stats_lines += 1
+        self.stats_exported = count
+        if count is None and len(self.stats_problems) < 10:
+            self.stats_problems.append(f"line {line_number:,}: stats record without a usable exportedFlowTotalCount "
+                                       f"({_detail('exportedFlowTotalCount', raw)})")
+
+
+def _line_by_line(lines: list[bytes], numbers: np.ndarray, state: _BlockState) -> tuple[pa.StructArray, np.ndarray]:
+    """The slow path for lines pyarrow refused: every line on its own."""
+    records, kept = [], []
+    for line, number in zip(lines, numbers.tolist()):
         try:
             obj = orjson.loads(line)
+            strict = True
         except orjson.JSONDecodeError as exc:
-            rejects.append(Reject(number, "invalid_json", str(exc)[:200]))
-            continue
+            obj = None
+            if b"NaN" in line or b"Infinity" in line or "number" in str(exc):
+                try:  # not JSON, but a record with a bad number to report as such
+                    obj = json.loads(line)
+                    strict = False
+                except (ValueError, RecursionError):
+                    pass
+            if obj is None:
+                state.rejects.add_one(number, "invalid_json", str(exc)[:_DETAIL_CHARS])
+                continue
         if not isinstance(obj, dict) or len(obj) != 1:
-            rejects.append(Reject(number, "unknown_record", f"expected one of flows/stats/tombstone, got {_shape(obj)}"))
+            state.rejects.add_one(number, "unknown_record", f"expected one of flows/stats/tombstone, got {_shape(obj)}")
             continue
         (kind, body), = obj.items()
         if kind == "stats" and isinstance(body, dict):
-            stats.append(body)
+            state.stats(number, _usable_count(body), body.get("exportedFlowTotalCount"))
             continue
         if kind == "tombstone":
-            tombstones += 1
+            state.tombstones += 1
             continue
         if kind != "flows" or not isinstance(body, dict):
-            rejects.append(Reject(number, "unknown_record", f"expected one of flows/stats/tombstone, got {_shape(obj)}"))
+            state.rejects.add_one(number, "unknown_record", f"expected one of flows/stats/tombstone, got {_shape(obj)}")
             continue
-        wrong = [k for k, v in body.items() if k in kinds and not _python_type_ok(kinds[k], v)]
-        if wrong:
-            rejects.append(Reject(number, f"wrong_type:{wrong[0]}", f"{wrong[0]}={body[wrong[0]]!r}"[:200]))
+        problem = next(((k, p) for k, v in body.items() if k in _KINDS and (p := _value_problem(_KINDS[k], v))), None)
+        if problem:
+            key, reason = problem
+            state.rejects.add_one(number, f"{reason}:{key}", _detail(key, body[key]))
             continue
-        unknown.update(f"flows.{k}" for k in body if k not in kinds)
-        if "flowStartMilliseconds" in body or "flowEndMilliseconds" in body:
-            body = dict(body)
-            for key in ("flowStartMilliseconds", "flowEndMilliseconds"):
-                if body.get(key) is not None:
-                    body[key] = datetime.fromisoformat(body[key])
+        if not strict:
+            state.rejects.add_one(number, "invalid_json", "not strict JSON (NaN, Infinity or a similar literal)")
+            continue
+        _unknown_keys(body, state.unknown)
         records.append(body)
-        line_numbers.append(number)
-    return records, line_numbers, rejects, stats, tombstones, unknown
+        kept.append(number)
+    flows = pa.array(records, type=FLOW_STRUCT) if records else pa.array([], type=FLOW_STRUCT)
+    return flows, np.asarray(kept, dtype=np.int64)
 
 
 def _shape(obj) -> str:
     if isinstance(obj, dict):
-        return "{" + ", ".join(list(obj)[:3]) + "}"
+        return ("{" + ", ".join(map(repr, list(obj)[:3])) + "}")[:_DETAIL_CHARS]
     return type(obj).__name__
 
 
-def decode_block(block: bytes, first_line: int, archive: str, first_day: date, last_day: date) -> Block:
-    """Decode a block of whole lines (ending with a newline) whose first line is `first_line`."""
-    n_lines = block.count(b"\n")
-    unknown: set[str] = set()
-    table = None
+def _line_spans(block: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive, before the newline) of every line of a block."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(data == 10)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    return starts, ends
+
+
+def _blank_lines(block: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which lines hold only whitespace."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    blank = ends == starts
+    maybe = np.flatnonzero(~blank & _WHITESPACE[data[np.minimum(starts, len(data) - 1)]])
+    if len(maybe) > 1000:  # many lines that start with whitespace: count their other bytes
+        solid = np.concatenate(([0], np.cumsum(~_WHITESPACE[data], dtype=np.int64)))
+        blank[maybe] = solid[ends[maybe]] - solid[starts[maybe]] == 0
+    else:
+        for i in maybe.tolist():
+            blank[i] = not block[starts[i] : ends[i]].strip(b" \t\r")
+    return blank
+
+
+def _collect_unknown(block: bytes, unknown: set[str]) -> None:
+    """Names of flow fields the schema does not know (the block parsed with them ignored)."""
+    for line in block.split(b"\n"):
+        if len(unknown) >= _MAX_UNKNOWN_FIELDS:
+            return
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("flows"), dict):
+            _unknown_keys(obj["flows"], unknown)
+
+
+def _is_utf8(block: bytes) -> bool:
+    if block.isascii():
+        return True
     try:
+        block.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _lines_start_with_brace(block: bytes, n_lines: int) -> bool:
+    return block.count(b"\n{") + (block[:1] == b"{") == n_lines
+
+
+def _decode_block(block: bytes, first_line: int, archive: str, first_day: date, last_day: date) -> Block:
+    n_lines = block.count(b"\n")
+    state = _BlockState(archive)
+    table = None
+    lenient = False
+    try:
+        if not _is_utf8(block):
+            raise pa.ArrowInvalid("not UTF-8")  # pyarrow would keep the bytes: each line goes to orjson
         table = _read(block, _PARSE_STRICT)
     except pa.ArrowInvalid as exc:
         if "unexpected field" in str(exc):
             try:
                 table = _read(block, _PARSE_LENIENT)
-                unknown = _unknown_fields(block)
+                lenient = True
             except pa.ArrowInvalid:
                 table = None
-    if table is not None and table.num_rows == n_lines:
-        line_numbers = np.arange(first_line, first_line + n_lines, dtype=np.int64)
-        flows_col = table.column("flows").combine_chunks()
-        stats_col = table.column("stats").combine_chunks()
-        tomb_col = table.column("tombstone").combine_chunks()
-        is_flow = np.asarray(flows_col.is_valid().to_numpy(zero_copy_only=False))
-        is_stats = np.asarray(stats_col.is_valid().to_numpy(zero_copy_only=False))
-        is_tomb = np.asarray(tomb_col.is_valid().to_numpy(zero_copy_only=False))
-        several = (is_flow.astype(int) + is_stats + is_tomb) > 1
-        neither = ~(is_flow | is_stats | is_tomb)
-        rejects = [Reject(int(line_numbers[i]), "unknown_record", "no flows, stats or tombstone object") for i in np.flatnonzero(neither)]
-        rejects += [Reject(int(line_numbers[i]), "unknown_record", "more than one record kind on the line") for i in np.flatnonzero(several)]
-        keep = is_flow & ~several
-        flows = flows_col.filter(pa.array(keep))
-        stats = stats_col.filter(pa.array(is_stats & ~several)).to_pylist()
-        tombstones = int((is_tomb & ~several).sum())
-        lines_kept = line_numbers[keep]
-    else:
-        records, kept_lines, rejects, stats, tombstones, unknown = _line_by_line(block, first_line)
-        flows = pa.array(records, type=FLOW_STRUCT) if records else pa.array([], type=FLOW_STRUCT)
-        lines_kept = np.asarray(kept_lines, dtype=np.int64)
-    decoded, rule_rejects = _convert(flows, lines_kept, archive, first_day, last_day)
-    return Block(decoded, rejects + rule_rejects, stats, tombstones, n_lines, len(block), unknown)
+    numbers = np.arange(first_line, first_line + n_lines, dtype=np.int64)
+    # pyarrow reads every JSON object of the block and skips blank lines: its rows are the
+    # lines only if no line is blank (every line holds at least one object) and the counts
+    # agree (then no line holds two).
+    if table is None or table.num_rows != n_lines or not _lines_start_with_brace(block, n_lines):
+        # pyarrow refused the block, or there may be blank lines: find them, parse the rest.
+        starts, ends = _line_spans(block)
+        blank = _blank_lines(block, starts, ends)
+        state.rejects.add(numbers[blank], "empty_line")
+        solid = np.flatnonzero(~blank)
+        if table is None or table.num_rows != len(solid):
+            lines = [block[starts[i] : ends[i]] for i in solid]
+            flows, kept = _line_by_line(lines, numbers[solid], state)
+            decoded = _convert(flows, kept, archive, first_day, last_day, state.rejects)
+            return _finish(state, decoded, n_lines, len(block))
+        numbers = numbers[solid]
+    flows_col = table.column("flows").combine_chunks()
+    stats_col = table.column("stats").combine_chunks()
+    tomb_col = table.column("tombstone").combine_chunks()
+    is_flow = _present(flows_col)
+    is_stats = _present(stats_col)
+    is_tomb = _present(tomb_col)
+    several = (is_flow.astype(int) + is_stats + is_tomb) > 1
+    neither = ~(is_flow | is_stats | is_tomb)
+    state.rejects.add(numbers[neither], "unknown_record", ["no flows, stats or tombstone object"] * int(neither.sum()))
+    state.rejects.add(numbers[several], "unknown_record", ["more than one record kind on the line"] * int(several.sum()))
+    keep = is_flow & ~several
+    stats_rows = np.flatnonzero(is_stats & ~several)
+    if len(stats_rows):
+        counts = stats_col.field("exportedFlowTotalCount").take(pa.array(stats_rows)).to_pylist()
+        for row, count in zip(stats_rows.tolist(), counts):
+            state.stats(int(numbers[row]), count if count is not None and count >= 0 else None, count)
+    state.tombstones = int((is_tomb & ~several).sum())
+    if lenient:
+        _collect_unknown(block, state.unknown)
+    decoded = _convert(flows_col.filter(pa.array(keep)), numbers[keep], archive, first_day, last_day, state.rejects)
+    return _finish(state, decoded, n_lines, len(block))
 
 
-def iter_blocks(stream: BinaryIO, block_bytes: int = 16 << 20) -> Iterator[tuple[bytes, int]]:
-    """Blocks of whole lines from a byte stream, with the number of each block's first line.
+def _finish(state: _BlockState, decoded: pa.Table, n_lines: int, size_bytes: int) -> Block:
+    return Block(decoded, state.rejects.table(state.archive), state.stats_lines, state.stats_exported,
+                 state.tombstones, n_lines, size_bytes, state.unknown, state.stats_problems)
 
-    Reading runs one block ahead in a thread, so that inflating and untarring the next
-    block overlaps with decoding this one; an error while reading is raised here.
+
+def decode_block(block: bytes, first_line: int, archive: str, first_day: date, last_day: date) -> Block:
+    """Decode a block of whole lines (ending with a newline) whose first line is `first_line`.
+
+    Never raises for what the lines hold: should decoding the block fail all the same (a
+    bug), every line is decoded on its own and a line that still fails becomes a
+    `decode_error` reject, so the rest of the block is kept.
     """
+    try:
+        return _decode_block(block, first_line, archive, first_day, last_day)
+    except Exception:
+        return _decode_lines_alone(block, first_line, archive, first_day, last_day)
+
+
+def _decode_lines_alone(block: bytes, first_line: int, archive: str, first_day: date, last_day: date) -> Block:
+    parts: list[Block] = []
+    errors = _Rejects()
+    for offset, line in enumerate(block.split(b"\n")[:-1]):
+        try:
+            parts.append(_decode_block(line + b"\n", first_line + offset, archive, first_day, last_day))
+        except Exception as exc:
+            errors.add_one(first_line + offset, "decode_error", f"{type(exc).__name__}: {exc}"[:_DETAIL_CHARS])
+    stats = [p for p in parts if p.stats_lines]
+    rejects = pa.concat_tables([p.rejects for p in parts] + [errors.table(archive)])
+    return Block(
+        flows=pa.concat_tables([DECODED_SCHEMA.empty_table()] + [p.flows for p in parts]),
+        rejects=rejects.sort_by("line_number"),
+        stats_lines=sum(p.stats_lines for p in parts),
+        stats_exported=stats[-1].stats_exported if stats else None,
+        tombstones=sum(p.tombstones for p in parts),
+        lines=block.count(b"\n"),
+        size_bytes=len(block),
+        unknown_fields=set().union(*(p.unknown_fields for p in parts)),
+        stats_problems=[problem for p in parts for problem in p.stats_problems][:10],
+    )
+
+
+def long_line_block(line_number: int, length_bytes: int, archive: str) -> Block:
+    """A line longer than MAX_LINE_BYTES: one reject with its length (it was never held)."""
+    rejects = _Rejects()
+    rejects.add_one(line_number, "line_too_long", f"{length_bytes:,} bytes (the limit is {MAX_LINE_BYTES:,})")
+    return Block(DECODED_SCHEMA.empty_table(), rejects.table(archive), 0, None, 0, 1, length_bytes + 1)
+
+
+# ---------------------------------------------------------------- reading lines
+
+
+@dataclass(frozen=True)
+class LongLine:
+    """A line longer than the limit, skipped: its number and length (without the newline)."""
+
+    line_number: int
+    length_bytes: int
+
+
+def iter_blocks(stream: BinaryIO, block_bytes: int | None = None, max_line_bytes: int = MAX_LINE_BYTES
+                ) -> Iterator[tuple[bytes, int] | LongLine]:
+    """Blocks of whole lines from a byte stream, each with the number of its first line;
+    a line longer than `max_line_bytes` comes as a `LongLine` in its place.
+
+    Reading runs ahead in a thread, so that inflating the next block overlaps with
+    decoding this one. An error while reading is raised here after every whole line read
+    before it has been yielded; the partial line at the error is what could not be read.
+    """
+    block_bytes = block_bytes or BLOCK_BYTES
     blocks: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                blocks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
-            for item in _blocks(stream, block_bytes):
-                while not stop.is_set():
-                    try:
-                        blocks.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+            for item in _blocks(stream, block_bytes, max_line_bytes):
+                if not put(item):
                     return
-            blocks.put(None)
-        except BaseException as exc:  # handed to the consumer
-            blocks.put(exc)
+            put(None)
+        except BaseException as exc:  # handed to the consumer, after the lines read before it
+            put(exc)
 
     reader = threading.Thread(target=produce, name="archive-reader", daemon=True)
     reader.start()
@@ -540,20 +865,92 @@ def iter_blocks(stream: BinaryIO, block_bytes: int = 16 << 20) -> Iterator[tuple
         reader.join()
 
 
-def _blocks(stream: BinaryIO, block_bytes: int) -> Iterator[tuple[bytes, int]]:
-    pending = b""
-    line = 1
+def _blocks(stream: BinaryIO, block_bytes: int, max_line_bytes: int) -> Iterator[tuple[bytes, int] | LongLine]:
+    """Whole lines in blocks. Nothing is copied more than twice, and no more than
+    `max_line_bytes` of a line is ever held: a longer line is counted while skipped."""
+    read_bytes = max(min(1 << 20, max_line_bytes), 1)  # a line within one read is shorter than the limit
+    line = 1  # number of the next line to start
+    pieces: list = []  # whole lines for the next block
+    pieces_bytes = pieces_lines = 0
+    partial: list[bytes] = []  # the start of a line not yet ended
+    partial_bytes = 0
+    skipping = -1  # length so far of a too long line being skipped, or -1
+
+    def flush():
+        nonlocal pieces, pieces_bytes, pieces_lines, line
+        block = b"".join(pieces)
+        first = line
+        line += pieces_lines
+        pieces, pieces_bytes, pieces_lines = [], 0, 0
+        return block, first
+
     while True:
-        chunk = stream.read(block_bytes)
+        try:
+            chunk = stream.read(read_bytes)
+        except Exception:
+            # The whole lines read before the damage count; so does the last line if the damage
+            # is after the member (the member's end ends its last line).
+            member_ended = getattr(stream, "fully_read", False)
+            if partial and member_ended:
+                pieces.extend(partial)
+                pieces.append(b"\n")
+                pieces_lines += 1
+            if pieces:
+                yield flush()
+            if skipping >= 0 and member_ended:
+                yield LongLine(line, skipping)
+            raise
         if not chunk:
             break
-        data = pending + chunk
-        cut = data.rfind(b"\n")
+        start = 0
+        if skipping >= 0:
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                skipping += len(chunk)
+                continue
+            if pieces:
+                yield flush()
+            yield LongLine(line, skipping + newline)
+            line += 1
+            skipping = -1
+            start = newline + 1
+        cut = chunk.rfind(b"\n", start)
         if cut < 0:
-            pending = data
+            partial.append(chunk[start:] if start else chunk)
+            partial_bytes += len(chunk) - start
+            if partial_bytes > max_line_bytes:
+                skipping, partial, partial_bytes = partial_bytes, [], 0
             continue
-        block, pending = data[: cut + 1], data[cut + 1 :]
-        yield block, line
-        line += block.count(b"\n")
-    if pending:
-        yield pending + b"\n", line
+        if partial:
+            first_end = chunk.find(b"\n", start)
+            if partial_bytes + first_end - start > max_line_bytes:
+                if pieces:
+                    yield flush()
+                yield LongLine(line, partial_bytes + first_end - start)
+                line += 1
+                start = first_end + 1
+            else:
+                pieces.extend(partial)
+                pieces_bytes += partial_bytes
+            partial, partial_bytes = [], 0
+        if cut >= start:
+            piece = memoryview(chunk)[start : cut + 1]
+            pieces.append(piece)
+            pieces_bytes += len(piece)
+            pieces_lines += chunk.count(b"\n", start, cut + 1)
+        if cut + 1 < len(chunk):
+            partial.append(chunk[cut + 1 :])
+            partial_bytes = len(chunk) - cut - 1
+        if pieces_bytes >= block_bytes or pieces_lines >= MAX_LINES_PER_BLOCK:
+            yield flush()
+    if skipping >= 0:
+        if pieces:
+            yield flush()
+        yield LongLine(line, skipping)
+        return
+    if partial:  # the last line has no newline
+        pieces.extend(partial)
+        pieces.append(b"\n")
+        pieces_lines += 1
+    if pieces:
+        yield flush()
