@@ -73,6 +73,10 @@ class DeviceClassifier:
     META_FILE = "meta.json"
 
     def predict_proba(self, windows: pd.DataFrame) -> np.ndarray:
+        """One column per label. Trained on one device only, the model has nothing to tell apart: every
+        window is that device (XGBoost would still answer with two columns)."""
+        if len(self.labels) == 1:
+            return np.ones((len(windows), 1))
         return self.booster.predict_proba(windows[self.features].to_numpy(dtype=np.float32))
 
     def to_files(self) -> dict[str, bytes]:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import tempfile
 from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
@@ -140,43 +141,60 @@ def run(sample_days: int, sample_scale: float, seed: int, strict: bool) -> None:
     if any run failed or a record may be lost; failed ERROR-level checks are printed as ALERT
     lines and, with --strict, fail the command too.
     """
+    from iot_assets.storage.location import base_path
+
     settings = _settings()
-    if not settings.is_local:
-        raise click.UsageError("`iot-assets run` keeps its lock and Dagster instance on local disk: for an object-store "
-                               "lake set DAGSTER_HOME and run the jobs through the instance (see deploy/)")
-    data_dir = Path(settings.data_dir)
-    raw = data_dir / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
     child_env = dict(os.environ)
-    with _run_lock(data_dir):
-        if not any(".tar.gz" in p.name for p in raw.iterdir()):
+    if not settings.is_local and not child_env.get("DAGSTER_HOME"):
+        raise click.UsageError("with an object-store IOT_ASSETS_DATA_DIR, set DAGSTER_HOME to the Dagster instance "
+                               "folder (or a dagster.yaml for PostgreSQL, see deploy/)")
+    home = Path(child_env.setdefault("DAGSTER_HOME", str(Path(settings.data_dir) / "dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    landing = base_path(settings.raw_url)
+    with _run_lock(home):
+        if not landing.exists() or not any(".tar.gz" in p.name for p in landing.iterdir()):
             days = min(sample_days, (settings.last_day - settings.first_day).days + 1)
-            click.echo(f"{raw} is empty: writing a {days}-day sample at scale {sample_scale}")
-            _write_sample(raw, settings.first_day, days, sample_scale, seed)
+            click.echo(f"{landing} is empty: writing a {days}-day sample at scale {sample_scale}")
+            episodes = _sample_landing_zone(settings, days, sample_scale, seed)
             if not child_env.get("IOT_ASSETS_END_DATE"):
                 child_env["IOT_ASSETS_END_DATE"] = (settings.first_day + timedelta(days=days - 1)).isoformat()
-            if days >= 7 and not child_env.get("IOT_ASSETS_EPISODES"):
-                child_env["IOT_ASSETS_EPISODES"] = str(_attack_sample(settings, seed))
-        home = Path(child_env.setdefault("DAGSTER_HOME", str(data_dir / "dagster_home")))
-        home.mkdir(parents=True, exist_ok=True)
-        if not (home / "dagster.yaml").exists():
-            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+            if episodes and not child_env.get("IOT_ASSETS_EPISODES"):
+                child_env["IOT_ASSETS_EPISODES"] = episodes
         # The code location reads its configuration when it is imported: a child process gets this one.
         done = subprocess.run([sys.executable, "-m", "iot_assets.pipeline", *(["--strict"] if strict else [])],
                               env=child_env)
     sys.exit(done.returncode)
 
 
+def _sample_landing_zone(settings: Settings, days: int, scale: float, seed: int) -> str | None:
+    """Write a sample into the landing zone (through a local folder when the lake is an object store);
+    returns the episodes file the sample's attacked devices got, if any."""
+    from iot_assets.storage.location import base_path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(settings.data_dir) if settings.is_local else Path(tmp)
+        _write_sample(local / "raw", settings.first_day, days, scale, seed)
+        episodes = _attack_sample(local, seed) if days >= 7 else None
+        if not settings.is_local:
+            for folder in ("raw", "episodes"):
+                target = base_path(f"{settings.data_dir}/{folder}")
+                for file in sorted((local / folder).glob("*")) if (local / folder).exists() else []:
+                    target.fs.put_file(str(file), f"{target.path}/{file.name}")
+        return f"{settings.data_dir}/episodes/episodes.csv" if episodes else None
+
+
 @contextmanager
-def _run_lock(data_dir: Path):
-    """One `iot-assets run` per data directory at a time; a second one says who holds it and stops."""
-    path = data_dir / ".run.lock"
+def _run_lock(home: Path):
+    """One `iot-assets run` per Dagster instance at a time; a second one says who holds it and stops."""
+    path = home / "iot-assets-run.lock"
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            raise click.ClickException(f"another iot-assets run is using {data_dir} "
+            raise click.ClickException(f"another iot-assets run is using {home} "
                                        f"({handle.read().strip() or 'pid unknown'}); wait for it to finish") from None
         handle.seek(0)
         handle.truncate()
@@ -219,14 +237,14 @@ def models_use(asset: str, version: str) -> None:
     click.echo(f"{asset}: now serving {version}")
 
 
-def _attack_sample(settings: Settings, seed: int) -> Path:
-    """Give a few sample devices attack episodes, so the anomaly metrics have ground truth."""
+def _attack_sample(folder: Path, seed: int) -> Path:
+    """Give a few sample devices in `folder`/raw attack episodes, so the anomaly metrics have ground truth."""
     from iot_assets.archive import find_archives
     from iot_assets.inject import inject as inject_archive
 
-    out = Path(settings.data_dir) / "episodes"
+    out = folder / "episodes"
     (out / "episodes.csv").unlink(missing_ok=True)
-    archives, _ = find_archives(Path(settings.data_dir) / "raw")
+    archives, _ = find_archives(folder / "raw")
     for archive in archives:
         if archive.name in SAMPLE_ATTACKED:
             path, _ = inject_archive(archive, out, seed)

@@ -6,13 +6,18 @@ from iot_assets.assets import behaviour, flows, reports
 from iot_assets.automation import SCHEDULES, SENSORS
 from iot_assets.jobs import JOBS
 from iot_assets.resources import build_resources
-from iot_assets.settings import SETTINGS
+from iot_assets.settings import SETTINGS, Settings
 
 
-defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([flows, behaviour, reports]),
-    jobs=JOBS,
-    schedules=SCHEDULES,
-    sensors=SENSORS,
-    resources=build_resources(SETTINGS),
-)
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """The code location for `settings` (tests and tools build it for a data folder of their own)."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([flows, behaviour, reports]),
+        jobs=JOBS,
+        schedules=SCHEDULES,
+        sensors=SENSORS,
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions(SETTINGS)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
 import pandas as pd
 
 from iot_assets.settings import Settings
 from iot_assets.storage.lake import LakeIOManager
+from iot_assets.storage.location import base_path
 from iot_assets.storage.models import ModelIOManager
 from iot_assets.storage.reports import ReportFiles
 from iot_assets.storage.staging import ArchiveStore
@@ -26,7 +25,10 @@ class ModelSettings(dg.ConfigurableResource):
     def read_episodes(self) -> pd.DataFrame | None:
         from iot_assets.inject import read_episodes
 
-        return read_episodes(Path(self.episodes)) if self.episodes else None
+        if not self.episodes:
+            return None
+        with base_path(self.episodes).open("rb") as handle:
+            return read_episodes(handle)
 
 
 class LakeIOManagerFactory(dg.ConfigurableIOManagerFactory):

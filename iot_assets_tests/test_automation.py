@@ -10,9 +10,9 @@ import pytest
 
 from iot_assets import drift, sample
 from iot_assets.assets.flows import changed_days
-from iot_assets.automation import archive_sensor, changed_days_sensor, day_ranges
+from iot_assets.automation import archive_sensor, day_ranges
 from iot_assets.features import FEATURES
-from iot_assets_tests.test_definitions import resources_for
+from iot_assets_tests.test_definitions import definitions_for, resources_for
 
 
 def test_archive_sensor_notices_new_and_changed_archives(tmp_path):
@@ -64,7 +64,6 @@ def _materialized_days(instance: dg.DagsterInstance, asset: str, after: float) -
 
 @pytest.mark.slow
 def test_a_changed_archive_rebuilds_every_daily_asset_of_exactly_its_days(tmp_path):
-    from iot_assets.definitions import defs
     from iot_assets.jobs import daily_job
     from iot_assets.pipeline import QUIET
 
@@ -72,7 +71,7 @@ def test_a_changed_archive_rebuilds_every_daily_asset_of_exactly_its_days(tmp_pa
     devices = ["nature_remo", "xiaomi_mijia_led", "qrio_hub"]
     sample.generate(data / "raw", date(2019, 6, 25), 5, scale=0.02, seed=1, devices=devices)
     resources = resources_for(data, IOT_ASSETS_END_DATE="2019-06-29")
-    defs = dg.Definitions.merge(defs, dg.Definitions(resources=resources))
+    defs = definitions_for(data, IOT_ASSETS_END_DATE="2019-06-29")
     instance = dg.DagsterInstance.ephemeral()
 
     def run(job_name: str, **kwargs):

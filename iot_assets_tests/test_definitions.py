@@ -20,8 +20,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = Path(__file__).with_name("snapshots") / "asset_graph.json"
 
 
+def settings_for(data: Path, **env) -> Settings:
+    return Settings.from_env({"IOT_ASSETS_DATA_DIR": str(data), **env})
+
+
 def resources_for(data: Path, **env) -> dict:
-    return build_resources(Settings.from_env({"IOT_ASSETS_DATA_DIR": str(data), **env}))
+    return build_resources(settings_for(data, **env))
+
+
+def definitions_for(data: Path, **env) -> dg.Definitions:
+    from iot_assets.definitions import build_definitions
+
+    return build_definitions(settings_for(data, **env))
 
 
 def graph_snapshot(defs: dg.Definitions) -> dict:

@@ -14,15 +14,13 @@ import pytest
 from iot_assets import sample
 from iot_assets.pipeline import Outcome, run_stages
 from iot_assets.storage.models import ModelStore
-from iot_assets_tests.test_definitions import resources_for
+from iot_assets_tests.test_definitions import definitions_for
 
 DAYS = [f"2019-06-{d}" for d in range(25, 29)]
 
 
 def build(data, days=DAYS, **env) -> tuple[dg.Definitions, dg.DagsterInstance, Outcome]:
-    from iot_assets.definitions import defs
-
-    defs = dg.Definitions.merge(defs, dg.Definitions(resources=resources_for(data, **env)))
+    defs = definitions_for(data, **env)
     instance = dg.DagsterInstance.ephemeral()
     messages = []
     outcome = Outcome(messages.append, strict=False)
@@ -114,7 +112,7 @@ def test_models_are_versioned_and_a_pin_rolls_back(tmp_path):
     assert first != second and set(store.versions("device_classifier")) >= {first, second}
     assert set(pd.read_parquet(data / "lake" / "device_inventory")["model_version"]) == {second}
     # Pinning the first version serves it again.
-    pinned = dg.Definitions.merge(defs, dg.Definitions(resources=resources_for(data, IOT_ASSETS_MODEL_PINS=f"device_classifier={first}")))
+    pinned = definitions_for(data, IOT_ASSETS_MODEL_PINS=f"device_classifier={first}")
     job = pinned.resolve_job_def("daily_scoring_job")
     assert job.execute_in_process(instance=instance, partition_key=DAYS[-1]).success
     inventory = pd.read_parquet(data / "lake" / "device_inventory" / f"day={DAYS[-1]}")
