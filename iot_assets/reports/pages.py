@@ -10,7 +10,7 @@ from sklearn.metrics import roc_curve
 
 from iot_assets import anomaly, drift
 from iot_assets.features import CONTEXT_HOURS
-from iot_assets.reports.html import heatmap, page, plt, png, table
+from iot_assets.reports.html import heatmap, page, plt, png, svg_heatmap, table
 
 
 def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, feature_drift: pd.DataFrame,
@@ -27,20 +27,12 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, feature_
     body.append("<h2>Anomalies</h2>")
     if len(scores) and scores["has_model"].astype(bool).any():
         scores = scores.assign(label=scores["device_name"].fillna(scores["device_mac"]),
-                               hour=scores["window_start"].dt.hour + scores["window_start"].dt.minute / 60)
-        timeline = scores.pivot_table(index="label", columns="hour", values="score_ratio", aggfunc="max")
-        fig, ax = plt.subplots(figsize=(12, 0.3 * max(len(timeline), 4) + 1.5))
-        image = ax.imshow(np.log2(timeline.clip(lower=1e-3).to_numpy(dtype=float)), aspect="auto", cmap="coolwarm",
-                          vmin=-3, vmax=3)
+                               window=scores["window_start"].dt.strftime("%H:%M"))
+        timeline = scores.pivot_table(index="label", columns="window", values="score_ratio", aggfunc="max")
         flagged = scores[scores["anomaly"].astype(bool)]
-        rows = {name: i for i, name in enumerate(timeline.index)}
-        cols = {hour: i for i, hour in enumerate(timeline.columns)}
-        ax.scatter(flagged["hour"].map(cols), flagged["label"].map(rows), marker="x", color="black", s=40)
-        ax.set_yticks(range(len(timeline)), timeline.index, fontsize=7)
-        ax.set_xlabel("window start (hour, UTC)")
-        ax.set_title("anomaly score / device threshold (log2): red above, blue below")
-        fig.colorbar(image, ax=ax)
-        body.append(png(fig))
+        body.append(svg_heatmap(np.log2(timeline.clip(lower=1e-3)), "anomaly score / device threshold per window, "
+                                "x = flagged", "log2", cmap="coolwarm", vmin=-3, vmax=3,
+                                marks=set(zip(flagged["label"], flagged["window"]))))
         body.append(table(flagged[["label", "window_start", "score_ratio", "top_features"]]))
     else:
         body.append("<p class='note'>no anomaly model for these devices yet</p>")
@@ -53,10 +45,10 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, feature_
     if len(windows):
         profile = windows.assign(label=windows["device_name"].fillna(windows["device_mac"]),
                                  hour=windows["window_start"].dt.hour)
-        body.append(png(heatmap(profile.pivot_table(index="label", columns="hour", values="w_log_own_flows"),
-                                "own flows per hour (log, gateway probes left out)", "log(1 + flows)")))
-        body.append(png(heatmap(profile.pivot_table(index="label", columns="hour", values="w_log_bytes_out"),
-                                "bytes out of the device per hour (log)", "log(1 + bytes)", cmap="magma")))
+        body.append(svg_heatmap(profile.pivot_table(index="label", columns="hour", values="w_log_own_flows"),
+                                "own flows per hour (gateway probes left out)", "log(1 + flows)"))
+        body.append(svg_heatmap(profile.pivot_table(index="label", columns="hour", values="w_log_bytes_out"),
+                                "bytes out of the device per hour", "log(1 + bytes)", cmap="magma"))
     body.extend(extra_sections)
     return page(f"iot-assets daily report {day}", body)
 

@@ -109,6 +109,8 @@ class ArchiveStore(dg.ConfigurableResource):
                 if key not in keep and (version / "summary.json").exists():
                     remove_tree(version)
                     removed.append(key)
+            if not any(archive_dir.iterdir()):
+                remove_tree(archive_dir)
         return removed
 
     def read_day(self, staged_key: str, day: str) -> pa.Table:
