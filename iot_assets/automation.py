@@ -45,12 +45,21 @@ def changed_days_sensor(context: dg.SensorEvaluationContext, asset_event: dg.Eve
     """Rebuilds every daily asset, through the daily report, of the days new, changed or removed archives touch."""
     materialization = asset_event.asset_materialization
     changed = materialization.metadata.get("changed_days") if materialization else None
-    for first, last in day_ranges(changed.value if changed else []):
+    stale = [day for day in (changed.value if changed else [])
+             if not _rebuilt_since(context.instance, day, asset_event.timestamp)]
+    for first, last in day_ranges(stale):
         key = f"{asset_event.run_id}-{first}-{last}"
         if first == last:
             yield dg.RunRequest(run_key=key, partition_key=first)
         else:
             yield dg.RunRequest(run_key=key, tags=range_tags(first, last))
+
+
+def _rebuilt_since(instance: dg.DagsterInstance, day: str, timestamp: float) -> bool:
+    """Whether the day's report was rebuilt after the archives changed (by `iot-assets run`, say)."""
+    return bool(instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("daily_report"), asset_partitions=[day], after_timestamp=timestamp),
+        limit=1).records)
 
 
 # The daily schedule runs at 00:30 UTC for the day that just ended.

@@ -103,6 +103,10 @@ def test_a_changed_archive_rebuilds_every_daily_asset_of_exactly_its_days(tmp_pa
         assert daily_job_def.execute_in_process(instance=instance, run_config=QUIET, tags=request.tags,
                                                 partition_key=request.partition_key).success
 
+    # A second tick finds the days rebuilt and asks for nothing.
+    with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+        assert list(sensor.evaluate_tick(context).run_requests) == []
+
     # Every day the old archive covered (25..29) is rebuilt, through the daily report, and no other.
     for asset in ("decoded_flows", "clean_flows", "device_windows", "device_inventory", "anomaly_scores",
                   "feature_drift", "daily_report"):
