@@ -276,10 +276,10 @@ def device_lines(flows: pd.DataFrame, line_of: dict[str, str] | None = None) -> 
 def day_findings(flows: pd.DataFrame, inventory: pd.DataFrame, advisories: pd.DataFrame,
                  isp_resolvers: frozenset[str] = frozenset()) -> pd.DataFrame:
     """The day's findings per device MAC and kind, with the catalogue and predicted device."""
-    found = pd.concat([f for f in (flow_findings(flows, isp_resolvers), advisory_findings(inventory, advisories))
-                       if len(f)], ignore_index=True) if len(flows) or len(inventory) else pd.DataFrame()
-    if found.empty:
+    parts = [f for f in (flow_findings(flows, isp_resolvers), advisory_findings(inventory, advisories)) if len(f)]
+    if not parts:
         return pd.DataFrame(columns=FINDING_COLUMNS)
+    found = pd.concat(parts, ignore_index=True)
     names = flows.drop_duplicates("device_mac").set_index("device_mac")["device_name"] if len(flows) else pd.Series()
     predicted = inventory.set_index("device_mac")["predicted_device"] if len(inventory) else pd.Series(dtype=object)
     found["device"] = found["device_mac"].map(names)
@@ -467,31 +467,44 @@ def _episode_days(start: pd.Timestamp, end: pd.Timestamp) -> list[str]:
     return [d.strftime("%Y-%m-%d") for d in pd.date_range(start.floor("D"), last.floor("D"), freq="D")]
 
 
-def exposure_metrics(findings: pd.DataFrame, episodes: pd.DataFrame, baseline: pd.DataFrame | None = None) -> dict:
+def pre_existing_pairs(findings: pd.DataFrame, episodes: pd.DataFrame) -> set[tuple[str, str]]:
+    """(MAC, kind) pairs seen before the first exposure episode began: the devices' own exposures."""
+    relevant = episodes[episodes["type"].isin(list(EPISODE_KINDS))] if len(episodes) else episodes
+    seen = findings[findings["seen_today"]] if len(findings) else findings
+    if relevant.empty or seen.empty:
+        return set()
+    first_day = relevant["start"].min().strftime("%Y-%m-%d")
+    before = seen[seen["day"] < first_day]
+    return set(zip(before["device_mac"], before["kind"]))
+
+
+def exposure_metrics(findings: pd.DataFrame, episodes: pd.DataFrame,
+                     pre_existing: set[tuple[str, str]] | None = None) -> dict:
     """Per kind an exposure episode must raise: precision and recall over device-days, and detection delay.
 
     `findings`: device_exposure rows over the evaluated days; `episodes`: episodes.csv rows
-    (device is a catalogue name or a MAC). A flagged device-day inside an episode that implies
-    the kind is a true positive; outside any, a false positive, unless `baseline` (the findings
-    of the same traffic without injection) already has it: a real exposure of the device, not
-    a false alarm, counted apart as `pre_existing_days`. The delay is in days from the
-    episode's start to the first day it is flagged.
+    (`device` a catalogue name or a MAC). A flagged device-day inside an episode that implies
+    the kind is a true positive; outside any, a false positive, unless the (MAC, kind) pair is
+    `pre_existing`: a real exposure of the device, not a false alarm, counted apart. By
+    default the pairs seen before the first exposure episode began (`pre_existing_pairs`);
+    pass the findings of the same traffic without injection for a stricter baseline. The
+    delay is in days from the episode's first day to the first day it is flagged.
     """
     seen = findings[findings["seen_today"]] if len(findings) else findings
     evaluated_days = set(findings["day"]) if len(findings) else set()
-    base = set()
-    if baseline is not None and len(baseline):
-        b = baseline[baseline["seen_today"]]
-        base = set(zip(b["device_mac"], b["kind"], b["day"]))
+    if pre_existing is None:
+        pre_existing = pre_existing_pairs(findings, episodes)
     identity = findings[["device_mac", "device"]].drop_duplicates() if len(findings) else pd.DataFrame(
         columns=["device_mac", "device"])
-    result: dict = {"kinds": {}, "episodes": []}
     relevant = episodes[episodes["type"].isin(list(EPISODE_KINDS))] if len(episodes) else episodes
+    result: dict = {"days": len(evaluated_days), "pre_existing": sorted(f"{mac} {kind}" for mac, kind in pre_existing),
+                    "episodes": [], "kinds": {}}
     for ep in relevant.itertuples():
         macs = identity.loc[(identity["device"] == ep.device) | (identity["device_mac"] == ep.device), "device_mac"]
         result["episodes"].append({"device": ep.device, "type": ep.type, "start": ep.start.isoformat(),
                                    "end": ep.end.isoformat(), "macs": sorted(set(macs))})
     for kind in sorted({k for kinds in EPISODE_KINDS.values() for k in kinds}):
+        flagged = _flagged(seen, kind)
         truth: set[tuple[str, str]] = set()
         delays = []
         for ep, info in zip(relevant.itertuples(), result["episodes"]):
@@ -500,20 +513,20 @@ def exposure_metrics(findings: pd.DataFrame, episodes: pd.DataFrame, baseline: p
             days = [d for d in _episode_days(ep.start, ep.end) if d in evaluated_days]
             cells = {(mac, d) for mac in info["macs"] for d in days}
             truth |= cells
-            flagged_days = sorted(d for mac, d in _flagged(seen, kind) if (mac, d) in cells)
-            delays.append({"device": ep.device, "type": ep.type, "start_day": days[0] if days else None,
-                           "first_flagged_day": flagged_days[0] if flagged_days else None,
-                           "delay_days": (pd.Timestamp(flagged_days[0]) - pd.Timestamp(days[0])).days
-                           if flagged_days and days else None})
-        flagged = _flagged(seen, kind)
-        pre_existing = {(mac, d) for mac, d in flagged - truth if (mac, kind, d) in base}
-        tp, fp, fn = len(flagged & truth), len(flagged - truth - pre_existing), len(truth - flagged)
-        false_devices = sorted({mac for mac, _ in flagged - truth - pre_existing})
+            hit_days = sorted(d for _, d in flagged & cells)
+            delays.append({"device": ep.device, "type": ep.type, "first_day": days[0] if days else None,
+                           "first_flagged_day": hit_days[0] if hit_days else None,
+                           "delay_days": (pd.Timestamp(hit_days[0]) - pd.Timestamp(days[0])).days
+                           if hit_days and days else None})
+        outside = flagged - truth
+        known = {(mac, d) for mac, d in outside if (mac, kind) in pre_existing}
+        false = outside - known
+        tp, fp, fn = len(flagged & truth), len(false), len(truth - flagged)
         result["kinds"][kind] = {
             "episode_days": len(truth), "flagged_days": len(flagged), "true_positive_days": tp,
-            "false_positive_days": fp, "missed_days": fn, "pre_existing_days": len(pre_existing),
+            "false_positive_days": fp, "missed_days": fn, "pre_existing_days": len(known),
             "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
-            "false_positive_devices": false_devices, "delays": delays,
+            "false_positive_devices": sorted({mac for mac, _ in false}), "delays": delays,
         }
     return result
 
@@ -521,3 +534,36 @@ def exposure_metrics(findings: pd.DataFrame, episodes: pd.DataFrame, baseline: p
 def _flagged(seen: pd.DataFrame, kind: str) -> set[tuple[str, str]]:
     rows = seen[seen["kind"] == kind] if len(seen) else seen
     return set(zip(rows["device_mac"], rows["day"])) if len(rows) else set()
+
+
+# ---------------------------------------------------------------- summaries for the reports
+
+
+def findings_per_day(exposure: pd.DataFrame) -> pd.DataFrame:
+    """Per day (rows) and severity (columns): how many findings were seen that day."""
+    seen = exposure[exposure["seen_today"]] if len(exposure) else exposure
+    if seen.empty:
+        return pd.DataFrame(columns=list(SEVERITIES))
+    counts = pd.crosstab(seen["day"], seen["severity"]).reindex(columns=list(SEVERITIES), fill_value=0)
+    return counts.sort_index()
+
+
+def fleet_view(exposure: pd.DataFrame, inventory: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(devices per predicted model and kind, share of all devices with each kind).
+
+    `exposure` holds the findings of any range of days; `inventory` the MACs seen in that
+    range with their predicted device (the fleet the shares are taken over).
+    """
+    seen = exposure[exposure["seen_today"]] if len(exposure) else exposure
+    fleet = inventory.drop_duplicates("device_mac", keep="last") if len(inventory) else inventory
+    total = len(fleet)
+    if seen.empty or total == 0:
+        return pd.DataFrame(columns=list(KINDS)), pd.DataFrame(columns=["kind", "devices", "share"])
+    distinct = seen.drop_duplicates(["device_mac", "kind"])
+    models = distinct["device_mac"].map(fleet.set_index("device_mac")["predicted_device"]).fillna("(not in inventory)")
+    by_model = pd.crosstab(models.rename("predicted_device"), distinct["kind"])
+    by_model = by_model.reindex(columns=[k for k in KINDS if k in by_model.columns])
+    per_kind = distinct.groupby("kind")["device_mac"].nunique().reindex(list(KINDS)).dropna().astype(int)
+    shares = pd.DataFrame({"kind": per_kind.index, "devices": per_kind.to_numpy(),
+                           "share": per_kind.to_numpy() / total})
+    return by_model, shares
