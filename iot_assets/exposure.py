@@ -419,10 +419,13 @@ def rules_coverage(flows: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- exposure.json and ground truth
 
 
-def exposure_json(exposure: pd.DataFrame) -> dict:
-    """`reports/exposure.json`: the findings of the days in `exposure` (device_exposure partitions, concatenated)."""
+def exposure_json(exposure: pd.DataFrame, days: list[str] | None = None) -> dict:
+    """`reports/exposure.json`: the findings in `exposure` (device_exposure partitions, concatenated).
+
+    `days`: the days evaluated (the materialized partitions); by default the days with rows.
+    """
     seen = exposure[exposure["seen_today"]] if len(exposure) else exposure
-    days = sorted(exposure["day"].unique()) if len(exposure) else []
+    days = sorted(days if days is not None else (exposure["day"].unique() if len(exposure) else []))
     result: dict = {"day_range": [days[0], days[-1]] if days else [], "devices": [], "lines": []}
     if seen.empty:
         return result
@@ -479,7 +482,7 @@ def pre_existing_pairs(findings: pd.DataFrame, episodes: pd.DataFrame) -> set[tu
 
 
 def exposure_metrics(findings: pd.DataFrame, episodes: pd.DataFrame,
-                     pre_existing: set[tuple[str, str]] | None = None) -> dict:
+                     pre_existing: set[tuple[str, str]] | None = None, days: list[str] | None = None) -> dict:
     """Per kind an exposure episode must raise: precision and recall over device-days, and detection delay.
 
     `findings`: device_exposure rows over the evaluated days; `episodes`: episodes.csv rows
@@ -488,10 +491,12 @@ def exposure_metrics(findings: pd.DataFrame, episodes: pd.DataFrame,
     `pre_existing`: a real exposure of the device, not a false alarm, counted apart. By
     default the pairs seen before the first exposure episode began (`pre_existing_pairs`);
     pass the findings of the same traffic without injection for a stricter baseline. The
-    delay is in days from the episode's first day to the first day it is flagged.
+    delay is in days from the episode's first day to the first day it is flagged. `days`: the
+    days evaluated (the materialized partitions; a day without any finding has no rows); by
+    default the days with rows.
     """
     seen = findings[findings["seen_today"]] if len(findings) else findings
-    evaluated_days = set(findings["day"]) if len(findings) else set()
+    evaluated_days = set(days) if days is not None else (set(findings["day"]) if len(findings) else set())
     if pre_existing is None:
         pre_existing = pre_existing_pairs(findings, episodes)
     identity = findings[["device_mac", "device"]].drop_duplicates() if len(findings) else pd.DataFrame(

@@ -376,7 +376,7 @@ class _LakeIO(dg.ConfigurableIOManager):
 
 @pytest.mark.slow
 def test_asset_flags_a_new_open_telnet_port_on_the_day_it_opens(tmp_path, monkeypatch):
-    from iot_assets.assets.exposure import device_exposure
+    from iot_assets.assets.exposure import device_exposure, exposure_report
     from iot_assets.partitions import daily_partitions
     from iot_assets.resources import DataLake, lake_path, write_parquet_atomic
 
@@ -397,11 +397,14 @@ def test_asset_flags_a_new_open_telnet_port_on_the_day_it_opens(tmp_path, monkey
     sources = [dg.AssetSpec(key, partitions_def=daily_partitions).with_io_manager_key("lake_io_manager")
                for key in ("clean_flows", "device_inventory")]
     resources = {"lake_io_manager": _LakeIO(data_dir=str(data)),
-                 "lake": DataLake(data_dir=str(data), first_day=str(FIRST_DAY), last_day=str(LAST_DAY))}
+                 "lake": DataLake(data_dir=str(data), first_day=str(FIRST_DAY), last_day=str(LAST_DAY),
+                                  episodes=str(tmp_path / "injected" / "episodes.csv"))}
+    instance = dg.DagsterInstance.ephemeral()
     opened = episode.start.strftime("%Y-%m-%d")
     outcomes = {}
     for day in days:
-        result = dg.materialize([device_exposure, *sources], partition_key=day, resources=resources)
+        result = dg.materialize([device_exposure, *sources], partition_key=day, resources=resources,
+                                instance=instance)
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
         outcomes[day] = checks["no_new_high_exposure"].passed
         table = pd.read_parquet(lake_path(str(data), "device_exposure", day))
@@ -420,3 +423,14 @@ def test_asset_flags_a_new_open_telnet_port_on_the_day_it_opens(tmp_path, monkey
     # the check fails on the day telnet opens and on no other.
     assert outcomes == {day: day != opened for day in days}
     assert opened > str(FIRST_DAY) and str(FIRST_DAY + timedelta(days=3)) in days
+
+    report_source = dg.AssetSpec("device_exposure", partitions_def=daily_partitions).with_io_manager_key(
+        "lake_io_manager")
+    dg.materialize([exposure_report, report_source], resources=resources, instance=instance)
+    report = json.loads((data / "reports" / "exposure.json").read_text())
+    assert report["day_range"] == [min(days), max(days)]
+    remo = next(d for d in report["devices"] if d["device_mac"] == REMO.mac)
+    assert {f["kind"]: f["first_seen"] for f in remo["findings"]} == {"telnet": opened, "inbound_from_internet": opened}
+    metrics = json.loads((data / "reports" / "exposure_metrics.json").read_text())
+    assert metrics["kinds"]["telnet"]["recall"] == 1.0 and metrics["kinds"]["telnet"]["precision"] == 1.0
+    assert metrics["kinds"]["udp_reflector"]["flagged_days"] == 0

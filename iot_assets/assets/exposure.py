@@ -107,7 +107,9 @@ def exposure_report(context: dg.AssetExecutionContext, device_exposure: pd.DataF
     """reports/exposure.json over every day, and reports/exposure_metrics.json against injected exposure episodes."""
     table = pd.concat(device_exposure.values(), ignore_index=True) if isinstance(device_exposure, dict) \
         else device_exposure
-    report = exposure.exposure_json(table)
+    # A day without any finding has no rows: the materialized partitions say which days were evaluated.
+    days = sorted(context.instance.get_materialized_partitions(dg.AssetKey("device_exposure")))
+    report = exposure.exposure_json(table, days)
     lake.reports_dir.mkdir(parents=True, exist_ok=True)
     (lake.reports_dir / "exposure.json").write_text(json.dumps(report, indent=2))
     metadata = {"devices": len(report["devices"]), "lines": len(report["lines"]),
@@ -116,7 +118,7 @@ def exposure_report(context: dg.AssetExecutionContext, device_exposure: pd.DataF
     if lake.episodes:
         episodes = read_episodes(Path(lake.episodes), EXPOSURE_EPISODE_TYPES)
         if len(episodes):
-            metrics = exposure.exposure_metrics(table, episodes)
+            metrics = exposure.exposure_metrics(table, episodes, days=days)
             (lake.reports_dir / "exposure_metrics.json").write_text(json.dumps(metrics, indent=2))
             metadata["metrics"] = dg.MetadataValue.path(str(lake.reports_dir / "exposure_metrics.json"))
             metadata["recall"] = dg.MetadataValue.json({k: v["recall"] for k, v in metrics["kinds"].items()})
