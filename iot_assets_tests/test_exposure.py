@@ -127,12 +127,17 @@ def test_rule_table_covers_every_kind_once():
 
 
 def test_rules_coverage_counts_flows_no_rule_or_service_explains():
-    rows = [flow(remote_port=443)] * 3 + [flow(protocol=17, remote_port=10001, **{
-        k: v for k, v in UDP_OUT.items() if k != "protocol"})] * 5 + [flow(protocol=1, remote_port=3, device_port=1)]
+    udp = {k: v for k, v in UDP_OUT.items() if k != "protocol"}
+    rows = [flow(remote_port=443)] * 3 + [flow(protocol=17, remote_port=16053, **udp)] * 5 \
+        + [flow(protocol=17, remote_port=8053, **udp)] * 2 + [flow(protocol=1, remote_port=3, device_port=1)] \
+        + [flow(protocol=17, remote_port=123, device_port=123, **udp)]
     coverage = exposure.rules_coverage(flows(*rows)).set_index("device_mac").loc[REMO.mac]
-    # UDP 10001 is an amplification port only on the device's side: to a relay it is unexplained.
-    assert coverage["internet_flows"] == 9 and coverage["unexplained_flows"] == 5
-    assert coverage["unexplained_share"] == pytest.approx(5 / 9) and coverage["unexplained_ports"] == "udp/10001 (5)"
+    # Xiaomi's cloud port (8053) is known; after a firmware change moves it to 16053 it is not.
+    assert coverage["internet_flows"] == 12 and coverage["unexplained_flows"] == 5
+    assert coverage["unexplained_share"] == pytest.approx(5 / 12) and coverage["unexplained_ports"] == "udp/16053 (5)"
+    # An amplification port explains a flow only on the rule's side (the device's): to a relay it does not.
+    relay = flows(flow(protocol=17, remote_port=3702, device_port=40000, **udp))
+    assert exposure.rules_coverage(relay)["unexplained_flows"].tolist() == [1]
 
 
 # ---------------------------------------------------------------- advisories
