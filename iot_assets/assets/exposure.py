@@ -56,7 +56,7 @@ def _previous_table(previous) -> pd.DataFrame | None:
     ],
 )
 def device_exposure(context: dg.AssetExecutionContext, clean_flows: pd.DataFrame, device_inventory: pd.DataFrame,
-                    previous_exposure, lake: DataLake):
+                    previous_exposure):
     """Per device MAC and kind: exposure findings with evidence and the day each was first seen."""
     day = context.partition_key
     previous = _previous_table(previous_exposure)
