@@ -439,3 +439,22 @@ def test_asset_flags_a_new_open_telnet_port_on_the_day_it_opens(tmp_path, monkey
     metrics = json.loads((data / "reports" / "exposure_metrics.json").read_text())
     assert metrics["kinds"]["telnet"]["recall"] == 1.0 and metrics["kinds"]["telnet"]["precision"] == 1.0
     assert metrics["kinds"]["udp_reflector"]["flagged_days"] == 0
+
+
+@pytest.mark.slow
+def test_real_archives_split_connections_are_not_inbound(real_data, tmp_path):
+    """Nature Remo's long TLS line is cut by YAF's timeouts into records that start with the server's packet."""
+    found, macs = [], {}
+    for name in ("nature_remo", "au_network_camera"):
+        (archive,) = [a for a in find_archives(real_data)[0] if a.name == name]
+        summary = decode_archive(archive, tmp_path / name, FIRST_DAY, LAST_DAY)
+        macs[name] = summary.local_mac
+        found.append(pd.read_parquet(tmp_path / name / "flows.parquet"))
+    clean, _ = to_device_centric(pd.concat(found, ignore_index=True), macs)
+    remo = clean[clean["device_mac"] == REMO.mac]
+    server_first = remo[(remo["protocol"] == 6) & ~remo["device_initiated"] & (remo["remote_scope"] == "internet")]
+    assert len(server_first) > 1000 and not (server_first["initial_tcp_flags_in"] & S).any()
+    findings = exposure.flow_findings(clean)
+    assert "inbound_from_internet" not in set(findings["kind"])
+    camera = findings[findings["device_mac"] == catalogue.BY_ARCHIVE["au_network_camera"].mac].set_index("kind")
+    assert camera.loc["hardcoded_dns", "evidence"] == ["8.8.8.8:53"] and camera.loc["hardcoded_dns", "flows"] > 1000
