@@ -65,7 +65,8 @@ def _ms(t: datetime) -> int:
 
 
 def _flows(n: int, start_ms: np.ndarray, duration_ms: np.ndarray, proto: int, remote_ip, remote_port, local_ip: str,
-           pkts_out, pkts_in, payload_out, payload_in, device_started: bool = True, local_port=None) -> sample.FlowColumns:
+           pkts_out, pkts_in, payload_out, payload_in, device_started: bool = True,
+           local_port=None) -> sample.FlowColumns:
     """Flows of an episode. `pkts_out`/`payload_out` are the first sender's (the device's unless
     `device_started` is False), as `sample.json_lines` orients records."""
     def arr(v, dtype=np.int64):

@@ -3,7 +3,7 @@ history across days, scores, the report section, the metrics, and the asset with
 
 import json
 import re
-from datetime import date, timedelta
+from datetime import timedelta
 
 import dagster as dg
 import pandas as pd
