@@ -102,14 +102,22 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
 @click.argument("archive", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def inject(archive: tuple[Path, ...], out_dir: Path, seed: int) -> None:
-    """Copy an archive (single or its split parts) with attack episodes for its device.
+@click.option("--episodes", "episode_types", default="anomaly", show_default=True,
+              help="anomaly (scan, flood, exfiltration, beaconing, firmware_change), exposure (open_telnet, "
+                   "reflector, dns_hijack), all, or a comma-separated list of types.")
+def inject(archive: tuple[Path, ...], out_dir: Path, seed: int, episode_types: str) -> None:
+    """Copy an archive (single or its split parts) with attack or exposure episodes for its device.
 
     Writes OUT/<archive>.tar.gz and appends the episodes to OUT/episodes.csv (device, type,
-    start, end). Point IOT_ASSETS_EPISODES at that file for the anomaly metrics.
+    start, end). Point IOT_ASSETS_EPISODES at that file for the anomaly and exposure metrics.
     """
     from iot_assets.archive import group_archives
-    from iot_assets.inject import inject as inject_archive
+    from iot_assets.inject import inject as inject_archive, parse_episode_types
+
+    try:
+        types = parse_episode_types(episode_types)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
 
     found, errors = group_archives(list(archive))
     if errors or len(found) != 1:
@@ -117,7 +125,7 @@ def inject(archive: tuple[Path, ...], out_dir: Path, seed: int) -> None:
     settings = _settings()
     if str(out_dir.resolve()) == f"{settings.data_dir}/raw":
         raise click.UsageError("--out must not be the landing zone: the copy would sit beside its original")
-    path, episodes = inject_archive(found[0], out_dir, seed)
+    path, episodes = inject_archive(found[0], out_dir, seed, types)
     for ep in episodes:
         click.echo(f"{ep.device}: {ep.type} {ep.start:%Y-%m-%d %H:%M} .. {ep.end:%Y-%m-%d %H:%M}")
     click.echo(f"wrote {path} and {out_dir / 'episodes.csv'}")

@@ -11,6 +11,19 @@ models are evaluated on, one per type:
 - beaconing: small periodic flows to a new endpoint;
 - firmware_change: from a given day on, the device talks to other endpoints on other ports
   (its existing records are rewritten, so the change is permanent).
+
+Exposure episodes (`--episodes exposure`), ground truth for the exposure findings:
+
+- open_telnet: from a day on, Internet peers open TCP 23 to the device and it answers
+  (a login prompt, a few exchanges), a few sessions an hour until the archive ends;
+- reflector: for six hours, the device answers UDP 1900 (SSDP) and 123 (NTP) requests
+  from hundreds of Internet peers, with more bytes than it received;
+- dns_hijack: from a day on, the device's DNS goes to a public resolver instead of the
+  gateway (its existing DNS records are rewritten) and it looks up a name there every
+  hour, as a DNS changer's victim does, until the archive ends.
+
+Their days are drawn from their own random stream, so adding them leaves the anomaly
+episodes of a seed unchanged.
 """
 
 from __future__ import annotations
@@ -33,7 +46,10 @@ from iot_assets.catalogue import Device
 from iot_assets.ingest import decode_archive
 from iot_assets.settings import DATASET_FIRST_DAY
 
-EPISODE_TYPES = ("scan", "flood", "exfiltration", "beaconing", "firmware_change")
+EPISODE_TYPES = ("scan", "flood", "exfiltration", "beaconing", "firmware_change")  # anomaly episodes
+EXPOSURE_EPISODE_TYPES = ("open_telnet", "reflector", "dns_hijack")
+ALL_EPISODE_TYPES = EPISODE_TYPES + EXPOSURE_EPISODE_TYPES
+EPISODE_GROUPS = {"anomaly": EPISODE_TYPES, "exposure": EXPOSURE_EPISODE_TYPES, "all": ALL_EPISODE_TYPES}
 
 
 @dataclass(frozen=True)
@@ -49,21 +65,36 @@ def _ms(t: datetime) -> int:
 
 
 def _flows(n: int, start_ms: np.ndarray, duration_ms: np.ndarray, proto: int, remote_ip, remote_port, local_ip: str,
-           pkts_out, pkts_in, payload_out, payload_in) -> sample.FlowColumns:
+           pkts_out, pkts_in, payload_out, payload_in, device_started: bool = True,
+           local_port=None) -> sample.FlowColumns:
+    """Flows of an episode. `pkts_out`/`payload_out` are the first sender's (the device's unless
+    `device_started` is False), as `sample.json_lines` orients records."""
     def arr(v, dtype=np.int64):
         return np.asarray(v, dtype=dtype) if np.ndim(v) else np.full(n, v, dtype=dtype)
 
     return sample.FlowColumns(
         start_ms=arr(start_ms), duration_ms=arr(duration_ms), proto=arr(proto),
         remote_ip=arr(remote_ip, object), remote_mac=np.full(n, catalogue.GATEWAY_MAC, object),
-        remote_port=arr(remote_port), local_port=np.random.default_rng(n).integers(32768, 61000, n),
-        device_started=np.ones(n, bool), pkts_out=arr(pkts_out), pkts_in=arr(pkts_in), payload_out=arr(payload_out),
-        payload_in=arr(payload_in), continuation=np.zeros(n, bool), ipv6=np.zeros(n, bool),
-        local_ip=np.full(n, local_ip, object))
+        remote_port=arr(remote_port),
+        local_port=np.random.default_rng(n).integers(32768, 61000, n) if local_port is None else arr(local_port),
+        device_started=np.full(n, device_started), pkts_out=arr(pkts_out), pkts_in=arr(pkts_in),
+        payload_out=arr(payload_out), payload_in=arr(payload_in), continuation=np.zeros(n, bool),
+        ipv6=np.zeros(n, bool), local_ip=np.full(n, local_ip, object))
 
 
 def _random_ips(rng: np.random.Generator, n: int) -> np.ndarray:
     octets = rng.integers(1, 224, size=(n, 4))
+    return np.array([f"{a}.{b}.{c}.{d}" for a, b, c, d in octets], dtype=object)
+
+
+def _public_ips(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Random unicast addresses outside private, loopback, link-local and shared ranges."""
+    octets = rng.integers(1, 224, size=(n, 4))
+    first, second = octets[:, 0], octets[:, 1]
+    private = np.isin(first, [10, 127]) | ((first == 172) & (second >= 16) & (second <= 31)) \
+        | ((first == 192) & (second == 168)) | ((first == 169) & (second == 254)) \
+        | ((first == 100) & (second >= 64) & (second <= 127))
+    octets[private, 0] = 45  # move them into a public block
     return np.array([f"{a}.{b}.{c}.{d}" for a, b, c, d in octets], dtype=object)
 
 
@@ -89,7 +120,35 @@ def episode_flows(kind: str, start: datetime, end: datetime, local_ip: str, rng:
         target = _random_ips(rng, 1)[0]
         starts = t0 + np.arange(n) * 60_000 + rng.integers(-500, 500, n)
         return _flows(n, starts, rng.integers(20, 200, n), 6, target, 8080, local_ip, 4, 3, 90, 60)
+    if kind == "open_telnet":
+        # Brute-force logins from scanners: about four sessions an hour, each a handful of exchanges.
+        n = max(1, rng.poisson((t1 - t0) / 900_000))
+        starts = np.sort(rng.integers(t0, t1, n))
+        peer_packets = rng.integers(6, 30, n)
+        return _flows(n, starts, rng.integers(500, 20_000, n), 6, _public_ips(rng, n), rng.integers(32768, 61000, n),
+                      local_ip, peer_packets, peer_packets - rng.integers(0, 3, n), rng.integers(8, 40, n),
+                      rng.integers(20, 120, n), device_started=False, local_port=23)
+    if kind == "reflector":
+        # A request every ten seconds from spoofed or scanning peers; the answer is larger.
+        n = max(1, int((t1 - t0) / 10_000))
+        starts = np.sort(rng.integers(t0, t1, n))
+        service = rng.choice([1900, 123], n, p=[0.6, 0.4])
+        peers = _public_ips(rng, max(1, n // 8))[rng.integers(0, max(1, n // 8), n)]
+        return _flows(n, starts, rng.integers(1, 50, n), 17, peers, rng.integers(1024, 65536, n), local_ip,
+                      1, np.where(service == 1900, rng.integers(2, 6, n), 1), np.where(service == 1900, 94, 48),
+                      np.where(service == 1900, 310, 468), device_started=False, local_port=service)
     raise ValueError(f"no flows for episode type {kind}")
+
+
+def dns_lookups(resolver: str, start: datetime, end: datetime, local_ip: str,
+                rng: np.random.Generator) -> sample.FlowColumns:
+    """An hourly lookup at `resolver`, the query and its answer in one record."""
+    t0, t1 = _ms(start), _ms(end)
+    starts = np.arange(t0, t1, 3_600_000) + rng.integers(0, 600_000, max(0, len(range(t0, t1, 3_600_000))))
+    starts = starts[starts < t1]
+    n = len(starts)
+    return _flows(n, starts, rng.integers(5, 60, n), 17, resolver, 53, local_ip, 1, 1, rng.integers(28, 48, n),
+                  rng.integers(60, 220, n))
 
 
 _IP_FIELD = re.compile(rb'"(source|destination)IPv4Address":"(\d+)\.(\d+)\.(\d+)\.(\d+)"')
@@ -124,9 +183,45 @@ def _firmware_rewrite(line: bytes, mac: bytes, since: bytes) -> bytes:
     return line
 
 
-def inject(archive: ArchiveFile, out_dir: Path, seed: int) -> tuple[Path, list[Episode]]:
-    """Write `out_dir/<archive>.tar.gz` with episodes and `out_dir/episodes.csv`."""
+def _dns_hijack_rewrite(line: bytes, mac: bytes, since: bytes, resolver: bytes) -> bytes:
+    """A DNS record of the device to or from the gateway after `since`: the gateway becomes `resolver`."""
+    if mac not in line or b'TransportPort":53,' not in line:
+        return line
+    start = _START.search(line)
+    if not start or start.group(1) < since:
+        return line
+    gateway = catalogue.GATEWAY_IP.encode()
+    for side in (b"destination", b"source"):
+        if b'"%sTransportPort":53,' % side in line and b'"%sIPv4Address":"%s"' % (side, gateway) in line:
+            line = line.replace(b'"%sIPv4Address":"%s"' % (side, gateway), b'"%sIPv4Address":"%s"' % (side, resolver))
+    return line
+
+
+def _exposure_episodes(device: str, days: list[str], types: tuple[str, ...],
+                       rng: np.random.Generator) -> list[Episode]:
+    """Exposure episodes on the evaluation days: open_telnet and dns_hijack last to the archive's end."""
+    eval_days = days[int(len(days) * 0.7):] or days[-1:]
+    last_day = datetime.fromisoformat(days[-1]).replace(tzinfo=timezone.utc) + timedelta(days=1)
+    episodes = []
+    for kind in EXPOSURE_EPISODE_TYPES:  # the same draws whichever types are kept
+        day = datetime.fromisoformat(eval_days[int(rng.integers(0, len(eval_days)))]).replace(tzinfo=timezone.utc)
+        start = day + timedelta(hours=float(rng.uniform(0, 17)))
+        start = start.replace(minute=0, second=0, microsecond=0)
+        end = start + timedelta(hours=6) if kind == "reflector" else last_day
+        if kind in types:
+            episodes.append(Episode(device, kind, start, end))
+    return episodes
+
+
+def inject(archive: ArchiveFile, out_dir: Path, seed: int,
+           types: tuple[str, ...] = EPISODE_TYPES) -> tuple[Path, list[Episode]]:
+    """Write `out_dir/<archive>.tar.gz` with episodes of `types` and append them to `out_dir/episodes.csv`."""
+    unknown = set(types) - set(ALL_EPISODE_TYPES)
+    if unknown or not types:
+        raise ValueError(f"unknown episode type(s) {', '.join(sorted(unknown)) or '(none given)'}; "
+                         f"known: {', '.join(ALL_EPISODE_TYPES)}")
     rng = np.random.default_rng([seed, zlib.crc32(archive.name.encode())])
+    exposure_rng = np.random.default_rng([seed, zlib.crc32(archive.name.encode()), 1])
     with tempfile.TemporaryDirectory() as tmp:
         summary = decode_archive(archive, Path(tmp) / "staged", DATASET_FIRST_DAY, datetime(2100, 1, 1).date())
         if summary.error or not summary.days:
@@ -160,6 +255,7 @@ def inject(archive: ArchiveFile, out_dir: Path, seed: int) -> tuple[Path, list[E
     last_day = datetime.fromisoformat(days[-1]).replace(tzinfo=timezone.utc) + timedelta(days=1)
     change_day = datetime.fromisoformat(eval_days[-firmware_days])
     episodes.append(Episode(device.name, "firmware_change", change_day.replace(tzinfo=timezone.utc), last_day))
+    episodes = [e for e in episodes if e.type in types]
     episodes.sort(key=lambda e: e.start)
 
     profile = sample.Profile(device, local_ip, ())
@@ -169,6 +265,21 @@ def inject(archive: ArchiveFile, out_dir: Path, seed: int) -> tuple[Path, list[E
             extra_lines += sample.json_lines(profile, episode_flows(ep.type, ep.start, ep.end, local_ip, rng), rng)
     change = next((e for e in episodes if e.type == "firmware_change"), None)
     since = change.start.strftime("%Y-%m-%d %H:%M:%S.000").encode() if change else b"9999"
+
+    exposure = _exposure_episodes(device.name, days, types, exposure_rng)
+    resolver = _public_ips(exposure_rng, 1)[0]  # the hijacker's resolver
+    for ep in exposure:
+        flows = dns_lookups(resolver, ep.start, ep.end, local_ip, exposure_rng) if ep.type == "dns_hijack" \
+            else episode_flows(ep.type, ep.start, ep.end, local_ip, exposure_rng)
+        extra_lines += sample.json_lines(profile, flows, exposure_rng)
+    hijack = next((e for e in exposure if e.type == "dns_hijack"), None)
+    hijack_since = hijack.start.strftime("%Y-%m-%d %H:%M:%S.000").encode() if hijack else b"9999"
+    episodes = sorted(episodes + exposure, key=lambda e: e.start)
+    device_mac = (mac + ":").encode()
+
+    def rewrite(line: bytes) -> bytes:
+        line = _firmware_rewrite(line, device_mac, since)
+        return _dns_hijack_rewrite(line, device_mac, hijack_since, resolver.encode()) if hijack else line
 
     def lines_by_chunk():
         with open_json_member(archive) as stream:
@@ -180,7 +291,7 @@ def inject(archive: ArchiveFile, out_dir: Path, seed: int) -> tuple[Path, list[E
                 out = []
                 for line in data[:cut].splitlines(keepends=True):
                     if line.startswith(b'{"flows"'):
-                        out.append(_firmware_rewrite(line, (mac + ":").encode(), since).decode())
+                        out.append(rewrite(line).decode())
                 yield out
         yield extra_lines
 
@@ -195,14 +306,35 @@ def inject(archive: ArchiveFile, out_dir: Path, seed: int) -> tuple[Path, list[E
     return written.paths[0], episodes
 
 
-def read_episodes(path: Path) -> pd.DataFrame:
+def read_episodes(path: Path, types: tuple[str, ...] = EPISODE_TYPES) -> pd.DataFrame:
+    """The episodes of `types` in an episodes.csv: by default the anomaly episodes.
+
+    Exposure episodes are ground truth for the exposure findings, not for the anomaly
+    detector: read them with `types=EXPOSURE_EPISODE_TYPES`. A type no episode kind knows
+    is an error.
+    """
     episodes = pd.read_csv(path)
     missing = {"device", "type", "start", "end"} - set(episodes.columns)
     if missing:
         raise ValueError(f"{path}: episodes file lacks column(s) {', '.join(sorted(missing))}")
     episodes["start"] = pd.to_datetime(episodes["start"], utc=True)
     episodes["end"] = pd.to_datetime(episodes["end"], utc=True)
-    unknown = set(episodes["type"]) - set(EPISODE_TYPES)
+    unknown = set(episodes["type"]) - set(ALL_EPISODE_TYPES)
     if unknown:
         raise ValueError(f"{path}: unknown episode type(s) {', '.join(sorted(unknown))}")
-    return episodes
+    return episodes[episodes["type"].isin(types)].reset_index(drop=True)
+
+
+def parse_episode_types(text: str) -> tuple[str, ...]:
+    """`anomaly`, `exposure`, `all`, or a comma-separated list of episode types."""
+    types: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        chosen = EPISODE_GROUPS.get(part, (part,))
+        unknown = [t for t in chosen if t not in ALL_EPISODE_TYPES]
+        if unknown:
+            raise ValueError(f"unknown episode type {unknown[0]!r}; known: "
+                             f"{', '.join(EPISODE_GROUPS)} or {', '.join(ALL_EPISODE_TYPES)}")
+        types += [t for t in chosen if t not in types]
+    if not types:
+        raise ValueError("no episode type given")
+    return tuple(types)

@@ -10,7 +10,10 @@ run on archives written here. Behaviour is calibrated on the three real archives
 - long-lived cloud connections cut by YAF's 30-minute active timeout, their records
   often oriented from the server (source port 443) because YAF saw its packet first;
 - DHCP, DNS (to the gateway or a public resolver), NTP, mDNS, SSDP, LAN apps;
-- cloud endpoints that change every few weeks; a daily rhythm for user-driven devices.
+- cloud endpoints that change every few weeks; a daily rhythm for user-driven devices;
+- realistic exposures: the au camera and the PLANEX camera one shot! send DNS to a public
+  resolver, three cameras talk cleartext HTTP to their clouds, the au wireless adapter
+  answers SSDP requests from Internet scanners, Xiaomi and two hubs use TCP 80 or MQTT 1883.
 
 Records carry every quirk of the source: seconds in `*Milliseconds`, MACs with a
 trailing colon, IPv6 in the IPv4 fields, empty `flowEndReason` for TCP closes, hex
@@ -55,6 +58,8 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
     "linode": ("139.162", "172.105", "45.79"),
     "sony": ("117.104", "202.221", "54.64"),
     "philips": ("52.28", "35.156", "34.253"),
+    # Hosts that scan the Internet (research scanners, botnets): a new set every day.
+    "scanners": ("45.33", "71.6", "80.82", "89.248", "162.142", "185.142", "193.163", "198.108"),
 }
 
 
@@ -113,6 +118,18 @@ def _udp(name: str, port: int, provider: str, per_day: float = 0.0, **kw) -> Ser
     base = dict(packets=(1, 0.3), payload_out=(48, 0.2), payload_in=(48, 0.2), duration_s=(0.01, 1.0))
     base.update(kw)
     return Service(name, 17, port, provider, per_day=per_day, **base)
+
+
+def _http(name: str, provider: str, per_day: float, **kw) -> Service:
+    """Cleartext HTTP to a cloud (firmware checks, snapshots): a real exposure of cheap cameras."""
+    base = dict(packets=(8, 0.4), payload_out=(250, 0.5), payload_in=(500, 0.8), duration_s=(0.8, 1.0), slots=2)
+    base.update(kw)
+    return Service(name, 6, 80, provider, per_day=per_day, **base)
+
+
+def _public_dns(per_day: float) -> Service:
+    """Lookups at the resolver built into the firmware (the profile's `dns`), past the gateway's."""
+    return _udp("dns", 53, "resolver", per_day, payload_out=(35, 0.2), payload_in=(120, 0.4), slots=1)
 
 
 def _ntp(per_day: float, provider: str = "ntp_pool") -> Service:
@@ -183,6 +200,8 @@ def _profiles() -> dict[str, Profile]:
                  churn_days=400, burst=(0.01, 3000)),
             _udp("lan_discovery", 41032, "broadcast", 32, payload_out=(629, 0.0), reply_ratio=0.0),
             _ntp(11, "ntp_nict"),
+            # Its hard-coded resolver: about 14 lookups a day at 8.8.8.8 in the real archive.
+            _public_dns(14),
         ), dns="google"),
         Profile(d["au_wireless_adapter"], "192.168.1.41", (
             _session("hub_line", "japan_isp", sessions=2, port=443),
@@ -191,6 +210,9 @@ def _profiles() -> dict[str, Profile]:
                     payload_in=(380, 0.2), slots=1, churn_days=200),
             _tls("api", "aws_tokyo", 800, packets=(10, 0.5)),
             _ssdp(300), _ntp(24),
+            # UPnP open to the Internet: scanners' M-SEARCH requests get an answer.
+            Service("ssdp_from_internet", 17, 1900, "scanners", per_day=200, inbound=True, packets=(1, 0.0),
+                    payload_out=(94, 0.0), payload_in=(310, 0.2), reply_ratio=2.0, slots=40, churn_days=1),
         )),
         Profile(d["bitfinder_awair_breathe_easy"], "192.168.1.52", (
             *_plug_like("aws_us", 2200, port=8883),
@@ -206,7 +228,8 @@ def _profiles() -> dict[str, Profile]:
             _udp("cast_discovery", 1900, "ssdp", 9000, packets=(2, 0.3), payload_out=(350, 0.2), reply_ratio=0.0),
             _cast(800),
         ), user_driven=True),
-        Profile(d["i-o_data_qwatch"], "192.168.1.85", _camera("aws_tokyo", 3.0, 10001, size=1.0), dns="gateway"),
+        Profile(d["i-o_data_qwatch"], "192.168.1.85", (*_camera("aws_tokyo", 3.0, 10001, size=1.0),
+                                                       _http("firmware_check", "aws_tokyo", 60)), dns="gateway"),
         Profile(d["irobot_roomba"], "192.168.1.96", (
             _session("mqtt", "aws_us", sessions=1, port=8883, payload_out=(70, 0.3), flip=0.5),
             _tls("mission", "aws_us", 60, pattern="diurnal", packets=(30, 0.8), payload_out=(500, 0.6)),
@@ -259,8 +282,11 @@ def _profiles() -> dict[str, Profile]:
                     packets=(6, 0.4), payload_out=(300, 0.4), payload_in=(700, 0.5), duration_s=(0.1, 1.0)),
             _ssdp(400), _mdns(400), _ntp(24),
         ), user_driven=True),
-        Profile(d["planex_camera_one_shot!"], "192.168.1.194", _camera("japan_isp", 5.0, 10001, size=0.8)),
-        Profile(d["planex_smacam_outdoor"], "192.168.1.205", _camera("linode", 0.6, 20001, size=1.3)),
+        Profile(d["planex_camera_one_shot!"], "192.168.1.194", (*_camera("japan_isp", 5.0, 10001, size=0.8),
+                                                                _http("cloud_http", "japan_isp", 200),
+                                                                _public_dns(60)), dns="google"),
+        Profile(d["planex_smacam_outdoor"], "192.168.1.205", (*_camera("linode", 0.6, 20001, size=1.3),
+                                                              _http("snapshot_upload", "linode", 60))),
         Profile(d["planex_smacam_pantilt"], "192.168.1.216", _camera("linode", 0.4, 20001, size=1.0)),
         Profile(d["powerelectric_wi-fi_plug"], "192.168.1.227", (
             *_plug_like("alibaba", 400, port=1883),
