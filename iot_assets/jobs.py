@@ -4,7 +4,7 @@ import dagster as dg
 
 FLOW_ASSETS = ("decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "device_windows")
 MODEL_ASSETS = ("device_classifier", "anomaly_detector", "drift_reference")
-SCORING_ASSETS = ("device_inventory", "anomaly_scores", "feature_drift", "daily_report")
+SCORING_ASSETS = ("device_inventory", "anomaly_scores", "feature_drift", "device_exposure", "daily_report")
 
 ingest_archives_job = dg.define_asset_job(
     "ingest_archives_job",
@@ -32,8 +32,8 @@ daily_scoring_job = dg.define_asset_job(
 
 reports_job = dg.define_asset_job(
     "reports_job",
-    selection=dg.AssetSelection.assets("model_report"),
-    description="Write the model report from the models and the scored days.",
+    selection=dg.AssetSelection.assets("model_report", "exposure_report"),
+    description="Write the model report and the exposure report from the models and the scored days.",
 )
 
 # Every daily asset: what a new day, or a day whose archives changed, needs rebuilt.

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from iot_assets.automation import range_tags
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}  # failures are summarised at the end
 STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scoring_job", "reports_job")
 # A failed check of these means a record may be lost: the run fails, with --strict or without.
 INTEGRITY_CHECKS = {"archives_reconcile", "decoded_matches_staging", "day_reconciles", "decoded_schema"}

@@ -22,13 +22,26 @@ class ModelSettings(dg.ConfigurableResource):
     seed: int = 0
     episodes: str = ""  # an episodes.csv with ground truth for the anomaly metrics, if any
 
-    def read_episodes(self) -> pd.DataFrame | None:
-        from iot_assets.inject import read_episodes
+    def read_episodes(self, types: tuple[str, ...] | None = None) -> pd.DataFrame | None:
+        """The ground-truth episodes of `types` (default: the anomaly episodes), or None without a file."""
+        from iot_assets.inject import EPISODE_TYPES, read_episodes
 
         if not self.episodes:
             return None
         with base_path(self.episodes).open("rb") as handle:
-            return read_episodes(handle)
+            return read_episodes(handle, types or EPISODE_TYPES)
+
+
+class ExposureSettings(dg.ConfigurableResource):
+    """The advisories file joined to each MAC's predicted model (IOT_ASSETS_ADVISORIES; default the packaged one)."""
+
+    advisories: str = ""
+
+    @property
+    def advisories_path(self) -> str:
+        from iot_assets.exposure import DEFAULT_ADVISORIES
+
+        return self.advisories or str(DEFAULT_ADVISORIES)
 
 
 class LakeIOManagerFactory(dg.ConfigurableIOManagerFactory):
@@ -48,6 +61,7 @@ def build_resources(settings: Settings) -> dict:
         "reports": ReportFiles(base_url=base),
         "model_settings": ModelSettings(window_minutes=settings.window_minutes, train_fraction=settings.train_fraction,
                                         target_fpr=settings.target_fpr, seed=settings.seed, episodes=settings.episodes),
+        "exposure_settings": ExposureSettings(advisories=settings.advisories),
         "lake_io_manager": LakeIOManagerFactory(base_url=base),
         "model_io_manager": ModelIOManager(base_url=base, pins=settings.model_pins),
     }

@@ -59,6 +59,7 @@ class Settings:
     seed: int = 0
     episodes: str = ""  # an episodes.csv with ground truth for the anomaly metrics, if any
     model_pins: str = ""  # ASSET=VERSION,...: model versions to serve instead of the current ones
+    advisories: str = ""  # a CSV of advisories per device model; empty: the one shipped in the package
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -82,6 +83,7 @@ class Settings:
             seed=int(_parse_number(env, "IOT_ASSETS_SEED", 0, 0, 2**31)),
             episodes=str(Path(episodes).resolve()) if episodes and "://" not in episodes else episodes,
             model_pins=env.get("IOT_ASSETS_MODEL_PINS", "").strip(),
+            advisories=env.get("IOT_ASSETS_ADVISORIES", "").strip(),
         )
 
     @property

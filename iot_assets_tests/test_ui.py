@@ -19,6 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from iot_assets.pipeline import failure_message
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = Path(os.environ.get("IOT_ASSETS_SCREENSHOTS", ROOT / "ui-screenshots"))
@@ -144,8 +146,11 @@ def test_backfill_with_a_corrupted_day_completes_the_others(dagster_dev):
             break
         time.sleep(3)
     statuses = {r.tags["dagster/partition"]: r.status for r in runs}
+    errors = {r.tags["dagster/partition"]: [failure_message(e.dagster_event.event_specific_data.error)[:300]
+                                            for e in instance.all_logs(r.run_id)
+                                            if e.is_dagster_event and e.dagster_event.is_step_failure] for r in runs}
     assert statuses == {DAYS[0]: dg.DagsterRunStatus.SUCCESS, DAYS[1]: dg.DagsterRunStatus.FAILURE,
-                        DAYS[2]: dg.DagsterRunStatus.SUCCESS}, statuses
+                        DAYS[2]: dg.DagsterRunStatus.SUCCESS}, errors
     failed = next(r for r in runs if r.status == dg.DagsterRunStatus.FAILURE)
     failures = [e for e in instance.all_logs(failed.run_id) if e.is_dagster_event and e.dagster_event.is_step_failure]
     assert failures and failures[0].dagster_event.step_key == "decoded_flows"

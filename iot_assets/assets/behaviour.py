@@ -124,10 +124,9 @@ def device_inventory(context: dg.AssetExecutionContext, device_windows: dict[str
                      device_classifier: classifier.DeviceClassifier):
     """Per MAC seen that day: the predicted device and category with confidence, against the catalogue."""
     model = device_classifier
-    # The day is the partition (`day=` in the lake's path), not a column: readers of the hive layout add it.
-    out = {day: predict_inventory(model, device_windows[day], day).drop(columns="day").assign(model_version=model.version)
+    out = {day: predict_inventory(model, device_windows[day], day).assign(model_version=model.version)
            for day in context.partition_keys}
-    inventory = concat_days({day: frame.assign(day=day) for day, frame in out.items()})
+    inventory = concat_days(out)
     known = inventory[inventory["in_catalogue"].astype(bool)] if len(inventory) else inventory
     agreement = float((~known["disagrees"].astype(bool)).mean()) if len(known) else None
     yield dg.Output(out, metadata={
@@ -156,7 +155,7 @@ def device_inventory(context: dg.AssetExecutionContext, device_windows: dict[str
         severity=dg.AssetCheckSeverity.WARN,
         description=None if agreement is None else f"{agreement:.1%} of {len(known)} catalogue MAC-days agree",
         metadata={"agreement": agreement, "disagreeing": dg.MetadataValue.json(
-            known.loc[known["disagrees"].astype(bool), ["device_mac", "catalogue_device", "predicted_device"]]
+            known.loc[known["disagrees"].astype(bool), ["day", "device_mac", "catalogue_device", "predicted_device"]]
             .head(50).to_dict("records") if len(known) else [])},
     )
 

@@ -1,18 +1,17 @@
 """Exposure: which devices are vulnerable, why and since when; the security team's daily worklist."""
 
-import json
-import os
 import warnings
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
 from iot_assets import exposure
-from iot_assets.inject import EXPOSURE_EPISODE_TYPES, read_episodes
-from iot_assets.partitions import daily_partitions
+from iot_assets.assets.behaviour import EVERY_BUILT_DAY, concat_days
+from iot_assets.inject import EXPOSURE_EPISODE_TYPES
+from iot_assets.partitions import daily_partitions, previous_day, single_run
 from iot_assets.reports.exposure import worklist_markdown
-from iot_assets.resources import DataLake
+from iot_assets.resources import ExposureSettings, ModelSettings
+from iot_assets.storage.reports import ReportFiles
 
 # A device whose Internet flows are mostly on ports the rules and the known-service table
 # cannot place gets a WARN: its exposure may be where the rules do not look.
@@ -26,26 +25,23 @@ with warnings.catch_warnings():
                                                allow_nonexistent_upstream_partitions=True)
 
 
-def advisories_file() -> Path:
-    """IOT_ASSETS_ADVISORIES, or the advisories shipped with the package (to move into Settings)."""
-    return Path(os.environ.get("IOT_ASSETS_ADVISORIES", "").strip() or exposure.DEFAULT_ADVISORIES)
-
-
-def _previous_table(previous) -> pd.DataFrame | None:
-    """The day before's table, or None when there is no day before (the first partition)."""
-    if isinstance(previous, dict):  # IO managers that load a partition range as {key: frame}
-        previous = next(iter(previous.values()), None)
-    return previous if isinstance(previous, pd.DataFrame) else None
+def _coverage_note(coverage: pd.DataFrame) -> pd.DataFrame:
+    busy = coverage[coverage["internet_flows"] >= MIN_INTERNET_FLOWS]
+    return busy[busy["unexplained_share"] > UNEXPLAINED_SHARE_LIMIT]
 
 
 @dg.asset(
     partitions_def=daily_partitions,
+    backfill_policy=single_run,
     group_name="exposure",
     io_manager_key="lake_io_manager",
     ins={
         "clean_flows": dg.AssetIn(),
         "device_inventory": dg.AssetIn(),
-        "previous_exposure": dg.AssetIn(key="device_exposure", partition_mapping=DAY_BEFORE),
+        # In a range of days, the days before the last are built in this same run: allowed missing here,
+        # and the history is carried from the run's own days (the day before the range must exist).
+        "previous_exposure": dg.AssetIn(key="device_exposure", partition_mapping=DAY_BEFORE,
+                                        metadata={"allow_missing_partitions": True}),
     },
     check_specs=[
         dg.AssetCheckSpec("no_new_high_exposure", asset="device_exposure",
@@ -55,71 +51,72 @@ def _previous_table(previous) -> pd.DataFrame | None:
                                       "on ports no exposure rule or known service explains."),
     ],
 )
-def device_exposure(context: dg.AssetExecutionContext, clean_flows: pd.DataFrame, device_inventory: pd.DataFrame,
-                    previous_exposure):
+def device_exposure(context: dg.AssetExecutionContext, clean_flows: dict[str, pd.DataFrame],
+                    device_inventory: dict[str, pd.DataFrame], previous_exposure: dict[str, pd.DataFrame],
+                    exposure_settings: ExposureSettings):
     """Per device MAC and kind: exposure findings with evidence and the day each was first seen."""
-    day = context.partition_key
-    previous = _previous_table(previous_exposure)
-    advisories, problems = exposure.read_advisories(advisories_file())
+    advisories, problems = exposure.read_advisories(exposure_settings.advisories_path)
     for problem in problems:
         context.log.warning(f"advisory left out: {problem}")
-    today = exposure.day_findings(clean_flows, device_inventory, advisories)
-    lines = exposure.device_lines(clean_flows) if len(clean_flows) else {}
-    table = exposure.carry_history(previous, today, day, lines)
-    work = exposure.worklist(table)
-    coverage = exposure.rules_coverage(clean_flows)
-    yield dg.Output(table, metadata={
-        "findings_today": len(work), "devices_with_findings": int(work["device_mac"].nunique()) if len(work) else 0,
-        "new_today": int(work["new_today"].sum()) if len(work) else 0,
-        "high_today": int((work["severity"] == "high").sum()) if len(work) else 0,
-        "history_rows": len(table) - len(work),
-        "worklist": dg.MetadataValue.md(worklist_markdown(work)),
-        "advisories": dg.MetadataValue.path(str(advisories_file())),
+    partitions = set(daily_partitions.get_partition_keys())
+    out, worklists, new_high, uncovered, baseline_days = {}, [], [], [], []
+    for day in context.partition_keys:
+        before = previous_day(day)
+        previous = out.get(before, previous_exposure.get(before))
+        if previous is None and before in partitions:
+            raise FileNotFoundError(f"device_exposure {before} has not been built: first_seen carries from the day "
+                                    f"before, so build the days in order (or the whole range in one run)")
+        flows, inventory = clean_flows[day], device_inventory[day]
+        today = exposure.day_findings(flows, inventory, advisories)
+        table = exposure.carry_history(previous, today, day, exposure.device_lines(flows) if len(flows) else {})
+        out[day] = table
+        worklists.append(exposure.worklist(table))
+        if previous is None:
+            baseline_days.append(day)  # the first day of history: its findings are the baseline
+        else:
+            new_high.append(exposure.new_high_findings(table).assign(day=day))
+        uncovered.append(_coverage_note(exposure.rules_coverage(flows)).assign(day=day))
+    work = concat_days(dict(enumerate(worklists)))
+    fresh = pd.concat(new_high, ignore_index=True) if new_high else pd.DataFrame(columns=["day", "device_mac", "kind"])
+    unexplained = pd.concat(uncovered, ignore_index=True)
+    yield dg.Output(out, metadata={
+        "findings": len(work), "devices_with_findings": int(work["device_mac"].nunique()) if len(work) else 0,
+        "new": int(work["new_today"].sum()) if len(work) else 0,
+        "high": int((work["severity"] == "high").sum()) if len(work) else 0,
+        "worklist": dg.MetadataValue.md(worklist_markdown(worklists[-1])),  # the last day's, for the UI
+        "advisories": dg.MetadataValue.path(exposure_settings.advisories_path),
         "advisories_left_out": dg.MetadataValue.json(problems),
     })
-
-    fresh = exposure.new_high_findings(table)
-    first_day = previous is None
     yield dg.AssetCheckResult(
-        check_name="no_new_high_exposure", passed=first_day or fresh.empty, severity=dg.AssetCheckSeverity.ERROR,
-        description=("first day of history: today's findings are the baseline" if first_day else
-                     "; ".join(f"{r.device or r.device_mac}: {r.kind} ({', '.join(r.evidence[:2])})"
-                               for r in fresh.itertuples()) or "no new high-severity finding"),
-        metadata={"new_high": dg.MetadataValue.json(fresh[["device_mac", "device", "kind"]].to_dict("records")),
-                  "history": not first_day},
+        check_name="no_new_high_exposure", passed=fresh.empty, severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(f"{r.day} {r.device or r.device_mac}: {r.kind} ({', '.join(r.evidence[:2])})"
+                              for r in fresh.itertuples())[:2000] or "no new high-severity finding",
+        metadata={"new_high": dg.MetadataValue.json(fresh[["day", "device_mac", "kind"]].to_dict("records")),
+                  "baseline_days": dg.MetadataValue.json(baseline_days)},
     )
-    busy = coverage[coverage["internet_flows"] >= MIN_INTERNET_FLOWS]
-    uncovered = busy[busy["unexplained_share"] > UNEXPLAINED_SHARE_LIMIT]
     yield dg.AssetCheckResult(
-        check_name="exposure_rules_cover_traffic", passed=uncovered.empty, severity=dg.AssetCheckSeverity.WARN,
-        description="; ".join(f"{r.device or r.device_mac}: {r.unexplained_share:.0%} of {r.internet_flows} flows "
-                              f"unexplained ({r.unexplained_ports})" for r in uncovered.itertuples())
+        check_name="exposure_rules_cover_traffic", passed=unexplained.empty, severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(f"{r.day} {r.device or r.device_mac}: {r.unexplained_share:.0%} of {r.internet_flows} "
+                              f"flows unexplained ({r.unexplained_ports})" for r in unexplained.itertuples())[:2000]
         or f"every device with {MIN_INTERNET_FLOWS}+ Internet flows is mostly explained",
         metadata={"limit": UNEXPLAINED_SHARE_LIMIT,
-                  "max_unexplained_share": float(busy["unexplained_share"].max()) if len(busy) else 0.0,
-                  "coverage": dg.MetadataValue.md(coverage.to_markdown(index=False, floatfmt=".2f")
-                                                  if len(coverage) else "no Internet flows")},
+                  "max_unexplained_share": float(unexplained["unexplained_share"].max()) if len(unexplained) else 0.0},
     )
 
 
-@dg.asset(group_name="exposure", ins={"device_exposure": dg.AssetIn()})
-def exposure_report(context: dg.AssetExecutionContext, device_exposure: pd.DataFrame, lake: DataLake):
-    """reports/exposure.json over every day, and reports/exposure_metrics.json against injected exposure episodes."""
-    table = pd.concat(device_exposure.values(), ignore_index=True) if isinstance(device_exposure, dict) \
-        else device_exposure
-    # A day without any finding has no rows: the materialized partitions say which days were evaluated.
-    days = sorted(context.instance.get_materialized_partitions(dg.AssetKey("device_exposure")))
+@dg.asset(group_name="exposure", ins={"device_exposure": EVERY_BUILT_DAY})
+def exposure_report(context: dg.AssetExecutionContext, device_exposure: dict[str, pd.DataFrame],
+                    model_settings: ModelSettings, reports: ReportFiles):
+    """reports/exposure.json over every built day, and reports/exposure_metrics.json against injected exposure episodes."""
+    table = concat_days(device_exposure)
+    days = sorted(device_exposure)  # a day without any finding has no rows, but it was evaluated
     report = exposure.exposure_json(table, days)
-    lake.reports_dir.mkdir(parents=True, exist_ok=True)
-    (lake.reports_dir / "exposure.json").write_text(json.dumps(report, indent=2))
+    path = reports.write_json("exposure.json", report)
     metadata = {"devices": len(report["devices"]), "lines": len(report["lines"]),
-                "day_range": dg.MetadataValue.json(report["day_range"]),
-                "report": dg.MetadataValue.path(str(lake.reports_dir / "exposure.json"))}
-    if lake.episodes:
-        episodes = read_episodes(Path(lake.episodes), EXPOSURE_EPISODE_TYPES)
-        if len(episodes):
-            metrics = exposure.exposure_metrics(table, episodes, days=days)
-            (lake.reports_dir / "exposure_metrics.json").write_text(json.dumps(metrics, indent=2))
-            metadata["metrics"] = dg.MetadataValue.path(str(lake.reports_dir / "exposure_metrics.json"))
-            metadata["recall"] = dg.MetadataValue.json({k: v["recall"] for k, v in metrics["kinds"].items()})
+                "day_range": dg.MetadataValue.json(report["day_range"]), "report": dg.MetadataValue.path(str(path))}
+    episodes = model_settings.read_episodes(EXPOSURE_EPISODE_TYPES)
+    if episodes is not None and len(episodes):
+        metrics = exposure.exposure_metrics(table, episodes, days=days)
+        metadata["metrics"] = dg.MetadataValue.path(str(reports.write_json("exposure_metrics.json", metrics)))
+        metadata["recall"] = dg.MetadataValue.json({k: v["recall"] for k, v in metrics["kinds"].items()})
     return dg.MaterializeResult(metadata=metadata)

@@ -1,29 +1,44 @@
 """Reports people read: one HTML page per day, and one for the models."""
 
 
+import warnings
+
 import dagster as dg
 import pandas as pd
+
+from iot_assets import exposure
 
 from iot_assets.anomaly import AnomalyDetector
 from iot_assets.assets.behaviour import EVERY_BUILT_DAY, concat_days
 from iot_assets.automation import AFTER_ITS_INPUTS
 from iot_assets.classifier import DeviceClassifier
 from iot_assets.partitions import daily_partitions, single_run
+from iot_assets.reports.exposure import exposure_section_html, fleet_view_html
 from iot_assets.reports.pages import daily_page, model_page
 from iot_assets.resources import ModelSettings
 from iot_assets.storage.models import JsonDocument
 from iot_assets.storage.reports import ReportFiles
 
 
-@dg.asset(partitions_def=daily_partitions, backfill_policy=single_run, group_name="reports")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)  # the parameter is beta in Dagster 1.13
+    TWO_WEEKS = dg.TimeWindowPartitionMapping(start_offset=-13, allow_nonexistent_upstream_partitions=True)
+
+
+@dg.asset(partitions_def=daily_partitions, backfill_policy=single_run, group_name="reports",
+          ins={"device_exposure": dg.AssetIn(partition_mapping=TWO_WEEKS, metadata={"allow_missing_partitions": True})})
 def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device_inventory: dict[str, pd.DataFrame],
                  anomaly_scores: dict[str, pd.DataFrame], feature_drift: dict[str, pd.DataFrame],
-                 device_windows: dict[str, pd.DataFrame]):
-    """The day in one HTML page: inventory, anomalies on a timeline, drift, each device's traffic."""
+                 device_windows: dict[str, pd.DataFrame], device_exposure: dict[str, pd.DataFrame]):
+    """The day in one HTML page: inventory, anomalies on a timeline, drift, exposure, each device's traffic."""
     paths, anomalies = [], 0
     for day in context.partition_keys:
         scores = anomaly_scores[day]
-        html = daily_page(day, device_inventory[day], scores, feature_drift[day], device_windows[day])
+        findings = device_exposure[day]
+        recent = concat_days({d: f for d, f in device_exposure.items() if d <= day})
+        section = exposure_section_html(exposure.worklist(findings), exposure.findings_per_day(recent),
+                                        exposure.line_scores(findings[findings["seen_today"].astype(bool)]))
+        html = daily_page(day, device_inventory[day], scores, feature_drift[day], device_windows[day], [section])
         paths.append(reports.write_text(f"daily/{day}.html", html))
         anomalies += int(scores["anomaly"].astype(bool).sum()) if len(scores) else 0
     return dg.MaterializeResult(metadata={**reports.metadata(paths[-1]), "days": len(paths), "anomalies": anomalies})
@@ -32,17 +47,21 @@ def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device
 @dg.asset(
     group_name="reports",
     automation_condition=AFTER_ITS_INPUTS,
-    ins={"anomaly_scores": EVERY_BUILT_DAY, "feature_drift": EVERY_BUILT_DAY},
+    ins={"anomaly_scores": EVERY_BUILT_DAY, "feature_drift": EVERY_BUILT_DAY, "device_exposure": EVERY_BUILT_DAY,
+         "device_inventory": EVERY_BUILT_DAY},
 )
 def model_report(context: dg.AssetExecutionContext, reports: ReportFiles, model_settings: ModelSettings,
                  device_classifier: DeviceClassifier, anomaly_detector: AnomalyDetector, drift_reference: JsonDocument,
-                 anomaly_scores: dict[str, pd.DataFrame], feature_drift: dict[str, pd.DataFrame]):
-    """The models in one HTML page: exploration, confusion matrix, scores, importance, ROC curves, drift."""
+                 anomaly_scores: dict[str, pd.DataFrame], feature_drift: dict[str, pd.DataFrame],
+                 device_exposure: dict[str, pd.DataFrame], device_inventory: dict[str, pd.DataFrame]):
+    """The models in one HTML page: exploration, confusion matrix, scores, importance, ROC curves, drift, the fleet's exposure."""
     versions = {"device_classifier": device_classifier.version, "anomaly_detector": anomaly_detector.version,
                 "drift_reference": drift_reference.version}
-    drifts = concat_days({day: frame.assign(day=day) for day, frame in feature_drift.items()})
+    drifts = concat_days(feature_drift)
+    fleet = fleet_view_html(*exposure.fleet_view(concat_days(device_exposure), concat_days(device_inventory)))
     html = model_page(device_classifier.metrics, anomaly_detector.metrics, versions, concat_days(anomaly_scores),
-                      model_settings.read_episodes(), drifts, model_settings.window_minutes, model_settings.target_fpr)
+                      model_settings.read_episodes(), drifts, model_settings.window_minutes, model_settings.target_fpr,
+                      [fleet])
     path = reports.write_text("model_report.html", html)
     return dg.MaterializeResult(metadata={**reports.metadata(path), **versions,
                                           "days": len(anomaly_scores)})

@@ -6,6 +6,9 @@ otherwise: DuckDB, Spark or Trino read the lake as it is.
 A run may cover a range of days (a single-run backfill): daily assets then return
 `{day: frame}` and each day is still its own file. Inputs of daily assets always arrive as
 `{day: frame}`, whether one day or many was asked for, so asset code has one shape to handle.
+
+The day is the partition, in the path: a `day` column of a daily table is not written into the
+file (a hive reader would see two `day` fields) and is restored from the path on load.
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ class LakeIOManager(dg.UPathIOManager):
         write_bytes_atomic(path, parquet_bytes(obj))
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
-        return read_parquet(path).to_pandas()
+        frame = read_parquet(path).to_pandas()
+        day = path.parent.name.removeprefix("day=")
+        return frame.assign(day=day) if path.parent.name.startswith("day=") else frame
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         if obj is None:
@@ -67,7 +72,12 @@ class LakeIOManager(dg.UPathIOManager):
             raise ValueError(f"{context.asset_key.to_user_string()}: output holds days {sorted(by_day)[:3]}..., "
                              f"the run asked for {sorted(paths)[:3]}...")
         for day, path in paths.items():
-            write_bytes_atomic(path, parquet_bytes(by_day[day]))
+            frame = by_day[day]
+            if "day" in frame.columns:
+                if len(frame) and not (frame["day"].astype(str) == day).all():
+                    raise ValueError(f"{context.asset_key.to_user_string()}: rows of {day} hold another `day`")
+                frame = frame.drop(columns="day")
+            write_bytes_atomic(path, parquet_bytes(frame))
         rows = sum(len(frame) for frame in by_day.values())
         context.add_output_metadata({"dagster/row_count": rows, "days": len(paths),
                                      "path": dg.MetadataValue.path(str(next(iter(paths.values())).parent.parent))})
