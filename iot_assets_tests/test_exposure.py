@@ -358,32 +358,19 @@ def test_injected_exposure_episodes_are_found_on_their_days(tmp_path):
 # ---------------------------------------------------------------- the asset and its checks
 
 
-class _LakeIO(dg.ConfigurableIOManager):
-    """The lake's Parquet layout; a window before the first partition loads as None.
+def _write_day(data, asset: str, day: str, frame: pd.DataFrame) -> None:
+    from iot_assets.storage.lake import parquet_bytes
 
-    (The day before the first partition does not exist: Dagster asks for zero partitions.)
-    """
-
-    data_dir: str
-
-    def _io(self):
-        from iot_assets.resources import ParquetLakeIOManager
-        return ParquetLakeIOManager(data_dir=self.data_dir)
-
-    def handle_output(self, context, obj):
-        self._io().handle_output(context, obj)
-
-    def load_input(self, context):
-        if context.has_asset_partitions and not context.asset_partition_keys:
-            return None
-        return self._io().load_input(context)
+    path = data / "lake" / asset / f"day={day}" / "part-0.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(parquet_bytes(frame.drop(columns=["day"], errors="ignore")))
 
 
 @pytest.mark.slow
 def test_asset_flags_a_new_open_telnet_port_on_the_day_it_opens(tmp_path, monkeypatch):
     from iot_assets.assets.exposure import device_exposure, exposure_report
     from iot_assets.partitions import daily_partitions
-    from iot_assets.resources import DataLake, lake_path, write_parquet_atomic
+    from iot_assets_tests.test_definitions import resources_for
 
     raw = tmp_path / "raw"
     sample.generate(raw, FIRST_DAY, 4, scale=0.02, seed=5, devices=["nature_remo", "philips_hue_bridge"])
@@ -396,14 +383,12 @@ def test_asset_flags_a_new_open_telnet_port_on_the_day_it_opens(tmp_path, monkey
     data = tmp_path / "data"
     days = _clean_days(tmp_path / "injected", tmp_path)
     for day, day_flows in days.items():
-        write_parquet_atomic(day_flows, lake_path(str(data), "clean_flows", day))
-        write_parquet_atomic(_inventory(day_flows, day), lake_path(str(data), "device_inventory", day))
+        _write_day(data, "clean_flows", day, day_flows)
+        _write_day(data, "device_inventory", day, _inventory(day_flows, day))
     monkeypatch.delenv("IOT_ASSETS_ADVISORIES", raising=False)
     sources = [dg.AssetSpec(key, partitions_def=daily_partitions).with_io_manager_key("lake_io_manager")
                for key in ("clean_flows", "device_inventory")]
-    resources = {"lake_io_manager": _LakeIO(data_dir=str(data)),
-                 "lake": DataLake(data_dir=str(data), first_day=str(FIRST_DAY), last_day=str(LAST_DAY),
-                                  episodes=str(tmp_path / "injected" / "episodes.csv"))}
+    resources = resources_for(data, IOT_ASSETS_EPISODES=str(tmp_path / "injected" / "episodes.csv"))
     instance = dg.DagsterInstance.ephemeral()
     opened = episode.start.strftime("%Y-%m-%d")
     outcomes = {}
@@ -412,7 +397,7 @@ def test_asset_flags_a_new_open_telnet_port_on_the_day_it_opens(tmp_path, monkey
                                 instance=instance)
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
         outcomes[day] = checks["no_new_high_exposure"].passed
-        table = pd.read_parquet(lake_path(str(data), "device_exposure", day))
+        table = pd.read_parquet(data / "lake" / "device_exposure" / f"day={day}" / "part-0.parquet")
         hue = table[table["device_mac"] == HUE.mac]
         assert hue["kind"].tolist() == ["known_advisory"] and hue["first_seen"].iloc[0] == str(FIRST_DAY)
         if day == opened:
