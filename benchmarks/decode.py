@@ -78,8 +78,8 @@ def decompress(archive: Path, work: Path) -> Path:
     return plain
 
 
-def run(command: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of a whole process."""
+def run(command: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (all threads) and peak RSS (MB) of a whole process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -88,7 +88,7 @@ def run(command: list[str]) -> tuple[float, float]:
     seconds = time.perf_counter() - t0
     if status != 0:
         raise SystemExit(f"{command[:4]} failed: {stderr.decode()[-1500:]}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -109,14 +109,15 @@ def main() -> None:
         "naive": [sys.executable, "-c", NAIVE, str(archive), str(args.work / "naive.parquet")],
         "pyarrow": [sys.executable, "-c", PYARROW, str(plain)],
     }
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in paths}
     for _ in range(args.rounds):
         for name, command in paths.items():
             results[name].append(run(command))
-    median = {name: statistics.median(s for s, _ in runs) for name, runs in results.items()}
+    median = {name: statistics.median(s for s, _, _ in runs) for name, runs in results.items()}
     for name, runs in results.items():
         print(f"{name:8s} {median[name]:6.2f} s  {json_mb / median[name]:6.1f} MB/s  "
-              f"peak {max(r for _, r in runs):,.0f} MB  (rounds: {', '.join(f'{s:.2f}' for s, _ in runs)})")
+              f"CPU {statistics.median(c for _, c, _ in runs):5.2f} s  peak {max(r for _, _, r in runs):,.0f} MB  "
+              f"(rounds: {', '.join(f'{s:.2f}' for s, _, _ in runs)})")
     print(f"ours / naive:   {median['naive'] / median['ours']:.2f}x  (target 3x)")
     print(f"ours / pyarrow: {median['pyarrow'] / median['ours']:.2f}x  (target 0.9x)")
 

@@ -766,9 +766,22 @@ def _decode_block(block: bytes, first_line: int, archive: str, first_day: date, 
             decoded = _convert(flows, kept, archive, first_day, last_day, state.rejects)
             return _finish(state, decoded, n_lines, len(block))
         numbers = numbers[solid]
-    flows_col = table.column("flows").combine_chunks()
-    stats_col = table.column("stats").combine_chunks()
-    tomb_col = table.column("tombstone").combine_chunks()
+    if lenient:
+        _collect_unknown(block, state.unknown)
+    # Chunk by chunk as pyarrow parsed them: combining them first would copy every column.
+    decoded, row = [], 0
+    for batch in table.to_batches():
+        chunk_numbers = numbers[row : row + batch.num_rows]
+        row += batch.num_rows
+        decoded.append(_records(batch, chunk_numbers, state, archive, first_day, last_day))
+    flows = decoded[0] if len(decoded) == 1 else pa.concat_tables(decoded)
+    return _finish(state, flows, n_lines, len(block))
+
+
+def _records(batch: pa.RecordBatch, numbers: np.ndarray, state: _BlockState, archive: str, first_day: date,
+             last_day: date) -> pa.Table:
+    """The flows of a parsed chunk decoded; its stats and tombstones counted."""
+    flows_col, stats_col, tomb_col = batch.column("flows"), batch.column("stats"), batch.column("tombstone")
     is_flow = _present(flows_col)
     is_stats = _present(stats_col)
     is_tomb = _present(tomb_col)
@@ -782,11 +795,10 @@ def _decode_block(block: bytes, first_line: int, archive: str, first_day: date, 
         counts = stats_col.field("exportedFlowTotalCount").take(pa.array(stats_rows)).to_pylist()
         for row, count in zip(stats_rows.tolist(), counts):
             state.stats(int(numbers[row]), count if count is not None and count >= 0 else None, count)
-    state.tombstones = int((is_tomb & ~several).sum())
-    if lenient:
-        _collect_unknown(block, state.unknown)
-    decoded = _convert(flows_col.filter(pa.array(keep)), numbers[keep], archive, first_day, last_day, state.rejects)
-    return _finish(state, decoded, n_lines, len(block))
+    state.tombstones += int((is_tomb & ~several).sum())
+    if not keep.all():  # the archive's last lines: stats and tombstone
+        flows_col, numbers = flows_col.filter(pa.array(keep)), numbers[keep]
+    return _convert(flows_col, numbers, archive, first_day, last_day, state.rejects)
 
 
 def _finish(state: _BlockState, decoded: pa.Table, n_lines: int, size_bytes: int) -> Block:
