@@ -313,12 +313,37 @@ def _matrix(text: pa.Array, width: int) -> np.ndarray:
     return np.frombuffer(text.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(len(text), width)
 
 
-def _present(values: pa.Array) -> np.ndarray:
-    return np.asarray(values.is_valid().to_numpy(zero_copy_only=False))
+# Arrow to numpy by the buffers: pyarrow's own conversion of booleans imports pandas (half
+# a second of every command's start) and copies through it.
+
+
+def _bits(buffer: pa.Buffer | None, offset: int, n: int) -> np.ndarray:
+    if n == 0 or buffer is None:
+        return np.zeros(n, dtype=bool)
+    bits = np.unpackbits(np.frombuffer(buffer, dtype=np.uint8), count=offset + n, bitorder="little")
+    return bits[offset:].view(bool)
+
+
+def _present(values) -> np.ndarray:
+    """Which values are not null."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    validity = values.buffers()[0]
+    if validity is None or values.null_count == 0:
+        return np.ones(len(values), dtype=bool)
+    return _bits(validity, values.offset, len(values))
 
 
 def _mask(values) -> np.ndarray:
-    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False))
+    """A boolean Arrow array as numpy, nulls as False."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    return _bits(values.buffers()[1], values.offset, len(values)) & _present(values)
+
+
+def _int64s(values) -> np.ndarray:
+    """An int64-compatible Arrow array as numpy int64, nulls as 0."""
+    values = pc.fill_null(values.cast(pa.int64()), 0)
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    return np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + len(values)]
 
 
 _TIME_FORMAT = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,3})?$"
@@ -515,7 +540,7 @@ def _convert(flows: pa.StructArray, line_numbers: np.ndarray, archive: str, firs
             mark(f"{_BAD_VALUE[f.kind]}:{f.source}", bad, child, f.source)
         columns[f.name] = values
     numeric = {
-        name: np.asarray(pc.fill_null(columns[name].cast(pa.int64()), 0).to_numpy(zero_copy_only=False))
+        name: _int64s(columns[name])
         for name in _COUNTS + _OTHER_INTS + ("src_port", "dst_port", "protocol", "duration_ms", "flow_start", "flow_end")
     }
     for rule, mask in _rule_masks(numeric, first_day, last_day):
@@ -701,12 +726,16 @@ def _is_utf8(block: bytes) -> bool:
         return False
 
 
-def _lines_start_with_brace(block: bytes, n_lines: int) -> bool:
-    return block.count(b"\n{") + (block[:1] == b"{") == n_lines
+def _line_starts(block: bytes) -> np.ndarray:
+    """Offsets where the lines of a block (which ends with a newline) start."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = (data == 10).nonzero()[0]
+    return np.concatenate(([0], ends[:-1] + 1))
 
 
 def _decode_block(block: bytes, first_line: int, archive: str, first_day: date, last_day: date) -> Block:
-    n_lines = block.count(b"\n")
+    starts = _line_starts(block)
+    n_lines = len(starts)
     state = _BlockState(archive)
     table = None
     lenient = False
@@ -725,7 +754,7 @@ def _decode_block(block: bytes, first_line: int, archive: str, first_day: date, 
     # pyarrow reads every JSON object of the block and skips blank lines: its rows are the
     # lines only if no line is blank (every line holds at least one object) and the counts
     # agree (then no line holds two).
-    if table is None or table.num_rows != n_lines or not _lines_start_with_brace(block, n_lines):
+    if table is None or table.num_rows != n_lines or not (np.frombuffer(block, np.uint8)[starts] == 123).all():  # "{"
         # pyarrow refused the block, or there may be blank lines: find them, parse the rest.
         starts, ends = _line_spans(block)
         blank = _blank_lines(block, starts, ends)
@@ -737,9 +766,22 @@ def _decode_block(block: bytes, first_line: int, archive: str, first_day: date, 
             decoded = _convert(flows, kept, archive, first_day, last_day, state.rejects)
             return _finish(state, decoded, n_lines, len(block))
         numbers = numbers[solid]
-    flows_col = table.column("flows").combine_chunks()
-    stats_col = table.column("stats").combine_chunks()
-    tomb_col = table.column("tombstone").combine_chunks()
+    if lenient:
+        _collect_unknown(block, state.unknown)
+    # Chunk by chunk as pyarrow parsed them: combining them first would copy every column.
+    decoded, row = [], 0
+    for batch in table.to_batches():
+        chunk_numbers = numbers[row : row + batch.num_rows]
+        row += batch.num_rows
+        decoded.append(_records(batch, chunk_numbers, state, archive, first_day, last_day))
+    flows = decoded[0] if len(decoded) == 1 else pa.concat_tables(decoded)
+    return _finish(state, flows, n_lines, len(block))
+
+
+def _records(batch: pa.RecordBatch, numbers: np.ndarray, state: _BlockState, archive: str, first_day: date,
+             last_day: date) -> pa.Table:
+    """The flows of a parsed chunk decoded; its stats and tombstones counted."""
+    flows_col, stats_col, tomb_col = batch.column("flows"), batch.column("stats"), batch.column("tombstone")
     is_flow = _present(flows_col)
     is_stats = _present(stats_col)
     is_tomb = _present(tomb_col)
@@ -753,11 +795,10 @@ def _decode_block(block: bytes, first_line: int, archive: str, first_day: date, 
         counts = stats_col.field("exportedFlowTotalCount").take(pa.array(stats_rows)).to_pylist()
         for row, count in zip(stats_rows.tolist(), counts):
             state.stats(int(numbers[row]), count if count is not None and count >= 0 else None, count)
-    state.tombstones = int((is_tomb & ~several).sum())
-    if lenient:
-        _collect_unknown(block, state.unknown)
-    decoded = _convert(flows_col.filter(pa.array(keep)), numbers[keep], archive, first_day, last_day, state.rejects)
-    return _finish(state, decoded, n_lines, len(block))
+    state.tombstones += int((is_tomb & ~several).sum())
+    if not keep.all():  # the archive's last lines: stats and tombstone
+        flows_col, numbers = flows_col.filter(pa.array(keep)), numbers[keep]
+    return _convert(flows_col, numbers, archive, first_day, last_day, state.rejects)
 
 
 def _finish(state: _BlockState, decoded: pa.Table, n_lines: int, size_bytes: int) -> Block:

@@ -71,7 +71,9 @@ def complete_lines_in_readable_prefix(gz_bytes: bytes) -> int:
                 break
             inflater, step = saved, 1  # again from the last good point, a byte at a time
     member = tarfile.TarInfo.frombuf(bytes(out[:512]), "utf-8", "surrogateescape")
-    return bytes(out[512 : 512 + member.size]).count(b"\n")
+    data = bytes(out[512 : 512 + member.size])
+    # The end of the member ends its last line, whether or not a newline does.
+    return data.count(b"\n") + (len(data) == member.size and not data.endswith(b"\n"))
 
 
 def test_good_archive_reconciles(tmp_path):
@@ -291,10 +293,13 @@ def test_a_split_archive_with_a_duplicated_or_swapped_part_is_damage(tmp_path, l
     for i, piece in enumerate(parts):
         (raw / f"google_home_gen1.tar.gz{i:02d}").write_bytes(piece)
     summary = decode_one(raw / "google_home_gen1.tar.gz00", tmp_path)
-    assert summary.error is not None and summary.damaged_at_line == summary.lines + 1
+    assert summary.error is not None and not summary.reconciled
+    # The damage may be met inside the member, or (the parts still inflating to garbage) after it.
+    every_line_read = summary.member_bytes_read >= summary.member_bytes
+    assert summary.damaged_at_line == (None if every_line_read else summary.lines + 1)
     assert summary.lines == complete_lines_in_readable_prefix(b"".join(parts))
     assert 0 < summary.decoded and summary.decoded + summary.rejected == summary.flow_records
-    assert summary.unreadable is None and not summary.reconciled
+    assert summary.unreadable is None  # the stats record is lost in the damage
 
 
 def test_the_decode_command_reports_each_failed_archive_and_decodes_the_others(tmp_path, monkeypatch):
