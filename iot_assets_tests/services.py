@@ -116,6 +116,7 @@ class ServiceProcess:
     def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
         """Poll `ready` until it holds; fail with the server's log if it exits or the time runs out."""
         deadline = time.monotonic() + timeout_s
+        last_error: Exception | None = None
         while True:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with code {self.popen.returncode} before {what}; "
@@ -123,11 +124,13 @@ class ServiceProcess:
             try:
                 if ready():
                     return
-            except Exception:  # not ready yet: connection refused, service still starting
-                pass
+            except (TypeError, AttributeError, NameError, ImportError):
+                raise  # a mistake in the probe, not a server still starting
+            except Exception as error:  # not ready yet: connection refused, service still starting
+                last_error = error
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: no {what} after {timeout_s} s; log {self.log_path}:\n"
-                                   f"{self.log_tail()}")
+                raise TimeoutError(f"{self.name}: no {what} after {timeout_s} s (last error: {last_error!r}); "
+                                   f"log {self.log_path}:\n{self.log_tail()}")
             time.sleep(0.2)
 
     def mark_ready(self) -> None:
@@ -262,7 +265,9 @@ def seaweedfs(work_dir: Path, bucket: str = "iot-assets") -> Iterator[S3Server]:
 def _create_bucket(server: S3Server) -> bool:
     import s3fs
 
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **server.storage_options)
+    # One attempt per poll: botocore's own retries would back off for seconds while the gateway starts.
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **server.storage_options,
+                           config_kwargs={"connect_timeout": 2, "read_timeout": 10, "retries": {"max_attempts": 1}})
     if not fs.exists(server.bucket):
         fs.mkdir(server.bucket)
     return fs.exists(server.bucket)
@@ -384,6 +389,11 @@ class RedisServer:
     def url(self, db: int = 0) -> str:
         return f"redis://{self.host}:{self.port}/{db}"
 
+    @property
+    def celery_env(self) -> dict[str, str]:
+        """The variables deploy/celery_run_config.yaml reads: broker in database 0, results in 1."""
+        return {"IOT_ASSETS_CELERY_BROKER": self.url(0), "IOT_ASSETS_CELERY_BACKEND": self.url(1)}
+
 
 def redis_program() -> str | None:
     return shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
@@ -421,38 +431,27 @@ class CeleryWorker:
     pid: int  # the process that executes the steps (solo pool: the worker process itself)
 
 
-def celery_executor_config(redis_server: RedisServer) -> dict:
-    """The `celery_executor` config for this broker, as in deploy/celery_run_config.yaml."""
-    return {"broker": redis_server.url(0), "backend": redis_server.url(1),
-            # One unacknowledged task per worker, acknowledged when done: an idle worker takes the
-            # next ready step instead of it queueing behind a busy worker's prefetched one.
-            "config_source": {"worker_prefetch_multiplier": 1, "task_acks_late": True}}
-
-
 @contextlib.contextmanager
-def celery_workers(redis_server: RedisServer, work_dir: Path, env: dict[str, str], cwd: Path,
+def celery_workers(redis_server: RedisServer, config_yaml: Path, work_dir: Path, env: dict[str, str], cwd: Path,
                    count: int = 2) -> Iterator[list[CeleryWorker]]:
     """`count` workers started with dagster-celery's own command, each in its own process tree.
 
-    `env` must hold DAGSTER_HOME (dagster-celery writes the worker's Celery config under it) and
-    whatever the steps need (the S3 settings); `cwd` must make the job's module importable.
-    Each worker runs one step at a time in its own process (`--pool=solo`), so the pid that the
-    event log records for a step is the worker's.
+    `config_yaml` is the run config holding the executor's broker settings (deploy/celery_run_config.yaml);
+    `env` must hold what it reads (`redis_server.celery_env`), DAGSTER_HOME (dagster-celery writes the
+    worker's Celery settings under it) and whatever the steps need (the S3 settings); `cwd` must make
+    the job's module importable. Each worker runs one step at a time in its own process
+    (`--pool=solo`), so the pid that the event log records for a step is the worker's.
     """
-    import yaml
-
     program = venv_program("dagster-celery")
     if program is None:
         raise FileNotFoundError("dagster-celery not found: pip install dagster-celery")
     work_dir.mkdir(parents=True, exist_ok=True)
-    config_path = work_dir / "celery_worker.yaml"
-    config_path.write_text(yaml.safe_dump({"execution": {"config": celery_executor_config(redis_server)}}))
     # The workers start `celery` by name: put this environment's bin first on PATH.
     env = {**env, "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', os.environ.get('PATH', ''))}"}
     names = [f"iot-worker-{i + 1}" for i in range(count)]
     with contextlib.ExitStack() as stack:
         for name in names:
-            args = [program, "worker", "start", "-A", "dagster_celery.app", "-y", str(config_path), "-n", name,
+            args = [program, "worker", "start", "-A", "dagster_celery.app", "-y", str(config_yaml), "-n", name,
                     "--", "--pool=solo", "--without-gossip", "--without-mingle"]
             stack.enter_context(running(start_process(name, args, work_dir, [], env=env, cwd=cwd, grace_s=30)))
         started = time.monotonic()
