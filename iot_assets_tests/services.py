@@ -439,7 +439,8 @@ def celery_workers(redis_server: RedisServer, config_yaml: Path, work_dir: Path,
     `config_yaml` is the run config holding the executor's broker settings (deploy/celery_run_config.yaml);
     `env` must hold what it reads (`redis_server.celery_env`), DAGSTER_HOME (dagster-celery writes the
     worker's Celery settings under it) and whatever the steps need (the S3 settings); `cwd` must make
-    the job's module importable. Each worker runs one step at a time in its own process
+    the job's module importable. Create the instance of DAGSTER_HOME before (`DagsterInstance.from_config`):
+    workers starting on an empty database race to create its tables, and one of them fails. Each worker runs one step at a time in its own process
     (`--pool=solo`), so the pid that the event log records for a step is the worker's.
     """
     program = venv_program("dagster-celery")
