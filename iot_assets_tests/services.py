@@ -287,6 +287,7 @@ class PostgresServer:
     socket_dir: Path
 
     def url(self, db_name: str) -> str:
+        """A libpq URL (psycopg2.connect, psql). SQLAlchemy 2.1 reads postgresql:// as psycopg 3: see storage_config."""
         return f"postgresql://{self.username}:{self.password}@{self.host}:{self.port}/{db_name}"
 
     def create_database(self, db_name: str) -> str:
@@ -307,7 +308,8 @@ class PostgresServer:
     def storage_config(self, db_name: str) -> dict:
         """The dagster.yaml `storage:` block for `db_name`, values written out (no env placeholders)."""
         return {"postgres": {"postgres_db": {"hostname": self.host, "port": self.port, "username": self.username,
-                                             "password": self.password, "db_name": db_name}}}
+                                             "password": self.password, "db_name": db_name,
+                                             "scheme": "postgresql+psycopg2"}}}
 
 
 def postgres_bin_dir() -> Path | None:

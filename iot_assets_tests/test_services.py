@@ -155,6 +155,12 @@ def test_postgres_instance_from_deploy_config_stores_runs_and_events(postgresql_
         event = instance.get_latest_materialization_event(dg.AssetKey("flow_total"))
         assert event.run_id == result.run_id
         assert event.asset_materialization.metadata["flows"].value == 126048
+    # The block with the values written out (PostgresServer.storage_config) reaches the same database.
+    written_out = tmp_path / "written_out"
+    written_out.mkdir()
+    (written_out / "dagster.yaml").write_text(yaml.safe_dump({"storage": postgresql_server.storage_config("instance_smoke")}))
+    with dg.DagsterInstance.from_config(str(written_out)) as instance:
+        assert [run.run_id for run in instance.get_runs()] == [result.run_id]
     with psycopg2.connect(postgresql_server.url("instance_smoke")) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT status FROM runs WHERE run_id = %s", (result.run_id,))
         assert cursor.fetchone() == ("SUCCESS",)
