@@ -287,6 +287,7 @@ class PostgresServer:
     socket_dir: Path
 
     def url(self, db_name: str) -> str:
+        """A libpq URL (psycopg2.connect, psql). SQLAlchemy 2.1 reads postgresql:// as psycopg 3: see storage_config."""
         return f"postgresql://{self.username}:{self.password}@{self.host}:{self.port}/{db_name}"
 
     def create_database(self, db_name: str) -> str:
@@ -307,7 +308,8 @@ class PostgresServer:
     def storage_config(self, db_name: str) -> dict:
         """The dagster.yaml `storage:` block for `db_name`, values written out (no env placeholders)."""
         return {"postgres": {"postgres_db": {"hostname": self.host, "port": self.port, "username": self.username,
-                                             "password": self.password, "db_name": db_name}}}
+                                             "password": self.password, "db_name": db_name,
+                                             "scheme": "postgresql+psycopg2"}}}
 
 
 def postgres_bin_dir() -> Path | None:
@@ -439,7 +441,8 @@ def celery_workers(redis_server: RedisServer, config_yaml: Path, work_dir: Path,
     `config_yaml` is the run config holding the executor's broker settings (deploy/celery_run_config.yaml);
     `env` must hold what it reads (`redis_server.celery_env`), DAGSTER_HOME (dagster-celery writes the
     worker's Celery settings under it) and whatever the steps need (the S3 settings); `cwd` must make
-    the job's module importable. Each worker runs one step at a time in its own process
+    the job's module importable. Create the instance of DAGSTER_HOME before (`DagsterInstance.from_config`):
+    workers starting on an empty database race to create its tables, and one of them fails. Each worker runs one step at a time in its own process
     (`--pool=solo`), so the pid that the event log records for a step is the worker's.
     """
     program = venv_program("dagster-celery")

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -156,6 +155,12 @@ def test_postgres_instance_from_deploy_config_stores_runs_and_events(postgresql_
         event = instance.get_latest_materialization_event(dg.AssetKey("flow_total"))
         assert event.run_id == result.run_id
         assert event.asset_materialization.metadata["flows"].value == 126048
+    # The block with the values written out (PostgresServer.storage_config) reaches the same database.
+    written_out = tmp_path / "written_out"
+    written_out.mkdir()
+    (written_out / "dagster.yaml").write_text(yaml.safe_dump({"storage": postgresql_server.storage_config("instance_smoke")}))
+    with dg.DagsterInstance.from_config(str(written_out)) as instance:
+        assert [run.run_id for run in instance.get_runs()] == [result.run_id]
     with psycopg2.connect(postgresql_server.url("instance_smoke")) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT status FROM runs WHERE run_id = %s", (result.run_id,))
         assert cursor.fetchone() == ("SUCCESS",)
@@ -233,15 +238,16 @@ def test_celery_workers_share_the_steps_of_a_run_on_postgres_and_s3(postgresql_s
         monkeypatch.setenv(name, value)
     s3fs.S3FileSystem.clear_instance_cache()
     run_config = yaml.safe_load((DEPLOY / "celery_run_config.yaml").read_text())
-    with services.celery_workers(redis_server, DEPLOY / "celery_run_config.yaml", tmp_path / "workers",
-                                 env={**os.environ, **env, "DAGSTER_HOME": str(home)}, cwd=ROOT) as workers:
-        assert len(workers) == 2 and len({w.pid for w in workers}) == 2
-        with dg.DagsterInstance.from_config(str(home)) as instance:
+    # The instance first: it creates its tables, which two workers starting at once would race to do.
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        with services.celery_workers(redis_server, DEPLOY / "celery_run_config.yaml", tmp_path / "workers",
+                                     env={**os.environ, **env, "DAGSTER_HOME": str(home)}, cwd=ROOT) as workers:
+            assert len(workers) == 2 and len({w.pid for w in workers}) == 2
             with dg.execute_job(dg.reconstructable(celery_smoke_job), instance=instance,
                                 run_config=run_config) as result:
                 assert result.success
                 run_id = result.run_id
-            records = instance.all_logs(run_id)
+        records = instance.all_logs(run_id)
     worker_of_step = {}  # step key: the Celery node that dagster-celery says executed it
     pid_of_step = {}  # step key: the pid recorded on the step's STEP_START event
     for record in records:
