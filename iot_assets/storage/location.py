@@ -6,6 +6,7 @@ Object stores are reached through fsspec (s3fs), with the endpoint and keys from
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -46,9 +47,23 @@ def write_bytes_atomic(path: UPath, data: bytes) -> None:
     try:
         tmp.write_bytes(data)
         os.replace(tmp, local)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(local, len(data)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class DiskFullError(OSError):
+    """A write that did not fit: one line naming the file and the free space. The old file is intact."""
+
+    def __init__(self, path: Path, size: int):
+        free = shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free
+        super().__init__(errno.ENOSPC, f"no space left on device writing {path} ({size:,} bytes; "
+                                       f"{free:,} bytes free): free some space and run again")
 
 
 def write_text_atomic(path: UPath, text: str) -> None:

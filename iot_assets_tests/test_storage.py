@@ -1,0 +1,73 @@
+"""The storage layer on its own: atomic writes, a full disk, model versions, the run lock."""
+
+import errno
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from upath import UPath
+
+from iot_assets.storage import location
+from iot_assets.storage.models import JsonDocument, ModelStore, model_version, parse_pins
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_old_file_survives(tmp_path, monkeypatch):
+    target = UPath(tmp_path / "reports" / "reconciliation.json")
+    location.write_text_atomic(target, "old and whole")
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(location.DiskFullError) as caught:
+        location.write_text_atomic(target, "new")
+    message = str(caught.value)
+    assert str(tmp_path / "reports" / "reconciliation.json") in message and "bytes free" in message
+    assert "\n" not in message
+    monkeypatch.undo()
+    assert target.read_text() == "old and whole"
+    assert [p.name for p in (tmp_path / "reports").iterdir()] == ["reconciliation.json"]  # no temporary left
+
+
+def test_model_versions_are_content_hashes_and_can_be_served_again(tmp_path):
+    store = ModelStore(str(tmp_path))
+    first, second = JsonDocument({"devices": {"a": 1}}), JsonDocument({"devices": {"a": 2}})
+    v1, _ = store.save("drift_reference", first)
+    v2, _ = store.save("drift_reference", second)
+    assert v1 == model_version(JsonDocument({"devices": {"a": 1}})) != v2
+    assert store.current("drift_reference") == v2 and store.versions("drift_reference") == sorted([v1, v2])
+    store.use("drift_reference", v1)
+    loaded = store.load("drift_reference", store.current("drift_reference"))
+    assert loaded == {"devices": {"a": 1}} and loaded.version == v1
+    with pytest.raises(FileNotFoundError, match="no version"):
+        store.use("drift_reference", "000000000000")
+    assert parse_pins("device_classifier=abc, anomaly_detector=def") == {"device_classifier": "abc",
+                                                                        "anomaly_detector": "def"}
+
+
+def test_a_model_directory_that_holds_a_pickle_is_refused(tmp_path):
+    store = ModelStore(str(tmp_path))
+    version, directory = store.save("drift_reference", JsonDocument({"devices": {}}))
+    (Path(str(directory)) / "kind.json").write_text('{"kind": "Unpickler"}')
+    with pytest.raises(ValueError, match="unknown model kind"):
+        store.load("drift_reference", version)
+
+
+def test_a_second_run_on_the_same_instance_says_who_holds_it(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    with open(home / "iot-assets-run.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242")
+        held.flush()
+        env = {**os.environ, "IOT_ASSETS_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(home)}
+        done = subprocess.run([sys.executable, "-m", "iot_assets.cli", "run"], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "another iot-assets run is using" in done.stderr and "pid 4242" in done.stderr
+    assert not (tmp_path / "data" / "raw").exists() or not any((tmp_path / "data" / "raw").iterdir())
