@@ -283,7 +283,7 @@ def line_truth(clean: pd.DataFrame, membership: pd.DataFrame, day: str) -> pd.Da
 
 INFRASTRUCTURE_PORTS = (53, 123, 853)  # DNS, NTP, DNS over TLS: public resolvers and pools, never a product's own
 SIGNATURE_COLUMNS = ["rule_id", "kind", "prefix", "remote_port", "protocol", "level", "label", "weight",
-                     "models", "manufacturers", "flows", "days", "reason", "trained_from", "trained_to"]
+                     "models", "manufacturers", "flows", "days", "crowding", "reason", "trained_from", "trained_to"]
 ANY = -1  # remote_port / protocol of a prefix rule: any
 
 
@@ -291,11 +291,15 @@ ANY = -1  # remote_port / protocol of a prefix rule: any
 class SignatureParams:
     """How rules are learned and weighed."""
 
-    min_support_days: int = 3  # a rule seen on this many training days gives full weight on one hit
+    min_support_days: int = 2  # a rule seen on this many training days gives full weight on one hit
     prefix_weight: float = 0.5  # a known prefix on a port the model was not seen using: half the evidence
     v4_prefix_bits: int = 24
     v6_prefix_bits: int = 48
     infrastructure_ports: tuple[int, ...] = INFRASTRUCTURE_PORTS
+    # Crowded neighbourhoods: a rule's weight is divided by 1 + the number of other models
+    # seen on the same port in the enclosing /16 (v6: /32). 0 turns this off.
+    crowding_v4_bits: int = 0
+    crowding_v6_bits: int = 32
 
 
 def day_strings(times: pd.Series) -> np.ndarray:
@@ -327,6 +331,34 @@ def remote_prefix(ip: pd.Series, v4_bits: int = 24, v6_bits: int = 48) -> pd.Ser
     return pd.Series(table[codes], index=ip.index, dtype=object)
 
 
+def outside_episodes(flows: pd.DataFrame, episodes: pd.DataFrame | None) -> pd.DataFrame:
+    """Flows outside the known attack episodes of their device: a scan or a hijacked
+    firmware's peers are not the product's backend, and must not become its rules."""
+    if episodes is None or episodes.empty or flows.empty:
+        return flows
+    inside = np.zeros(len(flows), dtype=bool)
+    for ep in episodes.itertuples():
+        inside |= (((flows["device_name"] == ep.device) | (flows["device_mac"] == ep.device))
+                   & (flows["flow_end"] >= ep.start) & (flows["flow_start"] < ep.end)).to_numpy()
+    return flows[~inside]
+
+
+OBSERVATION_COLUMNS = ["prefix", "remote_port", "protocol", "model", "day", "flows"]
+
+
+def service_observations(train: pd.DataFrame, params: SignatureParams = SignatureParams()) -> pd.DataFrame:
+    """Pre-NAT flows (CleanFlows columns) to Internet services, counted per service, model and day."""
+    flows = train[(train["remote_scope"] == "internet") & train["device_name"].notna()]
+    if flows.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in OBSERVATION_COLUMNS})
+    keyed = pd.DataFrame({
+        "prefix": remote_prefix(flows["remote_ip"], params.v4_prefix_bits, params.v6_prefix_bits),
+        "remote_port": flows["remote_port"].astype(np.int64), "protocol": flows["protocol"].astype(np.int64),
+        "model": flows["device_name"].astype(str), "day": day_strings(flows["flow_start"]),
+    }).dropna(subset=["prefix"])
+    return keyed.groupby(OBSERVATION_COLUMNS[:-1], as_index=False).size().rename(columns={"size": "flows"})
+
+
 def learn_signatures(train: pd.DataFrame, params: SignatureParams = SignatureParams()) -> pd.DataFrame:
     """Rules from the training days' pre-NAT flows (CleanFlows columns), one row per service key.
 
@@ -337,26 +369,24 @@ def learn_signatures(train: pd.DataFrame, params: SignatureParams = SignaturePar
     weight is the evidence one hit gives: min(1, training days seen / min_support_days),
     halved for prefix rules.
     """
-    flows = train[(train["remote_scope"] == "internet") & train["device_name"].notna()]
-    if flows.empty:
+    return signatures_from_observations(service_observations(train, params), params)
+
+
+def signatures_from_observations(observations: pd.DataFrame, params: SignatureParams = SignatureParams()) -> pd.DataFrame:
+    """`learn_signatures` from `service_observations` (of the training days only)."""
+    if observations.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in SIGNATURE_COLUMNS})
-    days = pd.Series(day_strings(flows["flow_start"]), index=flows.index)
-    keyed = pd.DataFrame({
-        "prefix": remote_prefix(flows["remote_ip"], params.v4_prefix_bits, params.v6_prefix_bits),
-        "remote_port": flows["remote_port"].astype(np.int64), "protocol": flows["protocol"].astype(np.int64),
-        "model": flows["device_name"].astype(str), "day": days,
-    }).dropna(subset=["prefix"])
-    infrastructure = keyed["remote_port"].isin(params.infrastructure_ports)
-    services = keyed.assign(kind="service")
+    infrastructure = observations["remote_port"].isin(params.infrastructure_ports)
+    services = observations.assign(kind="service")
     # A bare prefix stands for the model's other ports there; infrastructure flows do not make one.
-    prefixes = keyed[~infrastructure].assign(kind="prefix", remote_port=ANY, protocol=ANY)
+    prefixes = observations[~infrastructure].assign(kind="prefix", remote_port=ANY, protocol=ANY)
     key = ["kind", "prefix", "remote_port", "protocol"]
     both = pd.concat([services, prefixes], ignore_index=True)
     both["manufacturer"] = both["model"].map(manufacturer_of)
     rules = both.groupby(key, as_index=False).agg(
         models=("model", lambda s: ";".join(sorted(set(s)))),
         manufacturers=("manufacturer", lambda s: ";".join(sorted(set(s)))),
-        flows=("model", "size"), days=("day", "nunique"))
+        flows=("flows", "sum"), days=("day", "nunique"))
     n_models = rules["models"].str.count(";") + 1
     n_makers = rules["manufacturers"].str.count(";") + 1
     on_infra_port = (rules["kind"] == "service") & rules["remote_port"].isin(params.infrastructure_ports)
@@ -370,15 +400,42 @@ def learn_signatures(train: pd.DataFrame, params: SignatureParams = SignaturePar
          "shared by " + n_models.astype(str) + " models of " + n_makers.astype(str) + " manufacturers",
          "shared by " + n_models.astype(str) + " models of one manufacturer"],
         default="one model")
+    rules["crowding"] = _crowding(both, rules, params)
     support = np.minimum(1.0, rules["days"] / params.min_support_days)
-    weight = support * np.where(rules["kind"] == "prefix", params.prefix_weight, 1.0)
+    weight = support * np.where(rules["kind"] == "prefix", params.prefix_weight, 1.0) / (1 + rules["crowding"])
     rules["weight"] = np.where(rules["level"] == "excluded", 0.0, weight).round(4)
     rules["rule_id"] = (rules["kind"] + ":" + rules["prefix"] + ":" + rules["remote_port"].astype(str) + ":"
                         + rules["protocol"].astype(str))
-    rules["trained_from"], rules["trained_to"] = days.min(), days.max()
+    rules["trained_from"], rules["trained_to"] = observations["day"].min(), observations["day"].max()
     rules["flows"] = rules["flows"].astype(np.int64)
     rules["days"] = rules["days"].astype(np.int64)
+    rules["crowding"] = rules["crowding"].astype(np.int64)
     return rules[SIGNATURE_COLUMNS].sort_values(["level", "label", "rule_id"], na_position="last").reset_index(drop=True)
+
+
+def _supernet(prefixes: pd.Series, v4_bits: int, v6_bits: int) -> pd.Series:
+    codes, uniques = pd.factorize(prefixes)
+    def wider(prefix: str) -> str:
+        network = ipaddress.ip_network(prefix)
+        bits = v4_bits if network.version == 4 else v6_bits
+        return str(network.supernet(new_prefix=min(bits, network.prefixlen)))
+    table = np.array([wider(u) for u in uniques] + [None], dtype=object)
+    return pd.Series(table[codes], index=prefixes.index)
+
+
+def _crowding(observations: pd.DataFrame, rules: pd.DataFrame, params: SignatureParams) -> np.ndarray:
+    """Per rule: other models seen in its wider neighbourhood on the same port (any port for prefix rules)."""
+    if not params.crowding_v4_bits or rules.empty:
+        return np.zeros(len(rules), dtype=np.int64)
+    obs = observations.assign(supernet=_supernet(observations["prefix"], params.crowding_v4_bits,
+                                                 params.crowding_v6_bits))
+    key = ["kind", "supernet", "remote_port", "protocol"]
+    neighbours = obs.groupby(key)["model"].agg(lambda s: frozenset(s))
+    supernets = _supernet(rules["prefix"], params.crowding_v4_bits, params.crowding_v6_bits)
+    index = pd.MultiIndex.from_arrays([rules["kind"], supernets, rules["remote_port"], rules["protocol"]])
+    around = neighbours.reindex(index).to_numpy()
+    own = rules["models"].str.split(";").map(frozenset).to_numpy()
+    return np.array([len(a - o) if isinstance(a, frozenset) else 0 for a, o in zip(around, own)], dtype=np.int64)
 
 
 def signatures_version(signatures: pd.DataFrame) -> str:
@@ -410,13 +467,17 @@ def rule_hits(views: pd.DataFrame, signatures: pd.DataFrame, params: SignaturePa
         "prefix": remote_prefix(views["remote_ip"], params.v4_prefix_bits, params.v6_prefix_bits).to_numpy(),
         "remote_port": views["remote_port"].to_numpy(), "protocol": views["protocol"].to_numpy(),
     })
+    v["flow"] = np.arange(len(v))
     keep = ["rule_id", "level", "label", "weight"]
     services = rules[rules["kind"] == "service"]
     prefixes = rules[rules["kind"] == "prefix"]
-    hits = pd.concat([
-        v.merge(services[["prefix", "remote_port", "protocol", *keep]], on=["prefix", "remote_port", "protocol"]),
-        v.merge(prefixes[["prefix", *keep]], on="prefix"),
-    ], ignore_index=True)
+    by_service = v.merge(services[["prefix", "remote_port", "protocol", *keep]], on=["prefix", "remote_port", "protocol"])
+    by_prefix = v.merge(prefixes[["prefix", *keep]], on="prefix")
+    # A flow is one piece of evidence per label: its service rule, or the bare prefix when
+    # the label has no rule for that service (a port it was not seen using there).
+    covered = pd.MultiIndex.from_frame(by_service[["flow", "label"]])
+    by_prefix = by_prefix[~pd.MultiIndex.from_frame(by_prefix[["flow", "label"]]).isin(covered)]
+    hits = pd.concat([by_service, by_prefix], ignore_index=True)
     return hits[HIT_COLUMNS]
 
 
@@ -538,16 +599,24 @@ def evaluate(views: pd.DataFrame, truth: pd.DataFrame, signatures: pd.DataFrame,
       as infinite, so a quantile that lands there is null.
     """
     eval_days = sorted(eval_days)
-    trained = set(known_models(signatures))
     views = views[pd.Series(day_strings(views["flow_start"]), index=views.index).isin(eval_days)]
-    hits = rule_hits(views, signatures, params)
+    rates = sorted(views["sampling_rate"].unique().tolist()) if len(views) else []
+    return evaluate_hits(rule_hits(views, signatures, params), truth, known_models(signatures), rates, eval_days,
+                         lines, window_days, threshold)
+
+
+def evaluate_hits(hits: pd.DataFrame, truth: pd.DataFrame, trained_models: list[str], rates: list[int],
+                  eval_days: list[str], lines: int, window_days: int, threshold: float = 1.0) -> dict:
+    """`evaluate` from rule hits of the evaluation days, which may come from signatures refreshed day by day."""
+    eval_days = sorted(eval_days)
+    trained = set(trained_models)
+    hits = hits[hits["day"].isin(eval_days)]
     inventories = _inventories(hits, eval_days, window_days, threshold)
     truth = truth.copy()
     truth["known"] = truth["model"].isin(trained)
     active = truth[truth["internet_flows"] > 0]
     active_eval = active[active["day"].isin(eval_days)]
     invisible = truth[(truth["internet_flows"] == 0) & truth["day"].isin(eval_days) & truth["known"]]
-    rates = sorted(views["sampling_rate"].unique().tolist()) if len(views) else []
     day_index = {d: i for i, d in enumerate(eval_days)}
 
     # Which labels are truly on a line on a day: traffic of that model or manufacturer in the window.

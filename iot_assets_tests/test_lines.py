@@ -198,9 +198,10 @@ def _train(*uses: tuple[str, str, int, int, int]) -> pd.DataFrame:
     rows = []
     for model, ip, port, protocol, n_days in uses:
         for d in range(n_days):
-            rows.append({"device_name": model, "remote_ip": ip, "remote_port": port, "protocol": protocol,
-                         "remote_scope": "internet",
-                         "flow_start": pd.Timestamp("2019-06-25", tz="UTC") + pd.Timedelta(days=d, hours=3)})
+            start = pd.Timestamp("2019-06-25", tz="UTC") + pd.Timedelta(days=d, hours=3)
+            rows.append({"device_name": model, "device_mac": "", "remote_ip": ip, "remote_port": port,
+                         "protocol": protocol, "remote_scope": "internet", "flow_start": start,
+                         "flow_end": start + pd.Timedelta(seconds=1)})
     return pd.DataFrame(rows)
 
 
@@ -214,8 +215,8 @@ def test_a_service_two_models_of_one_vendor_share_becomes_a_manufacturer_rule():
     assert shared["models"] == "PLANEX SmaCam Outdoor;PLANEX SmaCam PanTilt" and shared["days"] == 4
     own = rules.loc["service:45.79.10.0/24:443:6"]
     assert (own["level"], own["label"]) == ("model", "PLANEX SmaCam PanTilt")
-    assert own["weight"] == pytest.approx(1 / 3, abs=1e-4)  # seen on one training day of three needed
-    assert rules.loc["prefix:45.79.10.0/24:-1:-1", "weight"] == pytest.approx(1 / 6, abs=1e-4)
+    assert own["weight"] == 0.5  # seen on one training day of the two that give full weight
+    assert rules.loc["prefix:45.79.10.0/24:-1:-1", "weight"] == 0.25
     # The same service used by a camera of another vendor is no evidence for either.
     rules = lines.learn_signatures(pd.concat([train, _train(("JVC Kenwood HDTV IP camera", "139.162.61.9", 20001, 17, 3))]))
     shared = rules.set_index("rule_id").loc["service:139.162.61.0/24:20001:17"]
@@ -244,6 +245,35 @@ def test_shared_infrastructure_yields_no_rule():
     assert lines.rule_hits(view, signatures).empty
     assert lines.known_models(signatures) == ["Amazon Echo gen2", "Google Home gen1", "Nature Remo", "Sony Bravia",
                                               "au network camera"]
+
+
+def test_crowded_neighbourhoods_weigh_less_when_asked():
+    train = _train(("Nature Remo", "3.86.45.10", 443, 6, 3), ("iRobot Roomba", "3.86.99.7", 443, 6, 3),
+                   ("Amazon Echo gen2", "3.86.12.1", 443, 6, 3), ("iRobot Roomba", "3.86.99.7", 8883, 6, 3))
+    plain = lines.learn_signatures(train).set_index("rule_id")
+    crowded = lines.learn_signatures(train, lines.SignatureParams(crowding_v4_bits=16)).set_index("rule_id")
+    assert plain.loc["service:3.86.45.0/24:443:6", "weight"] == 1.0
+    # Two other models use port 443 in 3.86.0.0/16: a third of the evidence.
+    assert crowded.loc["service:3.86.45.0/24:443:6", ["crowding", "weight"]].tolist() == [2, pytest.approx(1 / 3, abs=1e-4)]
+    # Nobody else uses 8883 there.
+    assert crowded.loc["service:3.86.99.0/24:8883:6", ["crowding", "weight"]].tolist() == [0, 1.0]
+    # The Roomba's bare prefix: two other models in the /16 on any port.
+    assert crowded.loc["prefix:3.86.99.0/24:-1:-1", "weight"] == pytest.approx(0.5 / 3, abs=1e-4)
+
+
+def test_attack_episodes_do_not_become_rules():
+    train = _train(("Nature Remo", "3.86.45.10", 443, 6, 3), ("Nature Remo", "77.1.2.3", 23, 6, 1),
+                   ("Qrio Hub", "77.1.2.9", 23, 6, 1))
+    episodes = pd.DataFrame({"device": ["Nature Remo"], "type": ["scan"],
+                             "start": [pd.Timestamp("2019-06-25 02:00", tz="UTC")],
+                             "end": [pd.Timestamp("2019-06-25 04:00", tz="UTC")]})
+    kept = lines.outside_episodes(train, episodes)
+    # Nature Remo's flows of 03:00 on the first day are inside the scan: its backend flow of that hour too.
+    assert len(kept) == len(train) - 2
+    assert not ((kept["device_name"] == "Nature Remo") & (kept["flow_start"] == pd.Timestamp("2019-06-25 03:00", tz="UTC"))).any()
+    rules = lines.learn_signatures(kept).set_index("rule_id")
+    assert rules.loc["service:77.1.2.0/24:23:6", "label"] == "Qrio Hub"  # the scan's port is no Nature Remo rule
+    assert lines.outside_episodes(train, None) is train
 
 
 def test_prefixes():
@@ -308,9 +338,9 @@ def test_inventory_accumulates_evidence_and_says_when(known_case):
     hits = lines.rule_hits(views, signatures)
     day2 = lines.inventory(hits, "2019-07-02", window_days=2).set_index(["line_id", "label"])
     remo = day2.loc[("home-1", "Nature Remo")]
-    # Found on day 1 by the service rule (1.0) and the prefix rule (0.5), still there on day 2;
-    # the hit of June 30 is outside the two-day window.
-    assert remo["detected"] and remo["evidence"] == 1.5 and remo["rules_hit"] == 2
+    # Found on day 1 by the service rule (1.0; the flow does not count again for the bare
+    # prefix), still there on day 2; the hit of June 30 is outside the two-day window.
+    assert remo["detected"] and remo["evidence"] == 1.0 and remo["rules_hit"] == 1
     assert remo["detected_at"] == pd.Timestamp("2019-07-01 00:40", tz="UTC")
     false = day2.loc[("home-3", "Nature Remo")]
     assert false["detected"] and false["evidence"] == 1.0 and false["flows"] == 2

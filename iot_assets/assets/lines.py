@@ -8,9 +8,11 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pandera.errors
 
 from iot_assets import lines
 from iot_assets.classifier import time_split
+from iot_assets.inject import read_episodes
 from iot_assets.partitions import daily_partitions
 from iot_assets.reports.lines import metrics_fragment_html, metrics_table_markdown
 from iot_assets.resources import DataLake
@@ -123,7 +125,7 @@ def line_views(context: dg.AssetExecutionContext, clean_flows: pd.DataFrame, lin
         lines.LineViews.validate(views, lazy=True)
         yield dg.AssetCheckResult(check_name="line_views_schema", asset_key="line_views", passed=True,
                                   metadata={"rows": len(views)})
-    except lines.pa.errors.SchemaErrors as exc:
+    except pandera.errors.SchemaErrors as exc:
         cases = exc.failure_cases
         summary = cases.groupby(["column", "check"], dropna=False).size().reset_index(name="rows")
         yield dg.AssetCheckResult(check_name="line_views_schema", asset_key="line_views", passed=False,
@@ -143,12 +145,16 @@ def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows, lake: Da
     days = _days_of(clean)
     train_days, eval_days = time_split(days, lake.train_fraction)
     train = clean[pd.Series(lines.day_strings(clean["flow_start"]), index=clean.index).isin(train_days)]
-    signatures = lines.learn_signatures(train)
+    # Known attack episodes (injected ones) are not the products' backends.
+    episodes = read_episodes(Path(lake.episodes)) if lake.episodes else None
+    kept = lines.outside_episodes(train, episodes)
+    signatures = lines.learn_signatures(kept)
     rules = signatures[signatures["level"] != "excluded"]
     per_label = rules.groupby(["level", "label"]).agg(rules=("rule_id", "size"), weight=("weight", "sum")).reset_index()
     return dg.Output(signatures, metadata={
         "rules": len(rules), "excluded_keys": int((signatures["level"] == "excluded").sum()),
         "models": len(lines.known_models(signatures)), "version": lines.signatures_version(signatures),
+        "training_flows_in_episodes": len(train) - len(kept),
         "train_range": dg.MetadataValue.json([train_days[0], train_days[-1]]),
         "eval_range": dg.MetadataValue.json([eval_days[0], eval_days[-1]]),
         "rules_per_label": dg.MetadataValue.md(per_label.to_markdown(index=False, floatfmt=".2f")
