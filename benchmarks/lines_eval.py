@@ -44,10 +44,12 @@ COLUMNS = ["flow_start", "flow_end", "device_mac", "device_name", "remote_ip", "
            "protocol", "bytes_out", "bytes_in", "packets_out", "packets_in"]
 
 
-def read_lake(lake: Path) -> dict[str, pd.DataFrame]:
+def read_lake(lake: Path, last_day: str = "9999-12-31") -> dict[str, pd.DataFrame]:
     days = {}
     for path in sorted((lake / "clean_flows").glob("day=*/part-0.parquet")):
-        days[path.parent.name.removeprefix("day=")] = pd.read_parquet(path, columns=COLUMNS)
+        day = path.parent.name.removeprefix("day=")
+        if day <= last_day:
+            days[day] = pd.read_parquet(path, columns=COLUMNS)
     if not days:
         raise SystemExit(f"no clean_flows partitions under {lake}")
     return days
@@ -99,6 +101,7 @@ class Experiment:
                                        for f in days.values()], ignore_index=True)
         self.lines = int(membership["line_id"].nunique())
         self.params = params
+        self.episodes = episodes
 
     def signatures(self, before: str, without: str | None = None) -> pd.DataFrame:
         obs = self.observations[self.observations["day"] < before]
@@ -117,7 +120,8 @@ class Experiment:
 
     def evaluate(self, window: int, refresh: bool = False, without: str | None = None) -> dict:
         hits, trained = self.hits(refresh, without)
-        return lines.evaluate_hits(hits, self.truth, trained, self.rates, self.eval_days, self.lines, window)
+        return lines.evaluate_hits(hits, self.truth, trained, self.rates, self.eval_days, self.lines, window,
+                                   episodes=self.episodes)
 
 
 def print_table(metrics: dict) -> None:
@@ -160,6 +164,7 @@ def explain(days: dict[str, pd.DataFrame], experiment: Experiment, metrics_1day:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lake", type=Path, required=True)
+    parser.add_argument("--last-day", default="9999-12-31", help="use the days up to this one only")
     parser.add_argument("--lines", type=int, default=40)
     parser.add_argument("--lines-csv", type=Path)
     parser.add_argument("--sampling", default="1,100,1000")
@@ -183,7 +188,7 @@ def main() -> None:
     windows = [int(w) for w in args.windows.split(",")]
 
     t0 = time.perf_counter()
-    days = read_lake(args.lake)
+    days = read_lake(args.lake, args.last_day)
     if args.shared_cloud:
         days = {d: pack_clouds(f, args.shared_cloud) for d, f in days.items()}
     names = sorted(days)
@@ -222,8 +227,12 @@ def main() -> None:
         t1 = time.perf_counter()
         metrics = experiment.evaluate(window, args.refresh)
         results[window] = metrics
+        first = next(iter(metrics["sampling"].values()))
         print(f"\nwindow {window} day(s){' refreshed daily' if args.refresh else ''}, eval {metrics['eval_range']}, "
-              f"untrained device-days {metrics['untrained_device_days']} ({time.perf_counter() - t1:.1f} s)")
+              f"untrained device-days {metrics['untrained_device_days']}, device-days in attack episodes "
+              f"{first['episode_device_days']} (recall on them " + ", ".join(
+                  f"1:{r} {m['recall_in_episodes']}" for r, m in metrics["sampling"].items())
+              + f") ({time.perf_counter() - t1:.1f} s)")
         print_table(metrics)
         for rate, m in metrics["sampling"].items():
             weak = {k: (v.get("recall"), v.get("precision"), v.get("ttd_hours_median"))

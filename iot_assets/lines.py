@@ -583,7 +583,7 @@ def _inventories(hits: pd.DataFrame, eval_days: list[str], window_days: int, thr
 
 def evaluate(views: pd.DataFrame, truth: pd.DataFrame, signatures: pd.DataFrame, eval_days: list[str],
              lines: int, window_days: int, threshold: float = 1.0,
-             params: SignatureParams = SignatureParams()) -> dict:
+             params: SignatureParams = SignatureParams(), episodes: pd.DataFrame | None = None) -> dict:
     """Inventories of the evaluation days against the known membership, per sampling rate.
 
     `views` are line views (any days: only evaluation days are used, and the sliding
@@ -597,16 +597,33 @@ def evaluate(views: pd.DataFrame, truth: pd.DataFrame, signatures: pd.DataFrame,
     - time to detect: from a device's first Internet-bound flow on the line (or on the first
       evaluation day, if it was on the line before) to its detection; never detected counts
       as infinite, so a quantile that lands there is null.
+    Device-days inside a known attack episode (`episodes`: device, start, end) are scored
+    apart (`recall_in_episodes`), as the other models leave attacked windows out: a
+    scanning device or a replaced firmware does not talk to the product's backend.
     """
     eval_days = sorted(eval_days)
     views = views[pd.Series(day_strings(views["flow_start"]), index=views.index).isin(eval_days)]
     rates = sorted(views["sampling_rate"].unique().tolist()) if len(views) else []
     return evaluate_hits(rule_hits(views, signatures, params), truth, known_models(signatures), rates, eval_days,
-                         lines, window_days, threshold)
+                         lines, window_days, threshold, episodes)
+
+
+def in_episodes(truth: pd.DataFrame, episodes: pd.DataFrame | None) -> np.ndarray:
+    """Per truth row (line, device, day): whether the device had a known attack episode that day."""
+    inside = np.zeros(len(truth), dtype=bool)
+    if episodes is None or episodes.empty or truth.empty:
+        return inside
+    day_start = pd.to_datetime(truth["day"]).dt.tz_localize("UTC")
+    day_end = day_start + pd.Timedelta(days=1)
+    for ep in episodes.itertuples():
+        inside |= (((truth["model"] == ep.device) | (truth["device_mac"] == ep.device))
+                   & (day_start < ep.end) & (day_end > ep.start)).to_numpy()
+    return inside
 
 
 def evaluate_hits(hits: pd.DataFrame, truth: pd.DataFrame, trained_models: list[str], rates: list[int],
-                  eval_days: list[str], lines: int, window_days: int, threshold: float = 1.0) -> dict:
+                  eval_days: list[str], lines: int, window_days: int, threshold: float = 1.0,
+                  episodes: pd.DataFrame | None = None) -> dict:
     """`evaluate` from rule hits of the evaluation days, which may come from signatures refreshed day by day."""
     eval_days = sorted(eval_days)
     trained = set(trained_models)
@@ -614,14 +631,18 @@ def evaluate_hits(hits: pd.DataFrame, truth: pd.DataFrame, trained_models: list[
     inventories = _inventories(hits, eval_days, window_days, threshold)
     truth = truth.copy()
     truth["known"] = truth["model"].isin(trained)
-    active = truth[truth["internet_flows"] > 0]
+    truth["in_episode"] = in_episodes(truth, episodes)
+    active_all = truth[truth["internet_flows"] > 0]
+    # An attacked device is still on its line (precision), but its device-days are scored apart.
+    active = active_all[~active_all["in_episode"]]
     active_eval = active[active["day"].isin(eval_days)]
+    attacked = active_all[active_all["in_episode"] & active_all["day"].isin(eval_days) & active_all["known"]]
     invisible = truth[(truth["internet_flows"] == 0) & truth["day"].isin(eval_days) & truth["known"]]
     day_index = {d: i for i, d in enumerate(eval_days)}
 
     # Which labels are truly on a line on a day: traffic of that model or manufacturer in the window.
     present_rows = []
-    for row in active_eval[active_eval["model"].notna()].itertuples():
+    for row in active_all[active_all["day"].isin(eval_days) & active_all["model"].notna()].itertuples():
         i = day_index[row.day]
         for j in range(i, min(i + window_days, len(eval_days))):
             present_rows.append((row.line_id, eval_days[j], "model", row.model))
@@ -638,6 +659,9 @@ def evaluate_hits(hits: pd.DataFrame, truth: pd.DataFrame, trained_models: list[
         by_maker = [(r.line_id, r.day, "manufacturer", r.manufacturer) in detected for r in devices.itertuples()]
         hit_model = np.array(by_model, dtype=bool)
         hit_any = hit_model | np.array(by_maker, dtype=bool)
+        hit_attacked = np.array([(r.line_id, r.day, "model", r.model) in detected
+                                 or (r.line_id, r.day, "manufacturer", r.manufacturer) in detected
+                                 for r in attacked.itertuples()], dtype=bool)
         # Precision over detections.
         is_true = np.array([(r.line_id, r.day, r.level, r.label) in present for r in inv.itertuples()], dtype=bool)
         # Time to detect.
@@ -680,6 +704,8 @@ def evaluate_hits(hits: pd.DataFrame, truth: pd.DataFrame, trained_models: list[
             "ttd_hours_median_new_on_line": _quantile_hours(joined, 0.5),
             "ttd_events_new_on_line": int(len(joined)),
             "invisible_device_days": int(len(invisible)),
+            "episode_device_days": int(len(attacked)),
+            "recall_in_episodes": round(float(hit_attacked.mean()), 4) if len(hit_attacked) else None,
             "per_model": per_model,
         }
     unknown = active_eval[~active_eval["known"]]

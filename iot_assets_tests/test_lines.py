@@ -386,6 +386,21 @@ def test_metrics_on_known_membership(known_case):
     assert "<td>Xiaomi Mijia LED</td><td>2</td><td>0.500</td>" in fragment and "class='flag'" in fragment
 
 
+def test_device_days_in_attack_episodes_are_scored_apart(known_case):
+    views, truth, signatures = known_case
+    episodes = pd.DataFrame({"device": ["Xiaomi Mijia LED"], "type": ["scan"],
+                             "start": [pd.Timestamp("2019-07-01 09:00", tz="UTC")],
+                             "end": [pd.Timestamp("2019-07-01 10:00", tz="UTC")]})
+    m = lines.evaluate(views, truth, signatures, EVAL, lines=3, window_days=2, episodes=episodes)["sampling"]["1"]
+    # The LED's first day is set apart: two device-days left, both found.
+    assert (m["device_days"], m["recall"]) == (2, 1.0)
+    assert (m["episode_device_days"], m["recall_in_episodes"]) == (1, 0.0)
+    # Its time to detect now runs from its first flow outside the episode (03:00 on day 2).
+    assert (m["ttd_events"], m["ttd_hours_median"], m["ttd_hours_p90"]) == (2, 0.5, 0.5)
+    # Precision is unchanged: the LED was on its line all along.
+    assert (m["detections"], m["false_detections"]) == (4, 1)
+
+
 def test_metrics_on_a_generated_sample_with_known_membership(days, membership):
     names = sorted(days)
     train_days, eval_days = names[:3], names[3:]

@@ -222,8 +222,9 @@ def line_metrics(context: dg.AssetExecutionContext, line_views, line_truth, endp
     eval_days = sorted(d for d in truth["day"].unique() if d > trained_to)
     if not eval_days:
         raise ValueError(f"no line_truth day after the signatures' training range (to {trained_to}): nothing to evaluate")
+    episodes = read_episodes(Path(lake.episodes)) if lake.episodes else None
     metrics = lines.evaluate(views, truth, endpoint_signatures, eval_days, int(truth["line_id"].nunique()),
-                             LINE_WINDOW_DAYS, line_settings.threshold)
+                             LINE_WINDOW_DAYS, line_settings.threshold, episodes=episodes)
     metrics["train_range"] = [str(endpoint_signatures["trained_from"].min()), trained_to]
     metrics["signatures_version"] = lines.signatures_version(endpoint_signatures)
     lake.reports_dir.mkdir(parents=True, exist_ok=True)
