@@ -292,7 +292,10 @@ class SignatureParams:
     """How rules are learned and weighed."""
 
     min_support_days: int = 2  # a rule seen on this many training days gives full weight on one hit
-    prefix_weight: float = 0.5  # a known prefix on a port the model was not seen using: half the evidence
+    # Bare-prefix rules (a model's /24 on a port it was not seen using there) get this weight;
+    # 0: none. Off by default: on the sample they named a model on the lines of an unknown
+    # model that shared a cloud /24 with it, and added no recall with a 3-day window.
+    prefix_weight: float = 0.0
     v4_prefix_bits: int = 24
     v6_prefix_bits: int = 48
     infrastructure_ports: tuple[int, ...] = INFRASTRUCTURE_PORTS
@@ -362,12 +365,12 @@ def service_observations(train: pd.DataFrame, params: SignatureParams = Signatur
 def learn_signatures(train: pd.DataFrame, params: SignatureParams = SignatureParams()) -> pd.DataFrame:
     """Rules from the training days' pre-NAT flows (CleanFlows columns), one row per service key.
 
-    Keys are (prefix, remote port, protocol) services and bare prefixes. A key used by
-    one model is a model rule; by several models of one manufacturer, a manufacturer rule;
+    Keys are (prefix, remote port, protocol) services, and bare prefixes if
+    `params.prefix_weight` > 0. A key used by one model is a model rule; by several models of one manufacturer, a manufacturer rule;
     by models of different manufacturers, or on an infrastructure port, it is kept with
     level `excluded` and weight 0 so that the table says why it is no evidence. A rule's
     weight is the evidence one hit gives: min(1, training days seen / min_support_days),
-    halved for prefix rules.
+    times `prefix_weight` for a bare prefix, divided by 1 + crowding when that is on.
     """
     return signatures_from_observations(service_observations(train, params), params)
 
@@ -377,11 +380,12 @@ def signatures_from_observations(observations: pd.DataFrame, params: SignaturePa
     if observations.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in SIGNATURE_COLUMNS})
     infrastructure = observations["remote_port"].isin(params.infrastructure_ports)
-    services = observations.assign(kind="service")
-    # A bare prefix stands for the model's other ports there; infrastructure flows do not make one.
-    prefixes = observations[~infrastructure].assign(kind="prefix", remote_port=ANY, protocol=ANY)
+    keys = [observations.assign(kind="service")]
+    if params.prefix_weight > 0:
+        # A bare prefix stands for the model's other ports there; infrastructure flows do not make one.
+        keys.append(observations[~infrastructure].assign(kind="prefix", remote_port=ANY, protocol=ANY))
     key = ["kind", "prefix", "remote_port", "protocol"]
-    both = pd.concat([services, prefixes], ignore_index=True)
+    both = pd.concat(keys, ignore_index=True)
     both["manufacturer"] = both["model"].map(manufacturer_of)
     rules = both.groupby(key, as_index=False).agg(
         models=("model", lambda s: ";".join(sorted(set(s)))),

@@ -23,6 +23,7 @@ from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
 DEVICES = ["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "jvc_kenwood_hdtv_ip_camera", "qrio_hub"]
 DAYS = 5
 MAC = {name: catalogue.BY_ARCHIVE[name].mac for name in DEVICES}
+PREFIX_RULES = lines.SignatureParams(prefix_weight=0.5)  # bare-prefix rules on: off by default
 
 
 def clean_days(raw: Path, work: Path) -> dict[str, pd.DataFrame]:
@@ -209,7 +210,7 @@ def test_a_service_two_models_of_one_vendor_share_becomes_a_manufacturer_rule():
     train = _train(("PLANEX SmaCam Outdoor", "139.162.61.20", 20001, 17, 4),
                    ("PLANEX SmaCam PanTilt", "139.162.61.77", 20001, 17, 2),
                    ("PLANEX SmaCam PanTilt", "45.79.10.1", 443, 6, 1))
-    rules = lines.learn_signatures(train).set_index("rule_id")
+    rules = lines.learn_signatures(train, PREFIX_RULES).set_index("rule_id")
     shared = rules.loc["service:139.162.61.0/24:20001:17"]
     assert (shared["level"], shared["label"], shared["weight"]) == ("manufacturer", "PLANEX", 1.0)
     assert shared["models"] == "PLANEX SmaCam Outdoor;PLANEX SmaCam PanTilt" and shared["days"] == 4
@@ -229,7 +230,8 @@ def test_shared_infrastructure_yields_no_rule():
                    *[(model, "23.45.67.8", 443, 6, 3) for model in ("Amazon Echo gen2", "Sony Bravia", "Google Home gen1")],
                    ("au network camera", "133.243.238.164", 123, 17, 5),  # NTP: infrastructure whoever uses it
                    ("au network camera", "8.8.8.8", 53, 17, 5))
-    signatures = lines.learn_signatures(train)
+    assert not (lines.learn_signatures(train)["kind"] == "prefix").any()  # no bare-prefix rules by default
+    signatures = lines.learn_signatures(train, PREFIX_RULES)
     rules = signatures[signatures["weight"] > 0]
     assert set(rules["label"]) == {"Nature Remo"}
     assert not rules["prefix"].isin(["23.45.67.0/24", "133.243.238.0/24", "8.8.8.0/24"]).any()
@@ -251,7 +253,7 @@ def test_crowded_neighbourhoods_weigh_less_when_asked():
     train = _train(("Nature Remo", "3.86.45.10", 443, 6, 3), ("iRobot Roomba", "3.86.99.7", 443, 6, 3),
                    ("Amazon Echo gen2", "3.86.12.1", 443, 6, 3), ("iRobot Roomba", "3.86.99.7", 8883, 6, 3))
     plain = lines.learn_signatures(train).set_index("rule_id")
-    crowded = lines.learn_signatures(train, lines.SignatureParams(crowding_v4_bits=16)).set_index("rule_id")
+    crowded = lines.learn_signatures(train, lines.SignatureParams(crowding_v4_bits=16, prefix_weight=0.5)).set_index("rule_id")
     assert plain.loc["service:3.86.45.0/24:443:6", "weight"] == 1.0
     # Two other models use port 443 in 3.86.0.0/16: a third of the evidence.
     assert crowded.loc["service:3.86.45.0/24:443:6", ["crowding", "weight"]].tolist() == [2, pytest.approx(1 / 3, abs=1e-4)]
@@ -312,7 +314,7 @@ def known_case():
             days: half evidence a day, a false Nature Remo on day 2.
     """
     signatures = lines.learn_signatures(_train(("Nature Remo", "3.86.45.10", 443, 6, 3),
-                                               ("Xiaomi Mijia LED", "161.117.94.5", 80, 6, 3)))
+                                               ("Xiaomi Mijia LED", "161.117.94.5", 80, 6, 3)), PREFIX_RULES)
     views = pd.DataFrame([
         _view("home-1", "2019-06-30 12:00", 30, "3.86.45.10", 443),  # a training day: ignored
         _view("home-1", "2019-07-01 00:10", 30, "3.86.45.11", 443),
