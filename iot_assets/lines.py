@@ -31,8 +31,6 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from iot_assets import catalogue
-
 UtcMs = pd.DatetimeTZDtype(unit="ms", tz="UTC")
 MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 DEFAULT_SAMPLING_RATES = (1, 100, 1000)
@@ -218,8 +216,11 @@ def line_views(clean: pd.DataFrame, membership: pd.DataFrame, day: str,
     A flow of p packets survives 1:N packet sampling when at least one of its packets is
     sampled: probability 1-(1-1/N)^p. Each direction's sampled packets are drawn
     (binomial), and packets and bytes are scaled back by N as collectors do; bytes follow
-    the flow's mean packet size. Deterministic for (seed, day, rate).
+    the flow's mean packet size; first and last packet times stay those of the flow.
+    Deterministic for (seed, day, rate).
     """
+    if not rates:
+        raise LinesInputError("no sampling rate: give at least one (1 for unsampled)")
     on_lines = _on_lines(clean, membership)
     base = pd.DataFrame({
         "line_id": on_lines["line_id"].astype(str), "flow_start": on_lines["flow_start"],
@@ -247,8 +248,7 @@ def line_views(clean: pd.DataFrame, membership: pd.DataFrame, day: str,
                 view[f"packets_{direction}"] = (sampled * rate).astype(np.int64)
             view = view[(sampled_out + sampled_in) > 0]
         frames.append(view.assign(sampling_rate=rate))
-    views = pd.concat(frames, ignore_index=True) if frames else base.assign(sampling_rate=1).iloc[0:0]
-    return views[VIEW_COLUMNS]
+    return pd.concat(frames, ignore_index=True)[VIEW_COLUMNS]
 
 
 TRUTH_COLUMNS = ["line_id", "device_mac", "model", "manufacturer", "day", "flows", "internet_flows",

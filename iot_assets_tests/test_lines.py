@@ -2,7 +2,6 @@
 
 import io
 import re
-import shutil
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -81,6 +80,12 @@ def test_lines_csv_is_normalised(membership):
 def test_a_bad_lines_file_names_the_file_and_line(text, message):
     with pytest.raises(lines.LinesInputError, match=re.escape(message)):
         lines.parse_membership(pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False), "lines.csv")
+
+
+def test_every_catalogue_model_has_its_manufacturer():
+    assert set(lines.MANUFACTURERS) == {d.name for d in catalogue.DEVICES}
+    makers = pd.Series(lines.MANUFACTURERS).value_counts()
+    assert makers[["PLANEX", "Sony", "JVC Kenwood", "au (KDDI)"]].tolist() == [3, 3, 2, 2]
 
 
 def test_sampling_rates_are_parsed_or_refused():
