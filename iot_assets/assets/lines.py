@@ -1,0 +1,243 @@
+"""Behind the NAT: subscriber lines as the ISP edge sees them, endpoint signatures, line inventories."""
+
+import json
+import os
+import warnings
+from datetime import date, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pandera.errors
+
+from iot_assets import lines
+from iot_assets.classifier import time_split
+from iot_assets.inject import read_episodes
+from iot_assets.partitions import daily_partitions
+from iot_assets.reports.lines import metrics_fragment_html, metrics_table_markdown
+from iot_assets.resources import DataLake
+from iot_assets.schemas import column_schema
+
+
+def _window_days_from_env() -> int:
+    raw = os.environ.get("IOT_ASSETS_LINE_WINDOW_DAYS", "").strip() or "3"
+    if not raw.isdigit() or not 1 <= int(raw) <= 30:
+        raise ValueError(f"IOT_ASSETS_LINE_WINDOW_DAYS={raw!r} is not a number of days between 1 and 30")
+    return int(raw)
+
+
+# Days of line views an inventory accumulates; fixed when the code location loads, as the
+# partition mapping needs it.
+LINE_WINDOW_DAYS = _window_days_from_env()
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    # The window, and the day before it for yesterday's inventory (what changed).
+    WINDOW_AND_DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-LINE_WINDOW_DAYS,
+                                                          allow_nonexistent_upstream_partitions=True)
+
+
+class LineSettings(dg.ConfigurableResource):
+    """Subscriber lines: a lines.csv (IOT_ASSETS_LINES) or synthetic lines, and the sampling rates."""
+
+    lines_csv: str = ""  # device_mac,line_id[,since]; empty: synthetic lines
+    sampling: str = "1,100,1000"  # IOT_ASSETS_SAMPLING: packet sampling rates 1:N
+    synthetic_lines: int = 40
+    max_devices_per_line: int = 6
+    joining_share: float = 0.5  # synthetic memberships that start mid-range
+    threshold: float = 1.0  # evidence that makes a detection
+
+    @classmethod
+    def from_env(cls) -> "LineSettings":
+        return cls(lines_csv=os.environ.get("IOT_ASSETS_LINES", "").strip(),
+                   sampling=os.environ.get("IOT_ASSETS_SAMPLING", "").strip() or "1,100,1000")
+
+    @property
+    def rates(self) -> tuple[int, ...]:
+        return lines.parse_sampling_rates(self.sampling)
+
+
+def _frames(value) -> pd.DataFrame:
+    """A partitioned input as one frame: the IO manager may hand over a dict of partitions or a concatenation."""
+    if isinstance(value, dict):
+        frames = [f for f in value.values() if f is not None and len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return value
+
+
+@dg.asset(group_name="lines", io_manager_key="lake_io_manager")
+def line_membership(context: dg.AssetExecutionContext, raw_archives: pd.DataFrame, line_settings: LineSettings,
+                    lake: DataLake) -> dg.Output:
+    """Which device sits on which subscriber line, from lines.csv or seeded synthetic lines."""
+    if line_settings.lines_csv:
+        path = Path(line_settings.lines_csv)
+        if not path.exists():
+            raise lines.LinesInputError(f"IOT_ASSETS_LINES={path}: no such file")
+        membership = lines.parse_membership(pd.read_csv(path, dtype=str, keep_default_na=False), str(path))
+        source = str(path)
+    else:
+        devices = raw_archives.dropna(subset=["local_mac", "first_day"])
+        membership = lines.synthetic_lines(
+            devices["local_mac"].tolist(), date.fromisoformat(devices["first_day"].min()),
+            date.fromisoformat(devices["last_day"].max()), lines=line_settings.synthetic_lines,
+            max_devices=line_settings.max_devices_per_line, joining_share=line_settings.joining_share, seed=lake.seed)
+        source = f"synthetic (seed {lake.seed})"
+    per_line = membership.groupby("line_id").size()
+    return dg.Output(membership, metadata={
+        "lines": int(membership["line_id"].nunique()), "memberships": len(membership),
+        "devices": int(membership["device_mac"].nunique()), "source": source,
+        "devices_per_line": dg.MetadataValue.json(per_line.value_counts().sort_index().to_dict()),
+    })
+
+
+@dg.multi_asset(
+    partitions_def=daily_partitions,
+    group_name="lines",
+    outs={
+        "line_views": dg.AssetOut(io_manager_key="lake_io_manager",
+                                  metadata={"dagster/column_schema": column_schema(lines.LineViews)},
+                                  description="The day's flows as the ISP edge sees each line: public side only, "
+                                              "once per packet sampling rate."),
+        "line_truth": dg.AssetOut(io_manager_key="lake_io_manager",
+                                  description="Ground truth of the day: which device had traffic on which line."),
+    },
+    check_specs=[dg.AssetCheckSpec("line_views_schema", asset="line_views",
+                                   description="pandera LineViews: no column but the public side of a flow.")],
+)
+def line_views(context: dg.AssetExecutionContext, clean_flows: pd.DataFrame, line_membership: pd.DataFrame,
+               line_settings: LineSettings, lake: DataLake):
+    """Line views of the day (no MAC, LAN address or device port; sampled 1:N) and the ground truth beside them."""
+    day = context.partition_key
+    rates = line_settings.rates
+    views = lines.line_views(clean_flows, line_membership, day, rates, lake.seed)
+    truth = lines.line_truth(clean_flows, line_membership, day)
+    per_rate = views.groupby("sampling_rate").size()
+    base = int(per_rate.get(rates[0], 0))
+    yield dg.Output(views, output_name="line_views", metadata={
+        "rows": len(views), "lines": int(views["line_id"].nunique()),
+        "flows_per_rate": dg.MetadataValue.json({f"1:{r}": int(per_rate.get(r, 0)) for r in rates}),
+        "surviving_share": dg.MetadataValue.json({f"1:{r}": round(int(per_rate.get(r, 0)) / base, 4) if base else None
+                                                  for r in rates}),
+    })
+    yield dg.Output(truth, output_name="line_truth", metadata={
+        "rows": len(truth), "device_lines_with_internet_traffic": int((truth["internet_flows"] > 0).sum())})
+    try:
+        lines.LineViews.validate(views, lazy=True)
+        yield dg.AssetCheckResult(check_name="line_views_schema", asset_key="line_views", passed=True,
+                                  metadata={"rows": len(views)})
+    except pandera.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        summary = cases.groupby(["column", "check"], dropna=False).size().reset_index(name="rows")
+        yield dg.AssetCheckResult(check_name="line_views_schema", asset_key="line_views", passed=False,
+                                  severity=dg.AssetCheckSeverity.ERROR,
+                                  description=f"{len(cases)} failures of LineViews",
+                                  metadata={"failures": dg.MetadataValue.md(summary.to_markdown(index=False))})
+
+
+def _days_of(clean: pd.DataFrame) -> list[str]:
+    return sorted(pd.unique(lines.day_strings(clean["flow_start"]))) if len(clean) else []
+
+
+@dg.asset(group_name="lines", io_manager_key="lake_io_manager", ins={"clean_flows": dg.AssetIn()})
+def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows, lake: DataLake) -> dg.Output:
+    """Per device model (or manufacturer) the backend services only it uses, learned on the training days."""
+    clean = _frames(clean_flows)
+    days = _days_of(clean)
+    train_days, eval_days = time_split(days, lake.train_fraction)
+    train = clean[pd.Series(lines.day_strings(clean["flow_start"]), index=clean.index).isin(train_days)]
+    # Known attack episodes (injected ones) are not the products' backends.
+    episodes = read_episodes(Path(lake.episodes)) if lake.episodes else None
+    kept = lines.outside_episodes(train, episodes)
+    signatures = lines.learn_signatures(kept)
+    rules = signatures[signatures["level"] != "excluded"]
+    per_label = rules.groupby(["level", "label"]).agg(rules=("rule_id", "size"), weight=("weight", "sum")).reset_index()
+    return dg.Output(signatures, metadata={
+        "rules": len(rules), "excluded_keys": int((signatures["level"] == "excluded").sum()),
+        "models": len(lines.known_models(signatures)), "version": lines.signatures_version(signatures),
+        "training_flows_in_episodes": len(train) - len(kept),
+        "train_range": dg.MetadataValue.json([train_days[0], train_days[-1]]),
+        "eval_range": dg.MetadataValue.json([eval_days[0], eval_days[-1]]),
+        "rules_per_label": dg.MetadataValue.md(per_label.to_markdown(index=False, floatfmt=".2f")
+                                               if len(per_label) else "none"),
+    })
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name="lines",
+    io_manager_key="lake_io_manager",
+    ins={"line_views": dg.AssetIn(partition_mapping=WINDOW_AND_DAY_BEFORE), "endpoint_signatures": dg.AssetIn()},
+    check_specs=[dg.AssetCheckSpec("line_inventory_changed", asset="line_inventory",
+                                   description="Lines on which a device model (or manufacturer) appeared that "
+                                               "yesterday's inventory did not have.")],
+)
+def line_inventory(context: dg.AssetExecutionContext, line_views: pd.DataFrame, endpoint_signatures: pd.DataFrame,
+                   line_settings: LineSettings):
+    """Per line: the device models (or manufacturers) present over the sliding window, with evidence."""
+    day = context.partition_key
+    views = _frames(line_views)
+    hits = lines.rule_hits(views, endpoint_signatures) if len(views) else pd.DataFrame(columns=lines.HIT_COLUMNS)
+    units = lines.evidence_units(hits)
+    today = lines.inventory_from_units(units, day, LINE_WINDOW_DAYS, line_settings.threshold)
+    yesterday_day = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+    yesterday = lines.inventory_from_units(units, yesterday_day, LINE_WINDOW_DAYS, line_settings.threshold)
+    changes = lines.inventory_changes(today, yesterday)
+    today["signatures_version"] = lines.signatures_version(endpoint_signatures)
+    detected = today[today["detected"].astype(bool)]
+    yield dg.Output(today, metadata={
+        "rows": len(today), "detections": len(detected), "window_days": LINE_WINDOW_DAYS,
+        "lines_with_detections": dg.MetadataValue.json(
+            detected.groupby("sampling_rate")["line_id"].nunique().rename(lambda r: f"1:{r}").to_dict()),
+    })
+    # The check speaks for the finest sampling rate: the best view the ISP has.
+    rate = min(line_settings.rates)
+    new = changes[changes["sampling_rate"] == rate]
+    described = new.groupby("line_id")["label"].agg(lambda s: ", ".join(sorted(s)))
+    yield dg.AssetCheckResult(
+        check_name="line_inventory_changed", passed=new.empty, severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(f"{line}: {labels}" for line, labels in described.items())
+        or f"no line's inventory changed at 1:{rate}",
+        metadata={"lines_changed": int(new["line_id"].nunique()), "sampling_rate": rate,
+                  "changes_per_rate": dg.MetadataValue.json(
+                      changes.groupby("sampling_rate").size().rename(lambda r: f"1:{r}").to_dict()),
+                  "new_detections": dg.MetadataValue.json(
+                      new[["line_id", "level", "label", "evidence"]].head(50).to_dict("records"))},
+    )
+
+
+@dg.asset(group_name="lines", io_manager_key="lake_io_manager", ins={"line_inventory": dg.AssetIn()})
+def line_first_detected(context: dg.AssetExecutionContext, line_inventory) -> dg.Output:
+    """Per sampling rate, line and model: when the inventory first named it, and the last day it did."""
+    table = lines.first_detected(_frames(line_inventory))
+    return dg.Output(table, metadata={"rows": len(table), "lines": int(table["line_id"].nunique()) if len(table) else 0})
+
+
+@dg.asset(group_name="lines", ins={"line_views": dg.AssetIn(), "line_truth": dg.AssetIn(),
+                                   "endpoint_signatures": dg.AssetIn()})
+def line_metrics(context: dg.AssetExecutionContext, line_views, line_truth, endpoint_signatures: pd.DataFrame,
+                 line_settings: LineSettings, lake: DataLake):
+    """Recall, precision, false presences and time to detect per sampling rate, on the evaluation days."""
+    views, truth = _frames(line_views), _frames(line_truth)
+    trained_to = str(endpoint_signatures["trained_to"].max())
+    eval_days = sorted(d for d in truth["day"].unique() if d > trained_to)
+    if not eval_days:
+        raise ValueError(f"no line_truth day after the signatures' training range (to {trained_to}): nothing to evaluate")
+    episodes = read_episodes(Path(lake.episodes)) if lake.episodes else None
+    metrics = lines.evaluate(views, truth, endpoint_signatures, eval_days, int(truth["line_id"].nunique()),
+                             LINE_WINDOW_DAYS, line_settings.threshold, episodes=episodes)
+    metrics["train_range"] = [str(endpoint_signatures["trained_from"].min()), trained_to]
+    metrics["signatures_version"] = lines.signatures_version(endpoint_signatures)
+    lake.reports_dir.mkdir(parents=True, exist_ok=True)
+    json_path = lake.reports_dir / "line_metrics.json"
+    html_path = lake.reports_dir / "line_metrics.html"
+    json_path.write_text(json.dumps(metrics, indent=2))
+    html_path.write_text(metrics_fragment_html(metrics))
+    rates = metrics["sampling"]
+    headline = rates.get("100") or next(iter(rates.values()), {})
+    return dg.MaterializeResult(metadata={
+        "recall_1_100": headline.get("recall"), "precision_1_100": headline.get("precision"),
+        "ttd_hours_median_1_100": headline.get("ttd_hours_median"),
+        "eval_range": dg.MetadataValue.json(metrics["eval_range"]), "lines": metrics["lines"],
+        "table": dg.MetadataValue.md(metrics_table_markdown(metrics)),
+        "metrics": dg.MetadataValue.path(str(json_path)), "report_section": dg.MetadataValue.path(str(html_path)),
+    })
