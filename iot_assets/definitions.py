@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from iot_assets.assets import behaviour, exposure, flows, reports
+from iot_assets.assets import behaviour, exposure, flows, lines, reports
 from iot_assets.automation import SCHEDULES, SENSORS
 from iot_assets.jobs import JOBS
 from iot_assets.resources import build_resources
@@ -12,7 +12,7 @@ from iot_assets.settings import SETTINGS, Settings
 def build_definitions(settings: Settings) -> dg.Definitions:
     """The code location for `settings` (tests and tools build it for a data folder of their own)."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([flows, behaviour, exposure, reports]),
+        assets=dg.load_assets_from_modules([flows, behaviour, exposure, lines, reports]),
         jobs=JOBS,
         schedules=SCHEDULES,
         sensors=SENSORS,

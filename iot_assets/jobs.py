@@ -2,13 +2,16 @@
 
 import dagster as dg
 
-FLOW_ASSETS = ("decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "device_windows")
-MODEL_ASSETS = ("device_classifier", "anomaly_detector", "drift_reference")
-SCORING_ASSETS = ("device_inventory", "anomaly_scores", "feature_drift", "device_exposure", "daily_report")
+FLOW_ASSETS = ("decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "device_windows", "line_views",
+               "line_truth")
+MODEL_ASSETS = ("device_classifier", "anomaly_detector", "drift_reference", "endpoint_signatures")
+SCORING_ASSETS = ("device_inventory", "anomaly_scores", "feature_drift", "device_exposure", "line_inventory",
+                  "daily_report")
+REPORT_ASSETS = ("model_report", "exposure_report", "line_first_detected", "line_metrics")
 
 ingest_archives_job = dg.define_asset_job(
     "ingest_archives_job",
-    selection=dg.AssetSelection.assets("raw_archives"),
+    selection=dg.AssetSelection.assets("raw_archives", "line_membership"),
     description="Checksum the landing zone and decode new or changed archives.",
 )
 
@@ -32,8 +35,8 @@ daily_scoring_job = dg.define_asset_job(
 
 reports_job = dg.define_asset_job(
     "reports_job",
-    selection=dg.AssetSelection.assets("model_report", "exposure_report"),
-    description="Write the model report and the exposure report from the models and the scored days.",
+    selection=dg.AssetSelection.assets(*REPORT_ASSETS),
+    description="Write the model, exposure and line reports from the models and the scored days.",
 )
 
 # Every daily asset: what a new day, or a day whose archives changed, needs rebuilt.

@@ -44,6 +44,23 @@ class ExposureSettings(dg.ConfigurableResource):
         return self.advisories or str(DEFAULT_ADVISORIES)
 
 
+class LineSettings(dg.ConfigurableResource):
+    """Subscriber lines: a lines.csv (IOT_ASSETS_LINES) or synthetic lines, and the sampling rates."""
+
+    lines_csv: str = ""  # device_mac,line_id[,since]; empty: synthetic lines
+    sampling: str = "1,100,1000"  # IOT_ASSETS_SAMPLING: packet sampling rates 1:N
+    synthetic_lines: int = 40
+    max_devices_per_line: int = 6
+    joining_share: float = 0.5  # synthetic memberships that start mid-range
+    threshold: float = 1.0  # evidence that makes a detection
+
+    @property
+    def rates(self) -> tuple[int, ...]:
+        from iot_assets.lines import parse_sampling_rates
+
+        return parse_sampling_rates(self.sampling)
+
+
 class LakeIOManagerFactory(dg.ConfigurableIOManagerFactory):
     """Tables as hive-style Parquet under `<base_url>/lake`."""
 
@@ -62,6 +79,7 @@ def build_resources(settings: Settings) -> dict:
         "model_settings": ModelSettings(window_minutes=settings.window_minutes, train_fraction=settings.train_fraction,
                                         target_fpr=settings.target_fpr, seed=settings.seed, episodes=settings.episodes),
         "exposure_settings": ExposureSettings(advisories=settings.advisories),
+        "line_settings": LineSettings(lines_csv=settings.lines_csv, sampling=settings.sampling),
         "lake_io_manager": LakeIOManagerFactory(base_url=base),
         "model_io_manager": ModelIOManager(base_url=base, pins=settings.model_pins),
     }

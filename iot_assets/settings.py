@@ -60,6 +60,9 @@ class Settings:
     episodes: str = ""  # an episodes.csv with ground truth for the anomaly metrics, if any
     model_pins: str = ""  # ASSET=VERSION,...: model versions to serve instead of the current ones
     advisories: str = ""  # a CSV of advisories per device model; empty: the one shipped in the package
+    lines_csv: str = ""  # device_mac,line_id[,since]: subscriber lines; empty: synthetic lines
+    sampling: str = "1,100,1000"  # packet sampling rates 1:N of the line views
+    line_window_days: int = 3  # days of line views a line inventory accumulates
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -84,6 +87,9 @@ class Settings:
             episodes=str(Path(episodes).resolve()) if episodes and "://" not in episodes else episodes,
             model_pins=env.get("IOT_ASSETS_MODEL_PINS", "").strip(),
             advisories=env.get("IOT_ASSETS_ADVISORIES", "").strip(),
+            lines_csv=env.get("IOT_ASSETS_LINES", "").strip(),
+            sampling=env.get("IOT_ASSETS_SAMPLING", "").strip() or "1,100,1000",
+            line_window_days=int(_parse_number(env, "IOT_ASSETS_LINE_WINDOW_DAYS", 3, 1, 30)),
         )
 
     @property

@@ -442,14 +442,13 @@ def test_line_assets_materialize_on_a_generated_sample(tmp_path):
 
     from iot_assets.assets import flows
     from iot_assets.assets import lines as line_assets
-    from iot_assets.resources import DataLake, ParquetLakeIOManager
+    from iot_assets.resources import LineSettings
+    from iot_assets_tests.test_definitions import resources_for
 
     data = tmp_path / "data"
     sample.generate(data / "raw", FIRST_DAY, 4, scale=0.05, seed=5,
                     devices=["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "qrio_hub"])
-    lake = DataLake(data_dir=str(data), first_day="2019-06-25", last_day="2019-10-10", train_fraction=0.7)
-    resources = {"lake": lake, "lake_io_manager": ParquetLakeIOManager(data_dir=str(data)),
-                 "line_settings": line_assets.LineSettings(sampling="1,100", synthetic_lines=6)}
+    resources = {**resources_for(data), "line_settings": LineSettings(sampling="1,100", synthetic_lines=6)}
     instance = dg.DagsterInstance.ephemeral()
     everything = [flows.raw_archives, flows.decoded_flows, flows.clean_flows, line_assets.line_membership,
                   line_assets.line_views, line_assets.endpoint_signatures, line_assets.line_inventory,
@@ -467,7 +466,7 @@ def test_line_assets_materialize_on_a_generated_sample(tmp_path):
         catalogue.BY_ARCHIVE[n].mac for n in ["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "qrio_hub"]}
     days = [(FIRST_DAY + timedelta(days=i)).isoformat() for i in range(4)]
     for day in days:
-        result = run(["decoded_flows", "clean_flows", "clean_rejects", "line_views", "line_truth"], day)
+        result = run(["decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "line_views", "line_truth"], day)
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks["line_views_schema"]
     views = pd.read_parquet(data / "lake" / "line_views" / f"day={days[-1]}" / "part-0.parquet")

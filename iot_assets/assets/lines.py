@@ -1,9 +1,7 @@
 """Behind the NAT: subscriber lines as the ISP edge sees them, endpoint signatures, line inventories."""
 
-import json
-import os
 import warnings
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -12,49 +10,25 @@ import pandera.errors
 
 from iot_assets import lines
 from iot_assets.classifier import time_split
-from iot_assets.inject import read_episodes
-from iot_assets.partitions import daily_partitions
+from iot_assets.assets.behaviour import EVERY_BUILT_DAY
+from iot_assets.partitions import daily_partitions, previous_day, single_run
+from iot_assets.reports.html import page
 from iot_assets.reports.lines import metrics_fragment_html, metrics_table_markdown
-from iot_assets.resources import DataLake
+from iot_assets.resources import LineSettings, ModelSettings
 from iot_assets.schemas import column_schema
-
-
-def _window_days_from_env() -> int:
-    raw = os.environ.get("IOT_ASSETS_LINE_WINDOW_DAYS", "").strip() or "3"
-    if not raw.isdigit() or not 1 <= int(raw) <= 30:
-        raise ValueError(f"IOT_ASSETS_LINE_WINDOW_DAYS={raw!r} is not a number of days between 1 and 30")
-    return int(raw)
+from iot_assets.settings import SETTINGS
+from iot_assets.storage.reports import ReportFiles
 
 
 # Days of line views an inventory accumulates; fixed when the code location loads, as the
 # partition mapping needs it.
-LINE_WINDOW_DAYS = _window_days_from_env()
+LINE_WINDOW_DAYS = SETTINGS.line_window_days
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.BetaWarning)
     # The window, and the day before it for yesterday's inventory (what changed).
     WINDOW_AND_DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-LINE_WINDOW_DAYS,
                                                           allow_nonexistent_upstream_partitions=True)
-
-
-class LineSettings(dg.ConfigurableResource):
-    """Subscriber lines: a lines.csv (IOT_ASSETS_LINES) or synthetic lines, and the sampling rates."""
-
-    lines_csv: str = ""  # device_mac,line_id[,since]; empty: synthetic lines
-    sampling: str = "1,100,1000"  # IOT_ASSETS_SAMPLING: packet sampling rates 1:N
-    synthetic_lines: int = 40
-    max_devices_per_line: int = 6
-    joining_share: float = 0.5  # synthetic memberships that start mid-range
-    threshold: float = 1.0  # evidence that makes a detection
-
-    @classmethod
-    def from_env(cls) -> "LineSettings":
-        return cls(lines_csv=os.environ.get("IOT_ASSETS_LINES", "").strip(),
-                   sampling=os.environ.get("IOT_ASSETS_SAMPLING", "").strip() or "1,100,1000")
-
-    @property
-    def rates(self) -> tuple[int, ...]:
-        return lines.parse_sampling_rates(self.sampling)
 
 
 def _frames(value) -> pd.DataFrame:
@@ -67,7 +41,7 @@ def _frames(value) -> pd.DataFrame:
 
 @dg.asset(group_name="lines", io_manager_key="lake_io_manager")
 def line_membership(context: dg.AssetExecutionContext, raw_archives: pd.DataFrame, line_settings: LineSettings,
-                    lake: DataLake) -> dg.Output:
+                    model_settings: ModelSettings) -> dg.Output:
     """Which device sits on which subscriber line, from lines.csv or seeded synthetic lines."""
     if line_settings.lines_csv:
         path = Path(line_settings.lines_csv)
@@ -80,8 +54,8 @@ def line_membership(context: dg.AssetExecutionContext, raw_archives: pd.DataFram
         membership = lines.synthetic_lines(
             devices["local_mac"].tolist(), date.fromisoformat(devices["first_day"].min()),
             date.fromisoformat(devices["last_day"].max()), lines=line_settings.synthetic_lines,
-            max_devices=line_settings.max_devices_per_line, joining_share=line_settings.joining_share, seed=lake.seed)
-        source = f"synthetic (seed {lake.seed})"
+            max_devices=line_settings.max_devices_per_line, joining_share=line_settings.joining_share, seed=model_settings.seed)
+        source = f"synthetic (seed {model_settings.seed})"
     per_line = membership.groupby("line_id").size()
     return dg.Output(membership, metadata={
         "lines": int(membership["line_id"].nunique()), "memberships": len(membership),
@@ -92,6 +66,7 @@ def line_membership(context: dg.AssetExecutionContext, raw_archives: pd.DataFram
 
 @dg.multi_asset(
     partitions_def=daily_partitions,
+    backfill_policy=single_run,
     group_name="lines",
     outs={
         "line_views": dg.AssetOut(io_manager_key="lake_io_manager",
@@ -104,50 +79,48 @@ def line_membership(context: dg.AssetExecutionContext, raw_archives: pd.DataFram
     check_specs=[dg.AssetCheckSpec("line_views_schema", asset="line_views",
                                    description="pandera LineViews: no column but the public side of a flow.")],
 )
-def line_views(context: dg.AssetExecutionContext, clean_flows: pd.DataFrame, line_membership: pd.DataFrame,
-               line_settings: LineSettings, lake: DataLake):
+def line_views(context: dg.AssetExecutionContext, clean_flows: dict[str, pd.DataFrame], line_membership: pd.DataFrame,
+               line_settings: LineSettings, model_settings: ModelSettings):
     """Line views of the day (no MAC, LAN address or device port; sampled 1:N) and the ground truth beside them."""
-    day = context.partition_key
     rates = line_settings.rates
-    views = lines.line_views(clean_flows, line_membership, day, rates, lake.seed)
-    truth = lines.line_truth(clean_flows, line_membership, day)
-    per_rate = views.groupby("sampling_rate").size()
+    views, truth, failures = {}, {}, {}
+    for day in context.partition_keys:
+        views[day] = lines.line_views(clean_flows[day], line_membership, day, rates, model_settings.seed)
+        truth[day] = lines.line_truth(clean_flows[day], line_membership, day)
+        try:
+            lines.LineViews.validate(views[day], lazy=True)
+        except pandera.errors.SchemaErrors as exc:
+            failures[day] = f"{len(exc.failure_cases)} failures of LineViews"
+    every = pd.concat(views.values(), ignore_index=True)
+    per_rate = every.groupby("sampling_rate").size() if len(every) else pd.Series(dtype=int)
     base = int(per_rate.get(rates[0], 0))
     yield dg.Output(views, output_name="line_views", metadata={
-        "rows": len(views), "lines": int(views["line_id"].nunique()),
+        "rows": len(every), "lines": int(every["line_id"].nunique()) if len(every) else 0,
         "flows_per_rate": dg.MetadataValue.json({f"1:{r}": int(per_rate.get(r, 0)) for r in rates}),
         "surviving_share": dg.MetadataValue.json({f"1:{r}": round(int(per_rate.get(r, 0)) / base, 4) if base else None
                                                   for r in rates}),
     })
-    yield dg.Output(truth, output_name="line_truth", metadata={
-        "rows": len(truth), "device_lines_with_internet_traffic": int((truth["internet_flows"] > 0).sum())})
-    try:
-        lines.LineViews.validate(views, lazy=True)
-        yield dg.AssetCheckResult(check_name="line_views_schema", asset_key="line_views", passed=True,
-                                  metadata={"rows": len(views)})
-    except pandera.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
-        summary = cases.groupby(["column", "check"], dropna=False).size().reset_index(name="rows")
-        yield dg.AssetCheckResult(check_name="line_views_schema", asset_key="line_views", passed=False,
-                                  severity=dg.AssetCheckSeverity.ERROR,
-                                  description=f"{len(cases)} failures of LineViews",
-                                  metadata={"failures": dg.MetadataValue.md(summary.to_markdown(index=False))})
+    yield dg.Output(truth, output_name="line_truth", metadata={"rows": sum(len(t) for t in truth.values())})
+    yield dg.AssetCheckResult(check_name="line_views_schema", asset_key="line_views", passed=not failures,
+                              severity=dg.AssetCheckSeverity.ERROR,
+                              description="; ".join(f"{d}: {w}" for d, w in sorted(failures.items()))
+                              or "every day matches LineViews", metadata={"rows": len(every)})
 
 
 def _days_of(clean: pd.DataFrame) -> list[str]:
     return sorted(pd.unique(lines.day_strings(clean["flow_start"]))) if len(clean) else []
 
 
-@dg.asset(group_name="lines", io_manager_key="lake_io_manager", ins={"clean_flows": dg.AssetIn()})
-def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows, lake: DataLake) -> dg.Output:
+@dg.asset(group_name="lines", io_manager_key="lake_io_manager", ins={"clean_flows": EVERY_BUILT_DAY})
+def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows: dict[str, pd.DataFrame],
+                        model_settings: ModelSettings) -> dg.Output:
     """Per device model (or manufacturer) the backend services only it uses, learned on the training days."""
     clean = _frames(clean_flows)
     days = _days_of(clean)
-    train_days, eval_days = time_split(days, lake.train_fraction)
+    train_days, eval_days = time_split(days, model_settings.train_fraction)
     train = clean[pd.Series(lines.day_strings(clean["flow_start"]), index=clean.index).isin(train_days)]
     # Known attack episodes (injected ones) are not the products' backends.
-    episodes = read_episodes(Path(lake.episodes)) if lake.episodes else None
-    kept = lines.outside_episodes(train, episodes)
+    kept = lines.outside_episodes(train, model_settings.read_episodes())
     signatures = lines.learn_signatures(kept)
     rules = signatures[signatures["level"] != "excluded"]
     per_label = rules.groupby(["level", "label"]).agg(rules=("rule_id", "size"), weight=("weight", "sum")).reset_index()
@@ -164,6 +137,7 @@ def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows, lake: Da
 
 @dg.asset(
     partitions_def=daily_partitions,
+    backfill_policy=single_run,
     group_name="lines",
     io_manager_key="lake_io_manager",
     ins={"line_views": dg.AssetIn(partition_mapping=WINDOW_AND_DAY_BEFORE), "endpoint_signatures": dg.AssetIn()},
@@ -171,67 +145,69 @@ def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows, lake: Da
                                    description="Lines on which a device model (or manufacturer) appeared that "
                                                "yesterday's inventory did not have.")],
 )
-def line_inventory(context: dg.AssetExecutionContext, line_views: pd.DataFrame, endpoint_signatures: pd.DataFrame,
-                   line_settings: LineSettings):
+def line_inventory(context: dg.AssetExecutionContext, line_views: dict[str, pd.DataFrame],
+                   endpoint_signatures: pd.DataFrame, line_settings: LineSettings):
     """Per line: the device models (or manufacturers) present over the sliding window, with evidence."""
-    day = context.partition_key
     views = _frames(line_views)
     hits = lines.rule_hits(views, endpoint_signatures) if len(views) else pd.DataFrame(columns=lines.HIT_COLUMNS)
-    units = lines.evidence_units(hits)
-    today = lines.inventory_from_units(units, day, LINE_WINDOW_DAYS, line_settings.threshold)
-    yesterday_day = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
-    yesterday = lines.inventory_from_units(units, yesterday_day, LINE_WINDOW_DAYS, line_settings.threshold)
-    changes = lines.inventory_changes(today, yesterday)
-    today["signatures_version"] = lines.signatures_version(endpoint_signatures)
-    detected = today[today["detected"].astype(bool)]
-    yield dg.Output(today, metadata={
-        "rows": len(today), "detections": len(detected), "window_days": LINE_WINDOW_DAYS,
+    units = lines.evidence_units(hits)  # once for every day of the run: each day's inventory takes its window
+    version = lines.signatures_version(endpoint_signatures)
+    rate = min(line_settings.rates)  # the check speaks for the finest sampling rate: the best view the ISP has
+    out, new_by_day = {}, []
+    for day in context.partition_keys:
+        today = lines.inventory_from_units(units, day, LINE_WINDOW_DAYS, line_settings.threshold)
+        yesterday = lines.inventory_from_units(units, previous_day(day), LINE_WINDOW_DAYS, line_settings.threshold)
+        changes = lines.inventory_changes(today, yesterday)
+        out[day] = today.assign(signatures_version=version)
+        new_by_day.append(changes[changes["sampling_rate"] == rate].assign(day=day))
+    new = pd.concat(new_by_day, ignore_index=True)
+    detected = pd.concat(out.values(), ignore_index=True)
+    detected = detected[detected["detected"].astype(bool)] if len(detected) else detected
+    yield dg.Output(out, metadata={
+        "rows": sum(len(t) for t in out.values()), "detections": len(detected), "window_days": LINE_WINDOW_DAYS,
+        "signatures_version": version,
         "lines_with_detections": dg.MetadataValue.json(
-            detected.groupby("sampling_rate")["line_id"].nunique().rename(lambda r: f"1:{r}").to_dict()),
+            detected.groupby("sampling_rate")["line_id"].nunique().rename(lambda r: f"1:{r}").to_dict()
+            if len(detected) else {}),
     })
-    # The check speaks for the finest sampling rate: the best view the ISP has.
-    rate = min(line_settings.rates)
-    new = changes[changes["sampling_rate"] == rate]
-    described = new.groupby("line_id")["label"].agg(lambda s: ", ".join(sorted(s)))
+    described = new.groupby(["day", "line_id"])["label"].agg(lambda s: ", ".join(sorted(s))) if len(new) else {}
     yield dg.AssetCheckResult(
         check_name="line_inventory_changed", passed=new.empty, severity=dg.AssetCheckSeverity.WARN,
-        description="; ".join(f"{line}: {labels}" for line, labels in described.items())
+        description="; ".join(f"{day} {line}: {labels}" for (day, line), labels in dict(described).items())[:2000]
         or f"no line's inventory changed at 1:{rate}",
-        metadata={"lines_changed": int(new["line_id"].nunique()), "sampling_rate": rate,
-                  "changes_per_rate": dg.MetadataValue.json(
-                      changes.groupby("sampling_rate").size().rename(lambda r: f"1:{r}").to_dict()),
+        metadata={"lines_changed": int(new["line_id"].nunique()) if len(new) else 0, "sampling_rate": rate,
                   "new_detections": dg.MetadataValue.json(
-                      new[["line_id", "level", "label", "evidence"]].head(50).to_dict("records"))},
+                      new[["day", "line_id", "level", "label", "evidence"]].head(50).to_dict("records")
+                      if len(new) else [])},
     )
 
 
-@dg.asset(group_name="lines", io_manager_key="lake_io_manager", ins={"line_inventory": dg.AssetIn()})
-def line_first_detected(context: dg.AssetExecutionContext, line_inventory) -> dg.Output:
+@dg.asset(group_name="lines", io_manager_key="lake_io_manager", ins={"line_inventory": EVERY_BUILT_DAY})
+def line_first_detected(context: dg.AssetExecutionContext, line_inventory: dict[str, pd.DataFrame]) -> dg.Output:
     """Per sampling rate, line and model: when the inventory first named it, and the last day it did."""
     table = lines.first_detected(_frames(line_inventory))
     return dg.Output(table, metadata={"rows": len(table), "lines": int(table["line_id"].nunique()) if len(table) else 0})
 
 
-@dg.asset(group_name="lines", ins={"line_views": dg.AssetIn(), "line_truth": dg.AssetIn(),
+@dg.asset(group_name="lines", ins={"line_views": EVERY_BUILT_DAY, "line_truth": EVERY_BUILT_DAY,
                                    "endpoint_signatures": dg.AssetIn()})
-def line_metrics(context: dg.AssetExecutionContext, line_views, line_truth, endpoint_signatures: pd.DataFrame,
-                 line_settings: LineSettings, lake: DataLake):
+def line_metrics(context: dg.AssetExecutionContext, line_views: dict[str, pd.DataFrame],
+                 line_truth: dict[str, pd.DataFrame], endpoint_signatures: pd.DataFrame,
+                 line_settings: LineSettings, model_settings: ModelSettings, reports: ReportFiles):
     """Recall, precision, false presences and time to detect per sampling rate, on the evaluation days."""
     views, truth = _frames(line_views), _frames(line_truth)
     trained_to = str(endpoint_signatures["trained_to"].max())
     eval_days = sorted(d for d in truth["day"].unique() if d > trained_to)
     if not eval_days:
         raise ValueError(f"no line_truth day after the signatures' training range (to {trained_to}): nothing to evaluate")
-    episodes = read_episodes(Path(lake.episodes)) if lake.episodes else None
+    episodes = model_settings.read_episodes()
     metrics = lines.evaluate(views, truth, endpoint_signatures, eval_days, int(truth["line_id"].nunique()),
                              LINE_WINDOW_DAYS, line_settings.threshold, episodes=episodes)
     metrics["train_range"] = [str(endpoint_signatures["trained_from"].min()), trained_to]
     metrics["signatures_version"] = lines.signatures_version(endpoint_signatures)
-    lake.reports_dir.mkdir(parents=True, exist_ok=True)
-    json_path = lake.reports_dir / "line_metrics.json"
-    html_path = lake.reports_dir / "line_metrics.html"
-    json_path.write_text(json.dumps(metrics, indent=2))
-    html_path.write_text(metrics_fragment_html(metrics))
+    json_path = reports.write_json("line_metrics.json", metrics)
+    html_path = reports.write_text("line_metrics.html", page("iot-assets: device models behind the NAT",
+                                                             [metrics_fragment_html(metrics)]))
     rates = metrics["sampling"]
     headline = rates.get("100") or next(iter(rates.values()), {})
     return dg.MaterializeResult(metadata={
