@@ -40,8 +40,10 @@ class Outcome:
         for evaluation in result.get_asset_check_evaluations():
             if evaluation.passed:
                 continue
+            description = evaluation.description or ""
             note = (f"{label}: check {evaluation.asset_key.to_user_string()}.{evaluation.check_name} "
-                    f"failed ({evaluation.severity.value}): {evaluation.description}")
+                    f"failed ({evaluation.severity.value}): "
+                    + (description if len(description) <= 400 else description[:400] + " ... (more in the UI)"))
             if evaluation.check_name in INTEGRITY_CHECKS or (self.strict and evaluation.severity == dg.AssetCheckSeverity.ERROR):
                 self.problems.append(note)
             elif evaluation.severity == dg.AssetCheckSeverity.ERROR:

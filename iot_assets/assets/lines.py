@@ -157,10 +157,11 @@ def line_inventory(context: dg.AssetExecutionContext, line_views: dict[str, pd.D
     for day in context.partition_keys:
         today = lines.inventory_from_units(units, day, LINE_WINDOW_DAYS, line_settings.threshold)
         yesterday = lines.inventory_from_units(units, previous_day(day), LINE_WINDOW_DAYS, line_settings.threshold)
-        changes = lines.inventory_changes(today, yesterday)
         out[day] = today.assign(signatures_version=version)
-        new_by_day.append(changes[changes["sampling_rate"] == rate].assign(day=day))
-    new = pd.concat(new_by_day, ignore_index=True)
+        if len(yesterday):  # a day with nothing before it is the baseline, not a change
+            changes = lines.inventory_changes(today, yesterday)
+            new_by_day.append(changes[changes["sampling_rate"] == rate].assign(day=day))
+    new = pd.concat(new_by_day, ignore_index=True) if new_by_day else pd.DataFrame(columns=["day", "line_id", "label"])
     detected = pd.concat(out.values(), ignore_index=True)
     detected = detected[detected["detected"].astype(bool)] if len(detected) else detected
     yield dg.Output(out, metadata={
