@@ -51,8 +51,9 @@ import pyarrow.json as pj
 # The longest line read: a longer one is one `line_too_long` reject, skipped without being
 # held in memory. Real records are 0.6-2 KB.
 MAX_LINE_BYTES = 1 << 20
-# A block of lines holds at most this many bytes (and about MAX_LINES_PER_BLOCK lines), so
-# that a block and what it decodes into stay a few tens of MB whatever the lines are.
+# A block of lines ends once it holds BLOCK_BYTES or MAX_LINES_PER_BLOCK lines (lines are
+# read 1 MiB at a time, so at most 17 MB and 1.3 million lines): a block and what it
+# decodes into stay a few tens of MB whatever the lines are (a million empty lines too).
 BLOCK_BYTES = 16 << 20
 MAX_LINES_PER_BLOCK = 1 << 18
 
