@@ -34,15 +34,13 @@ a reject of that record with its line number, a reason and the value. The reason
 from __future__ import annotations
 
 import io
+import json
 import math
 import queue
-import re
 import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import BinaryIO, Callable, Iterator
-
-import json
 
 import numpy as np
 import orjson
@@ -53,8 +51,9 @@ import pyarrow.json as pj
 # The longest line read: a longer one is one `line_too_long` reject, skipped without being
 # held in memory. Real records are 0.6-2 KB.
 MAX_LINE_BYTES = 1 << 20
-# A block of lines holds at most this many bytes (and about MAX_LINES_PER_BLOCK lines), so
-# that a block and what it decodes into stay a few tens of MB whatever the lines are.
+# A block of lines ends once it holds BLOCK_BYTES or MAX_LINES_PER_BLOCK lines (lines are
+# read 1 MiB at a time, so at most 17 MB and 1.3 million lines): a block and what it
+# decodes into stay a few tens of MB whatever the lines are (a million empty lines too).
 BLOCK_BYTES = 16 << 20
 MAX_LINES_PER_BLOCK = 1 << 18
 
@@ -217,13 +216,6 @@ _DETAIL_CHARS = 200
 _MAX_UNKNOWN_FIELDS = 100  # names kept per block: a hostile input could invent millions
 
 
-@dataclass
-class Reject:
-    line_number: int
-    reason: str
-    detail: str = ""
-
-
 class _Rejects:
     """Rejects of a block, gathered as arrays (a block of a million empty lines is one array)."""
 
@@ -243,16 +235,14 @@ class _Rejects:
         self._one.append((line_number, reason, detail))
 
     def table(self, archive: str) -> pa.Table:
-        if self._one:
-            lines, reasons, details = zip(*self._one)
-            self._one = []
-            by_reason: dict[str, tuple[list, list]] = {}
-            for line, reason, detail in zip(lines, reasons, details):
-                entry = by_reason.setdefault(reason, ([], []))
-                entry[0].append(line)
-                entry[1].append(detail)
-            for reason, (reason_lines, reason_details) in by_reason.items():
-                self.add(np.array(reason_lines), reason, reason_details)
+        by_reason: dict[str, tuple[list, list]] = {}
+        for line, reason, detail in self._one:
+            lines, details = by_reason.setdefault(reason, ([], []))
+            lines.append(line)
+            details.append(detail)
+        self._one = []
+        for reason, (lines, details) in by_reason.items():
+            self.add(np.array(lines), reason, details)
         if not self._lines:
             return REJECTS_SCHEMA.empty_table()
         lines = np.concatenate(self._lines)
@@ -300,6 +290,7 @@ class Block:
     size_bytes: int
     unknown_fields: set[str] = field(default_factory=set)
     stats_problems: list[str] = field(default_factory=list)  # "line N: ..." for unusable stats records
+    warnings: list[str] = field(default_factory=list)  # the block needed the decoder's fallback
 
 
 # ---------------------------------------------------------------- value converters
@@ -774,7 +765,7 @@ def _decode_block(block: bytes, first_line: int, archive: str, first_day: date, 
         chunk_numbers = numbers[row : row + batch.num_rows]
         row += batch.num_rows
         decoded.append(_records(batch, chunk_numbers, state, archive, first_day, last_day))
-    flows = decoded[0] if len(decoded) == 1 else pa.concat_tables(decoded)
+    flows = decoded[0] if len(decoded) == 1 else pa.concat_tables([DECODED_SCHEMA.empty_table(), *decoded])
     return _finish(state, flows, n_lines, len(block))
 
 
@@ -810,28 +801,38 @@ def decode_block(block: bytes, first_line: int, archive: str, first_day: date, l
     """Decode a block of whole lines (ending with a newline) whose first line is `first_line`.
 
     Never raises for what the lines hold: should decoding the block fail all the same (a
-    bug), every line is decoded on its own and a line that still fails becomes a
-    `decode_error` reject, so the rest of the block is kept.
+    bug), it is decoded again in halves, down to the line that fails, which becomes a
+    `decode_error` reject; the rest of the block is kept and a warning says so.
     """
     try:
         return _decode_block(block, first_line, archive, first_day, last_day)
-    except Exception:
-        return _decode_lines_alone(block, first_line, archive, first_day, last_day)
+    except Exception as exc:
+        lines = block.split(b"\n")[:-1]
+        parts = _decode_in_halves(lines, first_line, archive, first_day, last_day)
+        warning = (f"lines {first_line:,}-{first_line + len(lines) - 1:,}: decoded in parts after an internal "
+                   f"error ({type(exc).__name__}: {exc})"[:300])
+        return _merge(parts, block, archive, warning)
 
 
-def _decode_lines_alone(block: bytes, first_line: int, archive: str, first_day: date, last_day: date) -> Block:
-    parts: list[Block] = []
-    errors = _Rejects()
-    for offset, line in enumerate(block.split(b"\n")[:-1]):
-        try:
-            parts.append(_decode_block(line + b"\n", first_line + offset, archive, first_day, last_day))
-        except Exception as exc:
-            errors.add_one(first_line + offset, "decode_error", f"{type(exc).__name__}: {exc}"[:_DETAIL_CHARS])
+def _decode_in_halves(lines: list[bytes], first_line: int, archive: str, first_day: date,
+                      last_day: date) -> list[Block]:
+    try:
+        return [_decode_block(b"\n".join(lines) + b"\n", first_line, archive, first_day, last_day)]
+    except Exception as exc:
+        if len(lines) == 1:
+            rejects = _Rejects()
+            rejects.add_one(first_line, "decode_error", f"{type(exc).__name__}: {exc}"[:_DETAIL_CHARS])
+            return [Block(DECODED_SCHEMA.empty_table(), rejects.table(archive), 0, None, 0, 1, len(lines[0]) + 1)]
+        half = len(lines) // 2
+        return (_decode_in_halves(lines[:half], first_line, archive, first_day, last_day)
+                + _decode_in_halves(lines[half:], first_line + half, archive, first_day, last_day))
+
+
+def _merge(parts: list[Block], block: bytes, archive: str, warning: str) -> Block:
     stats = [p for p in parts if p.stats_lines]
-    rejects = pa.concat_tables([p.rejects for p in parts] + [errors.table(archive)])
     return Block(
         flows=pa.concat_tables([DECODED_SCHEMA.empty_table()] + [p.flows for p in parts]),
-        rejects=rejects.sort_by("line_number"),
+        rejects=pa.concat_tables([REJECTS_SCHEMA.empty_table()] + [p.rejects for p in parts]),
         stats_lines=sum(p.stats_lines for p in parts),
         stats_exported=stats[-1].stats_exported if stats else None,
         tombstones=sum(p.tombstones for p in parts),
@@ -839,6 +840,7 @@ def _decode_lines_alone(block: bytes, first_line: int, archive: str, first_day: 
         size_bytes=len(block),
         unknown_fields=set().union(*(p.unknown_fields for p in parts)),
         stats_problems=[problem for p in parts for problem in p.stats_problems][:10],
+        warnings=[warning],
     )
 
 

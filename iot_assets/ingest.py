@@ -319,7 +319,7 @@ def _add_block(summary: ArchiveSummary, block: Block, flows: _FlowWriter, reject
         summary.stats_lines += block.stats_lines
         summary.stats_exported = block.stats_exported
     if len(stats_problems) < 10:
-        stats_problems.extend(block.stats_problems[: 10 - len(stats_problems)])
+        stats_problems.extend((block.stats_problems + block.warnings)[: 10 - len(stats_problems)])
     summary.decoded += block.flows.num_rows
     if len(unknown) < 100:
         unknown |= block.unknown_fields

@@ -22,7 +22,7 @@ import json
 import random
 import tarfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from isal import isal_zlib

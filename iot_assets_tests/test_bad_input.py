@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from iot_assets import archive as archive_module
 from iot_assets.archive import ArchiveError, ArchiveFile, find_archives, group_archives, open_json_member
 from iot_assets.cli import main
-from iot_assets.decode import MAX_LINE_BYTES
+from iot_assets import decode as decode_module
+from iot_assets.decode import MAX_LINE_BYTES, decode_block
 from iot_assets.ingest import decode_archive, read_summary
 from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY, flow_line, json_archive, trailer, write_tar_gz
 
@@ -538,3 +539,30 @@ def test_group_archives_takes_any_part_paths(tmp_path):
     archives, errors = group_archives(paths)
     assert not errors
     assert archives == [ArchiveFile("a", (paths[1], paths[0])), ArchiveFile("b", (paths[2],))]
+
+
+def test_blocks_of_nothing_but_blank_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr(decode_module, "BLOCK_BYTES", 4096)  # many blocks, most of them blank
+    body = numbered_line(1) + b"\n" * 20_000 + b"  \n" * 5_000 + numbered_line(25_002) + trailer(25_002)
+    summary = decode_one(json_archive(tmp_path / "raw" / "nature_remo.tar.gz", body), tmp_path)
+    assert summary.rejects_by_reason == {"empty_line": 25_000} and summary.decoded == 2
+    assert summary.reconciled and not summary.warnings
+
+
+def test_an_internal_error_costs_one_line_not_the_block(monkeypatch):
+    """Should the decoder itself fail on a record (a bug), that record becomes a `decode_error`
+    reject and the block around it is decoded in halves."""
+    real_convert = decode_module._convert
+
+    def fragile(flows, line_numbers, *args):
+        if 5 in line_numbers.tolist():
+            raise RuntimeError("a bug")
+        return real_convert(flows, line_numbers, *args)
+
+    monkeypatch.setattr(decode_module, "_convert", fragile)
+    block = decode_block(b"".join(numbered_line(k) for k in range(1, 10)), 1, "nature_remo", FIRST_DAY, LAST_DAY)
+    assert block.flows.column("line_number").to_pylist() == [1, 2, 3, 4, 6, 7, 8, 9]
+    assert block.rejects.select(["line_number", "reason", "detail"]).to_pylist() == [
+        {"line_number": 5, "reason": "decode_error", "detail": "RuntimeError: a bug"}]
+    assert block.lines == 9 and block.warnings == [
+        "lines 1-9: decoded in parts after an internal error (RuntimeError: a bug)"]

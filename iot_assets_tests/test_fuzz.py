@@ -121,7 +121,9 @@ def run_case(case: Case, bases: list[Base], clean: dict, tmp_path: Path, monkeyp
     assert len(set(decoded)) == len(decoded) and len(rejected) == len(rejects)
     assert not set(decoded) & set(rejected)
     assert all(1 <= n <= summary.lines for n in list(decoded) + list(rejected))
-    assert "decode_error" not in summary.rejects_by_reason, rejects  # every failure has its own reason
+    # Every failure has its own reason: the decoder's fallback for its own errors was never needed.
+    assert "decode_error" not in summary.rejects_by_reason, rejects
+    assert not [w for w in summary.warnings if "internal error" in w], summary.warnings
     assert summary.reconciled == (summary.error is None and summary.stats_exported == summary.flow_records)
     if summary.error is None:
         assert summary.unreadable == 0 and summary.damaged_at_line is None
