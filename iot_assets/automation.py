@@ -6,19 +6,19 @@ from __future__ import annotations
 import dagster as dg
 
 from iot_assets.jobs import daily_job, ingest_archives_job, training_job
-from iot_assets.partitions import daily_partitions
+from iot_assets.partitions import DAYS_PER_RUN, daily_partitions
 from iot_assets.storage.staging import ArchiveStore
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
-def day_ranges(days: list[str]) -> list[tuple[str, str]]:
-    """Consecutive runs of partition keys, as (first, last) pairs."""
+def day_ranges(days: list[str], most: int = DAYS_PER_RUN) -> list[tuple[str, str]]:
+    """Consecutive runs of partition keys, as (first, last) pairs of at most `most` days."""
     keys = daily_partitions.get_partition_keys()
     index = {key: i for i, key in enumerate(keys)}
     ranges: list[tuple[str, str]] = []
     for day in sorted(d for d in days if d in index):
-        if ranges and index[day] == index[ranges[-1][1]] + 1:
+        if ranges and index[day] == index[ranges[-1][1]] + 1 and index[day] - index[ranges[-1][0]] < most:
             ranges[-1] = (ranges[-1][0], day)
         else:
             ranges.append((day, day))

@@ -14,8 +14,11 @@ daily_partitions = dg.DailyPartitionsDefinition(
     timezone="UTC",
 )
 
-# A range of days in one run (a backfill, `iot-assets run`): each day is still its own file.
-single_run = dg.BackfillPolicy.single_run()
+# Ranges of days in one run (a backfill, `iot-assets run`), at most DAYS_PER_RUN each: the
+# per-run cost (a process, loading the models) is paid once per range, and the memory a run
+# holds grows with its days, not with the backfill. Each day is still its own file.
+DAYS_PER_RUN = SETTINGS.days_per_run
+ranged_backfill = dg.BackfillPolicy.multi_run(max_partitions_per_run=DAYS_PER_RUN)
 # Beta parameters in Dagster 1.13 that every daily asset and every model uses.
 for _parameter in ("backfill_policy", "data_version"):
     warnings.filterwarnings("ignore", message=f"Parameter `{_parameter}`", category=dg.BetaWarning)

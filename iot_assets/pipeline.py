@@ -16,6 +16,7 @@ import dagster as dg
 from tqdm import tqdm
 
 from iot_assets.automation import range_tags
+from iot_assets.partitions import DAYS_PER_RUN
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}  # failures are summarised at the end
 STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scoring_job", "reports_job")
@@ -90,7 +91,8 @@ def run_stages(defs: dg.Definitions, instance: dg.DagsterInstance, days: list[st
         if job.partitions_def is None:
             outcome.record(job_name, job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False))
         else:
-            _run_days(job, days, instance, outcome)
+            for start in range(0, len(days), DAYS_PER_RUN):
+                _run_days(job, days[start:start + DAYS_PER_RUN], instance, outcome)
         span = f" ({len(days)} days)" if job.partitions_def else ""
         outcome.echo(f"{job_name}: {time.perf_counter() - t0:.1f} s{span}, peak RSS {peak_rss_mb():,.0f} MB")
 

@@ -63,6 +63,7 @@ class Settings:
     lines_csv: str = ""  # device_mac,line_id[,since]: subscriber lines; empty: synthetic lines
     sampling: str = "1,100,1000"  # packet sampling rates 1:N of the line views
     line_window_days: int = 3  # days of line views a line inventory accumulates
+    days_per_run: int = 7  # days a backfill run of the daily assets covers at most
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -90,6 +91,7 @@ class Settings:
             lines_csv=env.get("IOT_ASSETS_LINES", "").strip(),
             sampling=env.get("IOT_ASSETS_SAMPLING", "").strip() or "1,100,1000",
             line_window_days=int(_parse_number(env, "IOT_ASSETS_LINE_WINDOW_DAYS", 3, 1, 30)),
+            days_per_run=int(_parse_number(env, "IOT_ASSETS_DAYS_PER_RUN", 7, 1, 366)),
         )
 
     @property

@@ -10,7 +10,7 @@ from iot_assets import anomaly, classifier, drift
 from iot_assets.exploration import exploration
 from iot_assets.inventory import predict_inventory
 from iot_assets.features import CONTEXT_HOURS, FEATURES, build_windows
-from iot_assets.partitions import daily_partitions, previous_day, single_run
+from iot_assets.partitions import daily_partitions, previous_day, ranged_backfill
 from iot_assets.resources import ModelSettings
 from iot_assets.storage.models import JsonDocument, model_version
 from iot_assets.storage.reports import ReportFiles
@@ -33,7 +33,7 @@ def concat_days(by_day: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=ranged_backfill,
     group_name="behaviour",
     io_manager_key="lake_io_manager",
     ins={"clean_flows": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE)},
@@ -108,7 +108,7 @@ def device_classifier(context: dg.AssetExecutionContext, device_windows: dict[st
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=ranged_backfill,
     group_name="behaviour",
     io_manager_key="lake_io_manager",
     check_specs=[
@@ -195,7 +195,7 @@ SCORE_COLUMNS = ["device_mac", "window_start", "score", "threshold", "top_featur
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=ranged_backfill,
     group_name="behaviour",
     io_manager_key="lake_io_manager",
     check_specs=[dg.AssetCheckSpec("anomaly_rate_in_bounds", asset="anomaly_scores",
@@ -249,7 +249,7 @@ def drift_reference(context: dg.AssetExecutionContext, device_windows: dict[str,
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=ranged_backfill,
     group_name="behaviour",
     io_manager_key="lake_io_manager",
     check_specs=[dg.AssetCheckSpec("feature_drift", asset="feature_drift",

@@ -8,7 +8,7 @@ import pandas as pd
 from iot_assets import exposure
 from iot_assets.assets.behaviour import EVERY_BUILT_DAY, concat_days
 from iot_assets.inject import EXPOSURE_EPISODE_TYPES
-from iot_assets.partitions import daily_partitions, previous_day, single_run
+from iot_assets.partitions import daily_partitions, previous_day, ranged_backfill
 from iot_assets.reports.exposure import worklist_markdown
 from iot_assets.resources import ExposureSettings, ModelSettings
 from iot_assets.storage.reports import ReportFiles
@@ -32,7 +32,7 @@ def _coverage_note(coverage: pd.DataFrame) -> pd.DataFrame:
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=ranged_backfill,
     group_name="exposure",
     io_manager_key="lake_io_manager",
     ins={

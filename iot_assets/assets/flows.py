@@ -12,7 +12,7 @@ from iot_assets import catalogue
 from iot_assets.clean import to_device_centric
 from iot_assets.decode import DECODED_SCHEMA
 from iot_assets.ingest import ArchiveSummary
-from iot_assets.partitions import daily_partitions, single_run
+from iot_assets.partitions import daily_partitions, ranged_backfill
 from iot_assets.schemas import CleanFlows, DecodedFlows, FlowRejects, column_schema
 from iot_assets.storage.lake import prune_outside
 from iot_assets.storage.reports import ReportFiles
@@ -200,7 +200,7 @@ def days_check(name: str, asset: str, failures: dict[str, str], passed_note: str
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=ranged_backfill,
     group_name="ingest",
     io_manager_key="lake_io_manager",
     check_specs=[
@@ -265,7 +265,7 @@ def flow_sample(clean: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 @dg.multi_asset(
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=ranged_backfill,
     group_name="ingest",
     outs={
         "clean_flows": dg.AssetOut(io_manager_key="lake_io_manager", metadata={"dagster/column_schema": column_schema(CleanFlows)},

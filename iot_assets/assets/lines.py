@@ -11,7 +11,7 @@ import pandera.errors
 from iot_assets import lines
 from iot_assets.classifier import time_split
 from iot_assets.assets.behaviour import EVERY_BUILT_DAY
-from iot_assets.partitions import daily_partitions, previous_day, single_run
+from iot_assets.partitions import daily_partitions, previous_day, ranged_backfill
 from iot_assets.reports.html import page
 from iot_assets.reports.lines import metrics_fragment_html, metrics_table_markdown
 from iot_assets.resources import LineSettings, ModelSettings
@@ -66,7 +66,7 @@ def line_membership(context: dg.AssetExecutionContext, raw_archives: pd.DataFram
 
 @dg.multi_asset(
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=ranged_backfill,
     group_name="lines",
     outs={
         "line_views": dg.AssetOut(io_manager_key="lake_io_manager",
@@ -137,7 +137,7 @@ def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows: dict[str
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=ranged_backfill,
     group_name="lines",
     io_manager_key="lake_io_manager",
     ins={"line_views": dg.AssetIn(partition_mapping=WINDOW_AND_DAY_BEFORE), "endpoint_signatures": dg.AssetIn()},

@@ -12,7 +12,7 @@ from iot_assets.anomaly import AnomalyDetector
 from iot_assets.assets.behaviour import EVERY_BUILT_DAY, concat_days
 from iot_assets.automation import AFTER_ITS_INPUTS
 from iot_assets.classifier import DeviceClassifier
-from iot_assets.partitions import daily_partitions, single_run
+from iot_assets.partitions import daily_partitions, ranged_backfill
 from iot_assets.reports.exposure import exposure_section_html, fleet_view_html
 from iot_assets.reports.pages import daily_page, model_page
 from iot_assets.resources import ModelSettings
@@ -25,7 +25,7 @@ with warnings.catch_warnings():
     TWO_WEEKS = dg.TimeWindowPartitionMapping(start_offset=-13, allow_nonexistent_upstream_partitions=True)
 
 
-@dg.asset(partitions_def=daily_partitions, backfill_policy=single_run, group_name="reports",
+@dg.asset(partitions_def=daily_partitions, backfill_policy=ranged_backfill, group_name="reports",
           ins={"device_exposure": dg.AssetIn(partition_mapping=TWO_WEEKS, metadata={"allow_missing_partitions": True})})
 def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device_inventory: dict[str, pd.DataFrame],
                  anomaly_scores: dict[str, pd.DataFrame], feature_drift: dict[str, pd.DataFrame],

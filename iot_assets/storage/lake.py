@@ -14,6 +14,7 @@ file (a hive reader would see two `day` fields) and is restored from the path on
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 
 import dagster as dg
 import pandas as pd
