@@ -116,6 +116,7 @@ def _daily_profile(path) -> dict:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["nature_remo", "au_network_camera", "xiaomi_mijia_led"])
 def test_generated_statistics_match_the_real_archive(real_data, tmp_path, device):
     real = _daily_profile(real_data / f"{device}.tar.gz")
