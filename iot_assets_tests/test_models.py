@@ -75,3 +75,59 @@ def test_classifier_round_trips_through_json_files():
     np.testing.assert_allclose(loaded.predict_proba(windows), model.predict_proba(windows))
     with pytest.raises(ValueError, match="model.json"):
         classifier.DeviceClassifier.from_files({**files, "model.json": pickle.dumps(booster)})
+
+
+def small_booster(monkeypatch):
+    """Few trees: the tests judge the open-set logic, not XGBoost."""
+    monkeypatch.setattr(classifier, "BOOSTER", dict(n_estimators=10, max_depth=3, learning_rate=0.3))
+
+
+def test_a_device_never_trained_is_unknown_with_its_nearest_model_as_hint(monkeypatch):
+    small_booster(monkeypatch)
+    windows = synthetic_windows(devices=4, days=6)
+    split = classifier.TimeSplit.of(windows, 0.7)
+    left_out = windows["device_name"] == "device 3"
+    model, metrics, _ = classifier.train_and_evaluate(windows[~left_out], split, seed=0)
+    assert model.novelty.labels == ["device 0", "device 1", "device 2"]
+    assert np.isfinite(model.novelty.threshold) and model.novelty.threshold > 0
+    # Known devices' later days are named, at day level.
+    assert metrics["day_level"]["accuracy"] == 1.0 and metrics["day_level"]["device_days"] == 3 * 2
+    day = split.eval_days[0]
+    inventory = classifier.predict_inventory(model, windows, day)
+    assert list(inventory.columns) == classifier.INVENTORY_COLUMNS
+    by_mac = inventory.set_index("device_mac")
+    stranger = by_mac.loc["02:00:00:00:00:03"]
+    # device 3's features sit 0.5 above device 2's: unknown, and device 2 is the hint.
+    assert stranger["status"] == "unknown" and stranger["predicted_device"] is None
+    assert stranger["nearest_known"] == "device 2" and stranger["novelty"] > 1
+    known = by_mac.drop(index="02:00:00:00:00:03")
+    assert (known["status"] == "known").all() and (known["novelty"] < 1).all()
+    assert known["predicted_device"].tolist() == ["device 0", "device 1", "device 2"]
+    assert inventory["day"].eq(day).all() and inventory["windows"].eq(24).all()
+
+
+def test_leave_one_device_out_reports_unknown_days_per_device(monkeypatch):
+    windows = synthetic_windows(devices=3, days=6)
+    split = classifier.TimeSplit.of(windows, 0.7)
+    result = classifier.open_set_evaluation(windows, split, seed=0,
+                                            booster_params=dict(n_estimators=5, max_depth=2, learning_rate=0.3))
+    assert set(result["left_out"]) == {"device 0", "device 1", "device 2"}
+    assert all(v["eval_days"] == 2 for v in result["left_out"].values())
+    # Each device is 0.5 (1.7 spreads) from its neighbour in every feature: never taken for one.
+    assert result["left_out_unknown_share"] == 1.0 and result["left_out_device_days"] == 6
+    assert result["known_days_named_correctly"] == 1.0 and result["known_device_days"] == 3 * 2 * 2
+    assert result["left_out"]["device 0"]["nearest_known"] == "device 1"
+
+
+def test_classifier_with_novelty_round_trips_and_refuses_a_pickled_npz(monkeypatch):
+    small_booster(monkeypatch)
+    windows = synthetic_windows(devices=3, days=4)
+    model, _, _ = classifier.train_and_evaluate(windows, classifier.TimeSplit.of(windows, 0.75), seed=0)
+    files = model.to_files()
+    assert set(files) == {"model.json", "meta.json", "novelty.npz"}
+    loaded = classifier.DeviceClassifier.from_files(files)
+    day = "2019-07-04"
+    pd.testing.assert_frame_equal(classifier.predict_inventory(loaded, windows, day),
+                                  classifier.predict_inventory(model, windows, day))
+    with pytest.raises(ValueError, match="novelty.npz"):
+        classifier.DeviceClassifier.from_files({**files, "novelty.npz": pickle.dumps({"center": np.zeros(3)})})
