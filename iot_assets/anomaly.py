@@ -36,7 +36,30 @@ DETECTORS = {
 }
 DEFAULT_DETECTOR = "KNN"
 SHRINK = 2.0
+MIN_ALARM_SPREADS = 2.0  # beyond the SHRINK band: the least deviation of one feature that can alert
 EPISODE_TYPES = ("scan", "flood", "exfiltration", "beaconing", "firmware_change")
+
+
+def spread_floors(features: list[str], center: np.ndarray) -> np.ndarray:
+    """The smallest spread a feature may have: the least change that means something.
+
+    A feature that barely varied in training (a 24-hour NTP share of 0.0004) got a spread
+    of almost nothing, and the first ordinary wobble scored 8 to 18 spreads: whole days of
+    false alarms on the sample's Sony Bravia and I-O Data QWatch. Shares must move by ten
+    points in an hour (a window of ten flows moves a share by 0.1 with one flow) or five
+    points over 24 hours; log-scaled counts and sizes by 0.5 (a factor 1.6) in an hour or
+    0.3 over 24 hours; payload bytes per packet by 20 bytes or 10%.
+    """
+    floors = np.empty(len(features))
+    for i, name in enumerate(features):
+        hourly = name.startswith("w_")
+        if "_share" in name:
+            floors[i] = 0.1 if hourly else 0.05
+        elif "payload_per_pkt" in name:
+            floors[i] = max(20.0, 0.1 * abs(center[i]))
+        else:  # log1p counts, bytes, durations, flows per address
+            floors[i] = 0.5 if hourly else 0.3
+    return floors
 
 
 @dataclass
@@ -81,8 +104,11 @@ class AnomalyDetector:
 
         Scores of the windows a detector was fitted on are optimistic. Each block of two
         days (48 hourly windows) is scored by a detector fitted on the other blocks, and the
-        threshold is the quantile of those held-out scores at the target false-positive rate.
-        Short blocks keep the held-out detectors close to the final one.
+        threshold is the quantile of those held-out scores at the target false-positive rate,
+        never below the score of the least alarming change (`_least_alarm`). The held-out
+        detectors keep the device's scaling from all its windows: refitting the scale
+        without a block made a camera's one video burst in that block look twenty spreads
+        out, and a threshold of 19 masked every later attack on it.
         """
         self.seed = seed
         for mac, part in windows.sort_values("window_start").groupby("device_mac"):
@@ -91,16 +117,34 @@ class AnomalyDetector:
                 continue  # under two days of history: too little to know the device's normal
             model = self._fit_one(x, seed)
             blocks = np.array_split(np.arange(len(x)), max(2, len(x) // block_windows))
-            held_out = np.concatenate(
-                [self._fit_one(np.delete(x, block, axis=0), seed).raw_scores(self, x[block]) for block in blocks])
-            model.threshold = float(np.quantile(held_out, 1 - self.target_fpr))
+            held_out = []
+            for block in blocks:
+                rest = np.delete(model.train_scaled, block, axis=0)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    held_out.append(self._fit_detector(rest, seed).decision_function(model.train_scaled[block]))
+            held_out = np.concatenate(held_out)
+            model.threshold = max(float(np.quantile(held_out, 1 - self.target_fpr)), self._least_alarm(model))
             self.devices[mac] = model
         return self
 
+    def _least_alarm(self, model: DeviceModel) -> float:
+        """The score of the smallest change worth an alert: one feature MIN_ALARM_SPREADS
+        spreads beyond the usual band of its median (the median of that score over the
+        features). A device whose held-out windows all scored zero otherwise got a threshold
+        of zero, and any wobble past the band became an alert."""
+        probes = np.tile(model.center, (len(self.features), 1))
+        probes[np.arange(len(self.features)), np.arange(len(self.features))] += (SHRINK + MIN_ALARM_SPREADS) * model.spread
+        return float(np.median(model.raw_scores(self, probes)))
+
     def _fit_one(self, x: np.ndarray, seed: int) -> DeviceModel:
         center = np.median(x, axis=0)
-        spread = np.quantile(x, 0.9, axis=0) - np.quantile(x, 0.1, axis=0)
-        spread = np.where(spread > 1e-9, spread, np.maximum(np.abs(center) * 0.1, 0.05))
+        # The 10th-90th percentile range, or half the 1st-99th for heavy-tailed features (a
+        # camera's video hours): otherwise its ordinary bursts sit ten spreads out and mask a
+        # new service twelve spreads out.
+        spread = np.maximum(np.quantile(x, 0.9, axis=0) - np.quantile(x, 0.1, axis=0),
+                            (np.quantile(x, 0.99, axis=0) - np.quantile(x, 0.01, axis=0)) / 2)
+        spread = np.maximum(spread, spread_floors(self.features, center))
         model = DeviceModel(center, spread, None, 0.0)
         model.train_scaled = self._scaled(model, x)
         model.detector = self._fit_detector(model.train_scaled, seed)
