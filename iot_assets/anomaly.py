@@ -9,6 +9,7 @@ window's score are those furthest from the device's usual values.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import warnings
@@ -40,21 +41,45 @@ MIN_ALARM_SPREADS = 2.0  # beyond the SHRINK band: the least deviation of one fe
 EPISODE_TYPES = ("scan", "flood", "exfiltration", "beaconing", "firmware_change")
 
 
+RARE_SHARE = 0.05  # the usual share assumed for a service a device (almost) never used
+
+
+@functools.lru_cache(maxsize=8)
+def share_counts(features: tuple[str, ...]) -> np.ndarray:
+    """For each hourly share, the index of the count it is a share of (-1 for other features).
+
+    Service and port shares are shares of the device's own flows, unanswered flows of the
+    flows it started, the rest of all its flows.
+    """
+    def count_of(name: str) -> str | None:
+        if not (name.startswith("w_") and "_share" in name):
+            return None
+        if name.startswith(("w_svc_", "w_port_b")):
+            return "w_log_own_flows"
+        if name.startswith("w_unanswered"):
+            return "w_log_dev_flows"
+        return "w_log_flows"
+    position = {name: i for i, name in enumerate(features)}
+    return np.array([position.get(count_of(name), -1) if count_of(name) else -1 for name in features])
+
+
 def spread_floors(features: list[str], center: np.ndarray) -> np.ndarray:
     """The smallest spread a feature may have: the least change that means something.
 
     A feature that barely varied in training (a 24-hour NTP share of 0.0004) got a spread
     of almost nothing, and the first ordinary wobble scored 8 to 18 spreads: whole days of
-    false alarms on the sample's Sony Bravia and I-O Data QWatch. Shares must move by ten
-    points in an hour (a window of ten flows moves a share by 0.1 with one flow) or five
-    points over 24 hours; log-scaled counts and sizes by 0.5 (a factor 1.6) in an hour or
-    0.3 over 24 hours; payload bytes per packet by 20 bytes or 10%.
+    false alarms on the sample's Sony Bravia and I-O Data QWatch. Shares must move by five
+    points over 24 hours; an hourly share is read against the noise of its window's own
+    flow count instead (binomial, applied when scaling), or ten points when its count
+    is not a feature; log-scaled counts and sizes by 0.5 (a factor 1.6) in an hour or 0.3
+    over 24 hours; payload bytes per packet by 20 bytes or 10%.
     """
+    counts = share_counts(tuple(features))
     floors = np.empty(len(features))
     for i, name in enumerate(features):
         hourly = name.startswith("w_")
         if "_share" in name:
-            floors[i] = 0.1 if hourly else 0.05
+            floors[i] = (0.02 if counts[i] >= 0 else 0.1) if hourly else 0.05
         elif "payload_per_pkt" in name:
             floors[i] = max(20.0, 0.1 * abs(center[i]))
         else:  # log1p counts, bytes, durations, flows per address
@@ -96,7 +121,18 @@ class AnomalyDetector:
         """Robust z-scores, less the usual variation: within two spreads of its median a
         feature counts as zero, so that a hundred features varying as they always do do
         not drown the few that moved."""
-        z = np.clip((x - model.center) / model.spread, -50, 50)
+        spread = np.broadcast_to(model.spread, x.shape).copy()
+        counts = share_counts(tuple(self.features))
+        hourly_share = counts >= 0
+        if hourly_share.any():
+            # The binomial noise of a share of n flows around the device's usual share p:
+            # sqrt(p (1 - p) / n), with p at least RARE_SHARE so that a service the device
+            # never used is not news at its first flow, and at most 0.5.
+            flows = np.expm1(x[:, counts[hourly_share]]).clip(min=1.0)
+            usual = np.clip(model.center[hourly_share], RARE_SHARE, 0.5)
+            noise = np.sqrt(usual * (1 - usual) / flows)
+            spread[:, hourly_share] = np.maximum(spread[:, hourly_share], noise)
+        z = np.clip((x - model.center) / spread, -50, 50)
         return np.sign(z) * np.maximum(np.abs(z) - SHRINK, 0.0)
 
     def fit(self, windows: pd.DataFrame, seed: int, block_windows: int = 48) -> "AnomalyDetector":
