@@ -241,6 +241,17 @@ class AnomalyDetector:
             detector.devices[entry["device_mac"]] = model
         return detector
 
+    def deviations(self, windows: pd.DataFrame) -> pd.DataFrame:
+        """Per window and feature: how far beyond its usual band, in the device's spreads
+        (signed; 0 within the band; NaN for devices without a model). Incidents read their
+        kind from these."""
+        out = pd.DataFrame(np.nan, index=windows.index, columns=self.features)
+        for mac, part in windows.groupby("device_mac"):
+            model = self.devices.get(mac)
+            if model is not None:
+                out.loc[part.index] = self._scaled(model, part[self.features].to_numpy(dtype=float))
+        return out
+
     def score(self, windows: pd.DataFrame, top: int = 3) -> pd.DataFrame:
         """Score, flag and the most deviating features per window; NaN for devices without a model."""
         out = windows[["device_mac", "window_start"]].copy()
