@@ -39,7 +39,6 @@ from iot_assets.decode import DECODED_SCHEMA  # noqa: E402
 from iot_assets.exploration import exploration  # noqa: E402
 from iot_assets.features import CONTEXT_HOURS, build_windows  # noqa: E402
 from iot_assets.ingest import decode_archive  # noqa: E402
-from iot_assets.inventory import predict_inventory  # noqa: E402
 from iot_assets.partitions import day_bounds  # noqa: E402
 from iot_assets.pipeline import peak_rss_mb, reset_peak_rss  # noqa: E402
 from iot_assets.reports.pages import daily_page, model_page  # noqa: E402
@@ -121,7 +120,7 @@ def floor(raw: Path, first_day: date, last_day: date, seed: int = 0) -> tuple[di
         score_days = scores["window_start"].dt.strftime("%Y-%m-%d")
         drifts = {}
         for day in days:
-            inventory = predict_inventory(model, windows_by_day[day], day)
+            inventory = classifier.predict_inventory(model, windows_by_day[day], day)
             drifts[day] = drift.day_drift(windows_by_day[day], reference)
             daily_page(day, inventory, scores[score_days == day], drifts[day], windows_by_day[day])
         return scores, drifts

@@ -9,6 +9,7 @@ window's score are those furthest from the device's usual values.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import warnings
@@ -36,7 +37,54 @@ DETECTORS = {
 }
 DEFAULT_DETECTOR = "KNN"
 SHRINK = 2.0
+MIN_ALARM_SPREADS = 2.0  # beyond the SHRINK band: the least deviation of one feature that can alert
 EPISODE_TYPES = ("scan", "flood", "exfiltration", "beaconing", "firmware_change")
+
+
+RARE_SHARE = 0.05  # the usual share assumed for a service a device (almost) never used
+
+
+@functools.lru_cache(maxsize=8)
+def share_counts(features: tuple[str, ...]) -> np.ndarray:
+    """For each hourly share, the index of the count it is a share of (-1 for other features).
+
+    Service and port shares are shares of the device's own flows, unanswered flows of the
+    flows it started, the rest of all its flows.
+    """
+    def count_of(name: str) -> str | None:
+        if not (name.startswith("w_") and "_share" in name):
+            return None
+        if name.startswith(("w_svc_", "w_port_b")):
+            return "w_log_own_flows"
+        if name.startswith("w_unanswered"):
+            return "w_log_dev_flows"
+        return "w_log_flows"
+    position = {name: i for i, name in enumerate(features)}
+    return np.array([position.get(count_of(name), -1) if count_of(name) else -1 for name in features])
+
+
+def spread_floors(features: list[str], center: np.ndarray) -> np.ndarray:
+    """The smallest spread a feature may have: the least change that means something.
+
+    A feature that barely varied in training (a 24-hour NTP share of 0.0004) got a spread
+    of almost nothing, and the first ordinary wobble scored 8 to 18 spreads: whole days of
+    false alarms on the sample's Sony Bravia and I-O Data QWatch. Shares must move by five
+    points over 24 hours; an hourly share is read against the noise of its window's own
+    flow count instead (binomial, applied when scaling), or ten points when its count
+    is not a feature; log-scaled counts and sizes by 0.5 (a factor 1.6) in an hour or 0.3
+    over 24 hours; payload bytes per packet by 20 bytes or 10%.
+    """
+    counts = share_counts(tuple(features))
+    floors = np.empty(len(features))
+    for i, name in enumerate(features):
+        hourly = name.startswith("w_")
+        if "_share" in name:
+            floors[i] = (0.02 if counts[i] >= 0 else 0.1) if hourly else 0.05
+        elif "payload_per_pkt" in name:
+            floors[i] = max(20.0, 0.1 * abs(center[i]))
+        else:  # log1p counts, bytes, durations, flows per address
+            floors[i] = 0.5 if hourly else 0.3
+    return floors
 
 
 @dataclass
@@ -73,7 +121,18 @@ class AnomalyDetector:
         """Robust z-scores, less the usual variation: within two spreads of its median a
         feature counts as zero, so that a hundred features varying as they always do do
         not drown the few that moved."""
-        z = np.clip((x - model.center) / model.spread, -50, 50)
+        spread = np.broadcast_to(model.spread, x.shape).copy()
+        counts = share_counts(tuple(self.features))
+        hourly_share = counts >= 0
+        if hourly_share.any():
+            # The binomial noise of a share of n flows around the device's usual share p:
+            # sqrt(p (1 - p) / n), with p at least RARE_SHARE so that a service the device
+            # never used is not news at its first flow, and at most 0.5.
+            flows = np.expm1(x[:, counts[hourly_share]]).clip(min=1.0)
+            usual = np.clip(model.center[hourly_share], RARE_SHARE, 0.5)
+            noise = np.sqrt(usual * (1 - usual) / flows)
+            spread[:, hourly_share] = np.maximum(spread[:, hourly_share], noise)
+        z = np.clip((x - model.center) / spread, -50, 50)
         return np.sign(z) * np.maximum(np.abs(z) - SHRINK, 0.0)
 
     def fit(self, windows: pd.DataFrame, seed: int, block_windows: int = 48) -> "AnomalyDetector":
@@ -81,8 +140,11 @@ class AnomalyDetector:
 
         Scores of the windows a detector was fitted on are optimistic. Each block of two
         days (48 hourly windows) is scored by a detector fitted on the other blocks, and the
-        threshold is the quantile of those held-out scores at the target false-positive rate.
-        Short blocks keep the held-out detectors close to the final one.
+        threshold is the quantile of those held-out scores at the target false-positive rate,
+        never below the score of the least alarming change (`_least_alarm`). The held-out
+        detectors keep the device's scaling from all its windows: refitting the scale
+        without a block made a camera's one video burst in that block look twenty spreads
+        out, and a threshold of 19 masked every later attack on it.
         """
         self.seed = seed
         for mac, part in windows.sort_values("window_start").groupby("device_mac"):
@@ -91,16 +153,34 @@ class AnomalyDetector:
                 continue  # under two days of history: too little to know the device's normal
             model = self._fit_one(x, seed)
             blocks = np.array_split(np.arange(len(x)), max(2, len(x) // block_windows))
-            held_out = np.concatenate(
-                [self._fit_one(np.delete(x, block, axis=0), seed).raw_scores(self, x[block]) for block in blocks])
-            model.threshold = float(np.quantile(held_out, 1 - self.target_fpr))
+            held_out = []
+            for block in blocks:
+                rest = np.delete(model.train_scaled, block, axis=0)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    held_out.append(self._fit_detector(rest, seed).decision_function(model.train_scaled[block]))
+            held_out = np.concatenate(held_out)
+            model.threshold = max(float(np.quantile(held_out, 1 - self.target_fpr)), self._least_alarm(model))
             self.devices[mac] = model
         return self
 
+    def _least_alarm(self, model: DeviceModel) -> float:
+        """The score of the smallest change worth an alert: one feature MIN_ALARM_SPREADS
+        spreads beyond the usual band of its median (the median of that score over the
+        features). A device whose held-out windows all scored zero otherwise got a threshold
+        of zero, and any wobble past the band became an alert."""
+        probes = np.tile(model.center, (len(self.features), 1))
+        probes[np.arange(len(self.features)), np.arange(len(self.features))] += (SHRINK + MIN_ALARM_SPREADS) * model.spread
+        return float(np.median(model.raw_scores(self, probes)))
+
     def _fit_one(self, x: np.ndarray, seed: int) -> DeviceModel:
         center = np.median(x, axis=0)
-        spread = np.quantile(x, 0.9, axis=0) - np.quantile(x, 0.1, axis=0)
-        spread = np.where(spread > 1e-9, spread, np.maximum(np.abs(center) * 0.1, 0.05))
+        # The 10th-90th percentile range, or half the 1st-99th for heavy-tailed features (a
+        # camera's video hours): otherwise its ordinary bursts sit ten spreads out and mask a
+        # new service twelve spreads out.
+        spread = np.maximum(np.quantile(x, 0.9, axis=0) - np.quantile(x, 0.1, axis=0),
+                            (np.quantile(x, 0.99, axis=0) - np.quantile(x, 0.01, axis=0)) / 2)
+        spread = np.maximum(spread, spread_floors(self.features, center))
         model = DeviceModel(center, spread, None, 0.0)
         model.train_scaled = self._scaled(model, x)
         model.detector = self._fit_detector(model.train_scaled, seed)
@@ -160,6 +240,17 @@ class AnomalyDetector:
             model = DeviceModel(center, spread, detector._fit_detector(train, detector.seed), float(entry["threshold"]), train)
             detector.devices[entry["device_mac"]] = model
         return detector
+
+    def deviations(self, windows: pd.DataFrame) -> pd.DataFrame:
+        """Per window and feature: how far beyond its usual band, in the device's spreads
+        (signed; 0 within the band; NaN for devices without a model). Incidents read their
+        kind from these."""
+        out = pd.DataFrame(np.nan, index=windows.index, columns=self.features)
+        for mac, part in windows.groupby("device_mac"):
+            model = self.devices.get(mac)
+            if model is not None:
+                out.loc[part.index] = self._scaled(model, part[self.features].to_numpy(dtype=float))
+        return out
 
     def score(self, windows: pd.DataFrame, top: int = 3) -> pd.DataFrame:
         """Score, flag and the most deviating features per window; NaN for devices without a model."""

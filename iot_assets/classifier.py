@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pandas as pd
 import xgboost as xgb
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from iot_assets import catalogue
 from iot_assets.features import FEATURES
 
 
@@ -61,65 +64,262 @@ def _json_file(files: dict[str, bytes], name: str, model: str) -> dict:
         raise ValueError(f"{model}: {name!r} is not a JSON document ({error}); refusing to load it") from None
 
 
+# ---------------------------------------------------------------- open set: is it any model we know?
+
+NOVELTY_CAP = 3.0  # a feature counts at most three spreads: one wild feature does not make a device unknown
+CALIBRATION_FRACTION = 0.3  # the last 30% of the training days calibrate the novelty threshold
+MIN_MODEL_WINDOWS = 24  # a model's profile needs at least a day of windows
+HELD_OUT_QUANTILE = 0.1
+PROFILE_DAYS: int | None = 28  # novelty profiles from the last four weeks of training
+
+
+@dataclass
+class NoveltyModel:
+    """How far a MAC's day is from each known model's usual behaviour, in that model's own spreads.
+
+    A MAC's day is summarised by the median of each feature over its windows of the day
+    (robust to an odd hour). Its distance to model k is the mean over features of
+    min(|profile - centre_k| / spread_k, NOVELTY_CAP), with centre and spread (10th-90th
+    percentile range, floored) over model k's training windows. A day is `unknown` when even
+    the nearest model is further than `threshold`, which is chosen on held-out days of KNOWN
+    devices (see `calibrate_threshold`).
+    """
+
+    labels: list[str]
+    features: list[str]
+    center: np.ndarray  # (labels, features)
+    spread: np.ndarray  # (labels, features)
+    threshold: float
+    calibration: dict = field(default_factory=dict)
+
+    def day_profiles(self, windows: pd.DataFrame) -> pd.DataFrame:
+        """Median of each feature over each MAC's windows of each day, indexed by (device_mac, day)."""
+        return windows.groupby([windows["device_mac"], window_days(windows).rename("day")])[self.features].median()
+
+    def distances(self, profiles: pd.DataFrame) -> pd.DataFrame:
+        """Distance of each profile (row) to each known model (column)."""
+        return pd.DataFrame(_distances(profiles[self.features].to_numpy(dtype=float), self.center, self.spread),
+                            index=profiles.index, columns=self.labels)
+
+    def without(self, label: str) -> "NoveltyModel":
+        """The model as if `label` had never been trained: its profile dropped, the threshold
+        recalibrated without it. Each model's profile is fitted on its own windows only, so
+        this equals a refit without that device."""
+        keep = [i for i, name in enumerate(self.labels) if name != label]
+        threshold, figures = calibrate_threshold(self.calibration.get("distances"), exclude=label)
+        return NoveltyModel([self.labels[i] for i in keep], self.features, self.center[keep], self.spread[keep],
+                            threshold, {**self.calibration, **figures})
+
+    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
+        figures = {k: v for k, v in self.calibration.items() if k != "distances"}
+        meta = {"labels": self.labels, "features": self.features, "threshold": self.threshold,
+                "cap": NOVELTY_CAP, "calibration": figures}
+        return meta, {"center": self.center, "spread": self.spread}
+
+    @classmethod
+    def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "NoveltyModel":
+        shape = (len(meta["labels"]), len(meta["features"]))
+        for name in ("center", "spread"):
+            if arrays[name].shape != shape:
+                raise ValueError(f"device classifier: novelty array {name!r} has shape {arrays[name].shape}, "
+                                 f"expected {shape} (labels x features)")
+        return cls(meta["labels"], meta["features"], arrays["center"], arrays["spread"], float(meta["threshold"]),
+                   meta.get("calibration", {}))
+
+
+def _distances(x: np.ndarray, center: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    z = np.abs(x[:, None, :] - center[None, :, :]) / spread[None, :, :]
+    return np.minimum(z, NOVELTY_CAP).mean(axis=2)
+
+
+def _profile_stats(windows: pd.DataFrame, labels_column: str, features: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    labels, centers, spreads = [], [], []
+    for label, part in windows.groupby(labels_column):
+        if len(part) < MIN_MODEL_WINDOWS:
+            continue
+        x = part[features].to_numpy(dtype=float)
+        center = np.median(x, axis=0)
+        spread = np.quantile(x, 0.9, axis=0) - np.quantile(x, 0.1, axis=0)
+        # A feature that never varied for this model still has a scale: 5% of its value, at
+        # least 0.02 (two points of a share, a few percent of a log count).
+        labels.append(label)
+        centers.append(center)
+        spreads.append(np.maximum(spread, np.maximum(np.abs(center) * 0.05, 0.02)))
+    return labels, np.array(centers).reshape(len(labels), len(features)), np.array(spreads).reshape(len(labels), len(features))
+
+
+def calibrate_threshold(distances: pd.DataFrame | None, exclude: str | None = None) -> tuple[float, dict]:
+    """The novelty threshold from calibration days of known devices.
+
+    `distances` has one row per calibration device-day (index level `label`: the device's
+    true model) and one column per model fitted on the earlier training days. Two figures
+    come from it: how far known devices' days are from their OWN model (all must pass: the
+    largest), and how far they are from the nearest OTHER model, as if they were unknown
+    (held-out known devices: the 10th percentile). The threshold sits between the two
+    (geometric mean) when they separate, else at the largest own distance, so that known
+    devices stay named.
+    """
+    if distances is None or distances.empty:
+        return float("inf"), {"threshold_rule": "not calibrated: too few training days or devices"}
+    if exclude is not None:
+        distances = distances.drop(columns=[exclude], errors="ignore")
+        distances = distances[distances.index.get_level_values("label") != exclude]
+    own, other = [], []
+    for (label, *_), row in distances.iterrows():
+        if label not in row.index:
+            continue
+        own.append(row[label])
+        rest = row.drop(label)
+        if len(rest):
+            other.append(rest.min())
+    if not own:
+        return float("inf"), {"threshold_rule": "not calibrated: no calibration day of a modelled device"}
+    own_max = float(np.max(own))
+    other_low = float(np.quantile(other, HELD_OUT_QUANTILE)) if other else float("inf")
+    separated = other_low > own_max and np.isfinite(other_low)
+    threshold = float(np.sqrt(own_max * other_low)) if separated else own_max
+    return threshold, {
+        "threshold_rule": "geometric mean of the largest own distance and the 10th percentile of the nearest-other "
+                          "distance on calibration days" if separated else
+                          "largest own distance on calibration days (known and held-out distances overlap)",
+        "calibration_device_days": len(own),
+        "own_distance_max": own_max,
+        "own_distance_median": float(np.median(own)),
+        "held_out_distance_q10": other_low if other else None,
+    }
+
+
+def fit_novelty(train: pd.DataFrame, labels_column: str, features: list[str],
+                calibration_fraction: float = CALIBRATION_FRACTION,
+                profile_days: int | None = PROFILE_DAYS) -> NoveltyModel:
+    """Profiles of every model on its recent training windows; the threshold from the later training days.
+
+    Profiles describe how a model behaves NOW: the last `profile_days` training days (all
+    of them when None). A device whose behaviour changed for good (the real Nature Remo
+    stopped its HTTPS cloud flows in August) otherwise gets a profile spanning both states,
+    wide enough to take in other quiet devices. Within those days the earlier ones fit
+    provisional profiles and the last `calibration_fraction` are scored against them, which
+    is what later days look like to a model: those distances set the threshold
+    (`calibrate_threshold`).
+    """
+    days = sorted(window_days(train).unique())
+    if profile_days is not None and len(days) > profile_days:
+        days = days[-profile_days:]
+        train = train[window_days(train).isin(days)]
+    distances = None
+    if len(days) >= 2:
+        cut = min(max(1, round(len(days) * (1 - calibration_fraction))), len(days) - 1)
+        early = window_days(train).isin(days[:cut])
+        labels, center, spread = _profile_stats(train[early], labels_column, features)
+        calibration = train[~early & train[labels_column].isin(labels)]
+        if labels and len(calibration):
+            profiles = calibration.groupby([calibration[labels_column].rename("label"),
+                                            window_days(calibration).rename("day"), calibration["device_mac"]])[features].median()
+            distances = pd.DataFrame(_distances(profiles.to_numpy(dtype=float), center, spread),
+                                     index=profiles.index, columns=labels)
+    threshold, figures = calibrate_threshold(distances)
+    labels, center, spread = _profile_stats(train, labels_column, features)
+    return NoveltyModel(labels, list(features), center, spread, threshold, {**figures, "distances": distances})
+
+
 @dataclass
 class DeviceClassifier:
-    booster: xgb.XGBClassifier
+    booster: xgb.XGBClassifier | None
     labels: list[str]
     features: list[str]
     # Anything else worth keeping beside the model (window_minutes, train_range): JSON values.
     info: dict = field(default_factory=dict)
+    novelty: NoveltyModel | None = None
 
     MODEL_FILE = "model.json"
     META_FILE = "meta.json"
+    NOVELTY_FILE = "novelty.npz"
 
     def predict_proba(self, windows: pd.DataFrame) -> np.ndarray:
-        """One column per label. Trained on one device only, the model has nothing to tell apart: every
-        window is that device (XGBoost would still answer with two columns)."""
-        if len(self.labels) == 1:
-            return np.ones((len(windows), 1))
+        if self.booster is None:  # one known model: every window is it, as far as the booster can say
+            return np.ones((len(windows), len(self.labels)))
         return self.booster.predict_proba(windows[self.features].to_numpy(dtype=np.float32))
 
     def to_files(self) -> dict[str, bytes]:
-        """XGBoost's own JSON model and a JSON meta (labels, features, info): no pickles."""
-        with tempfile.TemporaryDirectory() as tmp:
-            # The scikit-learn wrapper's save_model keeps its own attributes (classes) in the JSON.
-            path = Path(tmp) / self.MODEL_FILE
-            self.booster.save_model(path)
-            model = path.read_bytes()
+        """XGBoost's own JSON model, a JSON meta (labels, features, info, novelty settings) and
+        the novelty profiles as a plain NPZ: no pickles."""
         meta = {"labels": self.labels, "features": self.features, **self.info}
-        return {self.MODEL_FILE: model, self.META_FILE: json.dumps(meta, indent=2).encode()}
+        files = {}
+        if self.booster is not None:  # one label: nothing to tell apart, no booster
+            with tempfile.TemporaryDirectory() as tmp:
+                # The scikit-learn wrapper's save_model keeps its own attributes (classes) in the JSON.
+                path = Path(tmp) / self.MODEL_FILE
+                self.booster.save_model(path)
+                files[self.MODEL_FILE] = path.read_bytes()
+        if self.novelty is not None:
+            meta["novelty"], arrays = self.novelty.to_arrays()
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **arrays)
+            files[self.NOVELTY_FILE] = buffer.getvalue()
+        files[self.META_FILE] = json.dumps(meta, indent=2).encode()
+        return files
 
     @classmethod
     def from_files(cls, files: dict[str, bytes]) -> "DeviceClassifier":
-        """The classifier back from `to_files`; refuses anything that is not JSON."""
+        """The classifier back from `to_files`; refuses anything that is not JSON or a plain NPZ."""
         meta = _json_file(files, cls.META_FILE, "device classifier")
-        _json_file(files, cls.MODEL_FILE, "device classifier")  # XGBoost's JSON, checked before XGBoost reads it
-        booster = xgb.XGBClassifier()
-        booster.load_model(bytearray(files[cls.MODEL_FILE]))
+        booster = None
+        if cls.MODEL_FILE in files or len(meta["labels"]) > 1:
+            _json_file(files, cls.MODEL_FILE, "device classifier")  # XGBoost's JSON, checked before XGBoost reads it
+            booster = xgb.XGBClassifier()
+            booster.load_model(bytearray(files[cls.MODEL_FILE]))
         labels, features = meta.pop("labels"), meta.pop("features")
-        return cls(booster, labels, features, meta)
+        novelty_meta = meta.pop("novelty", None)
+        novelty = None
+        if novelty_meta is not None:
+            if cls.NOVELTY_FILE not in files:
+                raise ValueError(f"device classifier: meta describes a novelty model but {cls.NOVELTY_FILE!r} is missing")
+            novelty = NoveltyModel.from_arrays(novelty_meta, load_npz(files[cls.NOVELTY_FILE], "device classifier",
+                                                                      cls.NOVELTY_FILE))
+        return cls(booster, labels, features, meta, novelty)
 
     def save(self, path: Path, extra: dict) -> None:
-        """The files of `to_files` at `path` (the model) and beside it (`.meta.json`)."""
-        files = DeviceClassifier(self.booster, self.labels, self.features, {**self.info, **extra}).to_files()
+        """The files of `to_files` beside each other: `path` (the model), `.meta.json`, `.novelty.npz`."""
+        files = DeviceClassifier(self.booster, self.labels, self.features, {**self.info, **extra}, self.novelty).to_files()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(files[self.MODEL_FILE])
-        path.with_suffix(".meta.json").write_bytes(files[self.META_FILE])
+        for name, data in files.items():
+            (path if name == self.MODEL_FILE else path.with_suffix("." + name)).write_bytes(data)
 
     @classmethod
     def load(cls, path: Path) -> "DeviceClassifier":
-        return cls.from_files({cls.MODEL_FILE: path.read_bytes(), cls.META_FILE: path.with_suffix(".meta.json").read_bytes()})
+        names = [cls.MODEL_FILE, cls.META_FILE, cls.NOVELTY_FILE]
+        paths = {name: path if name == cls.MODEL_FILE else path.with_suffix("." + name) for name in names}
+        return cls.from_files({name: p.read_bytes() for name, p in paths.items() if p.exists()})
 
 
-def fit(train: pd.DataFrame, labels_column: str, features: list[str], seed: int) -> tuple[xgb.XGBClassifier, list[str]]:
+def load_npz(data: bytes, model: str, name: str) -> dict[str, np.ndarray]:
+    """Arrays of an NPZ file; object arrays and pickles are refused (allow_pickle=False)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"{model}: {name!r} is not a plain NPZ of numbers ({error}); refusing to load it") from None
+
+
+BOOSTER = dict(n_estimators=300, max_depth=6, learning_rate=0.1, subsample=0.8, colsample_bytree=0.5, min_child_weight=1)
+# Leave-one-device-out refits one classifier per device: 40 shallower trees at a higher
+# learning rate (about a tenth of the work) name the known devices as well on the sample.
+LODO_BOOSTER = dict(n_estimators=40, max_depth=4, learning_rate=0.3, subsample=0.8, colsample_bytree=0.5,
+                    min_child_weight=1, max_bin=64)
+
+
+def fit(train: pd.DataFrame, labels_column: str, features: list[str], seed: int,
+        booster_params: dict | None = None) -> tuple[xgb.XGBClassifier | None, list[str]]:
+    """XGBoost on the windows; None as booster when there is only one label (nothing to tell apart)."""
     labels = sorted(train[labels_column].unique())
+    if len(labels) < 2:
+        return None, labels
     y = train[labels_column].map({label: i for i, label in enumerate(labels)}).to_numpy()
     # Each device counts the same, however many windows it has.
     counts = np.bincount(y, minlength=len(labels))
     weight = (len(y) / (len(labels) * counts))[y]
     booster = xgb.XGBClassifier(
-        n_estimators=300, max_depth=6, learning_rate=0.1, subsample=0.8, colsample_bytree=0.5,
-        min_child_weight=1, tree_method="hist", random_state=seed, n_jobs=2,
+        **(booster_params or BOOSTER), tree_method="hist", random_state=seed, n_jobs=2,
         objective="multi:softprob" if len(labels) > 2 else "binary:logistic",
     )
     booster.fit(train[features].to_numpy(dtype=np.float32), y, sample_weight=weight)
@@ -141,25 +341,30 @@ def evaluate(y_true: list[str], y_pred: list[str], labels: list[str]) -> dict:
     }
 
 
+def _labelled(windows: pd.DataFrame, attacked: pd.Series | None) -> pd.DataFrame:
+    if attacked is not None:
+        windows = windows[~attacked]
+    return windows[windows["device_name"].notna()]
+
+
 def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
                        attacked: pd.Series | None = None) -> tuple[DeviceClassifier, dict, pd.DataFrame]:
     """Fit on the earlier days' windows, score the later days'. Returns model, metrics, eval predictions.
 
     Windows inside injected attack episodes (`attacked`) are left out of both sides: the
-    classifier learns and is judged on devices behaving as themselves.
+    classifier learns and is judged on devices behaving as themselves. The model carries
+    its novelty model (open set); `metrics["day_level"]` judges the day-level inventory.
     """
     excluded = int(attacked.sum()) if attacked is not None else 0
-    if attacked is not None:
-        windows = windows[~attacked]
-    labelled = windows[windows["device_name"].notna()]
+    labelled = _labelled(windows, attacked)
     in_train = split.is_train(labelled)
     train, evaluation = labelled[in_train], labelled[~in_train]
     booster, labels = fit(train, "device_name", FEATURES, seed)
-    model = DeviceClassifier(booster, labels, list(FEATURES))
+    model = DeviceClassifier(booster, labels, list(FEATURES), novelty=fit_novelty(train, "device_name", FEATURES))
     known = evaluation[evaluation["device_name"].isin(labels)]
     predicted = [labels[i] for i in model.predict_proba(known).argmax(axis=1)] if len(known) else []
     metrics = evaluate(known["device_name"].tolist(), predicted, labels)
-    importance = booster.get_booster().get_score(importance_type="gain")
+    importance = booster.get_booster().get_score(importance_type="gain") if booster is not None else {}
     names = {f"f{i}": name for i, name in enumerate(FEATURES)}
     metrics.update({
         "train_range": split.train_range,
@@ -168,12 +373,136 @@ def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
         "eval_windows": int(len(known)),
         "eval_windows_of_devices_unseen_in_training": int(len(evaluation) - len(known)),
         "windows_excluded_as_attack_episodes": excluded,
+        "day_level": day_level_scores(day_verdicts(model, known), known),
+        "novelty": {k: v for k, v in model.novelty.calibration.items() if k != "distances"}
+                   | {"threshold": model.novelty.threshold, "models": len(model.novelty.labels)},
         "features": list(FEATURES),
         "feature_importance": dict(sorted(((names.get(k, k), float(v)) for k, v in importance.items()),
                                           key=lambda kv: -kv[1])),
     })
     predictions = known[["device_mac", "window_start", "device_name"]].assign(predicted=predicted)
     return model, metrics, predictions
+
+
+# ---------------------------------------------------------------- inventory: one verdict per MAC and day
+
+INVENTORY_COLUMNS = ["day", "device_mac", "windows", "predicted_device", "predicted_category", "confidence",
+                     "runner_up", "runner_up_confidence", "catalogue_device", "in_catalogue", "disagrees",
+                     "status", "nearest_known", "novelty"]
+
+
+def day_verdicts(model: DeviceClassifier, windows: pd.DataFrame) -> pd.DataFrame:
+    """One row per MAC and day (INVENTORY_COLUMNS).
+
+    The named model is the classifier's: the mean of the MAC's window probabilities over
+    the day. `novelty` is the day's distance to the NEAREST known model over the novelty
+    threshold: above 1 the status is `unknown`, the predicted device and category are
+    empty and `nearest_known` is the hint. A model without a novelty model (or one not
+    calibrated) calls everything known.
+    """
+    if windows.empty:
+        return pd.DataFrame(columns=INVENTORY_COLUMNS)
+    keys = [windows["device_mac"], window_days(windows).rename("day")]
+    per_mac = pd.DataFrame(model.predict_proba(windows), columns=model.labels, index=windows.index).groupby(keys).mean()
+    counts = windows.groupby(keys).size().reindex(per_mac.index)
+    ranked = np.argsort(-per_mac.to_numpy(), axis=1)
+    best = ranked[:, 0]
+    second = ranked[:, 1] if per_mac.shape[1] > 1 else ranked[:, 0]
+    if model.novelty is not None and model.novelty.labels:
+        distance = model.novelty.distances(model.novelty.day_profiles(windows)).reindex(per_mac.index)
+        nearest = distance.idxmin(axis=1).to_numpy()
+        novelty = (distance.min(axis=1) / model.novelty.threshold).to_numpy()
+    else:
+        nearest = np.full(len(per_mac), None, dtype=object)
+        novelty = np.zeros(len(per_mac))
+    categories = {d.name: d.category for d in catalogue.DEVICES}
+    rows = []
+    for i, (mac, day) in enumerate(per_mac.index):
+        known = catalogue.BY_MAC.get(mac)
+        unknown = bool(novelty[i] > 1.0)
+        predicted = None if unknown else model.labels[best[i]]
+        rows.append({
+            "day": day, "device_mac": mac, "windows": int(counts.iat[i]),
+            "predicted_device": predicted, "predicted_category": categories.get(predicted),
+            "confidence": float(per_mac.iat[i, best[i]]), "runner_up": model.labels[second[i]],
+            "runner_up_confidence": float(per_mac.iat[i, second[i]]),
+            "catalogue_device": known.name if known else None, "in_catalogue": known is not None,
+            "disagrees": bool(known is not None and known.name != predicted),
+            "status": "unknown" if unknown else "known", "nearest_known": nearest[i], "novelty": float(novelty[i]),
+        })
+    return pd.DataFrame(rows, columns=INVENTORY_COLUMNS)
+
+
+def predict_inventory(model: DeviceClassifier, windows: pd.DataFrame, day: str) -> pd.DataFrame:
+    """The day's inventory: per MAC seen on `day`, the device named (or `unknown`) with its evidence."""
+    return day_verdicts(model, windows[window_days(windows) == day] if len(windows) else windows)
+
+
+def day_level_scores(verdicts: pd.DataFrame, windows: pd.DataFrame) -> dict:
+    """Day-level inventory against the truth (`device_name` of the windows): a device-day is
+    right when it is called known AND named correctly."""
+    if verdicts.empty:
+        return {"accuracy": None, "unknown_share": None, "device_days": 0}
+    truth = windows.groupby([windows["device_mac"], window_days(windows).rename("day")])["device_name"].first()
+    truth = truth.reindex(pd.MultiIndex.from_frame(verdicts[["device_mac", "day"]])).to_numpy()
+    named = np.where(verdicts["status"] == "unknown", None, verdicts["predicted_device"])
+    return {
+        "accuracy": float(np.mean(named == truth)),
+        "unknown_share": float((verdicts["status"] == "unknown").mean()),
+        "device_days": int(len(verdicts)),
+    }
+
+
+def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, attacked: pd.Series | None = None,
+                        booster_params: dict | None = None) -> dict:
+    """Leave one device out: for each device, train without it and score the later days of every device.
+
+    Per left-out device: the share of its evaluation days called `unknown`, and the model
+    it was nearest to. Over all rounds: the share of the KNOWN devices' evaluation days
+    still named correctly (known and the right name). The refits use LODO_BOOSTER (one
+    per device); the novelty profiles are per model, so dropping one equals a refit.
+    """
+    labelled = _labelled(windows, attacked)
+    in_train = split.is_train(labelled)
+    train, evaluation = labelled[in_train], labelled[~in_train]
+    novelty = fit_novelty(train, "device_name", FEATURES)
+    truth = evaluation.groupby([evaluation["device_mac"], window_days(evaluation).rename("day")])["device_name"].first()
+    left_out, known_days, known_right = {}, 0, 0
+    for device in sorted(train["device_name"].unique()):
+        if not (evaluation["device_name"] == device).any():
+            continue
+        rest = train[train["device_name"] != device]
+        booster, labels = fit(rest, "device_name", FEATURES, seed, booster_params or LODO_BOOSTER)
+        model = DeviceClassifier(booster, labels, list(FEATURES), novelty=novelty.without(device))
+        verdicts = day_verdicts(model, evaluation)
+        true_name = truth.reindex(pd.MultiIndex.from_frame(verdicts[["device_mac", "day"]])).to_numpy()
+        mine = verdicts[true_name == device]
+        hints = Counter(mine["nearest_known"].dropna())
+        left_out[device] = {
+            "eval_days": int(len(mine)),
+            "unknown_share": float((mine["status"] == "unknown").mean()),
+            "nearest_known": hints.most_common(1)[0][0] if hints else None,
+            "novelty_median": float(mine["novelty"].median()),
+            "threshold": model.novelty.threshold,
+        }
+        others = verdicts[(true_name != device) & np.isin(true_name, labels)]
+        others_truth = true_name[(true_name != device) & np.isin(true_name, labels)]
+        known_days += len(others)
+        known_right += int(((others["status"] == "known") & (others["predicted_device"] == others_truth)).sum())
+    days_out = sum(v["eval_days"] for v in left_out.values())
+    unknown_days = sum(v["eval_days"] * v["unknown_share"] for v in left_out.values())
+    return {
+        "method": "leave one device out on the time split; day-level inventory (mean of a MAC's window "
+                  "probabilities, median feature profile for novelty)",
+        "lodo_booster": booster_params or LODO_BOOSTER,
+        "left_out": left_out,
+        "left_out_device_days": days_out,
+        "left_out_unknown_share": unknown_days / days_out if days_out else None,
+        "known_device_days": known_days,
+        "known_days_named_correctly": known_right / known_days if known_days else None,
+        "threshold_full_model": novelty.threshold,
+        "calibration": {k: v for k, v in novelty.calibration.items() if k != "distances"},
+    }
 
 
 # ---------------------------------------------------------------- per-flow baseline

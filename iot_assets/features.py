@@ -87,13 +87,20 @@ def flow_indicators(clean: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
     }
     for name in ("gateway", "lan", "internet", "broadcast", "multicast", "link_local"):
         ind[f"scope_{name}"] = (scope == name).to_numpy()
+    # The device's own conversations: everything but what the gateway started (its NetBIOS
+    # probes reach every device alike). Services are counted among these only, so that a
+    # service share is a share: counting the gateway's probes over the device's own flows
+    # made `svc_netbios_share` reach 1,000 on a quiet day and `svc_dns_share` swing with
+    # the number of cloud flows, which the anomaly detector took for attacks.
+    own = ~((scope == "gateway").to_numpy() & ~dev_init)
+    ind["own"] = own
     services = pd.Series(server_port).map(SERVICE_PORTS)
     for name in SERVICE_NAMES:
-        ind[f"svc_{name}"] = (services == name).to_numpy()
+        ind[f"svc_{name}"] = (services == name).to_numpy() & own
     other = services.isna().to_numpy()
-    ind["svc_ephemeral"] = other & (server_port >= 49152)
+    ind["svc_ephemeral"] = other & (server_port >= 49152) & own
     port_bucket = _stable_bucket(pd.Series(server_port), PORT_BUCKETS)
-    registered = other & (server_port < 49152) & (server_port > 0)
+    registered = other & (server_port < 49152) & (server_port > 0) & own
     for b in range(PORT_BUCKETS):
         ind[f"port_b{b:02d}"] = registered & (port_bucket == b)
     prefix = clean["remote_ip"].str.extract(r"^(\d+\.\d+)\.", expand=False)
@@ -154,10 +161,11 @@ def _ratios(s: pd.DataFrame, prefix: str) -> pd.DataFrame:
                                                      "rst", "fin", "scope_"))]
     for c in shares:
         f[f"{c}_share"] = s[c] / flows
-    # Services are shares of the device's own conversations: the gateway's probes reach
-    # every device alike and would drown a quiet device's few flows.
-    own = (s["flows"] - s["scope_gateway"]).clip(lower=1)
-    f["log_own_flows"] = np.log1p(s["flows"] - s["scope_gateway"])
+    # Services are shares of the device's own conversations (all but what the gateway
+    # started): the gateway's probes reach every device alike and would drown a quiet
+    # device's few flows.
+    own = s["own"].clip(lower=1)
+    f["log_own_flows"] = np.log1p(s["own"])
     for c in [c for c in s.columns if c.startswith(("svc_", "port_b"))]:
         f[f"{c}_share"] = s[c] / own
     for c in [c for c in s.columns if c.startswith("prefix_b")]:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from iot_assets import anomaly, classifier
+from iot_assets import anomaly, classifier, incidents
 from iot_assets.features import ANOMALY_FEATURES, FEATURES
 
 
@@ -75,3 +75,139 @@ def test_classifier_round_trips_through_json_files():
     np.testing.assert_allclose(loaded.predict_proba(windows), model.predict_proba(windows))
     with pytest.raises(ValueError, match="model.json"):
         classifier.DeviceClassifier.from_files({**files, "model.json": pickle.dumps(booster)})
+
+
+def small_booster(monkeypatch):
+    """Few trees: the tests judge the open-set logic, not XGBoost."""
+    monkeypatch.setattr(classifier, "BOOSTER", dict(n_estimators=10, max_depth=3, learning_rate=0.3))
+
+
+def test_a_device_never_trained_is_unknown_with_its_nearest_model_as_hint(monkeypatch):
+    small_booster(monkeypatch)
+    windows = synthetic_windows(devices=4, days=6)
+    split = classifier.TimeSplit.of(windows, 0.7)
+    left_out = windows["device_name"] == "device 3"
+    model, metrics, _ = classifier.train_and_evaluate(windows[~left_out], split, seed=0)
+    assert model.novelty.labels == ["device 0", "device 1", "device 2"]
+    assert np.isfinite(model.novelty.threshold) and model.novelty.threshold > 0
+    # Known devices' later days are named, at day level.
+    assert metrics["day_level"]["accuracy"] == 1.0 and metrics["day_level"]["device_days"] == 3 * 2
+    day = split.eval_days[0]
+    inventory = classifier.predict_inventory(model, windows, day)
+    assert list(inventory.columns) == classifier.INVENTORY_COLUMNS
+    by_mac = inventory.set_index("device_mac")
+    stranger = by_mac.loc["02:00:00:00:00:03"]
+    # device 3's features sit 0.5 above device 2's: unknown, and device 2 is the hint.
+    assert stranger["status"] == "unknown" and stranger["predicted_device"] is None
+    assert stranger["nearest_known"] == "device 2" and stranger["novelty"] > 1
+    known = by_mac.drop(index="02:00:00:00:00:03")
+    assert (known["status"] == "known").all() and (known["novelty"] < 1).all()
+    assert known["predicted_device"].tolist() == ["device 0", "device 1", "device 2"]
+    assert inventory["day"].eq(day).all() and inventory["windows"].eq(24).all()
+
+
+def test_leave_one_device_out_reports_unknown_days_per_device(monkeypatch):
+    windows = synthetic_windows(devices=3, days=6)
+    split = classifier.TimeSplit.of(windows, 0.7)
+    result = classifier.open_set_evaluation(windows, split, seed=0,
+                                            booster_params=dict(n_estimators=5, max_depth=2, learning_rate=0.3))
+    assert set(result["left_out"]) == {"device 0", "device 1", "device 2"}
+    assert all(v["eval_days"] == 2 for v in result["left_out"].values())
+    # Each device is 0.5 (1.7 spreads) from its neighbour in every feature: never taken for one.
+    assert result["left_out_unknown_share"] == 1.0 and result["left_out_device_days"] == 6
+    assert result["known_days_named_correctly"] == 1.0 and result["known_device_days"] == 3 * 2 * 2
+    assert result["left_out"]["device 0"]["nearest_known"] == "device 1"
+
+
+def test_classifier_with_novelty_round_trips_and_refuses_a_pickled_npz(monkeypatch):
+    small_booster(monkeypatch)
+    windows = synthetic_windows(devices=3, days=4)
+    model, _, _ = classifier.train_and_evaluate(windows, classifier.TimeSplit.of(windows, 0.75), seed=0)
+    files = model.to_files()
+    assert set(files) == {"model.json", "meta.json", "novelty.npz"}
+    loaded = classifier.DeviceClassifier.from_files(files)
+    day = "2019-07-04"
+    pd.testing.assert_frame_equal(classifier.predict_inventory(loaded, windows, day),
+                                  classifier.predict_inventory(model, windows, day))
+    with pytest.raises(ValueError, match="novelty.npz"):
+        classifier.DeviceClassifier.from_files({**files, "novelty.npz": pickle.dumps({"center": np.zeros(3)})})
+
+
+# ---------------------------------------------------------------- incidents
+
+def flagged_scores(mac: str, hours: list[int], ratios: list[float], name: str = "Cam") -> pd.DataFrame:
+    starts = pd.date_range("2019-07-01", periods=24, freq="h", tz="UTC")
+    ratio = np.zeros(24)
+    ratio[hours] = ratios
+    return pd.DataFrame({"device_mac": mac, "device_name": name, "window_start": starts,
+                         "score_ratio": ratio, "anomaly": ratio > 1})
+
+
+def test_flagged_windows_within_the_gap_make_one_incident_with_its_peak_and_kind():
+    scores = flagged_scores("m1", [3, 4, 6, 15], [1.5, 9.0, 2.0, 1.2])
+    deviations = pd.DataFrame(0.0, index=scores.index, columns=["w_syn_only_share", "w_log_distinct_ips", "w_log_flows"])
+    deviations.loc[4, ["w_syn_only_share", "w_log_distinct_ips"]] = [8.0, 5.0]
+    found = incidents.group_incidents(scores, deviations, window_minutes=60)
+    # 3, 4 and 6 (one unflagged window between) are one incident; 15 alone at 1.2x is not one.
+    assert len(found) == 1
+    incident = found.iloc[0]
+    assert incident["start"] == pd.Timestamp("2019-07-01 03:00", tz="UTC")
+    assert incident["end"] == pd.Timestamp("2019-07-01 07:00", tz="UTC")
+    assert incident["windows_flagged"] == 3 and incident["peak_score_ratio"] == 9.0
+    assert incident["peak_window"] == pd.Timestamp("2019-07-01 04:00", tz="UTC")
+    assert incident["kind"] == "scan-like" and incident["top_features"].startswith("w_syn_only_share (+8.0)")
+    # Three quiet windows split 3 from 7, each then a lone window at 1.5x: no incident;
+    # a lone window at 3x is one.
+    scores = flagged_scores("m1", [3, 7, 20], [1.5, 1.5, 3.0])
+    found = incidents.group_incidents(scores, deviations, 60)
+    assert found["start"].tolist() == [pd.Timestamp("2019-07-01 20:00", tz="UTC")]
+    assert incidents.group_incidents(scores, deviations, 60, gap_windows=3)["windows_flagged"].tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("moved, kind", [
+    ({"w_syn_only_share": 6.0}, "scan-like"),
+    ({"w_log_packets_out": 9.0, "w_log_packets_in": 0.0, "w_port_b03_share": 12.0}, "flood-like"),
+    ({"w_svc_https_alt_share": 7.0, "w_svc_https_share": -3.0}, "service-mix"),
+    ({"c_svc_https_alt_share": 6.0, "c_svc_https_share": -5.5}, "service-mix"),
+    ({"c_svc_http_alt_share": 8.0, "c_svc_https_share": -1.3, "w_svc_http_alt_share": 6.0}, "new-endpoint"),
+    ({"w_log_bytes_out": 4.0, "w_log_packets_in": 3.0, "w_log_packets_out": 3.0}, "volume"),
+    ({"w_payload_per_pkt_in": 5.0}, "other"),
+])
+def test_kind_rules(moved, kind):
+    assert incidents.guess_kind(moved)[0] == kind
+
+
+def test_incident_evidence_sets_the_incident_flows_against_the_usual_ones():
+    start = pd.Timestamp("2019-07-01 03:00", tz="UTC")
+    usual = pd.DataFrame({"device_mac": "m1", "flow_start": pd.date_range("2019-07-01", periods=20, freq="h", tz="UTC"),
+                          "remote_ip": "52.1.2.3", "remote_port": 443, "device_port": 40000,
+                          "bytes_out": 1000, "bytes_in": 5000})
+    usual = usual[(usual["flow_start"] < start) | (usual["flow_start"] >= start + pd.Timedelta(hours=2))]
+    attack = pd.DataFrame({"device_mac": "m1", "flow_start": start + pd.to_timedelta(np.arange(50), unit="min"),
+                           "remote_ip": "203.0.113.9", "remote_port": 8080, "device_port": 50000,
+                           "bytes_out": 2_000_000, "bytes_in": 0})
+    found = pd.DataFrame([{"device_mac": "m1", "start": start, "end": start + pd.Timedelta(hours=2)}])
+    evidence = incidents.incident_evidence(found, pd.concat([usual, attack], ignore_index=True)).iloc[0]
+    assert evidence["evidence_peers"] == "203.0.113.9 (50 flows, 100.00 MB out, 0.00 MB in)"
+    assert evidence["evidence_ports"].startswith("8080 (50 flows")
+    assert evidence["usual_peers"] == "52.1.2.3 (18 flows, 0.02 MB out, 0.09 MB in)"
+    assert evidence["new_peers"] == 1
+
+
+def test_incident_metrics_count_false_incidents_per_clean_month_recall_and_delay():
+    days = pd.date_range("2019-07-01", periods=4 * 24, freq="h", tz="UTC")
+    windows = pd.concat([pd.DataFrame({"device_mac": mac, "device_name": name, "window_start": days})
+                         for mac, name in (("m1", "Cam"), ("m2", "Plug"))], ignore_index=True)
+    episodes = pd.DataFrame({"device": ["Cam", "Cam"], "type": ["scan", "flood"],
+                             "start": pd.to_datetime(["2019-07-02 10:30", "2019-07-04 05:00"], utc=True),
+                             "end": pd.to_datetime(["2019-07-02 11:30", "2019-07-04 06:00"], utc=True)})
+    found = pd.DataFrame({"device_mac": ["m1", "m2"],
+                          "start": pd.to_datetime(["2019-07-02 11:00", "2019-07-03 08:00"], utc=True),
+                          "end": pd.to_datetime(["2019-07-02 13:00", "2019-07-03 09:00"], utc=True)})
+    metrics = incidents.incident_metrics(found, episodes, windows, 60, pd.Timedelta(hours=24))
+    # Cam: 07-01 clean, 07-02/03 scan and its aftermath, 07-04 flood: one clean day. Plug: four.
+    assert metrics["clean_device_days"] == 5 and metrics["false_incidents"] == 1
+    assert metrics["false_incidents_per_device_month"] == pytest.approx(6.0)
+    assert metrics["per_episode_type"]["scan"] == {"episodes": 1, "detected": 1, "recall": 1.0,
+                                                   "delay_minutes_median": 30.0, "delay_minutes_max": 30.0}
+    assert metrics["per_episode_type"]["flood"]["recall"] == 0.0

@@ -8,7 +8,6 @@ import pandas as pd
 
 from iot_assets import anomaly, classifier, drift
 from iot_assets.exploration import exploration
-from iot_assets.inventory import predict_inventory
 from iot_assets.features import CONTEXT_HOURS, FEATURES, build_windows
 from iot_assets.partitions import daily_partitions, previous_day, ranged_backfill
 from iot_assets.resources import ModelSettings
@@ -124,7 +123,7 @@ def device_inventory(context: dg.AssetExecutionContext, device_windows: dict[str
                      device_classifier: classifier.DeviceClassifier):
     """Per MAC seen that day: the predicted device and category with confidence, against the catalogue."""
     model = device_classifier
-    out = {day: predict_inventory(model, device_windows[day], day).assign(model_version=model.version)
+    out = {day: classifier.predict_inventory(model, device_windows[day], day).assign(model_version=model.version)
            for day in context.partition_keys}
     inventory = concat_days(out)
     known = inventory[inventory["in_catalogue"].astype(bool)] if len(inventory) else inventory
