@@ -285,11 +285,12 @@ def clean_flows(context: dg.AssetExecutionContext, decoded_flows: dict[str, pd.D
     """Device-centric flows of the day: normalised, labelled with the catalogue device, validated."""
     local_macs = dict(zip(raw_archives["archive"], raw_archives["local_mac"]))
     clean_by_day, rejects_by_day, samples = {}, {}, {}
-    unbalanced, schema_notes, by_reason = {}, {}, {}
+    unbalanced, schema_notes, by_reason, decoded_rows = {}, {}, {}, 0
     for day in context.partition_keys:
         decoded = decoded_flows.get(day)
         if decoded is None:
             raise FileNotFoundError(f"decoded_flows {day} is missing: materialize it first")
+        decoded_rows += len(decoded)
         clean, rejects = to_device_centric(decoded, local_macs)
         clean, schema_rejects, failures = _split_schema_failures(clean)
         rejects = FlowRejects.validate(pd.concat([rejects, schema_rejects], ignore_index=True))
@@ -311,7 +312,6 @@ def clean_flows(context: dg.AssetExecutionContext, decoded_flows: dict[str, pd.D
     yield dg.Output(rejects_by_day, output_name="clean_rejects",
                     metadata={"rows": rejected, "by_reason": dg.MetadataValue.json(by_reason)})
     yield dg.Output(samples, output_name="flow_sample", metadata={"rows": sum(len(s) for s in samples.values())})
-    decoded_rows = sum(len(d) for d in decoded_flows.values() if d is not None)
     yield dg.AssetCheckResult(
         check_name="day_reconciles", asset_key="clean_flows", passed=not unbalanced,
         severity=dg.AssetCheckSeverity.ERROR,

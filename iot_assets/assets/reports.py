@@ -32,10 +32,11 @@ def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device
                  device_windows: dict[str, pd.DataFrame], device_exposure: dict[str, pd.DataFrame]):
     """The day in one HTML page: inventory, anomalies on a timeline, drift, exposure, each device's traffic."""
     paths, anomalies = [], 0
+    exposures = dict(device_exposure.items())  # two weeks before the run and its days, read once
     for day in context.partition_keys:
         scores = anomaly_scores[day]
-        findings = device_exposure[day]
-        recent = concat_days({d: f for d, f in device_exposure.items() if d <= day})
+        findings = exposures[day]
+        recent = concat_days({d: f for d, f in exposures.items() if d <= day})
         section = exposure_section_html(exposure.worklist(findings), exposure.findings_per_day(recent),
                                         exposure.line_scores(findings[findings["seen_today"].astype(bool)]))
         html = daily_page(day, device_inventory[day], scores, feature_drift[day], device_windows[day], [section])

@@ -86,14 +86,37 @@ class LakeIOManager(dg.UPathIOManager):
     def load_input(self, context: dg.InputContext):
         if not context.has_asset_partitions:
             return super().load_input(context)
-        keys = context.asset_partition_keys
-        if not keys:
-            return {}
-        loaded = self.load_partitions(context)
-        # One partition comes back bare from UPathIOManager; many as a dict: one shape for the assets.
-        if isinstance(loaded, dict):
-            return loaded
-        return {} if loaded is None else {keys[0]: loaded}
+        paths = self._get_paths_for_partitions(context)
+        present = {key: path for key, path in paths.items() if path.exists()}
+        missing = sorted(set(paths) - set(present))
+        if missing:
+            allowed = (context.definition_metadata or {}).get("allow_missing_partitions", False)
+            if not allowed:
+                raise FileNotFoundError(f"{context.asset_key.to_user_string()}: {len(missing)} partition(s) not "
+                                        f"materialized, e.g. {missing[0]} ({paths[missing[0]]})")
+            context.log.info(f"{context.asset_key.to_user_string()}: {len(missing)} of {len(paths)} days not built")
+        return LazyDays(present, lambda path: self.load_from_path(context, path))
+
+
+class LazyDays(Mapping):
+    """Days of a table, each read when the asset asks for it: a run over many days holds few at a time."""
+
+    def __init__(self, paths: dict[str, UPath], load):
+        self._paths, self._load = paths, load
+
+    def __getitem__(self, day: str) -> pd.DataFrame:
+        if day not in self._paths:
+            raise KeyError(day)
+        return self._load(self._paths[day])
+
+    def __contains__(self, day) -> bool:
+        return day in self._paths  # without reading the day
+
+    def __iter__(self):
+        return iter(sorted(self._paths))
+
+    def __len__(self) -> int:
+        return len(self._paths)
 
 
 def prune_outside(base_url: str, keep: set[str]) -> dict[str, list[str]]:
