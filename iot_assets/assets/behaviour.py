@@ -3,6 +3,7 @@
 
 import warnings
 
+
 import dagster as dg
 import pandas as pd
 
@@ -11,6 +12,7 @@ from iot_assets.exploration import exploration
 from iot_assets.features import CONTEXT_HOURS, FEATURES, build_windows
 from iot_assets.partitions import daily_partitions, previous_day, ranged_backfill
 from iot_assets.resources import ModelSettings
+from iot_assets.storage.lake import LazyDays
 from iot_assets.storage.models import JsonDocument, model_version
 from iot_assets.storage.reports import ReportFiles
 
@@ -23,7 +25,7 @@ with warnings.catch_warnings():
 EVERY_BUILT_DAY = dg.AssetIn(metadata={"allow_missing_partitions": True})
 
 
-def concat_days(by_day: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def concat_days(by_day: LazyDays) -> pd.DataFrame:
     frames = [frame for _, frame in sorted(by_day.items()) if frame is not None and len(frame)]
     if not frames:
         return next(iter(by_day.values())).iloc[0:0] if by_day else pd.DataFrame()
@@ -37,7 +39,7 @@ def concat_days(by_day: dict[str, pd.DataFrame]) -> pd.DataFrame:
     io_manager_key="lake_io_manager",
     ins={"clean_flows": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE)},
 )
-def device_windows(context: dg.AssetExecutionContext, clean_flows: dict[str, pd.DataFrame],
+def device_windows(context: dg.AssetExecutionContext, clean_flows: LazyDays,
                    model_settings: ModelSettings) -> dg.Output:
     """Behavioural features per device and window, with the trailing 24 hours as context."""
     minutes = model_settings.window_minutes
@@ -69,8 +71,8 @@ def _version_output(model, metadata: dict) -> dg.Output:
     check_specs=[dg.AssetCheckSpec("classifier_accuracy", asset="device_classifier",
                                    description="Accuracy on the later days' windows is at least 0.9.")],
 )
-def device_classifier(context: dg.AssetExecutionContext, device_windows: dict[str, pd.DataFrame],
-                      flow_sample: dict[str, pd.DataFrame], model_settings: ModelSettings, reports: ReportFiles):
+def device_classifier(context: dg.AssetExecutionContext, device_windows: LazyDays,
+                      flow_sample: LazyDays, model_settings: ModelSettings, reports: ReportFiles):
     """XGBoost device classifier, trained on the earlier days, evaluated on the later ones."""
     windows = concat_days(device_windows)
     split = classifier.TimeSplit.of(windows, model_settings.train_fraction)
@@ -119,7 +121,7 @@ def device_classifier(context: dg.AssetExecutionContext, device_windows: dict[st
                           description="Every device the classifier was trained on is seen."),
     ],
 )
-def device_inventory(context: dg.AssetExecutionContext, device_windows: dict[str, pd.DataFrame],
+def device_inventory(context: dg.AssetExecutionContext, device_windows: LazyDays,
                      device_classifier: classifier.DeviceClassifier):
     """Per MAC seen that day: the predicted device and category with confidence, against the catalogue."""
     model = device_classifier
@@ -164,7 +166,7 @@ def device_inventory(context: dg.AssetExecutionContext, device_windows: dict[str
     io_manager_key="model_io_manager",
     ins={"device_windows": EVERY_BUILT_DAY},
 )
-def anomaly_detector(context: dg.AssetExecutionContext, device_windows: dict[str, pd.DataFrame],
+def anomaly_detector(context: dg.AssetExecutionContext, device_windows: LazyDays,
                      model_settings: ModelSettings, reports: ReportFiles):
     """PyOD detectors per device, compared on the later days, the best kept; thresholds at the target FPR."""
     windows = concat_days(device_windows)
@@ -200,7 +202,7 @@ SCORE_COLUMNS = ["device_mac", "window_start", "score", "threshold", "top_featur
     check_specs=[dg.AssetCheckSpec("anomaly_rate_in_bounds", asset="anomaly_scores",
                                    description="The day's share of flagged windows is at most five times the target FPR.")],
 )
-def anomaly_scores(context: dg.AssetExecutionContext, device_windows: dict[str, pd.DataFrame],
+def anomaly_scores(context: dg.AssetExecutionContext, device_windows: LazyDays,
                    anomaly_detector: anomaly.AnomalyDetector, model_settings: ModelSettings):
     """Anomaly score, flag and the most deviating features per device-window."""
     detector = anomaly_detector
@@ -235,7 +237,7 @@ def anomaly_scores(context: dg.AssetExecutionContext, device_windows: dict[str, 
 
 
 @dg.asset(group_name="behaviour", io_manager_key="model_io_manager", ins={"device_windows": EVERY_BUILT_DAY})
-def drift_reference(context: dg.AssetExecutionContext, device_windows: dict[str, pd.DataFrame],
+def drift_reference(context: dg.AssetExecutionContext, device_windows: LazyDays,
                     model_settings: ModelSettings):
     """Per device and feature, the training distribution and how far single training days strayed."""
     windows = concat_days(device_windows)
@@ -255,7 +257,7 @@ def drift_reference(context: dg.AssetExecutionContext, device_windows: dict[str,
                                    description="Every device's features and service mix against the training reference: "
                                                "WARN on moderate drift, ERROR on major drift.")],
 )
-def feature_drift(context: dg.AssetExecutionContext, device_windows: dict[str, pd.DataFrame],
+def feature_drift(context: dg.AssetExecutionContext, device_windows: LazyDays,
                   drift_reference: JsonDocument):
     """The day's Jensen–Shannon distance to the training reference, per device and feature."""
     out, summaries = {}, []

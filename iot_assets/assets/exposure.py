@@ -2,6 +2,7 @@
 
 import warnings
 
+
 import dagster as dg
 import pandas as pd
 
@@ -11,6 +12,7 @@ from iot_assets.inject import EXPOSURE_EPISODE_TYPES
 from iot_assets.partitions import daily_partitions, previous_day, ranged_backfill
 from iot_assets.reports.exposure import worklist_markdown
 from iot_assets.resources import ExposureSettings, ModelSettings
+from iot_assets.storage.lake import LazyDays
 from iot_assets.storage.reports import ReportFiles
 
 # A device whose Internet flows are mostly on ports the rules and the known-service table
@@ -51,8 +53,8 @@ def _coverage_note(coverage: pd.DataFrame) -> pd.DataFrame:
                                       "on ports no exposure rule or known service explains."),
     ],
 )
-def device_exposure(context: dg.AssetExecutionContext, clean_flows: dict[str, pd.DataFrame],
-                    device_inventory: dict[str, pd.DataFrame], previous_exposure: dict[str, pd.DataFrame],
+def device_exposure(context: dg.AssetExecutionContext, clean_flows: LazyDays,
+                    device_inventory: LazyDays, previous_exposure: LazyDays,
                     exposure_settings: ExposureSettings):
     """Per device MAC and kind: exposure findings with evidence and the day each was first seen."""
     advisories, problems = exposure.read_advisories(exposure_settings.advisories_path)
@@ -105,7 +107,7 @@ def device_exposure(context: dg.AssetExecutionContext, clean_flows: dict[str, pd
 
 
 @dg.asset(group_name="exposure", ins={"device_exposure": EVERY_BUILT_DAY})
-def exposure_report(context: dg.AssetExecutionContext, device_exposure: dict[str, pd.DataFrame],
+def exposure_report(context: dg.AssetExecutionContext, device_exposure: LazyDays,
                     model_settings: ModelSettings, reports: ReportFiles):
     """reports/exposure.json over every built day, and reports/exposure_metrics.json against injected exposure episodes."""
     table = concat_days(device_exposure)

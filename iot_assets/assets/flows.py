@@ -3,6 +3,7 @@
 
 import json
 
+
 import dagster as dg
 import pandas as pd
 import pandera.pandas as pa
@@ -14,6 +15,7 @@ from iot_assets.decode import DECODED_SCHEMA
 from iot_assets.ingest import ArchiveSummary
 from iot_assets.partitions import daily_partitions, ranged_backfill
 from iot_assets.schemas import CleanFlows, DecodedFlows, FlowRejects, column_schema
+from iot_assets.storage.lake import LazyDays
 from iot_assets.storage.lake import prune_outside
 from iot_assets.storage.reports import ReportFiles
 from iot_assets.storage.staging import ArchiveStore
@@ -281,7 +283,7 @@ def flow_sample(clean: pd.DataFrame, seed: int) -> pd.DataFrame:
         dg.AssetCheckSpec("clean_schema", asset="clean_flows", description="pandera CleanFlows on the partition."),
     ],
 )
-def clean_flows(context: dg.AssetExecutionContext, decoded_flows: dict[str, pd.DataFrame], raw_archives: pd.DataFrame):
+def clean_flows(context: dg.AssetExecutionContext, decoded_flows: LazyDays, raw_archives: pd.DataFrame):
     """Device-centric flows of the day: normalised, labelled with the catalogue device, validated."""
     local_macs = dict(zip(raw_archives["archive"], raw_archives["local_mac"]))
     clean_by_day, rejects_by_day, samples = {}, {}, {}

@@ -4,6 +4,7 @@ import warnings
 from datetime import date
 from pathlib import Path
 
+
 import dagster as dg
 import pandas as pd
 import pandera.errors
@@ -17,6 +18,7 @@ from iot_assets.reports.lines import metrics_fragment_html, metrics_table_markdo
 from iot_assets.resources import LineSettings, ModelSettings
 from iot_assets.schemas import column_schema
 from iot_assets.settings import SETTINGS
+from iot_assets.storage.lake import LazyDays
 from iot_assets.storage.reports import ReportFiles
 
 
@@ -79,7 +81,7 @@ def line_membership(context: dg.AssetExecutionContext, raw_archives: pd.DataFram
     check_specs=[dg.AssetCheckSpec("line_views_schema", asset="line_views",
                                    description="pandera LineViews: no column but the public side of a flow.")],
 )
-def line_views(context: dg.AssetExecutionContext, clean_flows: dict[str, pd.DataFrame], line_membership: pd.DataFrame,
+def line_views(context: dg.AssetExecutionContext, clean_flows: LazyDays, line_membership: pd.DataFrame,
                line_settings: LineSettings, model_settings: ModelSettings):
     """Line views of the day (no MAC, LAN address or device port; sampled 1:N) and the ground truth beside them."""
     rates = line_settings.rates
@@ -112,7 +114,7 @@ def _days_of(clean: pd.DataFrame) -> list[str]:
 
 
 @dg.asset(group_name="lines", io_manager_key="lake_io_manager", ins={"clean_flows": EVERY_BUILT_DAY})
-def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows: dict[str, pd.DataFrame],
+def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows: LazyDays,
                         model_settings: ModelSettings) -> dg.Output:
     """Per device model (or manufacturer) the backend services only it uses, learned on the training days."""
     clean = _frames(clean_flows)
@@ -145,7 +147,7 @@ def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows: dict[str
                                    description="Lines on which a device model (or manufacturer) appeared that "
                                                "yesterday's inventory did not have.")],
 )
-def line_inventory(context: dg.AssetExecutionContext, line_views: dict[str, pd.DataFrame],
+def line_inventory(context: dg.AssetExecutionContext, line_views: LazyDays,
                    endpoint_signatures: pd.DataFrame, line_settings: LineSettings):
     """Per line: the device models (or manufacturers) present over the sliding window, with evidence."""
     views = _frames(line_views)
@@ -184,7 +186,7 @@ def line_inventory(context: dg.AssetExecutionContext, line_views: dict[str, pd.D
 
 
 @dg.asset(group_name="lines", io_manager_key="lake_io_manager", ins={"line_inventory": EVERY_BUILT_DAY})
-def line_first_detected(context: dg.AssetExecutionContext, line_inventory: dict[str, pd.DataFrame]) -> dg.Output:
+def line_first_detected(context: dg.AssetExecutionContext, line_inventory: LazyDays) -> dg.Output:
     """Per sampling rate, line and model: when the inventory first named it, and the last day it did."""
     table = lines.first_detected(_frames(line_inventory))
     return dg.Output(table, metadata={"rows": len(table), "lines": int(table["line_id"].nunique()) if len(table) else 0})
@@ -192,8 +194,8 @@ def line_first_detected(context: dg.AssetExecutionContext, line_inventory: dict[
 
 @dg.asset(group_name="lines", ins={"line_views": EVERY_BUILT_DAY, "line_truth": EVERY_BUILT_DAY,
                                    "endpoint_signatures": dg.AssetIn()})
-def line_metrics(context: dg.AssetExecutionContext, line_views: dict[str, pd.DataFrame],
-                 line_truth: dict[str, pd.DataFrame], endpoint_signatures: pd.DataFrame,
+def line_metrics(context: dg.AssetExecutionContext, line_views: LazyDays,
+                 line_truth: LazyDays, endpoint_signatures: pd.DataFrame,
                  line_settings: LineSettings, model_settings: ModelSettings, reports: ReportFiles):
     """Recall, precision, false presences and time to detect per sampling rate, on the evaluation days."""
     views, truth = _frames(line_views), _frames(line_truth)

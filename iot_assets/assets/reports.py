@@ -3,8 +3,8 @@
 
 import warnings
 
+
 import dagster as dg
-import pandas as pd
 
 from iot_assets import exposure
 
@@ -16,6 +16,7 @@ from iot_assets.partitions import daily_partitions, ranged_backfill
 from iot_assets.reports.exposure import exposure_section_html, fleet_view_html
 from iot_assets.reports.pages import daily_page, model_page
 from iot_assets.resources import ModelSettings
+from iot_assets.storage.lake import LazyDays
 from iot_assets.storage.models import JsonDocument
 from iot_assets.storage.reports import ReportFiles
 
@@ -27,9 +28,9 @@ with warnings.catch_warnings():
 
 @dg.asset(partitions_def=daily_partitions, backfill_policy=ranged_backfill, group_name="reports",
           ins={"device_exposure": dg.AssetIn(partition_mapping=TWO_WEEKS, metadata={"allow_missing_partitions": True})})
-def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device_inventory: dict[str, pd.DataFrame],
-                 anomaly_scores: dict[str, pd.DataFrame], feature_drift: dict[str, pd.DataFrame],
-                 device_windows: dict[str, pd.DataFrame], device_exposure: dict[str, pd.DataFrame]):
+def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device_inventory: LazyDays,
+                 anomaly_scores: LazyDays, feature_drift: LazyDays,
+                 device_windows: LazyDays, device_exposure: LazyDays):
     """The day in one HTML page: inventory, anomalies on a timeline, drift, exposure, each device's traffic."""
     paths, anomalies = [], 0
     exposures = dict(device_exposure.items())  # two weeks before the run and its days, read once
@@ -53,8 +54,8 @@ def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device
 )
 def model_report(context: dg.AssetExecutionContext, reports: ReportFiles, model_settings: ModelSettings,
                  device_classifier: DeviceClassifier, anomaly_detector: AnomalyDetector, drift_reference: JsonDocument,
-                 anomaly_scores: dict[str, pd.DataFrame], feature_drift: dict[str, pd.DataFrame],
-                 device_exposure: dict[str, pd.DataFrame], device_inventory: dict[str, pd.DataFrame]):
+                 anomaly_scores: LazyDays, feature_drift: LazyDays,
+                 device_exposure: LazyDays, device_inventory: LazyDays):
     """The models in one HTML page: exploration, confusion matrix, scores, importance, ROC curves, drift, the fleet's exposure."""
     versions = {"device_classifier": device_classifier.version, "anomaly_detector": anomaly_detector.version,
                 "drift_reference": drift_reference.version}
