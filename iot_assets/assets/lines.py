@@ -1,6 +1,7 @@
 """Behind the NAT: subscriber lines as the ISP edge sees them, endpoint signatures, line inventories."""
 
 import warnings
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from iot_assets.resources import LineSettings, ModelSettings
 from iot_assets.schemas import column_schema
 from iot_assets.settings import SETTINGS
 from iot_assets.storage.lake import LazyDays
+from iot_assets.storage.models import JsonDocument
 from iot_assets.storage.reports import ReportFiles
 
 
@@ -35,7 +37,7 @@ with warnings.catch_warnings():
 
 def _frames(value) -> pd.DataFrame:
     """A partitioned input as one frame: the IO manager may hand over a dict of partitions or a concatenation."""
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         frames = [f for f in value.values() if f is not None and len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return value
@@ -192,8 +194,9 @@ def line_first_detected(context: dg.AssetExecutionContext, line_inventory: LazyD
     return dg.Output(table, metadata={"rows": len(table), "lines": int(table["line_id"].nunique()) if len(table) else 0})
 
 
-@dg.asset(group_name="lines", ins={"line_views": EVERY_BUILT_DAY, "line_truth": EVERY_BUILT_DAY,
-                                   "endpoint_signatures": dg.AssetIn()})
+# The metrics are a versioned JSON document like the models they judge: the model report shows them.
+@dg.asset(group_name="lines", io_manager_key="model_io_manager",
+          ins={"line_views": EVERY_BUILT_DAY, "line_truth": EVERY_BUILT_DAY, "endpoint_signatures": dg.AssetIn()})
 def line_metrics(context: dg.AssetExecutionContext, line_views: LazyDays,
                  line_truth: LazyDays, endpoint_signatures: pd.DataFrame,
                  line_settings: LineSettings, model_settings: ModelSettings, reports: ReportFiles):
@@ -213,7 +216,7 @@ def line_metrics(context: dg.AssetExecutionContext, line_views: LazyDays,
                                                              [metrics_fragment_html(metrics)]))
     rates = metrics["sampling"]
     headline = rates.get("100") or next(iter(rates.values()), {})
-    return dg.MaterializeResult(metadata={
+    return dg.Output(JsonDocument(metrics), metadata={
         "recall_1_100": headline.get("recall"), "precision_1_100": headline.get("precision"),
         "ttd_hours_median_1_100": headline.get("ttd_hours_median"),
         "eval_range": dg.MetadataValue.json(metrics["eval_range"]), "lines": metrics["lines"],

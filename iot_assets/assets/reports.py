@@ -14,6 +14,7 @@ from iot_assets.automation import AFTER_ITS_INPUTS
 from iot_assets.classifier import DeviceClassifier
 from iot_assets.partitions import daily_partitions, ranged_backfill
 from iot_assets.reports.exposure import exposure_section_html, fleet_view_html
+from iot_assets.reports.lines import metrics_fragment_html
 from iot_assets.reports.pages import daily_page, model_page
 from iot_assets.resources import ModelSettings
 from iot_assets.storage.lake import LazyDays
@@ -55,7 +56,7 @@ def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device
 def model_report(context: dg.AssetExecutionContext, reports: ReportFiles, model_settings: ModelSettings,
                  device_classifier: DeviceClassifier, anomaly_detector: AnomalyDetector, drift_reference: JsonDocument,
                  anomaly_scores: LazyDays, feature_drift: LazyDays,
-                 device_exposure: LazyDays, device_inventory: LazyDays):
+                 device_exposure: LazyDays, device_inventory: LazyDays, line_metrics: JsonDocument):
     """The models in one HTML page: exploration, confusion matrix, scores, importance, ROC curves, drift, the fleet's exposure."""
     versions = {"device_classifier": device_classifier.version, "anomaly_detector": anomaly_detector.version,
                 "drift_reference": drift_reference.version}
@@ -63,7 +64,7 @@ def model_report(context: dg.AssetExecutionContext, reports: ReportFiles, model_
     fleet = fleet_view_html(*exposure.fleet_view(concat_days(device_exposure), concat_days(device_inventory)))
     html = model_page(device_classifier.metrics, anomaly_detector.metrics, versions, concat_days(anomaly_scores),
                       model_settings.read_episodes(), drifts, model_settings.window_minutes, model_settings.target_fpr,
-                      [fleet])
+                      [fleet, metrics_fragment_html(line_metrics)])
     path = reports.write_text("model_report.html", html)
     return dg.MaterializeResult(metadata={**reports.metadata(path), **versions,
                                           "days": len(anomaly_scores)})
