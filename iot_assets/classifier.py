@@ -542,7 +542,9 @@ def per_flow_baseline(train_flows: pd.DataFrame, eval_flows: pd.DataFrame, label
         return {"accuracy": None, "macro_f1": None, "train_flows": 0, "eval_flows": 0}
     x_train = flow_features(train_flows).assign(device_name=train_flows["device_name"].to_numpy())
     booster, flow_labels = fit(x_train, "device_name", [c for c in x_train.columns if c != "device_name"], seed)
-    predicted_idx = booster.predict(flow_features(eval_flows).to_numpy(dtype=np.float32))
+    # One label: no booster, every flow is that device.
+    predicted_idx = booster.predict(flow_features(eval_flows).to_numpy(dtype=np.float32)) if booster is not None \
+        else np.zeros(len(eval_flows), dtype=int)
     predicted = [flow_labels[int(i)] for i in predicted_idx]
     scores = evaluate(eval_flows["device_name"].tolist(), predicted, flow_labels)
     return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
