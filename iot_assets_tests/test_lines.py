@@ -3,38 +3,23 @@
 import io
 import re
 from datetime import date, timedelta
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-import pyarrow.parquet as pq
 import pytest
 
+from iot_assets_tests.test_behaviour import clean_days
+
 from iot_assets import catalogue, lines, sample
-from iot_assets.archive import find_archives
-from iot_assets.clean import to_device_centric
-from iot_assets.ingest import decode_archive
 from iot_assets.reports.lines import metrics_fragment_html, metrics_table_markdown
-from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
+from iot_assets_tests.conftest import FIRST_DAY
 
 DEVICES = ["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "jvc_kenwood_hdtv_ip_camera", "qrio_hub"]
 DAYS = 5
 MAC = {name: catalogue.BY_ARCHIVE[name].mac for name in DEVICES}
 PREFIX_RULES = lines.SignatureParams(prefix_weight=0.5)  # bare-prefix rules on: off by default
-
-
-def clean_days(raw: Path, work: Path) -> dict[str, pd.DataFrame]:
-    archives, _ = find_archives(raw)
-    frames, macs = [], {}
-    for archive in archives:
-        summary = decode_archive(archive, work / archive.name, FIRST_DAY, LAST_DAY)
-        macs[archive.name] = summary.local_mac
-        frames.append(pq.read_table(work / archive.name / "flows.parquet").to_pandas())
-    clean, _ = to_device_centric(pd.concat(frames, ignore_index=True), macs)
-    day = clean["flow_start"].dt.strftime("%Y-%m-%d")
-    return {d: clean[day == d].reset_index(drop=True) for d in sorted(day.unique())}
 
 
 @pytest.fixture(scope="module")
