@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -152,7 +153,7 @@ def test_iot_assets_run_from_an_empty_landing_zone(tmp_path):
     assert "(8 days)" in done.stdout  # the range follows the sample
     data = tmp_path / "data"
     days = sorted(p.name for p in (data / "lake" / "clean_flows").iterdir())
-    assert days == [f"day=2019-06-{d}" for d in range(25, 33)]
+    assert days == [f"day={date(2019, 6, 25) + timedelta(days=d)}" for d in range(8)]
     reports = data / "reports"
     classifier = json.loads((reports / "classifier_metrics.json").read_text())
     assert classifier["train_range"][1] < classifier["eval_range"][0]
