@@ -339,6 +339,17 @@ def evaluate(scored: pd.DataFrame, labels: pd.Series) -> dict:
     return result
 
 
+def per_device_fpr(scored: pd.DataFrame, labels: pd.Series) -> dict[str, dict]:
+    """Per device (name, or MAC outside the catalogue): its clean windows and the share flagged."""
+    clean = scored["has_model"].astype(bool) & labels.loc[scored.index].isna()
+    clean_scored = scored[clean]
+    names = clean_scored["device_name"].fillna(clean_scored["device_mac"]) if "device_name" in clean_scored \
+        else clean_scored["device_mac"]
+    grouped = clean_scored.groupby(names.to_numpy())["anomaly"]
+    return {str(name): {"clean_windows": int(count), "fpr_clean": float(rate)}
+            for name, count, rate in zip(grouped.size().index, grouped.size(), grouped.mean())}
+
+
 def compare_and_fit(train: pd.DataFrame, train_labels: pd.Series, evaluation: pd.DataFrame, labels: pd.Series,
                     target_fpr: float, seed: int) -> tuple[AnomalyDetector, dict]:
     """Fit every detector kind on clean training windows, evaluate each on the later windows, keep the best.

@@ -5,7 +5,7 @@ import dagster as dg
 FLOW_ASSETS = ("decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "device_windows", "line_views",
                "line_truth")
 MODEL_ASSETS = ("device_classifier", "anomaly_detector", "drift_reference", "endpoint_signatures")
-SCORING_ASSETS = ("device_inventory", "anomaly_scores", "feature_drift", "device_exposure", "line_inventory",
+SCORING_ASSETS = ("device_inventory", "anomaly_scores", "anomaly_incidents", "feature_drift", "device_exposure", "line_inventory",
                   "daily_report")
 REPORT_ASSETS = ("model_report", "exposure_report", "line_first_detected", "line_metrics")
 

@@ -10,6 +10,7 @@ from pandera.typing import Series
 
 from iot_assets.clean import REMOTE_SCOPES
 from iot_assets.decode import END_REASONS
+from iot_assets.incidents import KIND_RULES
 
 MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
 UtcMs = pd.DatetimeTZDtype(unit="ms", tz="UTC")
@@ -115,6 +116,36 @@ class FlowRejects(pa.DataFrameModel):
     line_number: Series[int] = pa.Field(ge=1)
     reason: Series[str] = pa.Field()
     detail: Series[str] = pa.Field(nullable=True)
+
+    class Config:
+        strict = True
+        coerce = True
+
+
+class AnomalyIncidents(pa.DataFrameModel):
+    """Incidents: consecutive flagged windows of a device grouped, what moved, and the flows behind them."""
+
+    device_mac: Series[str] = pa.Field(str_matches=MAC_PATTERN)
+    device_name: Series[str] = pa.Field(nullable=True, description="catalogue device, null if not in the catalogue")
+    incident: Series[str] = pa.Field(unique=True, description="device MAC @ start")
+    start: Series[UtcMs] = pa.Field(description="start of the first flagged window")
+    end: Series[UtcMs] = pa.Field(description="end of the last flagged window")
+    windows_flagged: Series[int] = pa.Field(ge=1)
+    peak_score_ratio: Series[float] = pa.Field(gt=0, description="highest score over the device's threshold")
+    peak_window: Series[UtcMs] = pa.Field()
+    top_features: Series[str] = pa.Field(description="the features that moved most in the peak window, in spreads")
+    kind: Series[str] = pa.Field(isin=list(KIND_RULES), description="guessed from the deviations (iot_assets/incidents.py)")
+    kind_reason: Series[str] = pa.Field(description="the rule that named the kind, with the deviations behind it")
+    evidence_peers: Series[str] = pa.Field(description="top remote peers during the incident")
+    evidence_ports: Series[str] = pa.Field(description="top server ports during the incident")
+    usual_peers: Series[str] = pa.Field(description="top remote peers of the device's other flows that day")
+    usual_ports: Series[str] = pa.Field()
+    new_peers: Series[int] = pa.Field(ge=0, description="peers during the incident never seen outside it that day")
+    model_version: Series[str] = pa.Field(description="the anomaly detector's version")
+
+    @pa.dataframe_check(error="an incident ends before it starts")
+    def ends_after_start(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["end"] > df["start"]
 
     class Config:
         strict = True

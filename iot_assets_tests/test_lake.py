@@ -117,3 +117,40 @@ def test_models_are_versioned_and_a_pin_rolls_back(tmp_path):
     assert job.execute_in_process(instance=instance, partition_key=DAYS[-1]).success
     inventory = pd.read_parquet(data / "lake" / "device_inventory" / f"day={DAYS[-1]}")
     assert set(inventory["model_version"]) == {first}
+
+
+@pytest.mark.slow
+def test_an_injected_scan_is_an_incident_of_its_device_on_its_day(tmp_path):
+    from iot_assets.archive import find_archives
+    from iot_assets.inject import inject
+
+    data, generated = tmp_path / "data", tmp_path / "generated"
+    devices = ["nature_remo", "qrio_hub", "xiaomi_mijia_led"]
+    sample.generate(generated, date(2019, 6, 25), 6, scale=0.05, seed=3, devices=devices)
+    (data / "raw").mkdir(parents=True)
+    for name in devices[1:]:
+        shutil.copy(generated / f"{name}.tar.gz", data / "raw")
+    remo = next(a for a in find_archives(generated)[0] if a.name == "nature_remo")
+    _, episodes = inject(remo, data / "raw", seed=2, types=("scan",))
+    shutil.move(data / "raw" / "episodes.csv", tmp_path / "episodes.csv")
+    (scan,) = episodes
+    days = [f"2019-06-{d}" for d in range(25, 31)]
+    _, _, outcome = build(data, days, IOT_ASSETS_END_DATE=days[-1], IOT_ASSETS_EPISODES=str(tmp_path / "episodes.csv"))
+    assert outcome.problems == [] and lake_days(data, "anomaly_incidents") == days
+
+    day = scan.start.strftime("%Y-%m-%d")
+    found = pd.read_parquet(data / "lake" / "anomaly_incidents" / f"day={day}")
+    remo_incidents = found[found["device_name"] == "Nature Remo"]
+    overlapping = remo_incidents[(remo_incidents["start"] < scan.end) & (remo_incidents["end"] > scan.start)]
+    assert len(overlapping) == 1 and overlapping["kind"].iloc[0] == "scan-like"
+    assert overlapping["new_peers"].iloc[0] > 10  # the scan's targets, never seen outside it
+    assert set(found["model_version"]) == {ModelStore(str(data)).current("anomaly_detector")}
+    metrics = json.loads((data / "reports" / "anomaly_metrics.json").read_text())
+    assert metrics["incidents"]["per_episode_type"]["scan"]["recall"] == 1.0
+    assert metrics["incidents"]["per_episode_type"]["scan"]["delay_minutes_median"] < 60
+    assert set(metrics["per_device"]) == {"Nature Remo", "Qrio Hub", "Xiaomi Mijia LED"}
+    # The two evaluation days of the devices without an episode are clean windows, few of them flagged.
+    for name in ("Qrio Hub", "Xiaomi Mijia LED"):
+        assert metrics["per_device"][name]["clean_windows"] == 48 and metrics["per_device"][name]["fpr_clean"] <= 0.05
+    page = (data / "reports" / "daily" / f"{day}.html").read_text()
+    assert "<h3>Incidents</h3>" in page and "scan-like" in page

@@ -7,11 +7,12 @@ import warnings
 import dagster as dg
 import pandas as pd
 
-from iot_assets import anomaly, classifier, drift
+from iot_assets import anomaly, classifier, drift, incidents
 from iot_assets.exploration import exploration
 from iot_assets.features import CONTEXT_HOURS, FEATURES, build_windows
 from iot_assets.partitions import daily_partitions, previous_day, ranged_backfill
 from iot_assets.resources import ModelSettings
+from iot_assets.schemas import AnomalyIncidents, column_schema
 from iot_assets.storage.lake import LazyDays
 from iot_assets.storage.models import JsonDocument, model_version
 from iot_assets.storage.reports import ReportFiles
@@ -174,8 +175,14 @@ def anomaly_detector(context: dg.AssetExecutionContext, device_windows: LazyDays
     labels = anomaly.evaluation_labels(windows, model_settings.read_episodes(), model_settings.window_minutes,
                                        pd.Timedelta(hours=CONTEXT_HOURS))
     train = split.is_train(windows)
+    evaluation = windows[~train]
     detector, metrics = anomaly.compare_and_fit(
-        windows[train], labels[train], windows[~train], labels[~train], model_settings.target_fpr, model_settings.seed)
+        windows[train], labels[train], evaluation, labels[~train], model_settings.target_fpr, model_settings.seed)
+    scored = detector.score(evaluation).assign(device_name=evaluation["device_name"])
+    metrics["per_device"] = anomaly.per_device_fpr(scored, labels[~train])
+    found = incidents.group_incidents(scored, detector.deviations(evaluation), model_settings.window_minutes)
+    metrics["incidents"] = incidents.incident_metrics(found, model_settings.read_episodes(), evaluation,
+                                                      model_settings.window_minutes, pd.Timedelta(hours=CONTEXT_HOURS))
     metrics.update({"threshold": f"per device: quantile {1 - model_settings.target_fpr:g} of its held-out scores",
                     "target_fpr": model_settings.target_fpr, "train_range": split.train_range,
                     "eval_range": split.eval_range, "devices_modelled": len(detector.devices),
@@ -185,6 +192,9 @@ def anomaly_detector(context: dg.AssetExecutionContext, device_windows: LazyDays
     return _version_output(detector, {
         "detector": metrics["detector"], "fpr_clean": metrics["fpr_clean"], "roc_auc": metrics["roc_auc"],
         "devices_modelled": len(detector.devices),
+        "false_incidents_per_device_month": metrics["incidents"]["false_incidents_per_device_month"],
+        "incident_recall": dg.MetadataValue.json({kind: v["recall"] for kind, v in
+                                                  metrics["incidents"]["per_episode_type"].items()}),
         "compared": dg.MetadataValue.json(metrics["detectors_compared"]),
         "metrics": dg.MetadataValue.path(str(metrics_path)),
     })
@@ -234,6 +244,44 @@ def anomaly_scores(context: dg.AssetExecutionContext, device_windows: LazyDays,
         if over else f"every day at most {bound:.2%} flagged",
         metadata={"bound": bound, "rates": dg.MetadataValue.json(rates), "anomalies": len(flagged)},
     )
+
+
+def _aligned_deviations(detector: anomaly.AnomalyDetector, windows: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """The detector's deviations of `windows`, on the rows of `scores` (matched by device and window)."""
+    deviations = detector.deviations(windows)
+    deviations.index = pd.MultiIndex.from_frame(windows[["device_mac", "window_start"]])
+    keys = pd.MultiIndex.from_frame(scores[["device_mac", "window_start"]])
+    return deviations.reindex(keys).set_axis(scores.index)
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=ranged_backfill,
+    group_name="behaviour",
+    io_manager_key="lake_io_manager",
+)
+def anomaly_incidents(context: dg.AssetExecutionContext, anomaly_scores: LazyDays, device_windows: LazyDays,
+                      clean_flows: LazyDays, anomaly_detector: anomaly.AnomalyDetector,
+                      model_settings: ModelSettings) -> dg.Output:
+    """Incidents: a device's flagged windows grouped, with a guessed kind and the flows behind them."""
+    out = {}
+    for day in context.partition_keys:
+        scores = anomaly_scores[day]
+        found = incidents.group_incidents(scores, _aligned_deviations(anomaly_detector, device_windows[day], scores),
+                                          model_settings.window_minutes)
+        found = incidents.incident_evidence(found, clean_flows[day])
+        out[day] = AnomalyIncidents.validate(found.assign(model_version=anomaly_detector.version))
+    table = concat_days(out)
+    shown = ["device_name", "device_mac", "start", "end", "windows_flagged", "peak_score_ratio", "kind", "kind_reason",
+             "evidence_ports", "new_peers"]
+    return dg.Output(out, metadata={
+        "incidents": len(table), "model_version": anomaly_detector.version,
+        "per_kind": dg.MetadataValue.json(table["kind"].value_counts().to_dict() if len(table) else {}),
+        "incidents_table": dg.MetadataValue.md(table[shown].sort_values("peak_score_ratio", ascending=False)
+                                               .head(30).to_markdown(index=False, floatfmt=".1f")
+                                               if len(table) else "no incident"),
+        "dagster/column_schema": column_schema(AnomalyIncidents),
+    })
 
 
 @dg.asset(group_name="behaviour", io_manager_key="model_io_manager", ins={"device_windows": EVERY_BUILT_DAY})

@@ -30,9 +30,9 @@ with warnings.catch_warnings():
 @dg.asset(partitions_def=daily_partitions, backfill_policy=ranged_backfill, group_name="reports",
           ins={"device_exposure": dg.AssetIn(partition_mapping=TWO_WEEKS, metadata={"allow_missing_partitions": True})})
 def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device_inventory: LazyDays,
-                 anomaly_scores: LazyDays, feature_drift: LazyDays,
+                 anomaly_scores: LazyDays, anomaly_incidents: LazyDays, feature_drift: LazyDays,
                  device_windows: LazyDays, device_exposure: LazyDays):
-    """The day in one HTML page: inventory, anomalies on a timeline, drift, exposure, each device's traffic."""
+    """The day in one HTML page: inventory, anomalies on a timeline and as incidents, drift, exposure, traffic."""
     paths, anomalies = [], 0
     exposures = dict(device_exposure.items())  # two weeks before the run and its days, read once
     for day in context.partition_keys:
@@ -41,7 +41,8 @@ def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device
         recent = concat_days({d: f for d, f in exposures.items() if d <= day})
         section = exposure_section_html(exposure.worklist(findings), exposure.findings_per_day(recent),
                                         exposure.line_scores(findings[findings["seen_today"].astype(bool)]))
-        html = daily_page(day, device_inventory[day], scores, feature_drift[day], device_windows[day], [section])
+        html = daily_page(day, device_inventory[day], scores, anomaly_incidents[day], feature_drift[day],
+                          device_windows[day], [section])
         paths.append(reports.write_text(f"daily/{day}.html", html))
         anomalies += int(scores["anomaly"].astype(bool).sum()) if len(scores) else 0
     return dg.MaterializeResult(metadata={**reports.metadata(paths[-1]), "days": len(paths), "anomalies": anomalies})

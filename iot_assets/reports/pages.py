@@ -10,12 +10,13 @@ from sklearn.metrics import roc_curve
 
 from iot_assets import anomaly, drift
 from iot_assets.features import CONTEXT_HOURS
+from iot_assets.incidents import GAP_WINDOWS, SINGLE_WINDOW_MIN_RATIO
 from iot_assets.reports.html import heatmap, page, plt, png, svg_heatmap, table
 
 
-def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, feature_drift: pd.DataFrame,
-               windows: pd.DataFrame, extra_sections: list[str] = ()) -> str:
-    """The day in one HTML page: inventory, anomalies on a timeline, drift, each device's traffic."""
+def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incidents: pd.DataFrame,
+               feature_drift: pd.DataFrame, windows: pd.DataFrame, extra_sections: list[str] = ()) -> str:
+    """The day in one HTML page: inventory, anomalies on a timeline and as incidents, drift, each device's traffic."""
     body = [f"<p class='note'>{len(inventory)} MACs, {len(windows)} device-windows; model versions: "
             f"{html.escape(', '.join(_versions(inventory, scores, feature_drift)))}.</p>"]
     body.append("<h2>Inventory</h2>")
@@ -33,7 +34,14 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, feature_
         body.append(svg_heatmap(np.log2(timeline.clip(lower=1e-3)), "anomaly score / device threshold per window, "
                                 "x = flagged", "log2", cmap="coolwarm", vmin=-3, vmax=3,
                                 marks=set(zip(flagged["label"], flagged["window"]))))
-        body.append(table(flagged[["label", "window_start", "score_ratio", "top_features"]]))
+        body.append(f"<h3>Incidents</h3><p class='note'>{len(flagged)} flagged windows make {len(incidents)} "
+                    f"incidents (flagged windows of a device with at most {GAP_WINDOWS} quiet windows between them; "
+                    f"a lone window under {SINGLE_WINDOW_MIN_RATIO:g}x the threshold is none).</p>")
+        shown = incidents.assign(device=incidents["device_name"].fillna(incidents["device_mac"]),
+                                 start=incidents["start"].dt.strftime("%H:%M"), end=incidents["end"].dt.strftime("%H:%M"))
+        body.append(table(shown[["device", "start", "end", "windows_flagged", "peak_score_ratio", "kind", "kind_reason",
+                                 "top_features", "evidence_peers", "evidence_ports", "usual_ports", "new_peers"]],
+                          digits=1))
     else:
         body.append("<p class='note'>no anomaly model for these devices yet</p>")
 
@@ -51,6 +59,28 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, feature_
                                 "bytes out of the device per hour", "log(1 + bytes)", cmap="magma"))
     body.extend(extra_sections)
     return page(f"iot-assets daily report {day}", body)
+
+
+def _incident_section(anomaly_metrics: dict, target_fpr: float) -> str:
+    """Incidents and false positives on the evaluation days, per episode type and per device."""
+    found = anomaly_metrics.get("incidents")
+    if not found:
+        return ""
+    parts = [f"<h3>Incidents on the evaluation days</h3><p>{found['incidents']} incidents, {found['false_incidents']} "
+             f"of them on clean days: <b>{found['false_incidents_per_device_month'] or 0:.2f}</b> false incidents "
+             f"per device-month over {found['clean_device_days']} clean device-days.</p>"]
+    if found["per_episode_type"]:
+        parts.append(table(pd.DataFrame(found["per_episode_type"]).T.reset_index(names="episode type"), digits=2))
+    per_device = pd.DataFrame(anomaly_metrics.get("per_device", {})).T.reset_index(names="device")
+    incidents_by_device = found["per_device"]
+    if len(per_device):
+        per_device["false_incidents"] = [incidents_by_device.get(d, {}).get("false_incidents", 0)
+                                         for d in per_device["device"]]
+        parts.append("<p class='note'>per device: clean windows flagged (target "
+                     f"{target_fpr:.1%}) and false incidents</p>")
+        parts.append(table(per_device.astype({"clean_windows": int}), flag=per_device["fpr_clean"] > target_fpr,
+                           digits=4))
+    return "".join(parts)
 
 
 def _versions(*frames: pd.DataFrame) -> list[str]:
@@ -123,6 +153,7 @@ def model_page(metrics: dict, anomaly_metrics: dict, versions: dict[str, str], s
         body.append(table(per_type))
     else:
         body.append("<p class='note'>no episodes file (IOT_ASSETS_EPISODES): no ROC curves</p>")
+    body.append(_incident_section(anomaly_metrics, target_fpr))
 
     body.append("<h2>Drift over time</h2>")
     if len(drifts):
