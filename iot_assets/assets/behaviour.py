@@ -77,8 +77,9 @@ def device_classifier(context: dg.AssetExecutionContext, device_windows: LazyDay
     """XGBoost device classifier, trained on the earlier days, evaluated on the later ones."""
     windows = concat_days(device_windows)
     split = classifier.TimeSplit.of(windows, model_settings.train_fraction)
-    model, metrics, _ = classifier.train_and_evaluate(windows, split, model_settings.seed,
-                                                      attacked_windows(windows, model_settings))
+    attacked = attacked_windows(windows, model_settings)
+    model, metrics, _ = classifier.train_and_evaluate(windows, split, model_settings.seed, attacked)
+    metrics["open_set"] = classifier.open_set_evaluation(windows, split, model_settings.seed, attacked, model=model)
     metrics["window"] = f"{model_settings.window_minutes}min"
     metrics["baseline_per_flow"] = classifier.per_flow_baseline(
         concat_days({d: f for d, f in flow_sample.items() if d in split.train_days}),
@@ -94,6 +95,9 @@ def device_classifier(context: dg.AssetExecutionContext, device_windows: LazyDay
     yield _version_output(model, {
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         "baseline_per_flow_accuracy": metrics["baseline_per_flow"]["accuracy"],
+        "day_level_accuracy": metrics["day_level"]["accuracy"],
+        "open_set_left_out_unknown_share": metrics["open_set"]["left_out_unknown_share"],
+        "open_set_known_days_named_correctly": metrics["open_set"]["known_days_named_correctly"],
         "train_range": dg.MetadataValue.json(metrics["train_range"]),
         "eval_range": dg.MetadataValue.json(metrics["eval_range"]),
         "classes": len(model.labels),

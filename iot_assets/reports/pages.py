@@ -61,6 +61,27 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
     return page(f"iot-assets daily report {day}", body)
 
 
+def _open_set_section(metrics: dict) -> str:
+    """The day-level inventory and the leave-one-device-out figures: is an unseen model called unknown?"""
+    parts = []
+    day_level = metrics.get("day_level") or {}
+    if day_level.get("accuracy") is not None:
+        parts.append(f"<p>day-level inventory (a MAC's windows of a day together): accuracy "
+                     f"<b>{day_level['accuracy']:.4f}</b> over {day_level['device_days']} device-days, "
+                     f"{day_level['unknown_share']:.1%} of known devices' days called unknown.</p>")
+    open_set = metrics.get("open_set")
+    if open_set and open_set["left_out"]:
+        parts.append(f"<h3>Unknown device models (leave one device out)</h3><p>left-out devices' days called "
+                     f"unknown: <b>{open_set['left_out_unknown_share'] or 0:.1%}</b> of "
+                     f"{open_set['left_out_device_days']}; known devices' days still named correctly: "
+                     f"<b>{open_set['known_days_named_correctly'] or 0:.1%}</b> of {open_set['known_device_days']}. "
+                     f"{html.escape(open_set['method'])}.</p>")
+        left_out = pd.DataFrame(open_set["left_out"]).T.reset_index(names="left out")
+        parts.append(table(left_out[["left out", "eval_days", "unknown_share", "nearest_known", "novelty_median"]],
+                           flag=left_out["unknown_share"] < 0.9, digits=2))
+    return "".join(parts)
+
+
 def _incident_section(anomaly_metrics: dict, target_fpr: float) -> str:
     """Incidents and false positives on the evaluation days, per episode type and per device."""
     found = anomaly_metrics.get("incidents")
@@ -120,6 +141,7 @@ def model_page(metrics: dict, anomaly_metrics: dict, versions: dict[str, str], s
         body.append(png(fig))
     per_device = pd.DataFrame(metrics["per_device"]).T.reset_index(names="device").astype({"support": int})
     body.append(table(per_device, flag=per_device["f1"] < 0.9))
+    body.append(_open_set_section(metrics))
     importance = pd.Series(metrics["feature_importance"]).head(20)[::-1]
     fig, ax = plt.subplots(figsize=(8, 6))
     ax.barh(importance.index, importance.to_numpy())
