@@ -65,11 +65,39 @@ def _rebuilt_since(instance: dg.DagsterInstance, day: str, timestamp: float) -> 
 # The daily schedule runs at 00:30 UTC for the day that just ended.
 daily_schedule = dg.build_schedule_from_partitioned_job(daily_job, minute_of_hour=30)
 
-# Models retrain weekly (Monday 03:00 UTC) on demand in between: `training_job` in the UI.
+# A scheduled or drift-triggered retrain challenges the served models on a sliding window of
+# recent days and replaces them only when it does better on the days after that window
+# (iot_assets/champion.py). `training_job` from the UI without config trains on the time split.
+CHALLENGE = {"challenge": True}
+CHALLENGE_RUN_CONFIG = {"ops": {name: {"config": CHALLENGE} for name in ("device_classifier", "anomaly_detector")}}
+# The share of a day's devices whose drift check is not `none` that calls for a retrain.
+RETRAIN_DRIFTED_SHARE = 0.5
+
+# Models retrain weekly (Monday 03:00 UTC), as challengers; on demand in between from the UI.
 weekly_training_schedule = dg.ScheduleDefinition(
-    name="weekly_training_schedule", job=training_job, cron_schedule="0 3 * * 1",
+    name="weekly_training_schedule", job=training_job, cron_schedule="0 3 * * 1", run_config=CHALLENGE_RUN_CONFIG,
     execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.STOPPED,
 )
+
+
+def days_calling_for_retraining(drifted_devices_per_day: dict[str, dict]) -> list[str]:
+    """The days on which at least RETRAIN_DRIFTED_SHARE of the devices seen drifted."""
+    return sorted(day for day, counts in drifted_devices_per_day.items()
+                  if counts["devices"] and counts["drifted"] >= RETRAIN_DRIFTED_SHARE * counts["devices"])
+
+
+@dg.asset_sensor(asset_key=dg.AssetKey("feature_drift"), job=training_job, default_status=dg.DefaultSensorStatus.STOPPED)
+def drift_retraining_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    """Retrains the models as challengers when many devices drift on a day."""
+    materialization = asset_event.asset_materialization
+    per_day = materialization.metadata.get("drifted_devices_per_day") if materialization else None
+    if per_day is None:
+        return dg.SkipReason("no drift summary on the materialization")
+    days = days_calling_for_retraining(per_day.value)
+    if not days:
+        return dg.SkipReason(f"no day with {RETRAIN_DRIFTED_SHARE:.0%} of its devices drifted")
+    return dg.RunRequest(run_key=f"drift-{asset_event.run_id}", run_config=CHALLENGE_RUN_CONFIG,
+                         tags={"iot_assets/retrain_reason": f"{len(days)} days with most devices drifted, last {days[-1]}"})
 
 # The model report follows the models and the scored days it shows.
 AFTER_ITS_INPUTS = (
@@ -83,5 +111,5 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60,
 )
 
-SENSORS = [archive_sensor, changed_days_sensor, automation_sensor]
+SENSORS = [archive_sensor, changed_days_sensor, drift_retraining_sensor, automation_sensor]
 SCHEDULES = [daily_schedule, weekly_training_schedule]

@@ -17,14 +17,16 @@ must beat it anyway) and `champion_saw_holdout` says so.
   episodes, a clean false-positive rate lower by at least a tenth of the target. The
   drift reference is retrained on the same window and follows the detector's decision
   (it has no quality of its own to compare).
+
+The training assets run this when asked to challenge (`TrainingConfig.challenge`, as the
+weekly schedule does); a first training, or one without it, trains on the time split.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from iot_assets import anomaly, classifier, drift
-from iot_assets.features import FEATURES
+from iot_assets import anomaly, classifier
 
 MARGIN = 0.005
 
@@ -46,28 +48,19 @@ def _saw(train_range: list[str] | None, holdout: list[str]) -> bool:
     return bool(train_range) and train_range[1] >= holdout[0]
 
 
-def classifier_challenge(windows: pd.DataFrame, champion: classifier.DeviceClassifier, window_days: int,
-                         holdout_days: int, seed: int, attacked: pd.Series | None = None
-                         ) -> tuple[classifier.DeviceClassifier, dict]:
-    """Train a challenger classifier on the recent window; (the model to keep, the figures)."""
-    days = classifier.window_days(windows)
-    window, holdout = sliding_split(days.unique().tolist(), window_days, holdout_days)
-    labelled = classifier._labelled(windows, attacked)
-    labelled_days = classifier.window_days(labelled)
-    train, evaluation = labelled[labelled_days.isin(window)], labelled[labelled_days.isin(holdout)]
-    booster, labels = classifier.fit(train, "device_name", FEATURES, seed)
-    challenger = classifier.DeviceClassifier(booster, labels, list(FEATURES),
-                                             {**champion.info, "train_range": [window[0], window[-1]]},
-                                             classifier.fit_novelty(train, "device_name", FEATURES))
-
+def compare_classifiers(champion: classifier.DeviceClassifier, challenger: classifier.DeviceClassifier,
+                        holdout: pd.DataFrame, holdout_range: list[str]) -> tuple[str, dict]:
+    """("champion" or "challenger", the figures) from both models on the holdout windows
+    (labelled, attack windows left out), by the classifier rules of the module docstring."""
     def figures(model: classifier.DeviceClassifier) -> dict:
-        known = evaluation[evaluation["device_name"].isin(model.labels)]
+        known = holdout[holdout["device_name"].isin(model.labels)]
         predicted = [model.labels[i] for i in model.predict_proba(known).argmax(axis=1)] if len(known) else []
         window_accuracy = float((known["device_name"].to_numpy() == predicted).mean()) if len(known) else None
         day = classifier.day_level_scores(classifier.day_verdicts(model, known), known)
         return {"window_accuracy": window_accuracy, "day_accuracy": day["accuracy"],
                 "day_unknown_share": day["unknown_share"], "device_days": day["device_days"],
-                "labels": len(model.labels), "train_range": model.info.get("train_range")}
+                "labels": len(model.labels), "train_range": (getattr(model, "metrics", None) or {}).get("train_range"),
+                "version": getattr(model, "version", None)}
 
     old, new = figures(champion), figures(challenger)
 
@@ -84,34 +77,22 @@ def classifier_challenge(windows: pd.DataFrame, champion: classifier.DeviceClass
         keep, reason = "challenger", "same day-level accuracy, better window accuracy"
     else:
         keep, reason = "champion", "the challenger is not better on the holdout days"
-    return (challenger if keep == "challenger" else champion), {
-        "model": "device_classifier", "decision": keep, "reason": reason,
-        "window": [window[0], window[-1]], "holdout": [holdout[0], holdout[-1]],
-        "champion": old, "challenger": new,
-        "champion_saw_holdout": _saw(champion.info.get("train_range"), holdout),
-    }
+    return keep, {"model": "device_classifier", "decision": keep, "reason": reason, "holdout": holdout_range,
+                  "champion": old, "challenger": new, "champion_saw_holdout": _saw(old["train_range"], holdout_range)}
 
 
-def detector_challenge(windows: pd.DataFrame, labels: pd.Series, champion: anomaly.AnomalyDetector,
-                       champion_train_range: list[str] | None, window_days: int, holdout_days: int, seed: int
-                       ) -> tuple[anomaly.AnomalyDetector, dict | None, dict]:
-    """Train a challenger detector (and drift reference) on the recent window's clean windows.
-
-    `labels` are `anomaly.evaluation_labels` of the windows. Returns (the detector to keep,
-    the challenger's drift reference when it wins else None, the figures).
-    """
-    days = classifier.window_days(windows)
-    window, holdout = sliding_split(days.unique().tolist(), window_days, holdout_days)
-    train = windows[days.isin(window) & labels.isna()]
-    evaluation_mask = days.isin(holdout)
-    challenger = anomaly.AnomalyDetector(champion.kind, champion.target_fpr, champion.features).fit(train, seed)
-
+def compare_detectors(champion: anomaly.AnomalyDetector, challenger: anomaly.AnomalyDetector,
+                      holdout: pd.DataFrame, labels: pd.Series, holdout_range: list[str]) -> tuple[str, dict]:
+    """("champion" or "challenger", the figures) from both detectors on the holdout windows and
+    their `anomaly.evaluation_labels`, by the detector rules of the module docstring."""
     def figures(detector: anomaly.AnomalyDetector) -> dict:
-        result = anomaly.evaluate(detector.score(windows[evaluation_mask]), labels[evaluation_mask])
+        result = anomaly.evaluate(detector.score(holdout), labels)
         per_type = result["per_episode_type"]
         return {"fpr_clean": result["fpr_clean"], "roc_auc": result["roc_auc"],
                 "worst_recall": min((v["recall"] for v in per_type.values()), default=None),
-                "per_episode_type": per_type, "devices_modelled": len(detector.devices)}
+                "per_episode_type": per_type, "devices_modelled": len(detector.devices),
+                "train_range": (getattr(detector, "metrics", None) or {}).get("train_range"),
+                "version": getattr(detector, "version", None)}
 
     old, new = figures(champion), figures(challenger)
     target = champion.target_fpr
@@ -128,10 +109,6 @@ def detector_challenge(windows: pd.DataFrame, labels: pd.Series, champion: anoma
         reason = ("fewer false positives on the holdout days" if better
                   else "the challenger has no fewer false positives on the holdout days")
     keep = "challenger" if better else "champion"
-    reference = drift.build_reference(train) if better else None
-    return (challenger if better else champion), reference, {
-        "model": "anomaly_detector", "decision": keep, "reason": reason,
-        "window": [window[0], window[-1]], "holdout": [holdout[0], holdout[-1]],
-        "champion": old, "challenger": new, "target_fpr": target,
-        "champion_saw_holdout": _saw(champion_train_range, holdout),
-    }
+    return keep, {"model": "anomaly_detector", "decision": keep, "reason": reason, "holdout": holdout_range,
+                  "champion": old, "challenger": new, "target_fpr": target,
+                  "champion_saw_holdout": _saw(old["train_range"], holdout_range)}

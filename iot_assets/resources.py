@@ -8,7 +8,7 @@ import pandas as pd
 from iot_assets.settings import Settings
 from iot_assets.storage.lake import LakeIOManager
 from iot_assets.storage.location import base_path
-from iot_assets.storage.models import ModelIOManager
+from iot_assets.storage.models import ModelIOManager, ServedModels
 from iot_assets.storage.reports import ReportFiles
 from iot_assets.storage.staging import ArchiveStore
 
@@ -82,4 +82,5 @@ def build_resources(settings: Settings) -> dict:
         "line_settings": LineSettings(lines_csv=settings.lines_csv, sampling=settings.sampling),
         "lake_io_manager": LakeIOManagerFactory(base_url=base),
         "model_io_manager": ModelIOManager(base_url=base, pins=settings.model_pins),
+        "served_models": ServedModels(base_url=base, pins=settings.model_pins),
     }

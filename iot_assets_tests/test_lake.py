@@ -154,3 +154,46 @@ def test_an_injected_scan_is_an_incident_of_its_device_on_its_day(tmp_path):
         assert metrics["per_device"][name]["clean_windows"] == 48 and metrics["per_device"][name]["fpr_clean"] <= 0.05
     page = (data / "reports" / "daily" / f"{day}.html").read_text()
     assert "<h3>Incidents</h3>" in page and "scan-like" in page
+
+
+@pytest.mark.slow
+def test_a_challenge_serves_the_better_model_and_says_why(tmp_path, monkeypatch):
+    from iot_assets import automation
+
+    data = tmp_path / "data"
+    days = [f"2019-06-{d}" for d in range(25, 31)]
+    sample.generate(data / "raw", date(2019, 6, 25), 6, scale=0.03, seed=3,
+                    devices=["nature_remo", "qrio_hub", "xiaomi_mijia_led"])
+    defs, instance, outcome = build(data, days, IOT_ASSETS_END_DATE=days[-1])
+    assert outcome.problems == []
+    store = ModelStore(str(data))
+    before = {asset: store.current(asset) for asset in ("device_classifier", "anomaly_detector")}
+
+    # The drift sensor asks for a challenge once enough of a day's devices drifted.
+    sensor = defs.get_sensor_def("drift_retraining_sensor")
+    monkeypatch.setattr(automation, "RETRAIN_DRIFTED_SHARE", 1.01)
+    with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+        assert list(sensor.evaluate_tick(context).run_requests) == []
+    monkeypatch.setattr(automation, "RETRAIN_DRIFTED_SHARE", 0.0)
+    with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+        (request,) = sensor.evaluate_tick(context).run_requests
+    assert request.run_config == automation.CHALLENGE_RUN_CONFIG
+
+    challenge = {"challenge": True, "window_days": 2, "holdout_days": 2}
+    config = {"ops": {name: {"config": challenge} for name in ("device_classifier", "anomaly_detector")}}
+    result = defs.resolve_job_def("training_job").execute_in_process(instance=instance, run_config=config)
+    assert result.success
+    for asset, report in (("device_classifier", "classifier_challenge.json"), ("anomaly_detector", "anomaly_challenge.json")):
+        figures = json.loads((data / "reports" / report).read_text())
+        assert figures["holdout"] == days[-2:] and figures["champion"]["version"] == before[asset]
+        decision = result.asset_materializations_for_node(asset)[0].metadata["decision"].value
+        assert decision == f"{figures['decision']} kept: {figures['reason']}"
+        served = store.load(asset, store.current(asset))
+        if figures["decision"] == "champion":
+            assert served.version == before[asset]
+        else:
+            assert served.version != before[asset] and served.metrics["challenge"] == figures
+            assert served.metrics["train_range"] == days[2:4]
+    # The drift reference describes the days of the detector served with it.
+    reference = store.load("drift_reference", store.current("drift_reference"))
+    assert reference["train_range"] == store.load("anomaly_detector", store.current("anomaly_detector")).metrics["train_range"]

@@ -226,3 +226,47 @@ def test_incident_metrics_count_false_incidents_per_clean_month_recall_and_delay
     assert metrics["per_episode_type"]["scan"] == {"episodes": 1, "detected": 1, "recall": 1.0,
                                                    "delay_minutes_median": 30.0, "delay_minutes_max": 30.0}
     assert metrics["per_episode_type"]["flood"]["recall"] == 0.0
+
+
+# ---------------------------------------------------------------- champion and challenger
+
+def test_a_challenger_replaces_the_champion_only_when_it_names_the_holdout_better(monkeypatch):
+    from iot_assets import champion
+
+    small_booster(monkeypatch)
+    windows = synthetic_windows(devices=3, days=6)
+    window, holdout_days = champion.sliding_split(classifier.window_days(windows).unique().tolist(), 3, 2)
+    assert window == ["2019-07-02", "2019-07-03", "2019-07-04"] and holdout_days == ["2019-07-05", "2019-07-06"]
+    split = classifier.TimeSplit(window, holdout_days)
+    used = windows[classifier.window_days(windows).isin(window + holdout_days)]
+    good, _, _ = classifier.train_and_evaluate(used, split, seed=0)
+    # A champion trained on shuffled names names the holdout days wrongly.
+    shuffled = used.assign(device_name=used["device_name"].sample(frac=1, random_state=0).to_numpy())
+    bad, _, _ = classifier.train_and_evaluate(shuffled, split, seed=0)
+    holdout = used[classifier.window_days(used).isin(holdout_days)]
+    keep, figures = champion.compare_classifiers(bad, good, holdout, split.eval_range)
+    assert keep == "challenger" and figures["challenger"]["day_accuracy"] == 1.0
+    assert figures["champion"]["day_accuracy"] < 1.0 and figures["reason"] == "better day-level accuracy"
+    # The other way round the champion stays; a challenger that knows fewer models never wins.
+    assert champion.compare_classifiers(good, bad, holdout, split.eval_range)[0] == "champion"
+    two = used[used["device_name"] != "device 2"]
+    fewer, _, _ = classifier.train_and_evaluate(two, split, seed=0)
+    keep, figures = champion.compare_classifiers(bad, fewer, holdout, split.eval_range)
+    assert keep == "champion" and figures["reason"].endswith("device 2")
+
+
+def test_a_challenger_detector_must_stay_within_the_false_positive_budget():
+    from iot_assets import champion
+
+    windows = synthetic_windows(devices=2, days=6)
+    days = classifier.window_days(windows)
+    train, holdout = windows[days < "2019-07-05"], windows[days >= "2019-07-05"]
+    clean = pd.Series([None] * len(holdout), index=holdout.index, dtype=object)
+    fitted = anomaly.AnomalyDetector("KNN", 0.01, list(ANOMALY_FEATURES)).fit(train, seed=0)
+    # A detector fitted on other behaviour flags most of the holdout: it never replaces a good one.
+    shifted = train.assign(**{f: train[f] + 3.0 for f in ANOMALY_FEATURES})
+    off = anomaly.AnomalyDetector("KNN", 0.01, list(ANOMALY_FEATURES)).fit(shifted, seed=0)
+    keep, figures = champion.compare_detectors(fitted, off, holdout, clean, ["2019-07-05", "2019-07-06"])
+    assert keep == "champion" and figures["challenger"]["fpr_clean"] > 0.5 >= figures["champion"]["fpr_clean"]
+    keep, figures = champion.compare_detectors(off, fitted, holdout, clean, ["2019-07-05", "2019-07-06"])
+    assert keep == "challenger" and figures["reason"] == "fewer false positives on the holdout days"

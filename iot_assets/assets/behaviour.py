@@ -8,13 +8,14 @@ import dagster as dg
 import pandas as pd
 
 from iot_assets import anomaly, classifier, drift, incidents
+from iot_assets import champion as champion_module
 from iot_assets.exploration import exploration
 from iot_assets.features import CONTEXT_HOURS, FEATURES, build_windows
 from iot_assets.partitions import daily_partitions, previous_day, ranged_backfill
 from iot_assets.resources import ModelSettings
 from iot_assets.schemas import AnomalyIncidents, column_schema
 from iot_assets.storage.lake import LazyDays
-from iot_assets.storage.models import JsonDocument, model_version
+from iot_assets.storage.models import JsonDocument, ServedModels, model_version
 from iot_assets.storage.reports import ReportFiles
 
 with warnings.catch_warnings():
@@ -61,8 +62,33 @@ def attacked_windows(windows: pd.DataFrame, settings: ModelSettings) -> pd.Serie
 
 
 def _version_output(model, metadata: dict) -> dg.Output:
-    version = model_version(model)
+    version = getattr(model, "version", None) or model_version(model)
     return dg.Output(model, data_version=dg.DataVersion(version), metadata={"version": version, **metadata})
+
+
+class TrainingConfig(dg.Config):
+    """How a training run builds its model: on the time split, or as a challenger to the version in use."""
+
+    challenge: bool = False  # train on the recent window; serve it only if it beats the served version after it
+    window_days: int = 28  # the challenger's training days: the latest before the holdout
+    holdout_days: int = 7  # the days after the window both models are judged on
+
+
+def training_split(windows: pd.DataFrame, config: TrainingConfig, model_settings: ModelSettings,
+                   champion) -> tuple[pd.DataFrame, classifier.TimeSplit]:
+    """The windows and split to train on: the time split, or (challenging a champion) the sliding window and its holdout."""
+    if champion is None:
+        return windows, classifier.TimeSplit.of(windows, model_settings.train_fraction)
+    window, holdout = champion_module.sliding_split(classifier.window_days(windows).unique().tolist(),
+                                                    config.window_days, config.holdout_days)
+    return windows[classifier.window_days(windows).isin(window + holdout)], classifier.TimeSplit(window, holdout)
+
+
+def challenge_metadata(challenge: dict | None) -> dict:
+    if challenge is None:
+        return {"decision": "first training or no challenge: trained on the time split"}
+    return {"decision": f"{challenge['decision']} kept: {challenge['reason']}",
+            "challenge": dg.MetadataValue.json(challenge)}
 
 
 @dg.asset(
@@ -72,11 +98,13 @@ def _version_output(model, metadata: dict) -> dg.Output:
     check_specs=[dg.AssetCheckSpec("classifier_accuracy", asset="device_classifier",
                                    description="Accuracy on the later days' windows is at least 0.9.")],
 )
-def device_classifier(context: dg.AssetExecutionContext, device_windows: LazyDays,
-                      flow_sample: LazyDays, model_settings: ModelSettings, reports: ReportFiles):
+def device_classifier(context: dg.AssetExecutionContext, config: TrainingConfig, device_windows: LazyDays,
+                      flow_sample: LazyDays, model_settings: ModelSettings, reports: ReportFiles,
+                      served_models: ServedModels):
     """XGBoost device classifier, trained on the earlier days, evaluated on the later ones."""
     windows = concat_days(device_windows)
-    split = classifier.TimeSplit.of(windows, model_settings.train_fraction)
+    champion = served_models.champion("device_classifier") if config.challenge else None
+    windows, split = training_split(windows, config, model_settings, champion)
     attacked = attacked_windows(windows, model_settings)
     model, metrics, _ = classifier.train_and_evaluate(windows, split, model_settings.seed, attacked)
     metrics["open_set"] = classifier.open_set_evaluation(windows, split, model_settings.seed, attacked, model=model)
@@ -89,6 +117,18 @@ def device_classifier(context: dg.AssetExecutionContext, device_windows: LazyDay
     metrics["exploration"] = explored
     metrics["days_used"] = sorted(device_windows)
     model.metrics = metrics
+    challenge = None
+    if champion is not None:
+        holdout = classifier._labelled(windows, attacked)
+        keep, challenge = champion_module.compare_classifiers(champion, model, holdout[~split.is_train(holdout)],
+                                                              split.eval_range)
+        reports.write_json("classifier_challenge.json", challenge)
+        context.log.info(f"champion {champion.version} against a challenger on {split.train_range}: "
+                         f"{keep} kept ({challenge['reason']})")
+        if keep == "champion":
+            model, metrics = champion, champion.metrics
+        else:
+            metrics["challenge"] = challenge
     metrics_path = reports.write_json("classifier_metrics.json", metrics)
     exploration_path = reports.write_text("feature_exploration.md", report)
     context.log.info(f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
@@ -104,6 +144,7 @@ def device_classifier(context: dg.AssetExecutionContext, device_windows: LazyDay
         "metrics": dg.MetadataValue.path(str(metrics_path)),
         "exploration": dg.MetadataValue.path(str(exploration_path)),
         "top_features": dg.MetadataValue.json(dict(list(metrics["feature_importance"].items())[:10])),
+        **challenge_metadata(challenge),
     })
     yield dg.AssetCheckResult(
         check_name="classifier_accuracy", passed=bool((metrics["accuracy"] or 0) >= 0.9),
@@ -171,11 +212,12 @@ def device_inventory(context: dg.AssetExecutionContext, device_windows: LazyDays
     io_manager_key="model_io_manager",
     ins={"device_windows": EVERY_BUILT_DAY},
 )
-def anomaly_detector(context: dg.AssetExecutionContext, device_windows: LazyDays,
-                     model_settings: ModelSettings, reports: ReportFiles):
+def anomaly_detector(context: dg.AssetExecutionContext, config: TrainingConfig, device_windows: LazyDays,
+                     model_settings: ModelSettings, reports: ReportFiles, served_models: ServedModels):
     """PyOD detectors per device, compared on the later days, the best kept; thresholds at the target FPR."""
     windows = concat_days(device_windows)
-    split = classifier.TimeSplit.of(windows, model_settings.train_fraction)
+    champion = served_models.champion("anomaly_detector") if config.challenge else None
+    windows, split = training_split(windows, config, model_settings, champion)
     labels = anomaly.evaluation_labels(windows, model_settings.read_episodes(), model_settings.window_minutes,
                                        pd.Timedelta(hours=CONTEXT_HOURS))
     train = split.is_train(windows)
@@ -192,6 +234,17 @@ def anomaly_detector(context: dg.AssetExecutionContext, device_windows: LazyDays
                     "eval_range": split.eval_range, "devices_modelled": len(detector.devices),
                     "window_minutes": model_settings.window_minutes, "episodes": model_settings.episodes or None})
     detector.metrics = metrics
+    challenge = None
+    if champion is not None:
+        keep, challenge = champion_module.compare_detectors(champion, detector, evaluation, labels[~train],
+                                                            split.eval_range)
+        reports.write_json("anomaly_challenge.json", challenge)
+        context.log.info(f"champion {champion.version} against a challenger on {split.train_range}: "
+                         f"{keep} kept ({challenge['reason']})")
+        if keep == "champion":
+            detector, metrics = champion, champion.metrics
+        else:
+            metrics["challenge"] = challenge
     metrics_path = reports.write_json("anomaly_metrics.json", metrics)
     return _version_output(detector, {
         "detector": metrics["detector"], "fpr_clean": metrics["fpr_clean"], "roc_auc": metrics["roc_auc"],
@@ -201,6 +254,7 @@ def anomaly_detector(context: dg.AssetExecutionContext, device_windows: LazyDays
                                                   metrics["incidents"]["per_episode_type"].items()}),
         "compared": dg.MetadataValue.json(metrics["detectors_compared"]),
         "metrics": dg.MetadataValue.path(str(metrics_path)),
+        **challenge_metadata(challenge),
     })
 
 
@@ -289,15 +343,18 @@ def anomaly_incidents(context: dg.AssetExecutionContext, anomaly_scores: LazyDay
 
 
 @dg.asset(group_name="behaviour", io_manager_key="model_io_manager", ins={"device_windows": EVERY_BUILT_DAY})
-def drift_reference(context: dg.AssetExecutionContext, device_windows: LazyDays,
+def drift_reference(context: dg.AssetExecutionContext, device_windows: LazyDays, anomaly_detector: anomaly.AnomalyDetector,
                     model_settings: ModelSettings):
     """Per device and feature, the training distribution and how far single training days strayed."""
-    windows = concat_days(device_windows)
-    split = classifier.TimeSplit.of(windows, model_settings.train_fraction)
-    train = split.is_train(windows) & ~attacked_windows(windows, model_settings)
-    reference = JsonDocument({"train_range": split.train_range, "devices": drift.build_reference(windows[train])})
+    # The reference describes the same days as the detector it goes with (after a challenge: the
+    # served one's), so that drift and anomalies judge a day against one normal.
+    train_range = anomaly_detector.metrics["train_range"]
+    windows = concat_days({d: f for d, f in device_windows.items() if train_range[0] <= d <= train_range[1]})
+    train = ~attacked_windows(windows, model_settings)
+    reference = JsonDocument({"train_range": train_range, "devices": drift.build_reference(windows[train])})
     return _version_output(reference, {"devices": len(reference["devices"]), "features": len(FEATURES),
-                                       "train_range": dg.MetadataValue.json(split.train_range)})
+                                       "train_range": dg.MetadataValue.json(train_range),
+                                       "anomaly_detector": anomaly_detector.version})
 
 
 @dg.asset(
@@ -320,8 +377,11 @@ def feature_drift(context: dg.AssetExecutionContext, device_windows: LazyDays,
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
     major = summary[summary["level"] == "major"] if len(summary) else summary
     moderate = summary[summary["level"] == "moderate"] if len(summary) else summary
+    per_day = {day: {"devices": int(len(part)), "drifted": int((part["level"] != "none").sum())}
+               for day, part in summary.groupby("day")} if len(summary) else {}
     yield dg.Output(out, metadata={
         "devices": int(summary["device_mac"].nunique()) if len(summary) else 0, "model_version": drift_reference.version,
+        "drifted_devices_per_day": dg.MetadataValue.json(per_day),
         "drifted_features": int(sum(t["drifted"].sum() for t in out.values())),
         "summary": dg.MetadataValue.md(summary.to_markdown(index=False, floatfmt=".2f") if len(summary) else "no device"),
     })

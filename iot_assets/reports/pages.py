@@ -115,6 +115,12 @@ def model_page(metrics: dict, anomaly_metrics: dict, versions: dict[str, str], s
     body = [f"<p class='note'>Trained on {metrics['train_range'][0]} .. {metrics['train_range'][1]}, evaluated on "
             f"{metrics['eval_range'][0]} .. {metrics['eval_range'][1]} ({metrics['window']} windows). Model versions: "
             + ", ".join(f"{html.escape(a)} <b>{html.escape(v)}</b>" for a, v in versions.items()) + ".</p>"]
+    for served in (metrics, anomaly_metrics):
+        challenge = served.get("challenge")
+        if challenge:
+            body.append(f"<p class='note'>{html.escape(challenge['model'])}: this version won a challenge against "
+                        f"{html.escape(str(challenge['champion']['version']))} on the holdout days "
+                        f"{' .. '.join(challenge['holdout'])} ({html.escape(challenge['reason'])}).</p>")
 
     body.append("<h2>Exploration: which features separate devices</h2>")
     explored = metrics["exploration"]

@@ -128,7 +128,26 @@ class ModelIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext):
         asset = context.asset_key.to_user_string()
-        store = ModelStore(self.base_url)
-        version = parse_pins(self.pins).get(asset) or store.current(asset)
-        context.log.info(f"{asset}: version {version}")
-        return store.load(asset, version)
+        model = served_model(self.base_url, self.pins, asset)
+        context.log.info(f"{asset}: version {model.version}")
+        return model
+
+
+def served_model(base_url: str, pins: str, asset: str):
+    """The version of `asset` in use: the pinned one, else the current one (FileNotFoundError if never trained)."""
+    store = ModelStore(base_url)
+    return store.load(asset, parse_pins(pins).get(asset) or store.current(asset))
+
+
+class ServedModels(dg.ConfigurableResource):
+    """The model versions in use, for a retrain that must beat them (champion and challenger)."""
+
+    base_url: str
+    pins: str = ""
+
+    def champion(self, asset: str):
+        """The version in use, or None before the first training."""
+        try:
+            return served_model(self.base_url, self.pins, asset)
+        except FileNotFoundError:
+            return None
