@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from iot_assets.jobs import daily_job, ingest_archives_job, training_job
+from iot_assets.jobs import daily_job, ingest_archives_job, rebaseline_job, training_job
 from iot_assets.partitions import DAYS_PER_RUN, daily_partitions
 from iot_assets.storage.staging import ArchiveStore
 
@@ -99,7 +99,21 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext, asset_event: dg
     return dg.RunRequest(run_key=f"drift-{asset_event.run_id}", run_config=CHALLENGE_RUN_CONFIG,
                          tags={"iot_assets/retrain_reason": f"{len(days)} days with most devices drifted, last {days[-1]}"})
 
-# The model report follows the models and the scored days it shows.
+@dg.asset_sensor(asset_key=dg.AssetKey("rebaseline_decisions"), job=rebaseline_job,
+                 default_status=dg.DefaultSensorStatus.RUNNING)
+def rebaseline_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+    """Refits the detector and drift reference of the devices rebaseline_decisions names, on their new normal."""
+    materialization = asset_event.asset_materialization
+    decisions = materialization.metadata.get("decisions") if materialization else None
+    if decisions is None or not decisions.value:
+        return dg.SkipReason("no device to re-baseline")
+    requests = sorted(f"{d['device_mac']}@{d['from_day']}" for d in decisions.value)
+    return dg.RunRequest(run_key=f"rebaseline-{asset_event.run_id}",
+                         run_config={"ops": {"anomaly_detector": {"config": {"rebaseline": requests}}}},
+                         tags={"iot_assets/rebaseline": ", ".join(requests)[:200]})
+
+
+# The model report and the re-baselining decisions follow the models and the scored days.
 AFTER_ITS_INPUTS = (
     dg.AutomationCondition.any_deps_updated().since_last_handled()
     & ~dg.AutomationCondition.in_progress()
@@ -107,9 +121,9 @@ AFTER_ITS_INPUTS = (
 )
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
-    "automation_sensor", target=dg.AssetSelection.assets("model_report"),
+    "automation_sensor", target=dg.AssetSelection.assets("model_report", "rebaseline_decisions"),
     default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60,
 )
 
-SENSORS = [archive_sensor, changed_days_sensor, drift_retraining_sensor, automation_sensor]
+SENSORS = [archive_sensor, changed_days_sensor, drift_retraining_sensor, rebaseline_sensor, automation_sensor]
 SCHEDULES = [daily_schedule, weekly_training_schedule]

@@ -483,8 +483,10 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
     full_proba = pd.DataFrame(model.predict_proba(evaluation), columns=model.labels, index=evaluation.index) \
         if model is not None else None
     left_out, known_days, known_right = {}, 0, 0
-    for device in sorted(train["device_name"].unique()):
-        if not (evaluation["device_name"] == device).any():
+    trained = sorted(train["device_name"].unique())
+    for device in trained:
+        # With one trained model there is nothing left to name when it is left out.
+        if len(trained) < 2 or not (evaluation["device_name"] == device).any():
             continue
         if full_proba is None:
             booster, labels = fit(train[train["device_name"] != device], "device_name", FEATURES, seed,

@@ -7,7 +7,7 @@ FLOW_ASSETS = ("decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "
 MODEL_ASSETS = ("device_classifier", "anomaly_detector", "drift_reference", "endpoint_signatures")
 SCORING_ASSETS = ("device_inventory", "anomaly_scores", "anomaly_incidents", "feature_drift", "device_exposure", "line_inventory",
                   "daily_report")
-REPORT_ASSETS = ("model_report", "exposure_report", "line_first_detected", "line_metrics")
+REPORT_ASSETS = ("rebaseline_decisions", "model_report", "exposure_report", "line_first_detected", "line_metrics")
 
 ingest_archives_job = dg.define_asset_job(
     "ingest_archives_job",
@@ -46,4 +46,10 @@ daily_job = dg.define_asset_job(
     description="Days end to end with the current models: flows, windows, inventory, anomalies, drift, report.",
 )
 
-JOBS = [ingest_archives_job, daily_flows_job, training_job, daily_scoring_job, reports_job, daily_job]
+rebaseline_job = dg.define_asset_job(
+    "rebaseline_job",
+    selection=dg.AssetSelection.assets("anomaly_detector", "drift_reference"),
+    description="Refit the detector and drift reference of re-baselined devices on their new normal (config: rebaseline).",
+)
+
+JOBS = [ingest_archives_job, rebaseline_job, daily_flows_job, training_job, daily_scoring_job, reports_job, daily_job]

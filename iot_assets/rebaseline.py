@@ -98,27 +98,44 @@ def decide(daily: pd.DataFrame, acknowledgements: pd.DataFrame | None = None, st
     return pd.DataFrame(decisions, columns=DECISION_COLUMNS)
 
 
-def refit_device(detector: AnomalyDetector, reference: dict, windows: pd.DataFrame, device_mac: str,
-                 from_day: str, seed: int) -> tuple[AnomalyDetector, dict]:
-    """A new detector and drift reference with `device_mac` refitted on its windows from `from_day` on.
+def own_windows(windows: pd.DataFrame, device_mac: str, from_day: str) -> pd.DataFrame:
+    """The device's windows from `from_day` on: its new normal."""
+    days = windows["window_start"].dt.strftime("%Y-%m-%d")
+    return windows[(windows["device_mac"] == device_mac) & (days >= from_day)]
+
+
+def refit_detector(detector: AnomalyDetector, windows: pd.DataFrame, device_mac: str, from_day: str,
+                   seed: int) -> AnomalyDetector:
+    """A new detector with `device_mac` refitted on its windows from `from_day` on.
 
     The other devices are untouched (shared, not copied: models are immutable once fitted).
     """
-    days = windows["window_start"].dt.strftime("%Y-%m-%d")
-    own = windows[(windows["device_mac"] == device_mac) & (days >= from_day)]
+    own = own_windows(windows, device_mac, from_day)
     refit = AnomalyDetector(detector.kind, detector.target_fpr, detector.features).fit(own, seed)
     if device_mac not in refit.devices:
         raise ValueError(f"cannot re-baseline {device_mac} from {from_day}: {len(own)} windows since, "
                          f"the detector needs at least two days (48 hourly windows)")
     new_detector = copy.copy(detector)
     new_detector.devices = {**detector.devices, device_mac: refit.devices[device_mac]}
+    return new_detector
+
+
+def refit_reference(reference: dict, windows: pd.DataFrame, device_mac: str, from_day: str) -> dict:
+    """The drift reference with `device_mac` described by its windows from `from_day` on."""
     new_reference = dict(reference)
-    fresh = drift.build_reference(own)
+    fresh = drift.build_reference(own_windows(windows, device_mac, from_day))
     if device_mac in fresh:
         new_reference[device_mac] = fresh[device_mac]
     else:
         new_reference.pop(device_mac, None)  # under two days: no reference rather than a stale one
-    return new_detector, new_reference
+    return new_reference
+
+
+def refit_device(detector: AnomalyDetector, reference: dict, windows: pd.DataFrame, device_mac: str,
+                 from_day: str, seed: int) -> tuple[AnomalyDetector, dict]:
+    """A new detector and drift reference with `device_mac` refitted on its windows from `from_day` on."""
+    return (refit_detector(detector, windows, device_mac, from_day, seed),
+            refit_reference(reference, windows, device_mac, from_day))
 
 
 def replay(windows: pd.DataFrame, detector: AnomalyDetector, reference: dict, days: list[str], seed: int,

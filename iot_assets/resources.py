@@ -21,6 +21,8 @@ class ModelSettings(dg.ConfigurableResource):
     target_fpr: float = 0.01
     seed: int = 0
     episodes: str = ""  # an episodes.csv with ground truth for the anomaly metrics, if any
+    acknowledgements: str = ""  # a CSV device_mac,from_day: changes an analyst accepted (re-baselined at once)
+    stable_days: int = 3  # changed days in a row at a steady score level before a device is re-baselined
 
     def read_episodes(self, types: tuple[str, ...] | None = None) -> pd.DataFrame | None:
         """The ground-truth episodes of `types` (default: the anomaly episodes), or None without a file."""
@@ -30,6 +32,17 @@ class ModelSettings(dg.ConfigurableResource):
             return None
         with base_path(self.episodes).open("rb") as handle:
             return read_episodes(handle, types or EPISODE_TYPES)
+
+    def read_acknowledgements(self) -> pd.DataFrame | None:
+        """The analyst's acknowledged changes (device_mac, from_day), or None without a file."""
+        if not self.acknowledgements:
+            return None
+        with base_path(self.acknowledgements).open("rb") as handle:
+            table = pd.read_csv(handle, dtype=str)
+        missing = {"device_mac", "from_day"} - set(table.columns)
+        if missing:
+            raise ValueError(f"{self.acknowledgements}: acknowledgements need column(s) {', '.join(sorted(missing))}")
+        return table
 
 
 class ExposureSettings(dg.ConfigurableResource):
@@ -77,7 +90,8 @@ def build_resources(settings: Settings) -> dict:
                                  last_day=settings.last_day.isoformat()),
         "reports": ReportFiles(base_url=base),
         "model_settings": ModelSettings(window_minutes=settings.window_minutes, train_fraction=settings.train_fraction,
-                                        target_fpr=settings.target_fpr, seed=settings.seed, episodes=settings.episodes),
+                                        target_fpr=settings.target_fpr, seed=settings.seed, episodes=settings.episodes,
+                                        acknowledgements=settings.acknowledgements, stable_days=settings.stable_days),
         "exposure_settings": ExposureSettings(advisories=settings.advisories),
         "line_settings": LineSettings(lines_csv=settings.lines_csv, sampling=settings.sampling),
         "lake_io_manager": LakeIOManagerFactory(base_url=base),

@@ -64,6 +64,8 @@ class Settings:
     sampling: str = "1,100,1000"  # packet sampling rates 1:N of the line views
     line_window_days: int = 3  # days of line views a line inventory accumulates
     days_per_run: int = 7  # days a backfill run of the daily assets covers at most
+    acknowledgements: str = ""  # a CSV device_mac,from_day: changes an analyst accepted as the new normal
+    stable_days: int = 3  # changed days in a row, at a steady score level, that make a new normal
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -92,6 +94,8 @@ class Settings:
             sampling=env.get("IOT_ASSETS_SAMPLING", "").strip() or "1,100,1000",
             line_window_days=int(_parse_number(env, "IOT_ASSETS_LINE_WINDOW_DAYS", 3, 1, 30)),
             days_per_run=int(_parse_number(env, "IOT_ASSETS_DAYS_PER_RUN", 7, 1, 366)),
+            acknowledgements=env.get("IOT_ASSETS_ACKNOWLEDGEMENTS", "").strip(),
+            stable_days=int(_parse_number(env, "IOT_ASSETS_STABLE_DAYS", 3, 1, 60)),
         )
 
     @property

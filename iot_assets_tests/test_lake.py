@@ -8,6 +8,7 @@ import sys
 from datetime import date
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -197,3 +198,47 @@ def test_a_challenge_serves_the_better_model_and_says_why(tmp_path, monkeypatch)
     # The drift reference describes the days of the detector served with it.
     reference = store.load("drift_reference", store.current("drift_reference"))
     assert reference["train_range"] == store.load("anomaly_detector", store.current("anomaly_detector")).metrics["train_range"]
+
+
+@pytest.mark.slow
+def test_an_acknowledged_change_re_baselines_the_device_and_only_it(tmp_path):
+    data = tmp_path / "data"
+    days = [f"2019-06-{d}" for d in range(25, 31)]
+    sample.generate(data / "raw", date(2019, 6, 25), 6, scale=0.03, seed=3,
+                    devices=["nature_remo", "qrio_hub", "xiaomi_mijia_led"])
+    qrio = "80:c5:f2:0b:aa:a9"
+    acknowledgements = tmp_path / "acknowledgements.csv"
+    acknowledgements.write_text(f"device_mac,from_day\n{qrio},2019-06-29\n")
+    defs, instance, outcome = build(data, days, IOT_ASSETS_END_DATE=days[-1],
+                                    IOT_ASSETS_ACKNOWLEDGEMENTS=str(acknowledgements))
+    assert outcome.problems == []
+    decisions = pd.read_parquet(data / "lake" / "rebaseline_decisions" / "part-0.parquet")
+    assert decisions[["device_mac", "device_name", "from_day", "reason"]].to_dict("records") == [
+        {"device_mac": qrio, "device_name": "Qrio Hub", "from_day": "2019-06-29", "reason": "acknowledged"}]
+    store = ModelStore(str(data))
+    before = store.load("anomaly_detector", store.current("anomaly_detector"))
+    reference_before = store.load("drift_reference", store.current("drift_reference"))
+
+    # The sensor turns the decision into a rebaseline run of the detector and the drift reference.
+    sensor = defs.get_sensor_def("rebaseline_sensor")
+    with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+        (request,) = sensor.evaluate_tick(context).run_requests
+    assert request.run_config == {"ops": {"anomaly_detector": {"config": {"rebaseline": [f"{qrio}@2019-06-29"]}}}}
+    job = defs.resolve_job_def(request.job_name or "rebaseline_job")
+    assert job.execute_in_process(instance=instance, run_config=request.run_config).success
+    after = store.load("anomaly_detector", store.current("anomaly_detector"))
+    assert after.version != before.version
+    assert after.metrics["baselines"] == {qrio: {"from_day": "2019-06-29", "until": "2019-06-30"}}
+    # Only the acknowledged device got a new normal, in the detector and in the drift reference.
+    changed = [mac for mac in before.devices if not np.array_equal(before.devices[mac].center, after.devices[mac].center)]
+    assert changed == [qrio]
+    reference = store.load("drift_reference", store.current("drift_reference"))
+    assert reference["baselines"] == after.metrics["baselines"]
+    assert [m for m in reference_before["devices"] if reference["devices"][m] != reference_before["devices"][m]] == [qrio]
+
+    # Rescored by the new version, the acknowledged change is handled: nothing more to decide.
+    assert defs.resolve_job_def("daily_scoring_job").execute_in_process(
+        instance=instance, tags={"dagster/asset_partition_range_start": days[0],
+                                 "dagster/asset_partition_range_end": days[-1]}).success
+    assert defs.resolve_job_def("reports_job").execute_in_process(instance=instance).success
+    assert pd.read_parquet(data / "lake" / "rebaseline_decisions" / "part-0.parquet").empty

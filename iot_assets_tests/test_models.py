@@ -270,3 +270,28 @@ def test_a_challenger_detector_must_stay_within_the_false_positive_budget():
     assert keep == "champion" and figures["challenger"]["fpr_clean"] > 0.5 >= figures["champion"]["fpr_clean"]
     keep, figures = champion.compare_detectors(off, fitted, holdout, clean, ["2019-07-05", "2019-07-06"])
     assert keep == "challenger" and figures["reason"] == "fewer false positives on the holdout days"
+
+
+# ---------------------------------------------------------------- re-baselining
+
+def test_a_change_that_stays_stable_for_n_days_is_a_new_normal_and_a_coming_and_going_one_is_not():
+    from iot_assets import rebaseline
+
+    days = [f"2019-09-{d:02d}" for d in range(10, 16)]
+    rows = []
+    for mac, ratios in (("steady", [0.3, 0.3, 3.0, 3.2, 2.9, 3.1]), ("moving", [0.3, 0.3, 1.5, 6.0, 1.5, 6.0]),
+                        ("quiet", [0.3] * 6)):
+        for day, ratio in zip(days, ratios):
+            rows.append({"device_mac": mac, "day": day, "drift_level": "moderate" if ratio > 1 else "none",
+                         "flagged_share": 0.6 if ratio > 1 else 0.0, "median_score_ratio": ratio, "changed": ratio > 1})
+    daily = pd.DataFrame(rows)
+    decisions = rebaseline.decide(daily, stable_days=3)
+    assert decisions[["device_mac", "from_day", "decided_on", "reason"]].to_dict("records") == [
+        {"device_mac": "steady", "from_day": "2019-09-12", "decided_on": "2019-09-15", "reason": "stable change"}]
+    # Once re-baselined (its new normal starts after the decision), the same change is not decided again.
+    assert rebaseline.decide(daily, stable_days=3, since={"steady": "2019-09-16"}).empty
+    # Too few changed days yet: nothing; an analyst's acknowledgement: at once.
+    assert rebaseline.decide(daily, stable_days=5).empty
+    acknowledged = rebaseline.decide(daily, pd.DataFrame({"device_mac": ["quiet"], "from_day": ["2019-09-14"]}), 5)
+    assert acknowledged[["device_mac", "from_day", "reason"]].to_dict("records") == [
+        {"device_mac": "quiet", "from_day": "2019-09-14", "reason": "acknowledged"}]

@@ -2,13 +2,15 @@
 
 
 import warnings
+from datetime import date, timedelta
 
 
 import dagster as dg
 import pandas as pd
 
-from iot_assets import anomaly, classifier, drift, incidents
+from iot_assets import anomaly, classifier, drift, incidents, rebaseline
 from iot_assets import champion as champion_module
+from iot_assets.automation import AFTER_ITS_INPUTS
 from iot_assets.exploration import exploration
 from iot_assets.features import CONTEXT_HOURS, FEATURES, build_windows
 from iot_assets.partitions import daily_partitions, previous_day, ranged_backfill
@@ -62,7 +64,7 @@ def attacked_windows(windows: pd.DataFrame, settings: ModelSettings) -> pd.Serie
 
 
 def _version_output(model, metadata: dict) -> dg.Output:
-    version = getattr(model, "version", None) or model_version(model)
+    version = model_version(model)
     return dg.Output(model, data_version=dg.DataVersion(version), metadata={"version": version, **metadata})
 
 
@@ -72,6 +74,9 @@ class TrainingConfig(dg.Config):
     challenge: bool = False  # train on the recent window; serve it only if it beats the served version after it
     window_days: int = 28  # the challenger's training days: the latest before the holdout
     holdout_days: int = 7  # the days after the window both models are judged on
+    # DEVICE_MAC@FROM_DAY: refit only these devices of the served detector on their windows from that
+    # day on (rebaseline_sensor sets it from rebaseline_decisions).
+    rebaseline: list[str] = []
 
 
 def training_split(windows: pd.DataFrame, config: TrainingConfig, model_settings: ModelSettings,
@@ -216,6 +221,8 @@ def anomaly_detector(context: dg.AssetExecutionContext, config: TrainingConfig, 
                      model_settings: ModelSettings, reports: ReportFiles, served_models: ServedModels):
     """PyOD detectors per device, compared on the later days, the best kept; thresholds at the target FPR."""
     windows = concat_days(device_windows)
+    if config.rebaseline:
+        return _rebaselined_detector(context, config, windows, model_settings, reports, served_models)
     champion = served_models.champion("anomaly_detector") if config.challenge else None
     windows, split = training_split(windows, config, model_settings, champion)
     labels = anomaly.evaluation_labels(windows, model_settings.read_episodes(), model_settings.window_minutes,
@@ -255,6 +262,31 @@ def anomaly_detector(context: dg.AssetExecutionContext, config: TrainingConfig, 
         "compared": dg.MetadataValue.json(metrics["detectors_compared"]),
         "metrics": dg.MetadataValue.path(str(metrics_path)),
         **challenge_metadata(challenge),
+    })
+
+
+def _rebaselined_detector(context: dg.AssetExecutionContext, config: TrainingConfig, windows: pd.DataFrame,
+                          model_settings: ModelSettings, reports: ReportFiles, served_models: ServedModels) -> dg.Output:
+    """The served detector with the requested devices refitted on their new normal: a new version."""
+    detector = served_models.champion("anomaly_detector")
+    if detector is None:
+        raise dg.Failure("anomaly_detector: nothing to re-baseline before the first training")
+    metrics = dict(detector.metrics or {})
+    baselines = dict(metrics.get("baselines") or {})
+    until = classifier.window_days(windows).max()
+    refitted = {}
+    for request in config.rebaseline:
+        device_mac, _, from_day = request.partition("@")
+        detector = rebaseline.refit_detector(detector, windows, device_mac, from_day, model_settings.seed)
+        refitted[device_mac] = baselines[device_mac] = {"from_day": from_day, "until": until}
+    metrics["baselines"] = baselines
+    detector.metrics = metrics
+    context.log.info("re-baselined " + ", ".join(f"{mac} from {b['from_day']}" for mac, b in refitted.items()))
+    metrics_path = reports.write_json("anomaly_metrics.json", metrics)
+    return _version_output(detector, {
+        "detector": metrics.get("detector"), "devices_modelled": len(detector.devices),
+        "decision": f"re-baselined {len(refitted)} device(s)", "rebaselined": dg.MetadataValue.json(refitted),
+        "baselines": dg.MetadataValue.json(baselines), "metrics": dg.MetadataValue.path(str(metrics_path)),
     })
 
 
@@ -349,12 +381,54 @@ def drift_reference(context: dg.AssetExecutionContext, device_windows: LazyDays,
     # The reference describes the same days as the detector it goes with (after a challenge: the
     # served one's), so that drift and anomalies judge a day against one normal.
     train_range = anomaly_detector.metrics["train_range"]
-    windows = concat_days({d: f for d, f in device_windows.items() if train_range[0] <= d <= train_range[1]})
-    train = ~attacked_windows(windows, model_settings)
-    reference = JsonDocument({"train_range": train_range, "devices": drift.build_reference(windows[train])})
+    baselines = anomaly_detector.metrics.get("baselines") or {}
+    first_needed = min([train_range[0], *(b["from_day"] for b in baselines.values())])
+    windows = concat_days({d: f for d, f in device_windows.items() if first_needed <= d})
+    days = classifier.window_days(windows)
+    train = days.between(*train_range) & ~attacked_windows(windows, model_settings) \
+        & ~windows["device_mac"].isin(list(baselines))
+    devices = drift.build_reference(windows[train])
+    for device_mac, baseline in baselines.items():  # re-baselined devices: their new normal
+        devices = rebaseline.refit_reference(devices, windows[days <= baseline["until"]], device_mac,
+                                             baseline["from_day"])
+    reference = JsonDocument({"train_range": train_range, "baselines": baselines, "devices": devices})
     return _version_output(reference, {"devices": len(reference["devices"]), "features": len(FEATURES),
                                        "train_range": dg.MetadataValue.json(train_range),
+                                       "baselines": dg.MetadataValue.json(baselines),
                                        "anomaly_detector": anomaly_detector.version})
+
+
+@dg.asset(group_name="behaviour", io_manager_key="lake_io_manager", automation_condition=AFTER_ITS_INPUTS,
+          ins={"anomaly_scores": EVERY_BUILT_DAY, "feature_drift": EVERY_BUILT_DAY})
+def rebaseline_decisions(context: dg.AssetExecutionContext, anomaly_scores: LazyDays, feature_drift: LazyDays,
+                         anomaly_detector: anomaly.AnomalyDetector, drift_reference: JsonDocument,
+                         model_settings: ModelSettings) -> dg.Output:
+    """Devices whose behaviour changed for good (stable in the new state) or that an analyst acknowledged: to re-baseline."""
+    metrics = anomaly_detector.metrics or {}
+    since = {mac: (date.fromisoformat(b["until"]) + timedelta(days=1)).isoformat()
+             for mac, b in (metrics.get("baselines") or {}).items()}
+    # Only days after training, judged by the models served now: a re-baselined device starts afresh.
+    days = [d for d in sorted(anomaly_scores) if d > metrics["train_range"][1]]
+    scores = concat_days({d: anomaly_scores[d] for d in days})
+    summaries = [drift.summarize(table[table["model_version"] == drift_reference.version]).assign(day=day)
+                 for day, table in ((d, feature_drift[d]) for d in days if d in feature_drift)]
+    if len(scores):
+        scores = scores[scores["model_version"] == anomaly_detector.version]
+        daily = rebaseline.daily_status(pd.concat(summaries, ignore_index=True), scores)
+    else:
+        daily = pd.DataFrame(columns=rebaseline.DAILY_COLUMNS)
+    decisions = rebaseline.decide(daily, model_settings.read_acknowledgements(), model_settings.stable_days, since)
+    names = dict(zip(scores["device_mac"], scores["device_name"])) if len(scores) else {}
+    decisions.insert(1, "device_name", decisions["device_mac"].map(names))
+    return dg.Output(decisions, metadata={
+        "decisions": dg.MetadataValue.json(decisions.to_dict("records")),
+        "days_judged": len(days), "devices_changed_last_day": int(daily.loc[daily["day"] == max(days, default=""),
+                                                                            "changed"].sum()) if len(daily) else 0,
+        "table": dg.MetadataValue.md(decisions.to_markdown(index=False) if len(decisions) else "no device to re-baseline"),
+    })
+
+
+
 
 
 @dg.asset(

@@ -182,6 +182,11 @@ def model_page(metrics: dict, anomaly_metrics: dict, versions: dict[str, str], s
     else:
         body.append("<p class='note'>no episodes file (IOT_ASSETS_EPISODES): no ROC curves</p>")
     body.append(_incident_section(anomaly_metrics, target_fpr))
+    baselines = anomaly_metrics.get("baselines") or {}
+    if baselines:
+        body.append("<h3>Re-baselined devices</h3><p class='note'>their detector and drift reference were refitted "
+                    "on their windows from the day their behaviour changed (rebaseline_decisions).</p>")
+        body.append(table(pd.DataFrame(baselines).T.reset_index(names="device_mac")))
 
     body.append("<h2>Drift over time</h2>")
     if len(drifts):
