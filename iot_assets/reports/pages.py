@@ -20,8 +20,9 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
     body = [f"<p class='note'>{len(inventory)} MACs, {len(windows)} device-windows; model versions: "
             f"{html.escape(', '.join(_versions(inventory, scores, feature_drift)))}.</p>"]
     body.append("<h2>Inventory</h2>")
-    shown = inventory[[c for c in ("device_mac", "catalogue_device", "predicted_device", "predicted_category",
-                                   "confidence", "runner_up", "windows", "disagrees") if c in inventory]]
+    shown = inventory[[c for c in ("device_mac", "catalogue_device", "status", "predicted_device", "predicted_category",
+                                   "confidence", "nearest_known", "novelty", "runner_up", "windows", "disagrees")
+                       if c in inventory]]
     body.append(table(shown, flag=inventory["disagrees"].astype(bool) | inventory["catalogue_device"].isna()
                       if len(inventory) else None))
 
@@ -37,8 +38,11 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
         body.append(f"<h3>Incidents</h3><p class='note'>{len(flagged)} flagged windows make {len(incidents)} "
                     f"incidents (flagged windows of a device with at most {GAP_WINDOWS} quiet windows between them; "
                     f"a lone window under {SINGLE_WINDOW_MIN_RATIO:g}x the threshold is none).</p>")
+        # The last window may end at the next midnight: 24:00, not 00:00.
+        end = incidents["end"].dt.strftime("%H:%M").where(incidents["end"].dt.floor("D") == incidents["start"].dt.floor("D"),
+                                                         "24:00")
         shown = incidents.assign(device=incidents["device_name"].fillna(incidents["device_mac"]),
-                                 start=incidents["start"].dt.strftime("%H:%M"), end=incidents["end"].dt.strftime("%H:%M"))
+                                 start=incidents["start"].dt.strftime("%H:%M"), end=end)
         body.append(table(shown[["device", "start", "end", "windows_flagged", "peak_score_ratio", "kind", "kind_reason",
                                  "top_features", "evidence_peers", "evidence_ports", "usual_ports", "new_peers"]],
                           digits=1))
