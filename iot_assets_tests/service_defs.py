@@ -35,3 +35,34 @@ daily_stamp_job = dg.define_asset_job("daily_stamp_job", selection=[day_stamp], 
                                       executor_def=dg.in_process_executor)
 
 defs = dg.Definitions(assets=[day_stamp], jobs=[daily_stamp_job])
+
+
+# --- the iot-assets code location itself, its steps on Celery workers --------------------------------
+
+
+def iot_assets_celery_defs() -> dg.Definitions:
+    """The real code location (every asset, job and resource) with Celery as the executor of every job.
+
+    Settings come from this process's environment (IOT_ASSETS_DATA_DIR may be an s3:// lake), so that
+    the process that submits a run and every Celery worker that runs one of its steps build the same
+    Definitions on the same lake.
+    """
+    from dagster_celery import celery_executor
+
+    from iot_assets.definitions import build_definitions
+    from iot_assets.settings import Settings
+
+    base = build_definitions(Settings.from_env())
+    return dg.Definitions(assets=base.assets, asset_checks=base.asset_checks, jobs=base.jobs,
+                          resources=base.resources, executor=celery_executor)
+
+
+def iot_assets_celery_job(job_name: str) -> dg.JobDefinition:
+    """One job of the code location on Celery; with `dg.build_reconstructable_job` the workers rebuild it."""
+    return iot_assets_celery_defs().resolve_job_def(job_name)
+
+
+def reconstructable_celery_job(job_name: str):
+    """What `dg.execute_job` takes: the workers import this module and call iot_assets_celery_job(job_name)."""
+    return dg.build_reconstructable_job("iot_assets_tests.service_defs", "iot_assets_celery_job",
+                                        reconstructable_args=(job_name,))
