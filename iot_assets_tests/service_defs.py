@@ -41,20 +41,20 @@ defs = dg.Definitions(assets=[day_stamp], jobs=[daily_stamp_job])
 
 
 def iot_assets_celery_defs() -> dg.Definitions:
-    """The real code location (every asset, job and resource) with Celery as the executor of every job.
+    """The real code location with Celery as every job's executor: deploy/celery_definitions.py, as shipped.
 
     Settings come from this process's environment (IOT_ASSETS_DATA_DIR may be an s3:// lake), so that
     the process that submits a run and every Celery worker that runs one of its steps build the same
     Definitions on the same lake.
     """
-    from dagster_celery import celery_executor
+    import importlib.util
+    from pathlib import Path
 
-    from iot_assets.definitions import build_definitions
-    from iot_assets.settings import Settings
-
-    base = build_definitions(Settings.from_env())
-    return dg.Definitions(assets=base.assets, asset_checks=base.asset_checks, jobs=base.jobs,
-                          resources=base.resources, executor=celery_executor)
+    path = Path(__file__).resolve().parents[1] / "deploy" / "celery_definitions.py"
+    spec = importlib.util.spec_from_file_location("iot_assets_deploy_celery_definitions", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.defs
 
 
 def iot_assets_celery_job(job_name: str) -> dg.JobDefinition:
