@@ -202,10 +202,15 @@ class LineViews(pa.DataFrameModel):
         coerce = True
 
 
+VIEW_SOURCE_COLUMNS = ["flow_start", "flow_end", "remote_ip", "remote_port", "protocol", "bytes_out", "bytes_in",
+                       "packets_out", "packets_in"]
+
+
 def _on_lines(clean: pd.DataFrame, membership: pd.DataFrame) -> pd.DataFrame:
     """Internet-bound flows copied into every line their device sits on, from its `since`."""
-    internet = clean[clean["remote_scope"] == "internet"]
-    joined = internet.merge(membership, on="device_mac", how="inner")
+    # Only the columns a view keeps: a day of clean flows has many more, and the join copies its rows.
+    internet = clean.loc[clean["remote_scope"] == "internet", ["device_mac", *VIEW_SOURCE_COLUMNS]]
+    joined = internet.merge(membership[["device_mac", "line_id", "since"]], on="device_mac", how="inner")
     return joined[joined["since"].isna() | (joined["flow_start"] >= joined["since"])]
 
 
@@ -297,7 +302,8 @@ def line_truth(clean: pd.DataFrame, membership: pd.DataFrame, day: str) -> pd.Da
     Only a simulation knows this; it is what the metrics judge the inventory against.
     A device with flows but no Internet-bound flow that day is on the line but invisible at the edge.
     """
-    joined = clean.merge(membership, on="device_mac", how="inner")
+    joined = clean[["device_mac", "device_name", "flow_start", "remote_scope"]].merge(
+        membership[["device_mac", "line_id", "since"]], on="device_mac", how="inner")
     joined = joined[joined["since"].isna() | (joined["flow_start"] >= joined["since"])]
     if joined.empty:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
