@@ -493,3 +493,25 @@ def test_iot_assets_jobs_on_two_celery_workers_match_a_local_run(postgresql_serv
             (local / "models" / model / "current.json").read_text(), model
     steps_by_worker = {w: sorted({k[1] for k, v in worker_of_step.items() if v == w}) for w in pid_of_worker}
     print(f"\nsteps by Celery worker: {steps_by_worker}")
+
+
+def test_the_celery_code_location_is_the_code_location_with_every_job_on_celery(tmp_path, monkeypatch):
+    from iot_assets.definitions import build_definitions
+    from iot_assets.settings import Settings
+    from iot_assets_tests.service_defs import iot_assets_celery_defs
+
+    monkeypatch.setenv("IOT_ASSETS_DATA_DIR", str(tmp_path / "data"))
+    celery = iot_assets_celery_defs()  # deploy/celery_definitions.py, as shipped
+    dg.Definitions.validate_loadable(celery)
+    embedded = build_definitions(Settings.from_env({"IOT_ASSETS_DATA_DIR": str(tmp_path / "data")}))
+    names = sorted(j.name for j in embedded.get_repository_def().get_all_jobs() if not j.name.startswith("__"))
+    assert names == sorted(j.name for j in celery.get_repository_def().get_all_jobs() if not j.name.startswith("__"))
+    assert {name: celery.resolve_job_def(name).executor_def.name for name in names} == {name: "celery" for name in names}
+    assert {name: embedded.resolve_job_def(name).executor_def.name for name in names} != \
+        {name: "celery" for name in names}
+    assert celery.resolve_asset_graph().get_all_asset_keys() == embedded.resolve_asset_graph().get_all_asset_keys()
+    assert sorted(s.name for s in celery.get_repository_def().sensor_defs) == \
+        sorted(s.name for s in embedded.get_repository_def().sensor_defs)
+    # Its settings come from the environment of the process that loads it (each worker's).
+    assert celery.resources["lake_io_manager"].base_url == str((tmp_path / "data").resolve())
+    assert celery.resources["archives"].base_url == embedded.resources["archives"].base_url
