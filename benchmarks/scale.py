@@ -151,12 +151,20 @@ def main() -> None:
     parser.add_argument("--lakes", default="local,s3", help="lakes to measure: local, s3 or both")
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one, removed)")
     args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="iot-assets-scale-", dir="/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        rows, device_days, devices, days, total_s = measure(args, work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    report(rows, device_days, devices, days, args, total_s)
 
+
+def measure(args, work: Path) -> tuple[list[dict], int, list[str], list[str], float]:
     from iot_assets import sample
     from iot_assets_tests import services
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="iot-assets-scale-", dir="/tmp"))
-    work.mkdir(parents=True, exist_ok=True)
     devices = list(sample.PROFILES)[:args.devices]
     days = [(FIRST_DAY + timedelta(days=i)).isoformat() for i in range(args.days)]
     device_days = len(devices) * len(days)
@@ -232,9 +240,7 @@ def main() -> None:
                                          "seconds": seconds, "steps": steps,
                                          "worker_pids": {w.pid for w in workers}})
                             print(f"celery x{count} {lake:5} {stage:20} {seconds:7.1f} s", flush=True)
-    if args.work is None:
-        shutil.rmtree(work, ignore_errors=True)
-    report(rows, device_days, devices, days, args, time.perf_counter() - began)
+    return rows, device_days, devices, days, time.perf_counter() - began
 
 
 def report(rows: list[dict], device_days: int, devices: list[str], days: list[str], args, total_s: float) -> None:
