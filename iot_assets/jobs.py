@@ -52,4 +52,14 @@ rebaseline_job = dg.define_asset_job(
     description="Refit the detector and drift reference of re-baselined devices on their new normal (config: rebaseline).",
 )
 
-JOBS = [ingest_archives_job, rebaseline_job, daily_flows_job, training_job, daily_scoring_job, reports_job, daily_job]
+# The line-level work of a day split by subscriber line (day x line shard partitions): one run per
+# day and shard, so that an ISP's day spreads over workers. An asset backfill orders a shard's days,
+# as each inventory reads the views of its window.
+line_shards_job = dg.define_asset_job(
+    "line_shards_job",
+    selection=dg.AssetSelection.assets("line_views_by_shard", "line_inventory_by_shard"),
+    description="Line views and line inventories of one day and one shard of the subscriber lines.",
+)
+
+JOBS = [ingest_archives_job, daily_flows_job, training_job, daily_scoring_job, reports_job, daily_job, rebaseline_job,
+        line_shards_job]

@@ -202,11 +202,44 @@ class LineViews(pa.DataFrameModel):
         coerce = True
 
 
+VIEW_SOURCE_COLUMNS = ["flow_start", "flow_end", "remote_ip", "remote_port", "protocol", "bytes_out", "bytes_in",
+                       "packets_out", "packets_in"]
+
+
 def _on_lines(clean: pd.DataFrame, membership: pd.DataFrame) -> pd.DataFrame:
     """Internet-bound flows copied into every line their device sits on, from its `since`."""
-    internet = clean[clean["remote_scope"] == "internet"]
-    joined = internet.merge(membership, on="device_mac", how="inner")
+    # Only the columns a view keeps: a day of clean flows has many more, and the join copies its rows.
+    internet = clean.loc[clean["remote_scope"] == "internet", ["device_mac", *VIEW_SOURCE_COLUMNS]]
+    joined = internet.merge(membership[["device_mac", "line_id", "since"]], on="device_mac", how="inner")
     return joined[joined["since"].isna() | (joined["flow_start"] >= joined["since"])]
+
+
+# ---------------------------------------------------------------- shards of lines
+
+
+def line_key(line_id: str) -> int:
+    """A stable 64-bit number for a line id: the same in every process and on every machine (unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(str(line_id).encode(), digest_size=8).digest(), "big")
+
+
+def line_shards(line_ids, shards: int) -> np.ndarray:
+    """The shard (0 .. shards-1) of each line id: its `line_key` modulo the shard count.
+
+    A line's shard depends on its id and the count only, never on which other lines exist, so a
+    line stays in its shard as subscribers come and go; each distinct id is hashed once.
+    """
+    if shards < 1:
+        raise LinesInputError(f"a shard count must be at least 1, not {shards}")
+    codes, uniques = pd.factorize(pd.Series(line_ids, dtype=object).astype(str))
+    per_id = np.array([line_key(u) % shards for u in uniques], dtype=np.int64)
+    return per_id[codes] if len(codes) else np.empty(0, np.int64)
+
+
+def shard_membership(membership: pd.DataFrame, shard: int, shards: int) -> pd.DataFrame:
+    """The memberships of the lines in shard `shard` of `shards`."""
+    if not 0 <= shard < shards:
+        raise LinesInputError(f"shard {shard} is not one of 0..{shards - 1}")
+    return membership[line_shards(membership["line_id"], shards) == shard]
 
 
 def line_views(clean: pd.DataFrame, membership: pd.DataFrame, day: str,
@@ -217,7 +250,9 @@ def line_views(clean: pd.DataFrame, membership: pd.DataFrame, day: str,
     sampled: probability 1-(1-1/N)^p. Each direction's sampled packets are drawn
     (binomial), and packets and bytes are scaled back by N as collectors do; bytes follow
     the flow's mean packet size; first and last packet times stay those of the flow.
-    Deterministic for (seed, day, rate).
+    Deterministic for (seed, day, rate, line): each line draws from its own stream, so the
+    views of a shard of the lines (`shard_membership`) are exactly those lines' rows of the
+    views of every line.
     """
     if not rates:
         raise LinesInputError("no sampling rate: give at least one (1 for unsampled)")
@@ -235,12 +270,18 @@ def line_views(clean: pd.DataFrame, membership: pd.DataFrame, day: str,
     base = base.reset_index(drop=True)
     frames = []
     day_number = date.fromisoformat(day).toordinal()
+    ids = base["line_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.empty(0, np.int64)
+    blocks = [(line_key(ids[a]), a, b) for a, b in zip(starts, [*starts[1:], len(ids)])]  # one per line
     for rate in rates:
         view = base.copy()
         if rate > 1:
-            rng = np.random.default_rng([seed, rate, day_number])
-            sampled_out = rng.binomial(view["packets_out"].to_numpy(), 1.0 / rate)
-            sampled_in = rng.binomial(view["packets_in"].to_numpy(), 1.0 / rate)
+            sampled_out, sampled_in = (np.empty(len(view), np.int64) for _ in range(2))
+            packets_out, packets_in = view["packets_out"].to_numpy(), view["packets_in"].to_numpy()
+            for key, a, b in blocks:
+                rng = np.random.default_rng([seed, rate, day_number, key])
+                sampled_out[a:b] = rng.binomial(packets_out[a:b], 1.0 / rate)
+                sampled_in[a:b] = rng.binomial(packets_in[a:b], 1.0 / rate)
             for direction, sampled in (("out", sampled_out), ("in", sampled_in)):
                 packets = view[f"packets_{direction}"].to_numpy()
                 mean_size = np.where(packets > 0, view[f"bytes_{direction}"].to_numpy() / np.maximum(packets, 1), 0.0)
@@ -261,7 +302,8 @@ def line_truth(clean: pd.DataFrame, membership: pd.DataFrame, day: str) -> pd.Da
     Only a simulation knows this; it is what the metrics judge the inventory against.
     A device with flows but no Internet-bound flow that day is on the line but invisible at the edge.
     """
-    joined = clean.merge(membership, on="device_mac", how="inner")
+    joined = clean[["device_mac", "device_name", "flow_start", "remote_scope"]].merge(
+        membership[["device_mac", "line_id", "since"]], on="device_mac", how="inner")
     joined = joined[joined["since"].isna() | (joined["flow_start"] >= joined["since"])]
     if joined.empty:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in (

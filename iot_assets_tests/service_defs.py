@@ -35,3 +35,34 @@ daily_stamp_job = dg.define_asset_job("daily_stamp_job", selection=[day_stamp], 
                                       executor_def=dg.in_process_executor)
 
 defs = dg.Definitions(assets=[day_stamp], jobs=[daily_stamp_job])
+
+
+# --- the iot-assets code location itself, its steps on Celery workers --------------------------------
+
+
+def iot_assets_celery_defs() -> dg.Definitions:
+    """The real code location with Celery as every job's executor: deploy/celery_definitions.py, as shipped.
+
+    Settings come from this process's environment (IOT_ASSETS_DATA_DIR may be an s3:// lake), so that
+    the process that submits a run and every Celery worker that runs one of its steps build the same
+    Definitions on the same lake.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "deploy" / "celery_definitions.py"
+    spec = importlib.util.spec_from_file_location("iot_assets_deploy_celery_definitions", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.defs
+
+
+def iot_assets_celery_job(job_name: str) -> dg.JobDefinition:
+    """One job of the code location on Celery; with `dg.build_reconstructable_job` the workers rebuild it."""
+    return iot_assets_celery_defs().resolve_job_def(job_name)
+
+
+def reconstructable_celery_job(job_name: str):
+    """What `dg.execute_job` takes: the workers import this module and call iot_assets_celery_job(job_name)."""
+    return dg.build_reconstructable_job("iot_assets_tests.service_defs", "iot_assets_celery_job",
+                                        reconstructable_args=(job_name,))

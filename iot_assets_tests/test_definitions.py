@@ -46,6 +46,8 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
             "deps": sorted(p.to_user_string() for p in node.parent_keys),
             "checks": sorted(c.name for c in node.check_keys),
         }
+        if isinstance(node.partitions_def, dg.MultiPartitionsDefinition):  # day x line shard
+            assets[key.to_user_string()]["dimensions"] = [d.name for d in node.partitions_def.partitions_defs]
     repo = defs.get_repository_def()
     return {
         "assets": assets,

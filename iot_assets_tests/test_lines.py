@@ -124,6 +124,42 @@ def test_the_line_view_removes_every_device_identifier(days, membership):
         lines.LineViews.validate(views.assign(device_port=0))
 
 
+def _rows(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(list(frame.columns), kind="mergesort").reset_index(drop=True)
+
+
+def test_a_line_keeps_its_shard_whatever_other_lines_exist():
+    ids = [f"line-{i}" for i in range(200)]
+    shards = lines.line_shards(ids, 4)
+    assert set(shards) == {0, 1, 2, 3} and min(np.bincount(shards)) >= 30  # 200 lines spread over all four
+    # The shard is a stable hash of the id alone: the same for a subset, in another order, repeated.
+    assert list(lines.line_shards(ids[150:] + ids[:10], 4)) == list(shards[150:]) + list(shards[:10])
+    assert list(lines.line_shards(["line-7", "line-7"], 4)) == [shards[7]] * 2
+    assert lines.line_key("line-7") == int.from_bytes(__import__("hashlib").blake2b(b"line-7", digest_size=8).digest(), "big")
+    assert list(lines.line_shards(ids, 1)) == [0] * 200
+    with pytest.raises(lines.LinesInputError, match="at least 1"):
+        lines.line_shards(ids, 0)
+    with pytest.raises(lines.LinesInputError, match="shard 4 is not one of 0..3"):
+        lines.shard_membership(pd.DataFrame({"line_id": ids}), 4, 4)
+
+
+@pytest.mark.parametrize("shards", [2, 3, 7])
+def test_the_views_and_truth_of_every_shard_add_up_to_those_of_every_line(days, shards):
+    day = "2019-06-28"
+    membership = lines.synthetic_lines(list(MAC.values()), date(2019, 6, 25), date(2019, 6, 29), lines=15, seed=4)
+    every = lines.line_views(days[day], membership, day, rates=(1, 100, 1000), seed=3)
+    parts = [lines.line_views(days[day], lines.shard_membership(membership, s, shards), day, rates=(1, 100, 1000), seed=3)
+             for s in range(shards)]
+    assert sum(len(p) > 0 for p in parts) >= 2  # several shards hold lines with traffic
+    assert [set(p["line_id"]) for p in parts] == [
+        set(every["line_id"][lines.line_shards(every["line_id"], shards) == s]) for s in range(shards)]
+    pd.testing.assert_frame_equal(_rows(pd.concat(parts, ignore_index=True)), _rows(every))
+    assert set(every["sampling_rate"]) == {1, 100, 1000} and len(every) > 100
+    truth = [lines.line_truth(days[day], lines.shard_membership(membership, s, shards), day) for s in range(shards)]
+    pd.testing.assert_frame_equal(_rows(pd.concat(truth, ignore_index=True)),
+                                  _rows(lines.line_truth(days[day], membership, day)))
+
+
 def test_a_device_on_two_lines_is_copied_into_both_and_only_from_since(days, membership):
     day = "2019-06-28"
     clean = days[day]
@@ -491,3 +527,68 @@ def test_line_assets_materialize_on_a_generated_sample(tmp_path):
     assert "<h2>Device models behind the NAT" in (data / "reports" / "line_metrics.html").read_text()
     firsts = pd.read_parquet(data / "lake" / "line_first_detected" / "part-0.parquet")
     assert set(zip(firsts["line_id"], firsts["label"])) >= set(zip(detected["line_id"], detected["label"]))
+
+
+@pytest.mark.slow
+def test_line_assets_by_shard_add_up_to_the_unsharded_ones(tmp_path):
+    """Every day x shard partition of line_views_by_shard and line_inventory_by_shard, against line_views and line_inventory."""
+    from iot_assets.assets import flows
+    from iot_assets.assets import lines as line_assets
+    from iot_assets.partitions import LINE_SHARDS, shard_keys
+    from iot_assets.resources import LineSettings
+    from iot_assets_tests.test_definitions import resources_for
+
+    data = tmp_path / "data"
+    sample.generate(data / "raw", FIRST_DAY, 4, scale=0.03, seed=5,
+                    devices=["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "qrio_hub"])
+    resources = {**resources_for(data), "line_settings": LineSettings(sampling="1,100", synthetic_lines=12)}
+    instance = dg.DagsterInstance.ephemeral()
+    everything = [flows.raw_archives, flows.decoded_flows, flows.clean_flows, line_assets.line_membership,
+                  line_assets.line_views, line_assets.endpoint_signatures, line_assets.line_inventory,
+                  line_assets.line_views_by_shard, line_assets.line_inventory_by_shard]
+
+    def run(selection, partition_key=None):
+        result = dg.materialize(everything, resources=resources, instance=instance, selection=selection,
+                                partition_key=partition_key)
+        assert result.success
+        return result
+
+    run(["raw_archives", "line_membership"])
+    days = [(FIRST_DAY + timedelta(days=i)).isoformat() for i in range(4)]
+    for day in days:
+        run(["decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "line_views", "line_truth"], day)
+    run(["endpoint_signatures"])
+    for day in days:
+        run(["line_inventory"], day)
+    changed = {}
+    for day in days:
+        for shard in shard_keys(LINE_SHARDS):
+            result = run(["line_views_by_shard", "line_inventory_by_shard"], dg.MultiPartitionKey({"day": day, "shard": shard}))
+            checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+            assert checks["line_views_by_shard_schema"].passed
+            changed[(day, shard)] = checks["line_inventory_by_shard_changed"]
+    lake = data / "lake"
+    membership = pd.read_parquet(lake / "line_membership" / "part-0.parquet")
+    assert membership["line_id"].nunique() == 12
+
+    def shards_of(asset: str, day: str) -> list[pd.DataFrame]:
+        return [pd.read_parquet(lake / asset / f"day={day}" / shard / "part-0.parquet") for shard in shard_keys(LINE_SHARDS)]
+
+    for day in days:
+        for asset, unsharded in (("line_views_by_shard", "line_views"), ("line_inventory_by_shard", "line_inventory")):
+            parts = shards_of(asset, day)
+            whole = pd.read_parquet(lake / unsharded / f"day={day}" / "part-0.parquet")
+            whole = whole.drop(columns="day") if "day" in whole else whole  # in the path of a sharded table
+            assert sum(len(p) > 0 for p in parts) >= 2, (asset, day)  # the day's lines spread over several shards
+            for number, part in enumerate(parts):  # each shard holds its own lines only
+                assert set(lines.line_shards(part["line_id"], LINE_SHARDS)) <= {number}
+            union = pd.concat([p for p in parts if len(p)], ignore_index=True)
+            pd.testing.assert_frame_equal(_rows(union), _rows(whole), check_dtype=False, obj=f"{asset}[{day}]")
+    last = pd.read_parquet(lake / "line_inventory" / f"day={days[-1]}" / "part-0.parquet")
+    assert last["detected"].sum() >= 6
+    # The shards' change checks name, together, the lines the unsharded check names.
+    unsharded_check = run(["line_inventory"], days[-1]).get_asset_check_evaluations()[0]
+    by_shard = [c for (day, _), c in changed.items() if day == days[-1]]
+    assert sum(c.metadata["lines_changed"].value for c in by_shard) == unsharded_check.metadata["lines_changed"].value
+    assert sorted((r["line_id"], r["label"]) for c in by_shard for r in c.metadata["new_detections"].value) == \
+        sorted((r["line_id"], r["label"]) for r in unsharded_check.metadata["new_detections"].value)

@@ -9,9 +9,11 @@ import os
 import shutil
 import subprocess
 import time
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 import yaml
 from dagster_celery import celery_executor
@@ -369,3 +371,147 @@ def test_daemon_backfills_every_day_once_within_the_queue_limits(postgresql_serv
                       for r in runs)
     print(f"\nbackfill of {len(days)} days and one rebuild through the daemon: {elapsed_s:.1f} s; runs (start s, "
           f"end s, day, kind): {timeline}")
+
+
+# --- the iot-assets jobs themselves on two Celery workers, PostgreSQL and S3 -----------------------
+
+CELERY_DEVICES = ["nature_remo", "xiaomi_mijia_led", "qrio_hub"]
+CELERY_DAYS = ["2019-06-25", "2019-06-26", "2019-06-27", "2019-06-28"]
+# The stages `iot-assets run` runs, but the reports: archives, days of flows, models, days scored.
+CELERY_STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scoring_job")
+
+
+def _lake_tables(root: UPath) -> dict[str, dict[str, pd.DataFrame]]:
+    """Every daily table of a lake: asset -> day -> frame (read back from Parquet, local or S3)."""
+    tables = {}
+    for asset_dir in sorted((root / "lake").iterdir(), key=lambda p: p.name):
+        days = {p.name.removeprefix("day="): pd.read_parquet(f"{p.path}/part-0.parquet", filesystem=p.fs)
+                for p in asset_dir.iterdir() if p.name.startswith("day=")}
+        if days:
+            tables[asset_dir.name] = days
+    return tables
+
+
+def _sorted_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(list(frame.columns), kind="mergesort").reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_iot_assets_jobs_on_two_celery_workers_match_a_local_run(postgresql_server, redis_server, seaweedfs_s3,
+                                                                 tmp_path, monkeypatch):
+    """The real jobs (archives, 4 days of flows, training, 4 days scored) with every step on Celery."""
+    import s3fs
+
+    from iot_assets import sample
+    from iot_assets.automation import range_tags
+    from iot_assets.definitions import build_definitions
+    from iot_assets.pipeline import QUIET
+    from iot_assets.settings import Settings
+    from iot_assets_tests.service_defs import reconstructable_celery_job
+
+    raw = tmp_path / "raw"
+    sample.generate(raw, date.fromisoformat(CELERY_DAYS[0]), len(CELERY_DAYS), scale=0.02, seed=11,
+                    devices=CELERY_DEVICES)
+    lake_url = seaweedfs_s3.url(f"celery-iot-{os.getpid()}")
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_ASSETS_")}
+    env = {**_instance_env(postgresql_server, "celery_iot", max_concurrent_runs=4), **redis_server.celery_env,
+           **seaweedfs_s3.env, "IOT_ASSETS_DATA_DIR": lake_url}
+    home = _dagster_home(tmp_path)
+    for name in [k for k in os.environ if k.startswith("IOT_ASSETS_")]:
+        monkeypatch.delenv(name)
+    for name, value in {**env, "DAGSTER_HOME": str(home)}.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    remote = UPath(lake_url, endpoint_url=seaweedfs_s3.endpoint_url)
+    for archive in sorted(raw.iterdir()):
+        remote.fs.put_file(str(archive), f"{remote.path}/raw/{archive.name}")
+    local = tmp_path / "local"
+    shutil.copytree(raw, local / "raw")
+
+    # The local, embedded reference: the same stages in process, on local disk, an ephemeral instance.
+    local_defs = build_definitions(Settings.from_env({**base_env, "IOT_ASSETS_DATA_DIR": str(local)}))
+    with dg.DagsterInstance.ephemeral() as instance:
+        for stage in CELERY_STAGES:
+            job = local_defs.resolve_job_def(stage)
+            tags = range_tags(CELERY_DAYS[0], CELERY_DAYS[-1]) if job.partitions_def else {}
+            assert job.execute_in_process(instance=instance, run_config=QUIET, tags=tags).success, stage
+
+    # The same stages on Celery: each partitioned stage is one run over the 4 days, the run a ranged
+    # backfill launches (the range tags of the assets' backfill policy).
+    run_config = {**yaml.safe_load((DEPLOY / "celery_run_config.yaml").read_text()), **QUIET}
+    run_ids = []
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        with services.celery_workers(redis_server, DEPLOY / "celery_run_config.yaml", tmp_path / "workers",
+                                     env={**base_env, **env, "DAGSTER_HOME": str(home)}, cwd=ROOT) as workers:
+            assert len(workers) == 2 and len({w.pid for w in workers}) == 2
+            for stage in CELERY_STAGES:
+                partitioned = stage.startswith("daily_")
+                tags = range_tags(CELERY_DAYS[0], CELERY_DAYS[-1]) if partitioned else {}
+                with dg.execute_job(reconstructable_celery_job(stage), instance=instance, run_config=run_config,
+                                    tags=tags) as result:
+                    assert result.success, stage
+                    run_ids.append(result.run_id)
+        records = [r for run_id in run_ids for r in instance.all_logs(run_id)]
+        materialized = {(e.dagster_event.asset_key.to_user_string(), e.dagster_event.partition)
+                        for e in records if e.dagster_event and e.dagster_event.is_step_materialization}
+
+    # Both workers executed steps, and every step ran in a worker's process, none in this one.
+    worker_of_step, pid_of_step = {}, {}
+    for record in records:
+        event = record.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        key = (record.run_id, event.step_key)
+        if event.event_type == dg.DagsterEventType.ENGINE_EVENT and "Celery worker" in event.engine_event_data.metadata:
+            worker_of_step[key] = event.engine_event_data.metadata["Celery worker"].value
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            pid_of_step[key] = event.pid
+    pid_of_worker = {w.name: w.pid for w in workers}
+    assert set(worker_of_step) == set(pid_of_step) and len(pid_of_step) >= 10
+    assert set(worker_of_step.values()) == set(pid_of_worker), f"steps by worker: {worker_of_step}"
+    assert {key: pid_of_worker[worker] for key, worker in worker_of_step.items()} == pid_of_step
+    assert os.getpid() not in pid_of_step.values()
+    for asset in ("clean_flows", "device_windows", "device_inventory", "anomaly_scores"):
+        assert {day for name, day in materialized if name == asset} == set(CELERY_DAYS), asset
+
+    # The same outputs: every daily table with the same rows per day, the same values in the feature
+    # and inventory tables, the same model versions.
+    on_s3, here = _lake_tables(remote), _lake_tables(UPath(local))
+    assert set(on_s3) == set(here) >= {"decoded_flows", "clean_flows", "device_windows", "line_views",
+                                        "device_inventory", "anomaly_scores", "feature_drift", "device_exposure"}
+    for asset in here:
+        rows = {day: len(frame) for day, frame in on_s3[asset].items()}
+        assert rows == {day: len(frame) for day, frame in here[asset].items()}, asset
+        assert sorted(rows) == CELERY_DAYS, asset
+    assert sum(len(f) for f in here["clean_flows"].values()) > 1000
+    for asset in ("device_windows", "device_inventory", "anomaly_scores"):
+        for day in CELERY_DAYS:
+            pd.testing.assert_frame_equal(_sorted_frame(on_s3[asset][day]), _sorted_frame(here[asset][day]),
+                                          obj=f"{asset}[{day}]")
+    for model in ("device_classifier", "anomaly_detector", "drift_reference"):
+        assert (remote / "models" / model / "current.json").read_text() == \
+            (local / "models" / model / "current.json").read_text(), model
+    steps_by_worker = {w: sorted({k[1] for k, v in worker_of_step.items() if v == w}) for w in pid_of_worker}
+    print(f"\nsteps by Celery worker: {steps_by_worker}")
+
+
+def test_the_celery_code_location_is_the_code_location_with_every_job_on_celery(tmp_path, monkeypatch):
+    from iot_assets.definitions import build_definitions
+    from iot_assets.settings import Settings
+    from iot_assets_tests.service_defs import iot_assets_celery_defs
+
+    monkeypatch.setenv("IOT_ASSETS_DATA_DIR", str(tmp_path / "data"))
+    celery = iot_assets_celery_defs()  # deploy/celery_definitions.py, as shipped
+    dg.Definitions.validate_loadable(celery)
+    embedded = build_definitions(Settings.from_env({"IOT_ASSETS_DATA_DIR": str(tmp_path / "data")}))
+    names = sorted(j.name for j in embedded.get_repository_def().get_all_jobs() if not j.name.startswith("__"))
+    assert names == sorted(j.name for j in celery.get_repository_def().get_all_jobs() if not j.name.startswith("__"))
+    assert {name: celery.resolve_job_def(name).executor_def.name for name in names} == {name: "celery" for name in names}
+    assert {name: embedded.resolve_job_def(name).executor_def.name for name in names} != \
+        {name: "celery" for name in names}
+    assert celery.resolve_asset_graph().get_all_asset_keys() == embedded.resolve_asset_graph().get_all_asset_keys()
+    assert sorted(s.name for s in celery.get_repository_def().sensor_defs) == \
+        sorted(s.name for s in embedded.get_repository_def().sensor_defs)
+    # Its settings come from the environment of the process that loads it (each worker's).
+    assert celery.resources["lake_io_manager"].base_url == str((tmp_path / "data").resolve())
+    assert celery.resources["archives"].base_url == embedded.resources["archives"].base_url

@@ -13,7 +13,7 @@ import pandera.errors
 from iot_assets import lines
 from iot_assets.classifier import time_split
 from iot_assets.assets.behaviour import EVERY_BUILT_DAY
-from iot_assets.partitions import daily_partitions, previous_day, ranged_backfill
+from iot_assets.partitions import LINE_SHARDS, daily_line_shards, daily_partitions, day_and_shard, previous_day, ranged_backfill
 from iot_assets.reports.html import page
 from iot_assets.reports.lines import metrics_fragment_html, metrics_table_markdown
 from iot_assets.resources import LineSettings, ModelSettings
@@ -88,18 +88,23 @@ def line_views(context: dg.AssetExecutionContext, clean_flows: LazyDays, line_me
     """Line views of the day (no MAC, LAN address or device port; sampled 1:N) and the ground truth beside them."""
     rates = line_settings.rates
     views, truth, failures = {}, {}, {}
+    per_rate, line_ids = pd.Series(0, index=list(rates)), set()
     for day in context.partition_keys:
-        views[day] = lines.line_views(clean_flows[day], line_membership, day, rates, model_settings.seed)
-        truth[day] = lines.line_truth(clean_flows[day], line_membership, day)
+        clean = clean_flows[day]  # read once: the day's clean flows are the largest thing here
+        views[day] = lines.line_views(clean, line_membership, day, rates, model_settings.seed)
+        truth[day] = lines.line_truth(clean, line_membership, day)
+        del clean
         try:
             lines.LineViews.validate(views[day], lazy=True)
         except pandera.errors.SchemaErrors as exc:
             failures[day] = f"{len(exc.failure_cases)} failures of LineViews"
-    every = pd.concat(views.values(), ignore_index=True)
-    per_rate = every.groupby("sampling_rate").size() if len(every) else pd.Series(dtype=int)
+        # Figures of the run without concatenating its days (a copy of every view).
+        per_rate = per_rate.add(views[day].groupby("sampling_rate").size(), fill_value=0)
+        line_ids.update(views[day]["line_id"].unique())
+    rows = int(sum(len(v) for v in views.values()))
     base = int(per_rate.get(rates[0], 0))
     yield dg.Output(views, output_name="line_views", metadata={
-        "rows": len(every), "lines": int(every["line_id"].nunique()) if len(every) else 0,
+        "rows": rows, "lines": len(line_ids),
         "flows_per_rate": dg.MetadataValue.json({f"1:{r}": int(per_rate.get(r, 0)) for r in rates}),
         "surviving_share": dg.MetadataValue.json({f"1:{r}": round(int(per_rate.get(r, 0)) / base, 4) if base else None
                                                   for r in rates}),
@@ -108,7 +113,7 @@ def line_views(context: dg.AssetExecutionContext, clean_flows: LazyDays, line_me
     yield dg.AssetCheckResult(check_name="line_views_schema", asset_key="line_views", passed=not failures,
                               severity=dg.AssetCheckSeverity.ERROR,
                               description="; ".join(f"{d}: {w}" for d, w in sorted(failures.items()))
-                              or "every day matches LineViews", metadata={"rows": len(every)})
+                              or "every day matches LineViews", metadata={"rows": rows})
 
 
 def _days_of(clean: pd.DataFrame) -> list[str]:
@@ -152,13 +157,20 @@ def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows: LazyDays
 def line_inventory(context: dg.AssetExecutionContext, line_views: LazyDays,
                    endpoint_signatures: pd.DataFrame, line_settings: LineSettings):
     """Per line: the device models (or manufacturers) present over the sliding window, with evidence."""
-    views = _frames(line_views)
+    out, new, rate = _inventories(_frames(line_views), endpoint_signatures, list(context.partition_keys), line_settings)
+    yield dg.Output(out, metadata=_inventory_metadata(out, endpoint_signatures))
+    yield _changed_check("line_inventory_changed", "line_inventory", new, rate)
+
+
+def _inventories(views: pd.DataFrame, endpoint_signatures: pd.DataFrame, days: list[str],
+                 line_settings: LineSettings) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, int]:
+    """Each day's inventory from the views of its window; the detections new since the day before; the rate they are at."""
     hits = lines.rule_hits(views, endpoint_signatures) if len(views) else pd.DataFrame(columns=lines.HIT_COLUMNS)
     units = lines.evidence_units(hits)  # once for every day of the run: each day's inventory takes its window
     version = lines.signatures_version(endpoint_signatures)
     rate = min(line_settings.rates)  # the check speaks for the finest sampling rate: the best view the ISP has
     out, new_by_day = {}, []
-    for day in context.partition_keys:
+    for day in days:
         today = lines.inventory_from_units(units, day, LINE_WINDOW_DAYS, line_settings.threshold)
         yesterday = lines.inventory_from_units(units, previous_day(day), LINE_WINDOW_DAYS, line_settings.threshold)
         out[day] = today.assign(signatures_version=version)
@@ -166,18 +178,25 @@ def line_inventory(context: dg.AssetExecutionContext, line_views: LazyDays,
             changes = lines.inventory_changes(today, yesterday)
             new_by_day.append(changes[changes["sampling_rate"] == rate].assign(day=day))
     new = pd.concat(new_by_day, ignore_index=True) if new_by_day else pd.DataFrame(columns=["day", "line_id", "label"])
+    return out, new, rate
+
+
+def _inventory_metadata(out: Mapping[str, pd.DataFrame], endpoint_signatures: pd.DataFrame) -> dict:
     detected = pd.concat(out.values(), ignore_index=True)
     detected = detected[detected["detected"].astype(bool)] if len(detected) else detected
-    yield dg.Output(out, metadata={
+    return {
         "rows": sum(len(t) for t in out.values()), "detections": len(detected), "window_days": LINE_WINDOW_DAYS,
-        "signatures_version": version,
+        "signatures_version": lines.signatures_version(endpoint_signatures),
         "lines_with_detections": dg.MetadataValue.json(
             detected.groupby("sampling_rate")["line_id"].nunique().rename(lambda r: f"1:{r}").to_dict()
             if len(detected) else {}),
-    })
+    }
+
+
+def _changed_check(check_name: str, asset: str, new: pd.DataFrame, rate: int) -> dg.AssetCheckResult:
     described = new.groupby(["day", "line_id"])["label"].agg(lambda s: ", ".join(sorted(s))) if len(new) else {}
-    yield dg.AssetCheckResult(
-        check_name="line_inventory_changed", passed=new.empty, severity=dg.AssetCheckSeverity.WARN,
+    return dg.AssetCheckResult(
+        check_name=check_name, asset_key=asset, passed=new.empty, severity=dg.AssetCheckSeverity.WARN,
         description="; ".join(f"{day} {line}: {labels}" for (day, line), labels in dict(described).items())[:2000]
         or f"no line's inventory changed at 1:{rate}",
         metadata={"lines_changed": int(new["line_id"].nunique()) if len(new) else 0, "sampling_rate": rate,
@@ -185,6 +204,94 @@ def line_inventory(context: dg.AssetExecutionContext, line_views: LazyDays,
                       new[["day", "line_id", "level", "label", "evidence"]].head(50).to_dict("records")
                       if len(new) else [])},
     )
+
+
+# --- the same, sharded by subscriber line: day x line shard ----------------------------------------
+#
+# An ISP's day holds every line; these assets split it by a stable hash of the line id
+# (`IOT_ASSETS_LINE_SHARDS` shards, iot_assets.partitions), so one day's line work spreads over as
+# many runs, workers or pods. The union of a day's shards is the unsharded asset of that day
+# (tested). The device-level assets they read stay partitioned by day.
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    # A shard's inventory takes the same shard's views of the window (and the day before).
+    SHARD_WINDOW_AND_DAY_BEFORE = dg.MultiPartitionMapping({
+        "day": dg.DimensionPartitionMapping("day", WINDOW_AND_DAY_BEFORE),
+        "shard": dg.DimensionPartitionMapping("shard", dg.IdentityPartitionMapping()),
+    })
+    # Every shard of a day reads that day's (device-level) clean flows.
+    DAY_OF_SHARD = dg.MultiToSingleDimensionPartitionMapping("day")
+
+
+def _by_shard(keys) -> dict[int, list[tuple[str, str]]]:
+    """Partition keys of a run grouped by shard: {shard: [(key, day), ...]}."""
+    grouped: dict[int, list[tuple[str, str]]] = {}
+    for key in keys:
+        day, shard, count = day_and_shard(key)
+        if count != LINE_SHARDS:
+            raise ValueError(f"partition {key} is of {count} shards, the code location has {LINE_SHARDS}")
+        grouped.setdefault(shard, []).append((str(key), day))
+    return grouped
+
+
+@dg.asset(
+    partitions_def=daily_line_shards,
+    group_name="lines",
+    io_manager_key="lake_io_manager",
+    metadata={"dagster/column_schema": column_schema(lines.LineViews)},
+    ins={"clean_flows": dg.AssetIn(partition_mapping=DAY_OF_SHARD)},
+    check_specs=[dg.AssetCheckSpec("line_views_by_shard_schema", asset="line_views_by_shard",
+                                   description="pandera LineViews: no column but the public side of a flow.")],
+)
+def line_views_by_shard(context: dg.AssetExecutionContext, clean_flows: LazyDays, line_membership: pd.DataFrame,
+                        line_settings: LineSettings, model_settings: ModelSettings):
+    """line_views of one shard of the subscriber lines: the day's flows of those lines only, sampled 1:N."""
+    rates = line_settings.rates
+    views, failures = {}, {}
+    for shard, keys in _by_shard(context.partition_keys).items():
+        members = lines.shard_membership(line_membership, shard, LINE_SHARDS)
+        for key, day in keys:
+            views[key] = lines.line_views(clean_flows[day], members, day, rates, model_settings.seed)
+            try:
+                lines.LineViews.validate(views[key], lazy=True)
+            except pandera.errors.SchemaErrors as exc:
+                failures[key] = f"{len(exc.failure_cases)} failures of LineViews"
+    rows = sum(len(v) for v in views.values())
+    yield dg.Output(views, metadata={
+        "rows": rows, "lines": int(pd.concat([v["line_id"] for v in views.values()]).nunique()) if rows else 0,
+        "shards": LINE_SHARDS,
+    })
+    yield dg.AssetCheckResult(check_name="line_views_by_shard_schema", asset_key="line_views_by_shard",
+                              passed=not failures, severity=dg.AssetCheckSeverity.ERROR,
+                              description="; ".join(f"{k}: {w}" for k, w in sorted(failures.items()))
+                              or "every shard matches LineViews", metadata={"rows": rows})
+
+
+@dg.asset(
+    partitions_def=daily_line_shards,
+    group_name="lines",
+    io_manager_key="lake_io_manager",
+    ins={"line_views_by_shard": dg.AssetIn(partition_mapping=SHARD_WINDOW_AND_DAY_BEFORE),
+         "endpoint_signatures": dg.AssetIn()},
+    check_specs=[dg.AssetCheckSpec("line_inventory_by_shard_changed", asset="line_inventory_by_shard",
+                                   description="Lines of the shard on which a device model (or manufacturer) "
+                                               "appeared that yesterday's inventory did not have.")],
+)
+def line_inventory_by_shard(context: dg.AssetExecutionContext, line_views_by_shard: LazyDays,
+                            endpoint_signatures: pd.DataFrame, line_settings: LineSettings):
+    """line_inventory of one shard of the subscriber lines, from that shard's views of the window."""
+    out, news, rate = {}, [], min(line_settings.rates)
+    window_keys = _by_shard(line_views_by_shard)
+    for shard, keys in _by_shard(context.partition_keys).items():
+        views = _frames({key: line_views_by_shard[key] for key, _ in window_keys.get(shard, [])})
+        by_day, new, rate = _inventories(views, endpoint_signatures, [day for _, day in keys], line_settings)
+        # The day is in the partition's path (`day=.../<shard>/`), not a column, as in every daily table.
+        out.update({key: by_day[day].drop(columns="day") for key, day in keys})
+        news.append(new)
+    new = pd.concat(news, ignore_index=True) if news else pd.DataFrame(columns=["day", "line_id", "label"])
+    yield dg.Output(out, metadata={**_inventory_metadata(out, endpoint_signatures), "shards": LINE_SHARDS})
+    yield _changed_check("line_inventory_by_shard_changed", "line_inventory_by_shard", new, rate)
 
 
 @dg.asset(group_name="lines", io_manager_key="lake_io_manager", ins={"line_inventory": EVERY_BUILT_DAY})
