@@ -87,14 +87,15 @@ def run_stages(defs: dg.Definitions, instance: dg.DagsterInstance, days: list[st
     for job_name in tqdm(STAGES, desc="iot-assets run", unit="stage", file=sys.stderr):
         job = defs.resolve_job_def(job_name)
         reset_peak_rss()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         if job.partitions_def is None:
             outcome.record(job_name, job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False))
         else:
             for start in range(0, len(days), DAYS_PER_RUN):
                 _run_days(job, days[start:start + DAYS_PER_RUN], instance, outcome)
         span = f" ({len(days)} days)" if job.partitions_def else ""
-        outcome.echo(f"{job_name}: {time.perf_counter() - t0:.1f} s{span}, peak RSS {peak_rss_mb():,.0f} MB")
+        outcome.echo(f"{job_name}: {time.perf_counter() - t0:.1f} s{span}, CPU {time.process_time() - cpu0:.1f} s, "
+                     f"peak RSS {peak_rss_mb():,.0f} MB")
 
 
 def _run_days(job, days: list[str], instance, outcome: Outcome) -> None:
