@@ -1,6 +1,6 @@
 """A whole backfill, end to end, against the floor of the same work without Dagster.
 
-    python benchmarks/backfill.py [--days 14] [--scale 1] [--data DIR] [--raw DIR]
+    python benchmarks/backfill.py [--days 14] [--scale 1] [--data DIR] [--raw DIR] [--days-per-run N]
 
 Generates a sample (all 25 devices; `--scale 1` is the real dataset's volume, about 2.6 M flows
 in 14 days) unless DIR/raw already holds archives (or copies the archives of `--raw`, a sample
@@ -56,9 +56,12 @@ STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scori
 STAGE_LINE = re.compile(r"^(\w+_job): ([\d.]+) s.*?CPU ([\d.]+) s, peak RSS ([\d,]+) MB", re.M)
 
 
-def end_to_end(data: Path, last_day: date) -> tuple[float, dict[str, tuple[float, float, float]]]:
+def end_to_end(data: Path, last_day: date, days_per_run: int | None = None
+               ) -> tuple[float, dict[str, tuple[float, float, float]]]:
     env = {**os.environ, "IOT_ASSETS_DATA_DIR": str(data), "IOT_ASSETS_END_DATE": last_day.isoformat(),
            "DAGSTER_HOME": str(data / "dagster_home")}
+    if days_per_run:
+        env["IOT_ASSETS_DAYS_PER_RUN"] = str(days_per_run)
     env.pop("IOT_ASSETS_EPISODES", None)
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "iot_assets.cli", "run"], env=env, cwd=ROOT, capture_output=True, text=True)
@@ -182,6 +185,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--raw", type=Path, default=None,
                         help="take the archives of this folder (a sample of an earlier run) instead of generating")
+    parser.add_argument("--days-per-run", type=int, default=None,
+                        help="IOT_ASSETS_DAYS_PER_RUN for the end-to-end run (default: the setting's, 7)")
     args = parser.parse_args()
     data = args.data or Path(tempfile.mkdtemp(prefix="backfill-"))
     raw = data / "raw"
@@ -198,7 +203,7 @@ def main() -> None:
         written = sample.generate(raw, first_day, args.days, scale=args.scale, seed=0)
         print(f"sample: {sum(w.flows for w in written):,} flows, {args.days} days, scale {args.scale} "
               f"in {time.perf_counter() - t0:.0f} s -> {raw}")
-    total_e2e, stages = end_to_end(data, last_day)
+    total_e2e, stages = end_to_end(data, last_day, args.days_per_run)
     floors, flows = floor(raw, first_day, last_day)
     print(f"\n{flows:,} clean flows, {args.days} days, 25 devices, scale {args.scale}; end to end {total_e2e:.1f} s "
           f"({flows / total_e2e:,.0f} flows/s), floor {sum(t for t, _, _ in floors.values()):.1f} s; "

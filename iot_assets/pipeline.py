@@ -1,9 +1,10 @@
 """Every asset, headless, on Dagster's own execution: a run per stage, days in ranges.
 
 `iot-assets run` starts this module in a child process with the configuration in its
-environment. Each daily stage is one run over the whole range of days (the assets' single-run
-backfill policy, one Parquet file per day); when such a run fails, its days are run one by one,
-so that one bad day fails alone and the others complete.
+environment. Each daily stage runs over ranges of at most IOT_ASSETS_DAYS_PER_RUN days, one run
+per range (the assets' multi-run backfill policy, one Parquet file per day); when such a run
+fails, its days are run one by one, so that one bad day fails alone and the others complete.
+Each stage prints its wall time, CPU seconds and peak RSS.
 """
 
 from __future__ import annotations
