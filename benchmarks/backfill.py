@@ -31,8 +31,11 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-import pandas as pd
-import pyarrow.parquet as pq
+# The floor runs its models with the same OpenMP wait policy as `iot-assets run` (iot_assets.pipeline).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

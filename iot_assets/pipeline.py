@@ -9,15 +9,22 @@ Each stage prints its wall time, CPU seconds and peak RSS.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Callable
 
-import dagster as dg
-from tqdm import tqdm
+# XGBoost's OpenMP threads spin while they wait by default: on cores shared with other processes
+# that spinning took 47-172 s of CPU for a per-flow baseline fit that takes 2 s with waiting
+# threads asleep (same model). Read when the OpenMP runtime loads, so before anything imports
+# xgboost; an explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from iot_assets.automation import range_tags
-from iot_assets.partitions import DAYS_PER_RUN
+import dagster as dg  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from iot_assets.automation import range_tags  # noqa: E402
+from iot_assets.partitions import DAYS_PER_RUN  # noqa: E402
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}  # failures are summarised at the end
 STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scoring_job", "reports_job")
