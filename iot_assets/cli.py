@@ -153,6 +153,8 @@ def run(sample_days: int, sample_scale: float, seed: int, strict: bool) -> None:
 
     settings = _settings()
     child_env = dict(os.environ)
+    # OpenMP threads (XGBoost's) that sleep while they wait, not spin: see iot_assets.pipeline.
+    child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not settings.is_local and not child_env.get("DAGSTER_HOME"):
         raise click.UsageError("with an object-store IOT_ASSETS_DATA_DIR, set DAGSTER_HOME to the Dagster instance "
                                "folder (or a dagster.yaml for PostgreSQL, see deploy/)")

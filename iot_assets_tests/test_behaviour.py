@@ -101,6 +101,19 @@ def test_per_flow_baseline_runs_on_the_same_labels(tmp_path_factory):
     labels = sorted(days[0]["device_name"].unique())
     result = classifier.per_flow_baseline(days[0], days[1], labels, seed=0)
     assert 0 < result["accuracy"] <= 1 and result["eval_flows"] == len(days[1])
+    assert result["train_flows"] == int(days[0].groupby("device_name").size()
+                                        .clip(upper=classifier.BASELINE_TRAIN_FLOWS_PER_DEVICE).sum())
+
+
+def test_per_flow_baseline_trains_on_a_seeded_sample_per_device(tmp_path_factory, monkeypatch):
+    raw = tmp_path_factory.mktemp("raw_flows_capped")
+    sample.generate(raw, FIRST_DAY, 2, scale=0.05, seed=3, devices=DEVICES[:3])
+    days = list(clean_days(raw, tmp_path_factory.mktemp("staged_flows_capped")).values())
+    labels = sorted(days[0]["device_name"].unique())
+    monkeypatch.setattr(classifier, "BASELINE_TRAIN_FLOWS_PER_DEVICE", 50)
+    first = classifier.per_flow_baseline(days[0], days[1], labels, seed=0)
+    assert first["train_flows"] == 50 * len(labels) and first["eval_flows"] == len(days[1])
+    assert classifier.per_flow_baseline(days[0], days[1], labels, seed=0) == first
 
 
 def test_anomaly_detector_flags_an_attack_and_holds_its_false_positive_rate(windows):

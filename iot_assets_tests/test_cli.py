@@ -30,3 +30,18 @@ def test_bad_settings_are_a_usage_error(tmp_path, monkeypatch):
     monkeypatch.setenv("IOT_ASSETS_START_DATE", "2019-13-01")
     result = CliRunner().invoke(main, ["decode", __file__, "--out", str(tmp_path)])
     assert result.exit_code == 2 and "IOT_ASSETS_START_DATE" in result.output
+
+
+def test_the_pipeline_process_lets_openmp_threads_sleep_unless_told_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import os, iot_assets.pipeline, xgboost; "
+             "print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"

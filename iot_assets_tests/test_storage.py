@@ -71,3 +71,36 @@ def test_a_second_run_on_the_same_instance_says_who_holds_it(tmp_path):
     assert done.returncode == 1
     assert "another iot-assets run is using" in done.stderr and "pid 4242" in done.stderr
     assert not (tmp_path / "data" / "raw").exists() or not any((tmp_path / "data" / "raw").iterdir())
+
+
+def test_lazy_days_reads_a_day_once_while_walking_with_the_day_before_and_hands_out_copies(tmp_path):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from iot_assets.storage.lake import LazyDays, parquet_bytes, read_parquet
+    from iot_assets.storage.location import base_path
+
+    days = ["2019-06-25", "2019-06-26", "2019-06-27"]
+    paths = {}
+    for i, day in enumerate(days):
+        path = base_path(str(tmp_path)) / f"day={day}" / "part-0.parquet"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(parquet_bytes(pd.DataFrame({"flows": [i, i + 10]})))
+        paths[day] = path
+    reads = []
+
+    def read(path):
+        reads.append(path.parent.name)
+        return read_parquet(path)
+
+    lazy = LazyDays(paths, lambda path, table: table.to_pandas().assign(day=path.parent.name[4:]), read=read)
+    for before, day in zip([None, *days], days):  # as device_windows walks: the day before, then the day
+        if before:
+            assert lazy[before]["flows"].tolist() == [days.index(before), days.index(before) + 10]
+        first = lazy[day]
+        first.loc[0, "flows"] = -1  # an asset changing its frame in place
+        assert lazy[day]["flows"].tolist() == [days.index(day), days.index(day) + 10]
+        assert lazy[day]["day"].tolist() == [day, day]
+    assert reads == [f"day={d}" for d in days]
+    assert pq.read_table(paths[days[0]].path).num_rows == 2
+    assert lazy[days[0]]["flows"].tolist() == [0, 10] and reads[-1] == f"day={days[0]}"  # left the two kept: read again

@@ -55,8 +55,8 @@ class LakeIOManager(dg.UPathIOManager):
     def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath) -> None:
         write_bytes_atomic(path, parquet_bytes(obj))
 
-    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
-        frame = read_parquet(path).to_pandas()
+    def load_from_path(self, context: dg.InputContext, path: UPath, table: pa.Table | None = None) -> pd.DataFrame:
+        frame = (read_parquet(path) if table is None else table).to_pandas()
         day = path.parent.name.removeprefix("day=")
         return frame.assign(day=day) if path.parent.name.startswith("day=") else frame
 
@@ -95,19 +95,37 @@ class LakeIOManager(dg.UPathIOManager):
                 raise FileNotFoundError(f"{context.asset_key.to_user_string()}: {len(missing)} partition(s) not "
                                         f"materialized, e.g. {missing[0]} ({paths[missing[0]]})")
             context.log.info(f"{context.asset_key.to_user_string()}: {len(missing)} of {len(paths)} days not built")
-        return LazyDays(present, lambda path: self.load_from_path(context, path))
+        return LazyDays(present, lambda path, table=None: self.load_from_path(context, path, table), read=read_parquet)
 
 
 class LazyDays(Mapping):
-    """Days of a table, each read when the asset asks for it: a run over many days holds few at a time."""
+    """Days of a table, each read when the asset asks for it: a run over many days holds few at a time.
 
-    def __init__(self, paths: dict[str, UPath], load):
-        self._paths, self._load = paths, load
+    The Arrow tables of the last `KEEP` days read are kept (immutable, and smaller than the
+    frames), so that an asset walking the days with the day before (today, then as tomorrow's
+    history) or reading a day twice reads each file once; every access converts its own frame.
+    """
+
+    KEEP = 2
+
+    def __init__(self, paths: dict[str, UPath], load, read=None):
+        """`load(path)` gives the frame of a day; or `read(path)` its Arrow table and `load(path, table)` the frame."""
+        self._paths, self._load, self._read = paths, load, read
+        self._kept: dict[str, pa.Table] = {}
 
     def __getitem__(self, day: str) -> pd.DataFrame:
         if day not in self._paths:
             raise KeyError(day)
-        return self._load(self._paths[day])
+        path = self._paths[day]
+        if self._read is None:
+            return self._load(path)
+        table = self._kept.pop(day, None)
+        if table is None:
+            table = self._read(path)
+        self._kept[day] = table
+        while len(self._kept) > self.KEEP:
+            self._kept.pop(next(iter(self._kept)))
+        return self._load(path, table)
 
     def __contains__(self, day) -> bool:
         return day in self._paths  # without reading the day
