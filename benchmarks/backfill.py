@@ -10,7 +10,7 @@ kept from an earlier run; the lake, staging and Dagster instance are always new)
   floor       the same stage functions called directly, in one process, one pass per stage:
               decode each archive; clean, validate, featurize, sample and build the line views
               and truth of each day; train the classifier (with its per-flow baseline), the
-              detector, the drift reference and the endpoint signatures; classify, score,
+              detector (with its incident figures), the drift reference and the endpoint signatures; classify, score, group incidents,
               drift, exposure, line inventory and report each day; the model report.
               Not in the floor: the line metrics and the exposure report (reports_job), and
               the Parquet writes of every table (the floor holds them in memory).
@@ -40,7 +40,7 @@ import pyarrow.parquet as pq  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iot_assets import anomaly, classifier, drift, exposure, lines, sample  # noqa: E402
+from iot_assets import anomaly, classifier, drift, exposure, incidents, lines, sample  # noqa: E402
 from iot_assets.archive import find_archives  # noqa: E402
 from iot_assets.assets.flows import flow_sample  # noqa: E402
 from iot_assets.clean import to_device_centric  # noqa: E402
@@ -133,6 +133,7 @@ def floor(raw: Path, first_day: date, last_day: date, seed: int = 0) -> tuple[di
     def train():
         split = classifier.TimeSplit.of(windows, 0.7)
         model, metrics, _ = classifier.train_and_evaluate(windows, split, seed)
+        metrics["open_set"] = classifier.open_set_evaluation(windows, split, seed, model=model)
         metrics["window"] = "60min"
         metrics["baseline_per_flow"] = classifier.per_flow_baseline(
             pd.concat([samples[d] for d in split.train_days]), pd.concat([samples[d] for d in split.eval_days]),
@@ -143,6 +144,12 @@ def floor(raw: Path, first_day: date, last_day: date, seed: int = 0) -> tuple[di
         train_mask = split.is_train(windows)
         detector, anomaly_metrics = anomaly.compare_and_fit(windows[train_mask], labels[train_mask], windows[~train_mask],
                                                             labels[~train_mask], 0.01, seed)
+        evaluation = windows[~train_mask]
+        scored = detector.score(evaluation).assign(device_name=evaluation["device_name"])
+        anomaly_metrics["per_device"] = anomaly.per_device_fpr(scored, labels[~train_mask])
+        anomaly_metrics["incidents"] = incidents.incident_metrics(
+            incidents.group_incidents(scored, detector.deviations(evaluation), 60), None, evaluation, 60,
+            pd.Timedelta(hours=CONTEXT_HOURS))
         reference = drift.build_reference(windows[train_mask])
         train_days, _ = classifier.time_split(days, 0.7)
         signatures = lines.learn_signatures(pd.concat([clean_by_day[d] for d in train_days], ignore_index=True))
@@ -152,6 +159,7 @@ def floor(raw: Path, first_day: date, last_day: date, seed: int = 0) -> tuple[di
 
     def score():
         scores = detector.score(windows).assign(device_name=windows["device_name"].to_numpy())
+        deviations = detector.deviations(windows)
         score_days = scores["window_start"].dt.strftime("%Y-%m-%d")
         advisories, _ = exposure.read_advisories(ExposureSettings().advisories_path)
         views = pd.concat(views_by_day.values(), ignore_index=True)
@@ -170,7 +178,10 @@ def floor(raw: Path, first_day: date, last_day: date, seed: int = 0) -> tuple[di
             recent = pd.concat([f for d, f in exposures.items() if d <= day], ignore_index=True)
             section = exposure_section_html(exposure.worklist(findings), exposure.findings_per_day(recent),
                                             exposure.line_scores(findings[findings["seen_today"].astype(bool)]))
-            daily_page(day, inventory, scores[score_days == day], drifts[day], windows_by_day[day], [section])
+            today_scores = scores[score_days == day]
+            found = incidents.incident_evidence(
+                incidents.group_incidents(today_scores, deviations.loc[today_scores.index], 60), flows_of_day)
+            daily_page(day, inventory, today_scores, found, drifts[day], windows_by_day[day], [section])
         return scores, drifts
 
     scores, drifts = stage("daily_scoring_job", score)
