@@ -457,23 +457,20 @@ def test_metrics_on_a_generated_sample_with_known_membership(days, membership):
 # ---------------------------------------------------------------- assets
 
 
-@pytest.mark.slow
-def test_line_assets_materialize_on_a_generated_sample(tmp_path):
-    import json
-
+def line_runner(data, scale: float, synthetic_lines: int, more_assets: list):
+    """A sample of four devices over four days in `data/raw`, and a function that materializes a
+    selection of the flow and line assets (plus `more_assets`) on it, asserting success."""
     from iot_assets.assets import flows
     from iot_assets.assets import lines as line_assets
     from iot_assets.resources import LineSettings
     from iot_assets_tests.test_definitions import resources_for
 
-    data = tmp_path / "data"
-    sample.generate(data / "raw", FIRST_DAY, 4, scale=0.05, seed=5,
+    sample.generate(data / "raw", FIRST_DAY, 4, scale=scale, seed=5,
                     devices=["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "qrio_hub"])
-    resources = {**resources_for(data), "line_settings": LineSettings(sampling="1,100", synthetic_lines=6)}
+    resources = {**resources_for(data), "line_settings": LineSettings(sampling="1,100", synthetic_lines=synthetic_lines)}
     instance = dg.DagsterInstance.ephemeral()
     everything = [flows.raw_archives, flows.decoded_flows, flows.clean_flows, line_assets.line_membership,
-                  line_assets.line_views, line_assets.endpoint_signatures, line_assets.line_inventory,
-                  line_assets.line_first_detected, line_assets.line_metrics]
+                  line_assets.line_views, line_assets.endpoint_signatures, line_assets.line_inventory, *more_assets]
 
     def run(selection, partition_key=None):
         result = dg.materialize(everything, resources=resources, instance=instance, selection=selection,
@@ -481,6 +478,17 @@ def test_line_assets_materialize_on_a_generated_sample(tmp_path):
         assert result.success
         return result
 
+    return run
+
+
+@pytest.mark.slow
+def test_line_assets_materialize_on_a_generated_sample(tmp_path):
+    import json
+
+    from iot_assets.assets import lines as line_assets
+
+    data = tmp_path / "data"
+    run = line_runner(data, 0.05, 6, [line_assets.line_first_detected, line_assets.line_metrics])
     run(["raw_archives", "line_membership"])
     membership = pd.read_parquet(data / "lake" / "line_membership" / "part-0.parquet")
     assert membership["line_id"].nunique() == 6 and set(membership["device_mac"]) <= {
@@ -532,27 +540,11 @@ def test_line_assets_materialize_on_a_generated_sample(tmp_path):
 @pytest.mark.slow
 def test_line_assets_by_shard_add_up_to_the_unsharded_ones(tmp_path):
     """Every day x shard partition of line_views_by_shard and line_inventory_by_shard, against line_views and line_inventory."""
-    from iot_assets.assets import flows
     from iot_assets.assets import lines as line_assets
     from iot_assets.partitions import LINE_SHARDS, shard_keys
-    from iot_assets.resources import LineSettings
-    from iot_assets_tests.test_definitions import resources_for
 
     data = tmp_path / "data"
-    sample.generate(data / "raw", FIRST_DAY, 4, scale=0.03, seed=5,
-                    devices=["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "qrio_hub"])
-    resources = {**resources_for(data), "line_settings": LineSettings(sampling="1,100", synthetic_lines=12)}
-    instance = dg.DagsterInstance.ephemeral()
-    everything = [flows.raw_archives, flows.decoded_flows, flows.clean_flows, line_assets.line_membership,
-                  line_assets.line_views, line_assets.endpoint_signatures, line_assets.line_inventory,
-                  line_assets.line_views_by_shard, line_assets.line_inventory_by_shard]
-
-    def run(selection, partition_key=None):
-        result = dg.materialize(everything, resources=resources, instance=instance, selection=selection,
-                                partition_key=partition_key)
-        assert result.success
-        return result
-
+    run = line_runner(data, 0.03, 12, [line_assets.line_views_by_shard, line_assets.line_inventory_by_shard])
     run(["raw_archives", "line_membership"])
     days = [(FIRST_DAY + timedelta(days=i)).isoformat() for i in range(4)]
     for day in days:

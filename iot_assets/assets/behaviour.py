@@ -89,6 +89,19 @@ def training_split(windows: pd.DataFrame, config: TrainingConfig, model_settings
     return windows[classifier.window_days(windows).isin(window + holdout)], classifier.TimeSplit(window, holdout)
 
 
+def settle_challenge(context: dg.AssetExecutionContext, reports: ReportFiles, report_name: str, champion, challenger,
+                     split: classifier.TimeSplit, compared: tuple[str, dict]):
+    """(the model to serve, the challenge's figures): the champion as it was, or the challenger with them in its metrics."""
+    keep, challenge = compared
+    reports.write_json(report_name, challenge)
+    context.log.info(f"champion {champion.version} against a challenger on {split.train_range}: "
+                     f"{keep} kept ({challenge['reason']})")
+    if keep == "champion":
+        return champion, challenge
+    challenger.metrics["challenge"] = challenge
+    return challenger, challenge
+
+
 def challenge_metadata(challenge: dict | None) -> dict:
     if challenge is None:
         return {"decision": "first training or no challenge: trained on the time split"}
@@ -125,15 +138,10 @@ def device_classifier(context: dg.AssetExecutionContext, config: TrainingConfig,
     challenge = None
     if champion is not None:
         holdout = classifier._labelled(windows, attacked)
-        keep, challenge = champion_module.compare_classifiers(champion, model, holdout[~split.is_train(holdout)],
-                                                              split.eval_range)
-        reports.write_json("classifier_challenge.json", challenge)
-        context.log.info(f"champion {champion.version} against a challenger on {split.train_range}: "
-                         f"{keep} kept ({challenge['reason']})")
-        if keep == "champion":
-            model, metrics = champion, champion.metrics
-        else:
-            metrics["challenge"] = challenge
+        model, challenge = settle_challenge(context, reports, "classifier_challenge.json", champion, model, split,
+                                            champion_module.compare_classifiers(
+                                                champion, model, holdout[~split.is_train(holdout)], split.eval_range))
+        metrics = model.metrics
     metrics_path = reports.write_json("classifier_metrics.json", metrics)
     exploration_path = reports.write_text("feature_exploration.md", report)
     context.log.info(f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
@@ -243,15 +251,10 @@ def anomaly_detector(context: dg.AssetExecutionContext, config: TrainingConfig, 
     detector.metrics = metrics
     challenge = None
     if champion is not None:
-        keep, challenge = champion_module.compare_detectors(champion, detector, evaluation, labels[~train],
-                                                            split.eval_range)
-        reports.write_json("anomaly_challenge.json", challenge)
-        context.log.info(f"champion {champion.version} against a challenger on {split.train_range}: "
-                         f"{keep} kept ({challenge['reason']})")
-        if keep == "champion":
-            detector, metrics = champion, champion.metrics
-        else:
-            metrics["challenge"] = challenge
+        detector, challenge = settle_challenge(context, reports, "anomaly_challenge.json", champion, detector, split,
+                                               champion_module.compare_detectors(
+                                                   champion, detector, evaluation, labels[~train], split.eval_range))
+        metrics = detector.metrics
     metrics_path = reports.write_json("anomaly_metrics.json", metrics)
     return _version_output(detector, {
         "detector": metrics["detector"], "fpr_clean": metrics["fpr_clean"], "roc_auc": metrics["roc_auc"],
