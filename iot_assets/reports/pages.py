@@ -38,11 +38,11 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
         body.append(f"<h3>Incidents</h3><p class='note'>{len(flagged)} flagged windows make {len(incidents)} "
                     f"incidents (flagged windows of a device with at most {GAP_WINDOWS} quiet windows between them; "
                     f"a lone window under {SINGLE_WINDOW_MIN_RATIO:g}x the threshold is none).</p>")
+        start, end = pd.to_datetime(incidents["start"], utc=True), pd.to_datetime(incidents["end"], utc=True)
         # The last window may end at the next midnight: 24:00, not 00:00.
-        end = incidents["end"].dt.strftime("%H:%M").where(incidents["end"].dt.floor("D") == incidents["start"].dt.floor("D"),
-                                                         "24:00")
         shown = incidents.assign(device=incidents["device_name"].fillna(incidents["device_mac"]),
-                                 start=incidents["start"].dt.strftime("%H:%M"), end=end)
+                                 start=start.dt.strftime("%H:%M"),
+                                 end=end.dt.strftime("%H:%M").where(end.dt.floor("D") == start.dt.floor("D"), "24:00"))
         body.append(table(shown[["device", "start", "end", "windows_flagged", "peak_score_ratio", "kind", "kind_reason",
                                  "top_features", "evidence_peers", "evidence_ports", "usual_ports", "new_peers"]],
                           digits=1))
