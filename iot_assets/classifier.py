@@ -341,7 +341,8 @@ def evaluate(y_true: list[str], y_pred: list[str], labels: list[str]) -> dict:
     }
 
 
-def _labelled(windows: pd.DataFrame, attacked: pd.Series | None) -> pd.DataFrame:
+def labelled_windows(windows: pd.DataFrame, attacked: pd.Series | None) -> pd.DataFrame:
+    """The windows a classifier learns from and is judged on: catalogue devices, outside attack episodes."""
     if attacked is not None:
         windows = windows[~attacked]
     return windows[windows["device_name"].notna()]
@@ -356,7 +357,7 @@ def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
     its novelty model (open set); `metrics["day_level"]` judges the day-level inventory.
     """
     excluded = int(attacked.sum()) if attacked is not None else 0
-    labelled = _labelled(windows, attacked)
+    labelled = labelled_windows(windows, attacked)
     in_train = split.is_train(labelled)
     train, evaluation = labelled[in_train], labelled[~in_train]
     booster, labels = fit(train, "device_name", FEATURES, seed)
@@ -475,7 +476,7 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
     model's column removed and the rest renormalised: no refits (what the pipeline does,
     25 refits cost minutes), a close approximation of the refit that `method` names.
     """
-    labelled = _labelled(windows, attacked)
+    labelled = labelled_windows(windows, attacked)
     in_train = split.is_train(labelled)
     train, evaluation = labelled[in_train], labelled[~in_train]
     novelty = fit_novelty(train, "device_name", FEATURES)

@@ -137,7 +137,7 @@ def device_classifier(context: dg.AssetExecutionContext, config: TrainingConfig,
     model.metrics = metrics
     challenge = None
     if champion is not None:
-        holdout = classifier._labelled(windows, attacked)
+        holdout = classifier.labelled_windows(windows, attacked)
         model, challenge = settle_challenge(context, reports, "classifier_challenge.json", champion, model, split,
                                             champion_module.compare_classifiers(
                                                 champion, model, holdout[~split.is_train(holdout)], split.eval_range))
