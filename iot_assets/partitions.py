@@ -1,13 +1,12 @@
 """The daily partitions: one per day of flows, the range from the settings; and day x line shard
 for the line-level (post-NAT) assets, whose work grows with the subscribers."""
 
-import os
 import warnings
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from iot_assets.settings import SETTINGS, _parse_number
+from iot_assets.settings import SETTINGS
 
 # Dagster's end_date is exclusive; the configured last day is inclusive.
 daily_partitions = dg.DailyPartitionsDefinition(
@@ -38,8 +37,7 @@ def previous_day(day: str) -> str:
 # Line shards: the line-level assets split each day further, by subscriber line. A line's shard
 # is a stable hash of its id modulo the count (iot_assets.lines.line_shards), so it never moves
 # while the count stays; the count is fixed when the code location loads, as partitions are.
-# IOT_ASSETS_LINE_SHARDS is read here, beside the day range it divides (default 4, at most 4096).
-LINE_SHARDS = int(_parse_number(os.environ, "IOT_ASSETS_LINE_SHARDS", 4, 1, 4096))
+LINE_SHARDS = SETTINGS.line_shards
 
 
 def shard_keys(count: int) -> list[str]:

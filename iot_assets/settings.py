@@ -66,6 +66,7 @@ class Settings:
     days_per_run: int = 7  # days a backfill run of the daily assets covers at most
     acknowledgements: str = ""  # a CSV device_mac,from_day: changes an analyst accepted as the new normal
     stable_days: int = 3  # changed days in a row, at a steady score level, that make a new normal
+    line_shards: int = 4  # subscriber-line shards a day of the line assets is split into
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -96,6 +97,7 @@ class Settings:
             days_per_run=int(_parse_number(env, "IOT_ASSETS_DAYS_PER_RUN", 7, 1, 366)),
             acknowledgements=env.get("IOT_ASSETS_ACKNOWLEDGEMENTS", "").strip(),
             stable_days=int(_parse_number(env, "IOT_ASSETS_STABLE_DAYS", 3, 1, 60)),
+            line_shards=int(_parse_number(env, "IOT_ASSETS_LINE_SHARDS", 4, 1, 4096)),
         )
 
     @property
