@@ -417,7 +417,9 @@ def rebaseline_decisions(context: dg.AssetExecutionContext, anomaly_scores: Lazy
                  for day, table in ((d, feature_drift[d]) for d in days if d in feature_drift)]
     if len(scores):
         scores = scores[scores["model_version"] == anomaly_detector.version]
-        daily = rebaseline.daily_status(pd.concat(summaries, ignore_index=True), scores)
+        drift_days = pd.concat(summaries, ignore_index=True) if summaries else \
+            pd.DataFrame(columns=["device_mac", "day", "level"])
+        daily = rebaseline.daily_status(drift_days, scores)
     else:
         daily = pd.DataFrame(columns=rebaseline.DAILY_COLUMNS)
     decisions = rebaseline.decide(daily, model_settings.read_acknowledgements(), model_settings.stable_days, since)
