@@ -479,7 +479,10 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
     labelled = labelled_windows(windows, attacked)
     in_train = split.is_train(labelled)
     train, evaluation = labelled[in_train], labelled[~in_train]
-    novelty = fit_novelty(train, "device_name", FEATURES)
+    # The trained model's own novelty model was fitted on these same windows; refit only without it
+    # (a model loaded from the store keeps no calibration distances to recalibrate from).
+    fresh = model is not None and model.novelty is not None and model.novelty.calibration.get("distances") is not None
+    novelty = model.novelty if fresh else fit_novelty(train, "device_name", FEATURES)
     truth = evaluation.groupby([evaluation["device_mac"], window_days(evaluation).rename("day")])["device_name"].first()
     full_proba = pd.DataFrame(model.predict_proba(evaluation), columns=model.labels, index=evaluation.index) \
         if model is not None else None

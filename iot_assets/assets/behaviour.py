@@ -148,9 +148,10 @@ def device_classifier(context: dg.AssetExecutionContext, config: TrainingConfig,
     yield _version_output(model, {
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         "baseline_per_flow_accuracy": metrics["baseline_per_flow"]["accuracy"],
-        "day_level_accuracy": metrics["day_level"]["accuracy"],
-        "open_set_left_out_unknown_share": metrics["open_set"]["left_out_unknown_share"],
-        "open_set_known_days_named_correctly": metrics["open_set"]["known_days_named_correctly"],
+        # A champion kept from a version older than the open-set figures has none.
+        "day_level_accuracy": metrics.get("day_level", {}).get("accuracy"),
+        "open_set_left_out_unknown_share": metrics.get("open_set", {}).get("left_out_unknown_share"),
+        "open_set_known_days_named_correctly": metrics.get("open_set", {}).get("known_days_named_correctly"),
         "train_range": dg.MetadataValue.json(metrics["train_range"]),
         "eval_range": dg.MetadataValue.json(metrics["eval_range"]),
         "classes": len(model.labels),
@@ -233,8 +234,8 @@ def anomaly_detector(context: dg.AssetExecutionContext, config: TrainingConfig, 
         return _rebaselined_detector(context, config, windows, model_settings, reports, served_models)
     champion = served_models.champion("anomaly_detector") if config.challenge else None
     windows, split = training_split(windows, config, model_settings, champion)
-    labels = anomaly.evaluation_labels(windows, model_settings.read_episodes(), model_settings.window_minutes,
-                                       pd.Timedelta(hours=CONTEXT_HOURS))
+    episodes = model_settings.read_episodes()
+    labels = anomaly.evaluation_labels(windows, episodes, model_settings.window_minutes, pd.Timedelta(hours=CONTEXT_HOURS))
     train = split.is_train(windows)
     evaluation = windows[~train]
     detector, metrics = anomaly.compare_and_fit(
@@ -242,8 +243,8 @@ def anomaly_detector(context: dg.AssetExecutionContext, config: TrainingConfig, 
     scored = detector.score(evaluation).assign(device_name=evaluation["device_name"])
     metrics["per_device"] = anomaly.per_device_fpr(scored, labels[~train])
     found = incidents.group_incidents(scored, detector.deviations(evaluation), model_settings.window_minutes)
-    metrics["incidents"] = incidents.incident_metrics(found, model_settings.read_episodes(), evaluation,
-                                                      model_settings.window_minutes, pd.Timedelta(hours=CONTEXT_HOURS))
+    metrics["incidents"] = incidents.incident_metrics(found, episodes, evaluation, model_settings.window_minutes,
+                                                      pd.Timedelta(hours=CONTEXT_HOURS))
     metrics.update({"threshold": f"per device: quantile {1 - model_settings.target_fpr:g} of its held-out scores",
                     "target_fpr": model_settings.target_fpr, "train_range": split.train_range,
                     "eval_range": split.eval_range, "devices_modelled": len(detector.devices),
@@ -259,9 +260,10 @@ def anomaly_detector(context: dg.AssetExecutionContext, config: TrainingConfig, 
     return _version_output(detector, {
         "detector": metrics["detector"], "fpr_clean": metrics["fpr_clean"], "roc_auc": metrics["roc_auc"],
         "devices_modelled": len(detector.devices),
-        "false_incidents_per_device_month": metrics["incidents"]["false_incidents_per_device_month"],
+        # A champion kept from a version older than the incident figures has none.
+        "false_incidents_per_device_month": metrics.get("incidents", {}).get("false_incidents_per_device_month"),
         "incident_recall": dg.MetadataValue.json({kind: v["recall"] for kind, v in
-                                                  metrics["incidents"]["per_episode_type"].items()}),
+                                                  metrics.get("incidents", {}).get("per_episode_type", {}).items()}),
         "compared": dg.MetadataValue.json(metrics["detectors_compared"]),
         "metrics": dg.MetadataValue.path(str(metrics_path)),
         **challenge_metadata(challenge),
