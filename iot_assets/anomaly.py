@@ -38,6 +38,21 @@ DETECTORS = {
 DEFAULT_DETECTOR = "KNN"
 SHRINK = 2.0
 MIN_ALARM_SPREADS = 2.0  # beyond the SHRINK band: the least deviation of one feature that can alert
+# A window is flagged only if some feature is at least this many spreads beyond its band. The
+# rank-based detectors (ECOD, COPOD) score any value past the training maximum as extreme,
+# however small the step: on the real archives 3.6 of their 7.0% false positives were windows
+# whose largest move was 0.7 spreads (a byte share a little past its usual band).
+MIN_FLAG_SPREADS = 1.0
+# A deviation that most devices of the network show in the same window, the same way, is the
+# network's, not the device's: a host on the LAN broadcasting mDNS and NetBIOS reached every
+# real device at 2019-09-18 07:00 and its 24-hour shares kept two of them flagged for a day.
+# It is discounted from each device's score and reported beside it (`network_features`).
+NETWORK_MOVED = 1.0  # spreads beyond the band that count as a move
+NETWORK_MIN_DEVICES = 2
+NETWORK_MIN_SHARE = 0.5  # of the devices with a model in that window
+# Shares of one whole: when the network's traffic raised one on a device, the device's others
+# fell by dilution (Xiaomi's 24-hour HTTPS share, -2.1 spreads, beside the LAN's mDNS +3.4).
+SHARE_FAMILIES = (("c_svc_", "c_port_b"), ("w_svc_", "w_port_b"), ("w_scope_",))
 EPISODE_TYPES = ("scan", "flood", "exfiltration", "beaconing", "firmware_change")
 
 
@@ -99,9 +114,12 @@ class DeviceModel:
     train_scaled: np.ndarray | None = None
 
     def raw_scores(self, owner: "AnomalyDetector", x: np.ndarray) -> np.ndarray:
+        return self.scores_of_scaled(owner._scaled(self, x))
+
+    def scores_of_scaled(self, scaled: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return self.detector.decision_function(owner._scaled(self, x))
+            return self.detector.decision_function(scaled)
 
 
 @dataclass
@@ -241,39 +259,79 @@ class AnomalyDetector:
             detector.devices[entry["device_mac"]] = model
         return detector
 
-    def deviations(self, windows: pd.DataFrame) -> pd.DataFrame:
-        """Per window and feature: how far beyond its usual band, in the device's spreads
-        (signed; 0 within the band; NaN for devices without a model). Incidents read their
-        kind from these."""
-        out = pd.DataFrame(np.nan, index=windows.index, columns=self.features)
+    def _deviations_and_network(self, windows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(each window's deviations with the network's moves taken out, the network's moves).
+
+        Both per window and feature, in the device's spreads beyond its usual band (signed; NaN
+        for devices without a model). The windows scored together are one network (one
+        collector's LAN). A move is the network's when, in that window, at least
+        NETWORK_MIN_DEVICES devices and NETWORK_MIN_SHARE of those with a model moved that
+        feature by NETWORK_MOVED spreads the same way; and a share that fell on a device
+        where the network raised another share of its family (SHARE_FAMILIES) fell by dilution.
+        """
+        own = pd.DataFrame(np.nan, index=windows.index, columns=self.features)
         for mac, part in windows.groupby("device_mac"):
             model = self.devices.get(mac)
             if model is not None:
-                out.loc[part.index] = self._scaled(model, part[self.features].to_numpy(dtype=float))
-        return out
+                own.loc[part.index] = self._scaled(model, part[self.features].to_numpy(dtype=float))
+        values = own.to_numpy()
+        modelled = ~np.isnan(values[:, 0]) if len(values) else np.zeros(0, dtype=bool)
+        network = np.zeros(values.shape, dtype=bool)
+        if modelled.sum() >= NETWORK_MIN_DEVICES:
+            when = windows["window_start"].to_numpy()
+            at = pd.Series(modelled).groupby(when).transform("sum").to_numpy()
+            needed = np.maximum(NETWORK_MIN_DEVICES, np.ceil(NETWORK_MIN_SHARE * at))[:, None]
+            with np.errstate(invalid="ignore"):
+                for moved in (values >= NETWORK_MOVED, values <= -NETWORK_MOVED):
+                    together = pd.DataFrame(moved).groupby(when).transform("sum").to_numpy()
+                    network |= moved & (together >= needed)
+            for prefixes in SHARE_FAMILIES:
+                family = np.array([name.startswith(prefixes) and "_share" in name for name in self.features])
+                if family.any():
+                    rose = (network[:, family] & (values[:, family] > 0)).any(axis=1)
+                    with np.errstate(invalid="ignore"):
+                        network[:, family] |= rose[:, None] & (values[:, family] <= -NETWORK_MOVED)
+        shared = own.where(network, 0.0).where(own.notna())
+        return own.mask(network, 0.0), shared
+
+    def deviations(self, windows: pd.DataFrame) -> pd.DataFrame:
+        """Per window and feature: how far beyond its usual band, in the device's spreads
+        (signed; 0 within the band and for the network's moves; NaN for devices without a
+        model). Incidents read their kind from these."""
+        return self._deviations_and_network(windows)[0]
 
     def score(self, windows: pd.DataFrame, top: int = 3) -> pd.DataFrame:
-        """Score, flag and the most deviating features per window; NaN for devices without a model."""
+        """Score, flag and the most deviating features per window; NaN for devices without a model.
+
+        Scores are of the device's own moves: the network's (`_deviations_and_network`) are
+        discounted and named in `network_features`. A window is flagged when its score passes
+        the device's threshold and some feature moved at least MIN_FLAG_SPREADS.
+        """
         out = windows[["device_mac", "window_start"]].copy()
         out["score"] = np.nan
         out["threshold"] = np.nan
         out["top_features"] = None
+        out["network_features"] = ""
+        own, network = self._deviations_and_network(windows)
+        largest = own.abs().max(axis=1)
         for mac, part in windows.groupby("device_mac"):
             model = self.devices.get(mac)
             if model is None:
                 continue
-            x = part[self.features].to_numpy(dtype=float)
-            scaled = self._scaled(model, x)
-            scores = model.raw_scores(self, x)
-            out.loc[part.index, "score"] = scores
+            scaled = own.loc[part.index].to_numpy()
+            out.loc[part.index, "score"] = model.scores_of_scaled(scaled)
             out.loc[part.index, "threshold"] = model.threshold
-            deviation = np.abs(scaled)
-            order = np.argsort(-deviation, axis=1)[:, :top]
+            order = np.argsort(-np.abs(scaled), axis=1)[:, :top]
             out.loc[part.index, "top_features"] = [
                 ", ".join(f"{self.features[j]} ({scaled[i, j]:+.1f})" for j in row) for i, row in enumerate(order)
             ]
+            shared = network.loc[part.index].to_numpy()
+            out.loc[part.index, "network_features"] = [
+                ", ".join(f"{self.features[j]} ({shared[i, j]:+.1f})" for j in np.flatnonzero(shared[i]))
+                for i in range(len(shared))
+            ]
         out["has_model"] = out["score"].notna()
-        out["anomaly"] = out["score"] > out["threshold"]
+        out["anomaly"] = (out["score"] > out["threshold"]) & (largest >= MIN_FLAG_SPREADS)
         # Scores of different devices live on different scales: the ratio to the device's threshold compares.
         out["score_ratio"] = out["score"] / out["threshold"].where(out["threshold"].abs() > 1e-12)
         return out
@@ -350,11 +408,27 @@ def per_device_fpr(scored: pd.DataFrame, labels: pd.Series) -> dict[str, dict]:
             for name, count, rate in zip(grouped.size().index, grouped.size(), grouped.mean())}
 
 
+ALERT_BUDGET = 2.0  # times the target FPR: the clean false-positive rate a kept detector may reach
+
+
+def within_budget(fpr_clean: dict[str, float | None], target_fpr: float) -> list[str]:
+    """The kinds whose clean false-positive rate is at most ALERT_BUDGET times the target,
+    or, when none is, those at the lowest rate seen (within a tenth of a point)."""
+    rates = {kind: (rate if rate is not None else 0.0) for kind, rate in fpr_clean.items()}
+    budget = max(ALERT_BUDGET * target_fpr, min(rates.values()) + 0.001)
+    return [kind for kind, rate in rates.items() if rate <= budget]
+
+
 def compare_and_fit(train: pd.DataFrame, train_labels: pd.Series, evaluation: pd.DataFrame, labels: pd.Series,
                     target_fpr: float, seed: int) -> tuple[AnomalyDetector, dict]:
     """Fit every detector kind on clean training windows, evaluate each on the later windows, keep the best.
 
-    With episodes, the best has the highest worst-case ROC-AUC over episode types; without
+    With episodes, the best is judged at its thresholds, as an analyst meets it: among the
+    kinds whose clean false-positive rate is within the alert budget (`within_budget`), the
+    highest worst-case recall over episode types, then the highest worst-case ROC-AUC.
+    Ranking by ROC-AUC alone kept ECOD and COPOD, whose AUC was a little higher while at
+    their thresholds they flagged 4-8 times the clean windows KNN did and missed more
+    beaconing and firmware changes (on the sample and on the real archives alike). Without
     ground truth the default kind is kept and the comparison reports false-positive rates.
     """
     clean_train = train[train_labels.isna()]
@@ -366,12 +440,15 @@ def compare_and_fit(train: pd.DataFrame, train_labels: pd.Series, evaluation: pd
         compared[kind] = evaluate(scored, labels)
     has_truth = any(c["per_episode_type"] for c in compared.values())
 
-    def worst_auc(kind: str) -> float:
+    def worst(kind: str, measure: str) -> float:
         per_type = compared[kind]["per_episode_type"]
-        return min(v["roc_auc"] for v in per_type.values()) if per_type else 0.0
+        return min(v[measure] for v in per_type.values()) if per_type else 0.0
 
-    best = max(DETECTORS, key=worst_auc) if has_truth else DEFAULT_DETECTOR
+    eligible = within_budget({kind: c["fpr_clean"] for kind, c in compared.items()}, target_fpr)
+    best = max(eligible, key=lambda k: (worst(k, "recall"), worst(k, "roc_auc"))) if has_truth else DEFAULT_DETECTOR
     summary = {kind: {"roc_auc": c["roc_auc"], "fpr_clean": c["fpr_clean"],
-                      "worst_episode_roc_auc": worst_auc(kind) if has_truth else None}
+                      "worst_episode_roc_auc": worst(kind, "roc_auc") if has_truth else None,
+                      "worst_episode_recall": worst(kind, "recall") if has_truth else None,
+                      "within_budget": kind in eligible}
                for kind, c in compared.items()}
     return fitted[best], {"detector": best, **compared[best], "detectors_compared": summary}

@@ -295,3 +295,58 @@ def test_a_change_that_stays_stable_for_n_days_is_a_new_normal_and_a_coming_and_
     acknowledged = rebaseline.decide(daily, pd.DataFrame({"device_mac": ["quiet"], "from_day": ["2019-09-14"]}), 5)
     assert acknowledged[["device_mac", "from_day", "reason"]].to_dict("records") == [
         {"device_mac": "quiet", "from_day": "2019-09-14", "reason": "acknowledged"}]
+
+
+def _lan_burst(windows: pd.DataFrame, macs: list[str], at: str, feature: str = "w_svc_mdns_share") -> pd.DataFrame:
+    """The windows with `feature` far out on `macs` in the window starting `at`."""
+    out = windows.copy()
+    hit = out["device_mac"].isin(macs) & (out["window_start"] == pd.Timestamp(at, tz="UTC"))
+    out.loc[hit, feature] = out[feature].max() + 30.0
+    return out
+
+
+def test_a_move_most_devices_share_in_one_window_is_the_networks_and_flags_none_of_them():
+    windows = synthetic_windows(devices=4, days=5)
+    cut = pd.Timestamp("2019-07-04", tz="UTC")
+    detector = anomaly.AnomalyDetector("KNN", 0.01, list(ANOMALY_FEATURES)).fit(windows[windows["window_start"] < cut], 0)
+    later = windows[windows["window_start"] >= cut]
+    macs = sorted(later["device_mac"].unique())
+    at = "2019-07-04T07:00"
+
+    alone = detector.score(_lan_burst(later, macs[:1], at))
+    one = alone[alone["window_start"] == pd.Timestamp(at, tz="UTC")].set_index("device_mac")
+    assert one.loc[macs[0], "anomaly"]  # one device's own burst is its anomaly
+    assert "w_svc_mdns_share" in one.loc[macs[0], "top_features"]
+    assert one.loc[macs[0], "network_features"] == ""
+
+    shared = detector.score(_lan_burst(later, macs[:3], at))  # three of four devices: the network's
+    hour = shared[shared["window_start"] == pd.Timestamp(at, tz="UTC")].set_index("device_mac")
+    for mac in macs[:3]:
+        assert hour.loc[mac, "network_features"].startswith("w_svc_mdns_share (+")
+        assert "w_svc_mdns_share" not in hour.loc[mac, "top_features"]
+        assert not hour.loc[mac, "anomaly"]
+    assert hour.loc[macs[3], "network_features"] == ""
+    deviations = detector.deviations(_lan_burst(later, macs[:3], at))
+    assert (deviations.loc[shared["window_start"] == pd.Timestamp(at, tz="UTC"), "w_svc_mdns_share"] == 0).all()
+
+
+def test_a_window_within_a_spread_of_its_band_everywhere_is_not_flagged_whatever_its_rank():
+    windows = synthetic_windows(devices=1, days=5)
+    cut = pd.Timestamp("2019-07-04", tz="UTC")
+    detector = anomaly.AnomalyDetector("ECOD", 0.01, list(ANOMALY_FEATURES)).fit(windows[windows["window_start"] < cut], 0)
+    model = next(iter(detector.devices.values()))
+    later = windows[windows["window_start"] >= cut].copy()
+    # Every feature half a spread past its band: beyond every training value for ECOD's ranks.
+    edge = model.center + (anomaly.SHRINK + 0.5) * model.spread
+    later.loc[:, detector.features] = np.tile(edge, (len(later), 1))
+    scored = detector.score(later)
+    assert (scored["score"] > scored["threshold"]).all()
+    assert not scored["anomaly"].any()
+    later.loc[:, detector.features] = np.tile(model.center + (anomaly.SHRINK + 1.5) * model.spread, (len(later), 1))
+    assert detector.score(later)["anomaly"].all()
+
+
+def test_detectors_are_chosen_at_their_thresholds_within_the_alert_budget():
+    assert anomaly.within_budget({"KNN": 0.015, "ECOD": 0.004, "LOF": 0.08}, 0.01) == ["KNN", "ECOD"]
+    # None within twice the target: those at the lowest rate seen.
+    assert anomaly.within_budget({"KNN": 0.041, "ECOD": 0.0405, "LOF": 0.08}, 0.01) == ["KNN", "ECOD"]
