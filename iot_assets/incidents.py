@@ -120,6 +120,14 @@ def group_incidents(scores: pd.DataFrame, deviations: pd.DataFrame, window_minut
     return pd.DataFrame(rows, columns=INCIDENT_COLUMNS)
 
 
+def day_incidents(scores: pd.DataFrame, deviations: pd.DataFrame, day: str, window_minutes: int) -> pd.DataFrame:
+    """The incidents of `day`: those with a flagged window on it, grouped over whatever else
+    `scores` holds (the day before), so that an incident going on at midnight keeps its start,
+    id and windows instead of being cut in two."""
+    found = group_incidents(scores, deviations, window_minutes)
+    return found[found["end"] > pd.Timestamp(day, tz="UTC")].reset_index(drop=True)
+
+
 def _server_port(flows: pd.DataFrame) -> pd.Series:
     # The server's port is the lower of the two, as in the features.
     return np.minimum(flows["remote_port"], flows["device_port"]).astype(int)

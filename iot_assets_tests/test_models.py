@@ -179,6 +179,25 @@ def test_flagged_windows_within_the_gap_make_one_incident_with_its_peak_and_kind
     assert incidents.group_incidents(scores, deviations, 60, gap_windows=3)["windows_flagged"].tolist() == [2, 1]
 
 
+def test_an_incident_going_on_at_midnight_keeps_its_start_and_id_on_the_next_day():
+    day_before = flagged_scores("m1", [21, 22, 23], [3.0, 4.0, 2.0])
+    day = flagged_scores("m1", [0, 1, 9], [5.0, 2.0, 1.1])
+    day["window_start"] += pd.Timedelta(days=1)
+    scores = pd.concat([day_before, day], ignore_index=True)
+    deviations = pd.DataFrame(0.0, index=scores.index, columns=["w_log_flows"])
+    before = incidents.day_incidents(day_before, deviations.loc[day_before.index], "2019-07-01", 60)
+    found = incidents.day_incidents(scores, deviations, "2019-07-02", 60)
+    assert len(found) == 1  # 09:00 alone at 1.1x is no incident
+    incident = found.iloc[0]
+    assert incident["start"] == pd.Timestamp("2019-07-01 21:00", tz="UTC")
+    assert incident["end"] == pd.Timestamp("2019-07-02 02:00", tz="UTC")
+    assert incident["windows_flagged"] == 5 and incident["peak_score_ratio"] == 5.0
+    assert incident["incident"] == before["incident"].iloc[0] == "m1@2019-07-01T21:00"
+    # An incident over before the day began is not the day's.
+    quiet_day = pd.concat([day_before, day.assign(anomaly=False)], ignore_index=True)
+    assert incidents.day_incidents(quiet_day, deviations, "2019-07-02", 60).empty
+
+
 @pytest.mark.parametrize("moved, kind", [
     ({"w_syn_only_share": 6.0}, "scan-like"),
     ({"w_log_packets_out": 9.0, "w_log_packets_in": 0.0, "w_port_b03_share": 12.0}, "flood-like"),

@@ -295,8 +295,8 @@ def _rebaselined_detector(context: dg.AssetExecutionContext, config: TrainingCon
     })
 
 
-SCORE_COLUMNS = ["device_mac", "window_start", "score", "threshold", "top_features", "has_model", "anomaly",
-                 "score_ratio", "device_name", "model_version"]
+SCORE_COLUMNS = ["device_mac", "window_start", "score", "threshold", "top_features", "network_features", "has_model",
+                 "anomaly", "score_ratio", "device_name", "model_version"]
 
 
 @dg.asset(
@@ -326,12 +326,18 @@ def anomaly_scores(context: dg.AssetExecutionContext, device_windows: LazyDays,
     bound = 5 * model_settings.target_fpr
     over = {day: rate for day, rate in rates.items() if rate > bound}
     flagged = scores[scores["anomaly"].astype(bool)] if len(scores) else scores
+    network = scores[scores["network_features"].fillna("") != ""] if len(scores) else scores
     yield dg.Output(out, metadata={
         "windows": len(scores), "anomalies": len(flagged), "model_version": detector.version,
         "anomaly_rate": float(modelled["anomaly"].astype(bool).mean()) if len(modelled) else 0.0,
         "without_model": int((~scores["has_model"].astype(bool)).sum()) if len(scores) else 0,
         "flagged": dg.MetadataValue.md(flagged[["device_name", "device_mac", "window_start", "score_ratio", "top_features"]]
                                        .head(20).to_markdown(index=False) if len(flagged) else "none"),
+        # Moves most devices made together (a LAN host's broadcasts): discounted from the scores, shown here.
+        "network_windows": len(network),
+        "network_moves": dg.MetadataValue.md(
+            network.groupby("window_start").agg(devices=("device_mac", "size"), features=("network_features", "first"))
+            .reset_index().head(20).to_markdown(index=False) if len(network) else "none"),
     })
     yield dg.AssetCheckResult(
         check_name="anomaly_rate_in_bounds", passed=not over, severity=dg.AssetCheckSeverity.WARN,
@@ -354,17 +360,26 @@ def _aligned_deviations(detector: anomaly.AnomalyDetector, windows: pd.DataFrame
     backfill_policy=ranged_backfill,
     group_name="behaviour",
     io_manager_key="lake_io_manager",
+    ins={name: dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE)
+         for name in ("anomaly_scores", "device_windows", "clean_flows")},
 )
 def anomaly_incidents(context: dg.AssetExecutionContext, anomaly_scores: LazyDays, device_windows: LazyDays,
                       clean_flows: LazyDays, anomaly_detector: anomaly.AnomalyDetector,
                       model_settings: ModelSettings) -> dg.Output:
-    """Incidents: a device's flagged windows grouped, with a guessed kind and the flows behind them."""
+    """Incidents: a device's flagged windows grouped, with a guessed kind and the flows behind them.
+
+    An incident going on at midnight is listed on both days under the same `incident`, with
+    its start on the first (`incidents.day_incidents`).
+    """
     out = {}
     for day in context.partition_keys:
-        scores = anomaly_scores[day]
-        found = incidents.group_incidents(scores, _aligned_deviations(anomaly_detector, device_windows[day], scores),
-                                          model_settings.window_minutes)
-        found = incidents.incident_evidence(found, clean_flows[day])
+        days = [d for d in (previous_day(day), day) if d in anomaly_scores]
+        scores = concat_days({d: anomaly_scores[d] for d in days})
+        windows = concat_days({d: device_windows[d] for d in days if d in device_windows})
+        found = incidents.day_incidents(scores, _aligned_deviations(anomaly_detector, windows, scores), day,
+                                        model_settings.window_minutes)
+        flows = concat_days({d: clean_flows[d] for d in days if d in clean_flows})
+        found = incidents.incident_evidence(found, flows)
         out[day] = AnomalyIncidents.validate(found.assign(model_version=anomaly_detector.version))
     table = concat_days(out)
     shown = ["device_name", "device_mac", "start", "end", "windows_flagged", "peak_score_ratio", "kind", "kind_reason",
