@@ -39,13 +39,22 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
                     f"incidents (flagged windows of a device with at most {GAP_WINDOWS} quiet windows between them; "
                     f"a lone window under {SINGLE_WINDOW_MIN_RATIO:g}x the threshold is none).</p>")
         start, end = pd.to_datetime(incidents["start"], utc=True), pd.to_datetime(incidents["end"], utc=True)
-        # The last window may end at the next midnight: 24:00, not 00:00.
+        midnight = pd.Timestamp(day, tz="UTC")
+        # An incident going on since the day before shows that day; one ending at the next midnight, 24:00.
         shown = incidents.assign(device=incidents["device_name"].fillna(incidents["device_mac"]),
-                                 start=start.dt.strftime("%H:%M"),
-                                 end=end.dt.strftime("%H:%M").where(end.dt.floor("D") == start.dt.floor("D"), "24:00"))
+                                 start=start.dt.strftime("%H:%M").where(start >= midnight, start.dt.strftime("%m-%d %H:%M")),
+                                 end=end.dt.strftime("%H:%M").where(end < midnight + pd.Timedelta(days=1), "24:00"))
         body.append(table(shown[["device", "start", "end", "windows_flagged", "peak_score_ratio", "kind", "kind_reason",
                                  "top_features", "evidence_peers", "evidence_ports", "usual_ports", "new_peers"]],
                           digits=1))
+        network = scores[scores["network_features"].fillna("") != ""] if "network_features" in scores else scores.iloc[0:0]
+        if len(network):
+            body.append("<h3>Moves of the whole network</h3><p class='note'>Most devices moved these features the same "
+                        "way in the same window (a host on the LAN, the gateway, the collector): discounted from each "
+                        "device's score.</p>")
+            moves = network.groupby("window").agg(devices=("label", lambda names: ", ".join(sorted(set(names)))),
+                                                  features=("network_features", "first")).reset_index()
+            body.append(table(moves))
     else:
         body.append("<p class='note'>no anomaly model for these devices yet</p>")
 
