@@ -59,6 +59,23 @@ EPISODE_TYPES = ("scan", "flood", "exfiltration", "beaconing", "firmware_change"
 RARE_SHARE = 0.05  # the usual share assumed for a service a device (almost) never used
 
 
+def network_moves(signed: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Which moves (rows: devices at a time, columns: features, in spreads; NaN: no model) the
+    network made: in their group (the same window or day), at least NETWORK_MIN_DEVICES rows
+    and NETWORK_MIN_SHARE of those with a model moved that feature NETWORK_MOVED the same way."""
+    network = np.zeros(signed.shape, dtype=bool)
+    modelled = ~np.isnan(signed).all(axis=1) if signed.size else np.zeros(len(signed), dtype=bool)
+    if modelled.sum() < NETWORK_MIN_DEVICES:
+        return network
+    present = pd.Series(modelled).groupby(groups).transform("sum").to_numpy()
+    needed = np.maximum(NETWORK_MIN_DEVICES, np.ceil(NETWORK_MIN_SHARE * present))[:, None]
+    with np.errstate(invalid="ignore"):
+        for moved in (signed >= NETWORK_MOVED, signed <= -NETWORK_MOVED):
+            together = pd.DataFrame(moved).groupby(groups).transform("sum").to_numpy()
+            network |= moved & (together >= needed)
+    return network
+
+
 @functools.lru_cache(maxsize=8)
 def share_counts(features: tuple[str, ...]) -> np.ndarray:
     """For each hourly share, the index of the count it is a share of (-1 for other features).
@@ -275,16 +292,8 @@ class AnomalyDetector:
             if model is not None:
                 own.loc[part.index] = self._scaled(model, part[self.features].to_numpy(dtype=float))
         values = own.to_numpy()
-        modelled = ~np.isnan(values[:, 0]) if len(values) else np.zeros(0, dtype=bool)
-        network = np.zeros(values.shape, dtype=bool)
-        if modelled.sum() >= NETWORK_MIN_DEVICES:
-            when = windows["window_start"].to_numpy()
-            at = pd.Series(modelled).groupby(when).transform("sum").to_numpy()
-            needed = np.maximum(NETWORK_MIN_DEVICES, np.ceil(NETWORK_MIN_SHARE * at))[:, None]
-            with np.errstate(invalid="ignore"):
-                for moved in (values >= NETWORK_MOVED, values <= -NETWORK_MOVED):
-                    together = pd.DataFrame(moved).groupby(when).transform("sum").to_numpy()
-                    network |= moved & (together >= needed)
+        network = network_moves(values, windows["window_start"].to_numpy())
+        if network.any():
             for prefixes in SHARE_FAMILIES:
                 family = np.array([name.startswith(prefixes) and "_share" in name for name in self.features])
                 if family.any():

@@ -106,6 +106,30 @@ def test_a_device_never_trained_is_unknown_with_its_nearest_model_as_hint(monkey
     assert inventory["day"].eq(day).all() and inventory["windows"].eq(24).all()
 
 
+def test_a_shift_most_devices_of_a_day_share_does_not_make_them_unknown(monkeypatch):
+    small_booster(monkeypatch)
+    windows = synthetic_windows(devices=4, days=6)
+    split = classifier.TimeSplit.of(windows, 0.7)
+    model, _, _ = classifier.train_and_evaluate(windows, split, seed=0)
+    day = split.eval_days[0]
+    of_day = windows[classifier.window_days(windows) == day]
+    moved = list(FEATURES[:40])  # a fifth of the features, far out
+    macs = sorted(of_day["device_mac"].unique())
+
+    def inventory_with_shift(shifted: list[str]) -> pd.DataFrame:
+        out = of_day.copy()
+        out.loc[out["device_mac"].isin(shifted), moved] += 20.0
+        return classifier.predict_inventory(model, out, day).set_index("device_mac")
+
+    alone = inventory_with_shift(macs[:1])  # one device's own change: it is unknown
+    assert alone.loc[macs[0], "status"] == "unknown"
+    assert (alone.drop(index=macs[0])["status"] == "known").all()
+    together = inventory_with_shift(macs[:3])  # three of four the same day: the network's
+    assert (together["status"] == "known").all() and (together["novelty"] < 1).all()
+    # Each is still nearest to its own profile (the name itself is the booster's).
+    assert together["nearest_known"].tolist() == [f"device {d}" for d in range(4)]
+
+
 def test_leave_one_device_out_reports_unknown_days_per_device(monkeypatch):
     windows = synthetic_windows(devices=3, days=6)
     split = classifier.TimeSplit.of(windows, 0.7)
