@@ -252,19 +252,19 @@ class _Rejects:
             reason = _repeated_string(names[0], len(lines))
         else:
             codes = np.repeat([names.index(r) for r in self._reasons], sizes).astype(np.int32)
-            reason = pc.take(pa.array(names, pa.string()), codes)
+            reason = pc.take(pa.array(names, pa.string()), _arrow(codes))
         if any(d is not None for d in self._details):
             detail = pa.array([x for d, n in zip(self._details, sizes) for x in (d if d is not None else [None] * n)],
                               type=pa.string())
         else:
             detail = pa.nulls(len(lines), pa.string())
         table = pa.table(
-            {"archive": _repeated_string(archive, len(lines)), "line_number": pa.array(lines, pa.int64()),
+            {"archive": _repeated_string(archive, len(lines)), "line_number": _arrow(lines, pa.int64()),
              "reason": reason, "detail": detail},
             schema=REJECTS_SCHEMA,
         )
         if len(lines) > 1 and (np.diff(lines) < 0).any():
-            table = table.take(np.argsort(lines, kind="stable"))
+            table = table.take(_arrow(np.argsort(lines, kind="stable")))
         return table
 
 
@@ -272,7 +272,7 @@ def _repeated_string(text: str, n: int) -> pa.Array:
     """`text` n times, built from its buffers (a million rejects of one block share a reason)."""
     encoded = text.encode()
     if n * len(encoded) >= 2**31:
-        return pc.take(pa.array([text], pa.string()), np.zeros(n, dtype=np.int32))
+        return pc.take(pa.array([text], pa.string()), _arrow(np.zeros(n, dtype=np.int32)))
     offsets = np.arange(n + 1, dtype=np.int32) * len(encoded)
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(encoded * n))
 
@@ -304,8 +304,60 @@ def _matrix(text: pa.Array, width: int) -> np.ndarray:
     return np.frombuffer(text.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(len(text), width)
 
 
-# Arrow to numpy by the buffers: pyarrow's own conversion of booleans imports pandas (half
-# a second of every command's start) and copies through it.
+# Arrow to numpy and back by the buffers: pyarrow's own conversions (`pa.array` of a numpy
+# array, numpy arguments to `pc` functions, `to_numpy` of booleans) import pandas, a quarter
+# of a second of the first block, holding the GIL.
+
+
+class _NoPandas:
+    """An import finder that finds no pandas."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"{name} is not imported by the decode command", name=name)
+        return None
+
+
+def skip_pyarrow_pandas_check() -> None:
+    """Spare a process that only decodes pyarrow's import of pandas (0.25-0.3 s of CPU,
+    holding the GIL, in the first block's conversions).
+
+    pyarrow asks once per process, on its first conversion of a Python or numpy value,
+    whether pandas can be imported (to recognise pandas objects); here that one check finds
+    no pandas. A later explicit use (`to_pandas`, `Table.from_pandas`) imports pandas as
+    usual; what stays is that pyarrow takes no argument for a pandas object, so call this
+    only in a process that hands pyarrow none (the `decode` command). Nothing is done
+    when pandas is already imported.
+    """
+    import sys
+
+    if "pandas" in sys.modules:
+        return
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(finder)
+
+
+def _arrow(values: np.ndarray, type: pa.DataType | None = None, mask: np.ndarray | None = None) -> pa.Array:
+    """A numpy array (booleans, or fixed-width numbers) as an Arrow array; `mask` True is null."""
+    n = len(values)
+    validity = None
+    null_count = 0
+    if mask is not None:
+        null_count = int(np.count_nonzero(mask))
+        if null_count:
+            validity = pa.py_buffer(np.packbits(~mask, bitorder="little"))
+    if values.dtype == bool:
+        return pa.Array.from_buffers(pa.bool_(), n, [validity, pa.py_buffer(np.packbits(values, bitorder="little"))],
+                                     null_count)
+    type = type or pa.from_numpy_dtype(values.dtype)
+    if pa.types.is_integer(type):
+        values = values.astype(f"{'u' if pa.types.is_unsigned_integer(type) else ''}int{type.bit_width}", copy=False)
+    data = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(type, n, [validity, pa.py_buffer(data)], null_count)
 
 
 def _bits(buffer: pa.Buffer | None, offset: int, n: int) -> np.ndarray:
@@ -349,7 +401,7 @@ def _parse_times(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
         return pa.array([], pa.timestamp("ms", tz="UTC")), np.zeros(0, dtype=bool)
     present = _present(values)
     well_formed = _mask(pc.match_substring_regex(values, _TIME_FORMAT))
-    text = pc.if_else(pa.array(well_formed), values, "1970-01-01 00:00:00")
+    text = pc.if_else(_arrow(well_formed), values, "1970-01-01 00:00:00")
     text = pc.if_else(pc.equal(pc.binary_length(text), 19), pc.binary_join_element_wise(text, ".", ""), text)
     digits = _matrix(pc.utf8_rpad(text, width=23, padding="0"), 23).astype(np.int64) - 48
 
@@ -374,7 +426,7 @@ def _parse_times(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
     days = era * 146097 + year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year - 719468
     ms = (((days * 24 + hour) * 60 + minute) * 60 + second) * 1000 + milli
     bad = present & ~ok
-    return pa.array(ms, type=pa.timestamp("ms", tz="UTC"), mask=~ok), bad
+    return _arrow(ms, pa.timestamp("ms", tz="UTC"), mask=~ok), bad
 
 
 _HEX_LUT = np.full(256, 255, dtype=np.uint8)
@@ -388,11 +440,11 @@ def _hex_to_int(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
     present = _present(values)
     lower = pc.utf8_lower(values)
     ok = _mask(pc.match_substring_regex(lower, "^(0x)?[0-9a-f]{1,16}$"))
-    digits = pc.if_else(pa.array(ok), pc.replace_substring_regex(lower, pattern="^0x", replacement=""), "0")
+    digits = pc.if_else(_arrow(ok), pc.replace_substring_regex(lower, pattern="^0x", replacement=""), "0")
     nibbles = _HEX_LUT[_matrix(pc.utf8_lpad(digits, width=16, padding="0"), 16)] if len(values) else np.zeros((0, 16), np.uint8)
     ok &= nibbles[:, 0] < 8  # past int64
     ints = (nibbles.astype(np.uint64) << _NIBBLE_SHIFTS).sum(axis=1, dtype=np.uint64).view(np.int64)
-    return pa.array(ints, type=pa.int64(), mask=~ok), present & ~ok
+    return _arrow(ints, pa.int64(), mask=~ok), present & ~ok
 
 
 def _tcp_flags_to_int(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -453,7 +505,7 @@ def _per_distinct(convert: Callable[[pa.Array], tuple[pa.Array, np.ndarray]]):
         encoded = pc.dictionary_encode(values)
         out, bad = convert(encoded.dictionary)
         indices = encoded.indices
-        bad_rows = _mask(pc.take(pa.array(bad, type=pa.bool_()), indices))
+        bad_rows = _mask(pc.take(_arrow(bad), indices))
         return pc.take(out, indices), bad_rows
 
     return apply
@@ -519,7 +571,7 @@ def _convert(flows: pa.StructArray, line_numbers: np.ndarray, archive: str, firs
             rejected[rows] = True
             details = None
             if source_values is not None:
-                details = [_detail(source, v) for v in source_values.take(pa.array(rows)).to_pylist()]
+                details = [_detail(source, v) for v in source_values.take(_arrow(rows)).to_pylist()]
             rejects.add(line_numbers[rows], reason, details)
 
     columns: dict[str, pa.Array] = {}
@@ -546,12 +598,12 @@ def _convert(flows: pa.StructArray, line_numbers: np.ndarray, archive: str, firs
     table = pa.table(
         {
             "archive": _repeated_string(archive, n),
-            "line_number": pa.array(line_numbers, type=pa.int64()),
+            "line_number": _arrow(line_numbers, pa.int64()),
             **columns,
         }
     ).cast(DECODED_SCHEMA)
     if rejected.any():
-        table = table.filter(pa.array(~rejected))
+        table = table.filter(_arrow(~rejected))
     return table
 
 
@@ -783,12 +835,12 @@ def _records(batch: pa.RecordBatch, numbers: np.ndarray, state: _BlockState, arc
     keep = is_flow & ~several
     stats_rows = np.flatnonzero(is_stats & ~several)
     if len(stats_rows):
-        counts = stats_col.field("exportedFlowTotalCount").take(pa.array(stats_rows)).to_pylist()
+        counts = stats_col.field("exportedFlowTotalCount").take(_arrow(stats_rows)).to_pylist()
         for row, count in zip(stats_rows.tolist(), counts):
             state.stats(int(numbers[row]), count if count is not None and count >= 0 else None, count)
     state.tombstones += int((is_tomb & ~several).sum())
     if not keep.all():  # the archive's last lines: stats and tombstone
-        flows_col, numbers = flows_col.filter(pa.array(keep)), numbers[keep]
+        flows_col, numbers = flows_col.filter(_arrow(keep)), numbers[keep]
     return _convert(flows_col, numbers, archive, first_day, last_day, state.rejects)
 
 
