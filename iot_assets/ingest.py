@@ -176,9 +176,10 @@ def _is_host_mac(mac: str) -> bool:
 
 
 def _decode_blocks(stream, archive: str, first_day: date, last_day: date, max_line_bytes: int, workers: int = 2):
-    """Decoded blocks in order, two decoding at once: one block's conversion fills the
-    gaps in the next one's parse. An error while reading is raised after every block
-    read before it has been decoded and yielded."""
+    """Decoded blocks in order, two decoding at once (each block's parse is on one core),
+    and one more waiting, so that both threads stay busy while a decoded block is being
+    added. An error while reading is raised after every block read before it has been
+    decoded and yielded."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: deque = deque()
         error: Exception | None = None
@@ -189,7 +190,7 @@ def _decode_blocks(stream, archive: str, first_day: date, last_day: date, max_li
                 else:
                     block, first_line = item
                     pending.append(pool.submit(decode_block, block, first_line, archive, first_day, last_day))
-                if len(pending) >= workers:
+                if len(pending) > workers:
                     yield pending.popleft().result()
         except Exception as exc:  # raised by the reader: the blocks read before it still count
             error = exc
