@@ -42,7 +42,11 @@ from iot_assets.archive import (MAX_INFLATED_BYTES, MAX_INFLATION_RATIO, Archive
 from iot_assets.decode import (DECODED_SCHEMA, MAX_LINE_BYTES, REJECTS_SCHEMA, Block, LongLine, decode_block,
                                iter_blocks, long_line_block)
 
-PARQUET_OPTIONS = dict(compression="snappy")
+# Dictionary pages for the text columns only (MACs, addresses, names: few values), LZ4.
+# Writing the three real archives' flows: 0.26 CPU s and 14.8 MB, against 0.35 s and
+# 14.5 MB with snappy and dictionaries for every column (zstd level 1: 0.36 s, 7.5 MB).
+PARQUET_OPTIONS = dict(compression="lz4",
+                       use_dictionary=[f.name for f in DECODED_SCHEMA if pa.types.is_string(f.type)])
 
 
 @dataclass
