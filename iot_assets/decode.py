@@ -804,12 +804,10 @@ def _line_starts(block: bytes) -> np.ndarray:
 
 
 def _decode_block(block: bytes, first_line: int, archive: str, first_day: date, last_day: date) -> Block:
-    starts = _line_starts(block)
-    n_lines = len(starts)
     state = _BlockState(archive)
     table = None
     lenient = False
-    try:
+    try:  # the parse first: it runs without the GIL while the other threads hold it
         if not _is_utf8(block):
             raise pa.ArrowInvalid("not UTF-8")  # pyarrow would keep the bytes: each line goes to orjson
         table = _read(block, _PARSE_STRICT)
@@ -820,6 +818,8 @@ def _decode_block(block: bytes, first_line: int, archive: str, first_day: date, 
                 lenient = True
             except pa.ArrowInvalid:
                 table = None
+    starts = _line_starts(block)
+    n_lines = len(starts)
     numbers = np.arange(first_line, first_line + n_lines, dtype=np.int64)
     # pyarrow reads every JSON object of the block and skips blank lines: its rows are the
     # lines only if no line is blank (every line holds at least one object) and the counts
