@@ -94,14 +94,14 @@ def decompress(archive: Path, work: Path) -> Path:
     return plain
 
 
-def run(command: list[str]) -> tuple[float, float, float]:
+def run(command: list[str], root: Path = ROOT) -> tuple[float, float, float]:
     """Wall seconds, CPU seconds (all threads) and peak RSS (MB) of a whole process."""
     t0 = time.perf_counter()
     # Bytecode caches as a user's Python keeps them: with PYTHONDONTWRITEBYTECODE set (as in
     # some sandboxes and CI images), every run compiled our modules again (30 ms).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**env, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**env, "PYTHONPATH": str(root)})
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
@@ -115,6 +115,9 @@ def main() -> None:
     parser.add_argument("--archive", type=Path)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out")
+    parser.add_argument("--before", type=Path, metavar="DIR",
+                        help="also time `decode` from another checkout, e.g. `git archive main | tar -x -C DIR`, "
+                             "in the same rounds")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     archive = find_archive(args.archive, args.work)
@@ -131,10 +134,15 @@ def main() -> None:
         "pyarrow": [sys.executable, "-c", PYARROW, str(plain)],
         "parse": [sys.executable, "-c", PARSE, str(plain), str(schema), str(BLOCK_BYTES)],
     }
+    roots = {name: ROOT for name in paths}
+    if args.before:
+        paths["before"] = [sys.executable, "-m", "iot_assets.cli", "decode", str(archive), "--out",
+                           str(args.work / "before")]
+        roots["before"] = args.before.resolve()
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in paths}
     for _ in range(args.rounds):
         for name, command in paths.items():
-            results[name].append(run(command))
+            results[name].append(run(command, roots[name]))
     median = {name: statistics.median(s for s, _, _ in runs) for name, runs in results.items()}
     for name, runs in results.items():
         print(f"{name:8s} {median[name]:6.2f} s  {json_mb / median[name]:6.1f} MB/s  "
@@ -143,6 +151,9 @@ def main() -> None:
     print(f"ours / naive:   {median['naive'] / median['ours']:.2f}x  (target 3x)")
     print(f"ours / pyarrow: {median['pyarrow'] / median['ours']:.2f}x  (target 0.9x)")
     print(f"ours / parse:   {median['parse'] / median['ours']:.2f}x  (our parse alone, in a process of its own)")
+    if args.before:
+        print(f"before / naive: {median['naive'] / median['before']:.2f}x, "
+              f"before / pyarrow: {median['pyarrow'] / median['before']:.2f}x  ({args.before})")
 
 
 if __name__ == "__main__":
