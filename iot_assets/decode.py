@@ -306,9 +306,8 @@ def _matrix(text: pa.Array, width: int) -> np.ndarray:
     return np.frombuffer(text.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(len(text), width)
 
 
-# Arrow to numpy and back by the buffers: pyarrow's own conversions (`pa.array` of a numpy
-# array, numpy arguments to `pc` functions, `to_numpy` of booleans) import pandas, a quarter
-# of a second of the first block, holding the GIL.
+# Arrow to numpy and back by the buffers, without pyarrow's conversions: those copy, and
+# the first one in a process imports pandas (see `skip_pyarrow_pandas_check`).
 
 
 class _NoPandas:
@@ -405,6 +404,7 @@ def _time_digits(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """The times as an (n, 23) matrix of digit values (`YYYY-MM-DD hh:mm:ss.fff`, the
     fraction padded with zeros) and which of them are well formed; a time that is not
     stands as 1970-01-01 in the matrix."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset : values.offset + len(values) + 1]
     if values.null_count == 0 and (np.diff(offsets) == 23).all():
         # YAF's times all have milliseconds: the regular expression's test, byte by byte.
