@@ -8,12 +8,11 @@ import subprocess
 import sys
 import time
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import date, timedelta
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from iot_assets.settings import Settings, SettingsError
 
@@ -42,6 +41,8 @@ def sample(out_dir: Path, start, days: int, scale: float, seed: int, devices: st
 
 
 def _write_sample(out_dir: Path, first_day: date, days: int, scale: float, seed: int, devices=None):
+    from tqdm import tqdm
+
     from iot_assets.sample import PROFILES, generate
 
     t0 = time.perf_counter()
@@ -68,16 +69,18 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
     gets one `error:` line on stderr, and the command then exits 1.
     """
     from iot_assets.archive import group_archives
+    from iot_assets.decode import skip_pyarrow_pandas_check
     from iot_assets.ingest import decode_archive
 
+    skip_pyarrow_pandas_check()
     settings = _settings()
     found, errors = group_archives(list(archives))
     failures = [f"error: {error}" for error in errors]
     for archive in found:
         t0 = time.perf_counter()
-        with tqdm(total=None, unit="B", unit_scale=True, desc=archive.name, file=sys.stderr) as bar:
+        with _bytes_bar(archive.name) as bar:
             summary = decode_archive(archive, out_dir / archive.name, settings.first_day, settings.last_day,
-                                     on_progress=bar.update)
+                                     on_progress=None if bar is None else bar.update)
         seconds = time.perf_counter() - t0
         unreadable = "unknown" if summary.unreadable is None else f"{summary.unreadable:,}"
         click.echo(
@@ -96,6 +99,16 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
     for failure in failures:
         click.echo(failure, err=True)
     sys.exit(1 if failures else 0)
+
+
+def _bytes_bar(name: str):
+    """A progress bar of bytes decoded on a terminal; none into a pipe or a log (which would
+    get its redraws), and then tqdm is not even imported."""
+    if not sys.stderr.isatty():
+        return nullcontext(None)
+    from tqdm import tqdm
+
+    return tqdm(total=None, unit="B", unit_scale=True, desc=name, file=sys.stderr)
 
 
 @main.command()

@@ -42,7 +42,11 @@ from iot_assets.archive import (MAX_INFLATED_BYTES, MAX_INFLATION_RATIO, Archive
 from iot_assets.decode import (DECODED_SCHEMA, MAX_LINE_BYTES, REJECTS_SCHEMA, Block, LongLine, decode_block,
                                iter_blocks, long_line_block)
 
-PARQUET_OPTIONS = dict(compression="snappy")
+# Dictionary pages for the text columns only (MACs, addresses, names: few values), LZ4.
+# Writing the three real archives' flows: 0.26 CPU s and 14.8 MB, against 0.35 s and
+# 14.5 MB with snappy and dictionaries for every column (zstd level 1: 0.36 s, 7.5 MB).
+PARQUET_OPTIONS = dict(compression="lz4",
+                       use_dictionary=[f.name for f in DECODED_SCHEMA if pa.types.is_string(f.type)])
 
 
 @dataclass
@@ -176,9 +180,10 @@ def _is_host_mac(mac: str) -> bool:
 
 
 def _decode_blocks(stream, archive: str, first_day: date, last_day: date, max_line_bytes: int, workers: int = 2):
-    """Decoded blocks in order, two decoding at once: one block's conversion fills the
-    gaps in the next one's parse. An error while reading is raised after every block
-    read before it has been decoded and yielded."""
+    """Decoded blocks in order, two decoding at once (each block's parse is on one core),
+    and one more waiting, so that both threads stay busy while a decoded block is being
+    added. An error while reading is raised after every block read before it has been
+    decoded and yielded."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: deque = deque()
         error: Exception | None = None
@@ -189,7 +194,7 @@ def _decode_blocks(stream, archive: str, first_day: date, last_day: date, max_li
                 else:
                     block, first_line = item
                     pending.append(pool.submit(decode_block, block, first_line, archive, first_day, last_day))
-                if len(pending) >= workers:
+                if len(pending) > workers:
                     yield pending.popleft().result()
         except Exception as exc:  # raised by the reader: the blocks read before it still count
             error = exc

@@ -87,3 +87,23 @@ def test_stats_and_tombstone_lines_are_counted_not_flows():
 def test_line_numbers_follow_the_block_offset():
     block = decode_block(flow_line() + flow_line(), 1001, "x", FIRST_DAY, LAST_DAY)
     assert block.flows.column("line_number").to_pylist() == [1001, 1002]
+
+
+def test_times_of_23_characters_are_checked_as_the_regular_expression_checks_them():
+    """Times of 23 bytes take a byte-by-byte path; any other takes the regular expression."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from iot_assets.decode import _TIME_FORMAT, _time_digits
+
+    times = ["2019-06-25 08:36:47.096", "2019-13-45 25:61:61.000", "2019-06-25T08:36:47.096",
+             "2019-06-25 08:36:47,096", "2019-06-25 08:36:47.09a", "2019-06-2a 08:36:47.096",
+             "2019-06-25 08:36:47.0\n6", "2019/06/25 08:36:47.096", "2019-06-25 08:36:4\u00e9.096"]
+    values = pa.array(times, pa.string())
+    digits, well_formed = _time_digits(values)  # not all 23 bytes (the é): the regular expression
+    fast_digits, fast_well_formed = _time_digits(values.filter(pc.equal(pc.binary_length(values), 23)))
+    expected = pc.match_substring_regex(values, _TIME_FORMAT).to_pylist()
+    assert well_formed.tolist() == expected
+    assert fast_well_formed.tolist() == expected[:-1]
+    assert np.array_equal(fast_digits, digits[:-1])
