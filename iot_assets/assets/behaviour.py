@@ -359,6 +359,7 @@ def _aligned_deviations(detector: anomaly.AnomalyDetector, windows: pd.DataFrame
     backfill_policy=ranged_backfill,
     group_name="behaviour",
     io_manager_key="lake_io_manager",
+    ins={"clean_flows": dg.AssetIn(metadata={"columns": incidents.FLOW_COLUMNS, "keep_days": 0})},
 )
 def anomaly_incidents(context: dg.AssetExecutionContext, anomaly_scores: LazyDays, device_windows: LazyDays,
                       clean_flows: LazyDays, anomaly_detector: anomaly.AnomalyDetector,

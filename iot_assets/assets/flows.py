@@ -10,7 +10,7 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 
 from iot_assets import catalogue
-from iot_assets.clean import to_device_centric
+from iot_assets.clean import DECODED_COLUMNS, to_device_centric
 from iot_assets.decode import DECODED_SCHEMA
 from iot_assets.ingest import ArchiveSummary
 from iot_assets.partitions import daily_partitions, ranged_backfill
@@ -280,6 +280,8 @@ def flow_sample(clean: pd.DataFrame, seed: int) -> pd.DataFrame:
         "flow_sample": dg.AssetOut(io_manager_key="lake_io_manager",
                                    description="Up to 400 clean flows per device and day, for the per-flow baseline."),
     },
+    # Each day read once, and only the columns cleaning reads.
+    ins={"decoded_flows": dg.AssetIn(metadata={"columns": DECODED_COLUMNS, "keep_days": 0})},
     check_specs=[
         dg.AssetCheckSpec("day_reconciles", asset="clean_flows", blocking=True,
                           description="Decoded rows of the day = clean rows + rejected rows."),
@@ -299,14 +301,15 @@ def clean_flows(context: dg.AssetExecutionContext, decoded_flows: LazyDays, raw_
         """The day's clean flows, as the lake writes them (a ranged run holds one day's); its rejects and sample are kept."""
         nonlocal decoded_rows
         decoded = decoded_flows[day]
-        decoded_rows += len(decoded)
+        decoded_day = len(decoded)
+        decoded_rows += decoded_day
         clean, rejects = to_device_centric(decoded, local_macs)
+        del decoded
         clean, schema_rejects, failures = _split_schema_failures(clean)
         rejects = FlowRejects.validate(pd.concat([rejects, schema_rejects], ignore_index=True))
         clean = clean.reset_index(drop=True)
-        if len(decoded) != len(clean) + len(rejects):
-            unbalanced[day] = f"{len(decoded):,} decoded != {len(clean):,} clean + {len(rejects):,} rejected"
-        del decoded
+        if decoded_day != len(clean) + len(rejects):
+            unbalanced[day] = f"{decoded_day:,} decoded != {len(clean):,} clean + {len(rejects):,} rejected"
         if len(failures):
             schema_notes[day] = f"{len(schema_rejects)} rows broke CleanFlows and went to clean_rejects"
         for reason, n in rejects["reason"].value_counts().items():
