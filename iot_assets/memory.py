@@ -5,7 +5,10 @@ or a step is done; what pandas, NumPy and pyarrow freed stays in the process unl
 - pyarrow's pool (jemalloc or mimalloc) keeps freed pages for reuse: `release_unused`;
 - glibc keeps freed heap pages in its arenas, and after large arrays are freed it raises its
   mmap threshold, so later large arrays land on the heap too and stay resident when freed.
-  `malloc_trim(0)` returns every free page.
+  `malloc_trim(0)` returns every free page. Measured on a full-scale 2-day run, one step per fresh
+  process: it leaves a step's own peak as it was (within 5 MB) but the process holds 120-170 MB
+  less after `clean_flows`, `line_views` and `device_windows` (452 against 572 MB, 430 against 601,
+  586 against 755): what a Celery worker carries into its next step.
 """
 
 from __future__ import annotations
