@@ -23,6 +23,13 @@ _DIRECTIONAL = (
     "initial_tcp_flags", "union_tcp_flags",
 )
 
+# The decoded columns `to_device_centric` reads (the other YAF fields pass through decoding only).
+DECODED_COLUMNS = [
+    "archive", "line_number", "flow_start", "flow_end", "duration_ms", "reverse_delta_ms", "src_mac", "dst_mac",
+    "src_ip", "dst_ip", "src_port", "dst_port", "protocol", "ip_version", "end_reason", "has_flow_stats",
+    *(column for name in _DIRECTIONAL for column in (name, f"reverse_{name}")),
+]
+
 
 def remote_scope(ip: pd.Series, mac: pd.Series) -> np.ndarray:
     """Where the peer is: the gateway, the LAN, the internet, or a broadcast/multicast group."""

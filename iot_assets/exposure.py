@@ -113,6 +113,12 @@ EVIDENCE_EXAMPLES = 5
 # ---------------------------------------------------------------- flows to findings
 
 
+# The columns of the clean flows the findings, lines and coverage of a day read.
+FLOW_COLUMNS = ["device_mac", "device_name", "device_port", "remote_ip", "remote_mac", "remote_port", "remote_scope",
+                "device_initiated", "protocol", "bytes_out", "bytes_in", "packets_out", "packets_in",
+                "initial_tcp_flags_out", "initial_tcp_flags_in"]
+
+
 def _responder_first_flags(flows: pd.DataFrame) -> np.ndarray:
     """Initial TCP flags of the side YAF saw second (the responder)."""
     return np.where(flows["device_initiated"], flows["initial_tcp_flags_in"], flows["initial_tcp_flags_out"])

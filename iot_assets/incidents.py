@@ -143,6 +143,10 @@ def _top(flows: pd.DataFrame, key: pd.Series, top: int) -> str:
                      for k, r in table.iterrows())
 
 
+# The columns of the clean flows `incident_evidence` reads.
+FLOW_COLUMNS = ["device_mac", "flow_start", "remote_ip", "remote_port", "device_port", "bytes_out", "bytes_in"]
+
+
 def incident_evidence(incidents: pd.DataFrame, clean_flows: pd.DataFrame, top: int = 3) -> pd.DataFrame:
     """The incidents with the flows behind them: the top remote peers and server ports during
     the incident against the device's usual ones (its other flows in `clean_flows`, which
@@ -152,8 +156,7 @@ def incident_evidence(incidents: pd.DataFrame, clean_flows: pd.DataFrame, top: i
         out[column] = pd.Series([None] * len(out), index=out.index, dtype=object)
     if incidents.empty:
         return out
-    missing = {"device_mac", "flow_start", "remote_ip", "remote_port", "device_port", "bytes_out", "bytes_in"} \
-        - set(clean_flows.columns)
+    missing = set(FLOW_COLUMNS) - set(clean_flows.columns)
     if missing:
         raise ValueError(f"clean flows lack column(s) {', '.join(sorted(missing))} needed for incident evidence")
     by_device = dict(tuple(clean_flows.groupby("device_mac")))

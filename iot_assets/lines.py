@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -204,6 +205,10 @@ class LineViews(pa.DataFrameModel):
 
 VIEW_SOURCE_COLUMNS = ["flow_start", "flow_end", "remote_ip", "remote_port", "protocol", "bytes_out", "bytes_in",
                        "packets_out", "packets_in"]
+
+
+# The columns of the clean flows `line_views` and `line_truth` read.
+CLEAN_COLUMNS = ["device_mac", "device_name", "remote_scope", *VIEW_SOURCE_COLUMNS]
 
 
 def _on_lines(clean: pd.DataFrame, membership: pd.DataFrame) -> pd.DataFrame:
@@ -502,6 +507,10 @@ INVENTORY_COLUMNS = ["day", "sampling_rate", "line_id", "level", "label", "detec
                      "rules_hit", "flows", "first_hit", "last_hit", "detected_at", "superseded_by"]
 
 
+# The columns of line views `rule_hits` reads.
+MATCHED_COLUMNS = ["sampling_rate", "line_id", "flow_start", "flow_end", "remote_ip", "remote_port", "protocol"]
+
+
 def rule_hits(views: pd.DataFrame, signatures: pd.DataFrame, params: SignatureParams = SignatureParams()) -> pd.DataFrame:
     """Every (flow, rule) match in line views; `time` is the flow's end, when the collector has the record."""
     rules = signatures[signatures["level"].isin(["model", "manufacturer"]) & (signatures["weight"] > 0)]
@@ -537,6 +546,29 @@ def evidence_units(hits: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in UNIT_COLUMNS})
     units = hits.groupby([*_GROUP, "rule_id", "day"], as_index=False, sort=False).agg(
         time=("time", "min"), last=("time", "max"), weight=("weight", "first"), flows=("time", "size"))
+    return units[UNIT_COLUMNS]
+
+
+def evidence_units_of(views: Iterable[pd.DataFrame], signatures: pd.DataFrame, params: SignatureParams = SignatureParams(),
+                      chunk_rows: int = 200_000) -> pd.DataFrame:
+    """`evidence_units(rule_hits(all the views))`, matched `chunk_rows` views at a time.
+
+    A flow's hits depend on that flow only, and a unit's figures (first and last hit, weight,
+    hits) are the minimum, maximum, weight and sum over its chunks' units: the same units, while
+    only a chunk's hits (a flow can hit many rules: more rows than its views) are in memory.
+    """
+    parts = []
+    for frame in views:
+        for start in range(0, len(frame), chunk_rows):
+            units = evidence_units(rule_hits(frame.iloc[start:start + chunk_rows], signatures, params))
+            if len(units):
+                parts.append(units)
+    if not parts:
+        return evidence_units(pd.DataFrame(columns=HIT_COLUMNS))
+    if len(parts) == 1:
+        return parts[0]
+    units = pd.concat(parts, ignore_index=True).groupby([*_GROUP, "rule_id", "day"], as_index=False, sort=False).agg(
+        time=("time", "min"), last=("last", "max"), weight=("weight", "first"), flows=("flows", "sum"))
     return units[UNIT_COLUMNS]
 
 

@@ -242,3 +242,41 @@ def test_an_acknowledged_change_re_baselines_the_device_and_only_it(tmp_path):
                                  "dagster/asset_partition_range_end": days[-1]}).success
     assert defs.resolve_job_def("reports_job").execute_in_process(instance=instance).success
     assert pd.read_parquet(data / "lake" / "rebaseline_decisions" / "part-0.parquet").empty
+
+
+DAILY_FLOW_TABLES = ("decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "device_windows", "line_views",
+                     "line_truth")
+
+
+def test_a_ranged_run_writes_each_day_as_single_day_runs_do(tmp_path):
+    """Days built one at a time as the lake writes them (`DaysBuilt`): the same tables as a run per day."""
+    from iot_assets.automation import range_tags
+
+    days = DAYS[:3]
+    raw = tmp_path / "raw"
+    sample.generate(raw, date(2019, 6, 25), len(days), scale=0.02, seed=3, devices=["nature_remo", "qrio_hub"])
+    results = {}
+    for mode in ("ranged", "single"):
+        data = tmp_path / mode
+        shutil.copytree(raw, data / "raw")
+        defs, instance = definitions_for(data), dg.DagsterInstance.ephemeral()
+        assert defs.resolve_job_def("ingest_archives_job").execute_in_process(instance=instance).success
+        flows = defs.resolve_job_def("daily_flows_job")
+        if mode == "ranged":
+            result = flows.execute_in_process(instance=instance, tags=range_tags(days[0], days[-1]))
+            assert result.success
+            results["windows_metadata"] = result.asset_materializations_for_node("device_windows")[0].metadata
+        else:
+            for day in days:  # in order: a day's windows take the day before as context
+                assert flows.execute_in_process(instance=instance, partition_key=day).success
+    for asset in DAILY_FLOW_TABLES:
+        assert lake_days(tmp_path / "ranged", asset) == lake_days(tmp_path / "single", asset) == days, asset
+        for day in days:
+            ranged, single = (pd.read_parquet(tmp_path / mode / "lake" / asset / f"day={day}")
+                              for mode in ("ranged", "single"))
+            pd.testing.assert_frame_equal(ranged, single, check_exact=True, obj=f"{asset} {day}")
+            if asset == "device_windows":
+                assert len(ranged) > 0 and ranged["window_start"].min() >= pd.Timestamp(day, tz="UTC")
+    windows = sum(len(pd.read_parquet(tmp_path / "ranged" / "lake" / "device_windows" / f"day={d}")) for d in days)
+    assert results["windows_metadata"]["windows"].value == windows
+    assert results["windows_metadata"]["days"].value == len(days)

@@ -384,6 +384,23 @@ def test_inventory_accumulates_evidence_and_says_when(known_case):
     assert first[("home-2", "Xiaomi Mijia LED")] == pd.Timestamp("2019-07-02 03:30", tz="UTC")
 
 
+def test_evidence_units_matched_a_chunk_of_views_at_a_time_are_those_of_all_views(known_case):
+    views, _, signatures = known_case
+    whole = lines.evidence_units(lines.rule_hits(views, signatures))
+    by_day = [views[lines.day_strings(views["flow_start"]) == d] for d in sorted(set(lines.day_strings(views["flow_start"])))]
+    for frames, chunk in ((by_day, 200_000), ([views], 1), (by_day, 2)):
+        chunked = lines.evidence_units_of(frames, signatures, chunk_rows=chunk)
+        key = [*lines._GROUP, "rule_id", "day"]
+        pd.testing.assert_frame_equal(chunked.sort_values(key).reset_index(drop=True),
+                                      whole.sort_values(key).reset_index(drop=True), check_exact=True)
+        # and so the inventories built on them
+        for day in ("2019-07-01", "2019-07-02"):
+            pd.testing.assert_frame_equal(lines.inventory_from_units(chunked, day, 2),
+                                          lines.inventory_from_units(whole, day, 2), check_exact=True)
+    assert len(whole) > 0
+    assert lines.evidence_units_of([views.iloc[0:0]], signatures).empty
+
+
 def test_metrics_on_known_membership(known_case):
     views, truth, signatures = known_case
     metrics = lines.evaluate(views, truth, signatures, EVAL, lines=3, window_days=2)

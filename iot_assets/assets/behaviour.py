@@ -12,11 +12,11 @@ from iot_assets import anomaly, classifier, drift, incidents, rebaseline
 from iot_assets import champion as champion_module
 from iot_assets.automation import AFTER_ITS_INPUTS
 from iot_assets.exploration import exploration
-from iot_assets.features import CONTEXT_HOURS, FEATURES, build_windows
+from iot_assets.features import CONTEXT_HOURS, FEATURES, FLOW_COLUMNS, build_windows
 from iot_assets.partitions import daily_partitions, previous_day, ranged_backfill
 from iot_assets.resources import ModelSettings
 from iot_assets.schemas import AnomalyIncidents, column_schema
-from iot_assets.storage.lake import LazyDays
+from iot_assets.storage.lake import DaysBuilt, LazyDays
 from iot_assets.storage.models import JsonDocument, ServedModels, model_version
 from iot_assets.storage.reports import ReportFiles
 
@@ -41,20 +41,25 @@ def concat_days(by_day: LazyDays) -> pd.DataFrame:
     backfill_policy=ranged_backfill,
     group_name="behaviour",
     io_manager_key="lake_io_manager",
-    ins={"clean_flows": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE)},
+    # Only the columns the features are built from: a third less to read and hold of each day.
+    ins={"clean_flows": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE, metadata={"columns": FLOW_COLUMNS})},
 )
 def device_windows(context: dg.AssetExecutionContext, clean_flows: LazyDays,
                    model_settings: ModelSettings) -> dg.Output:
     """Behavioural features per device and window, with the trailing 24 hours as context."""
     minutes = model_settings.window_minutes
-    out = {}
     for day in context.partition_keys:
         if day not in clean_flows:
             raise FileNotFoundError(f"clean_flows {day} is missing: materialize it first")
-        history = clean_flows.get(previous_day(day))
-        out[day] = build_windows(clean_flows[day], history, day, minutes)
-    windows = sum(len(w) for w in out.values())
-    return dg.Output(out, metadata={"windows": windows, "features": len(FEATURES), "window_minutes": minutes})
+    windows = []
+
+    def build(day: str) -> pd.DataFrame:  # each day as the lake writes it: a ranged run holds one day's flows
+        frame = build_windows(clean_flows[day], clean_flows.get(previous_day(day)), day, minutes)
+        windows.append(len(frame))
+        return frame
+
+    return dg.Output(DaysBuilt(context.partition_keys, build, lambda: {"windows": sum(windows)}),
+                     metadata={"features": len(FEATURES), "window_minutes": minutes})
 
 
 def attacked_windows(windows: pd.DataFrame, settings: ModelSettings) -> pd.Series:
@@ -360,8 +365,10 @@ def _aligned_deviations(detector: anomaly.AnomalyDetector, windows: pd.DataFrame
     backfill_policy=ranged_backfill,
     group_name="behaviour",
     io_manager_key="lake_io_manager",
-    ins={name: dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE)
-         for name in ("anomaly_scores", "device_windows", "clean_flows")},
+    # Each day is read again as the next day's day before: the last two days stay read.
+    ins={"anomaly_scores": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE),
+         "device_windows": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE),
+         "clean_flows": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE, metadata={"columns": incidents.FLOW_COLUMNS})},
 )
 def anomaly_incidents(context: dg.AssetExecutionContext, anomaly_scores: LazyDays, device_windows: LazyDays,
                       clean_flows: LazyDays, anomaly_detector: anomaly.AnomalyDetector,

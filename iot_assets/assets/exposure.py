@@ -38,7 +38,7 @@ def _coverage_note(coverage: pd.DataFrame) -> pd.DataFrame:
     group_name="exposure",
     io_manager_key="lake_io_manager",
     ins={
-        "clean_flows": dg.AssetIn(),
+        "clean_flows": dg.AssetIn(metadata={"columns": exposure.FLOW_COLUMNS, "keep_days": 0}),
         "device_inventory": dg.AssetIn(),
         # In a range of days, the days before the last are built in this same run: allowed missing here,
         # and the history is carried from the run's own days (the day before the range must exist).

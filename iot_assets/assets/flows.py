@@ -10,13 +10,12 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 
 from iot_assets import catalogue
-from iot_assets.clean import to_device_centric
+from iot_assets.clean import DECODED_COLUMNS, to_device_centric
 from iot_assets.decode import DECODED_SCHEMA
 from iot_assets.ingest import ArchiveSummary
 from iot_assets.partitions import daily_partitions, ranged_backfill
 from iot_assets.schemas import CleanFlows, DecodedFlows, FlowRejects, column_schema
-from iot_assets.storage.lake import LazyDays
-from iot_assets.storage.lake import prune_outside
+from iot_assets.storage.lake import DaysBuilt, LazyDays, prune_outside
 from iot_assets.storage.reports import ReportFiles
 from iot_assets.storage.staging import ArchiveStore
 
@@ -215,10 +214,12 @@ def days_check(name: str, asset: str, failures: dict[str, str], passed_note: str
 )
 def decoded_flows(context: dg.AssetExecutionContext, raw_archives: pd.DataFrame, archives: ArchiveStore):
     """Every flow record of the day from every archive, typed, with its archive and line number."""
-    out, schema_bad, count_bad = {}, {}, {}
-    for day in context.partition_keys:
+    schema_bad, count_bad, rows = {}, {}, []
+
+    def build(day: str) -> pd.DataFrame:  # each day as the lake writes it: a ranged run holds one day
         table, expected = read_day(raw_archives, archives, day)
         df = table.to_pandas()
+        del table
         actual = df["archive"].value_counts().to_dict()
         differ = {a: (actual.get(a, 0), n) for a, n in expected.items() if actual.get(a, 0) != n}
         differ.update({a: (n, 0) for a, n in actual.items() if a not in expected})
@@ -227,12 +228,14 @@ def decoded_flows(context: dg.AssetExecutionContext, raw_archives: pd.DataFrame,
         failures = schema_failures(DecodedFlows, df)
         if failures is not None:
             schema_bad[day] = f"{int(failures['rows'].sum())} failures"
-        out[day] = df
-    rows = sum(len(df) for df in out.values())
-    yield dg.Output(out, metadata={"rows": rows})
-    yield days_check("decoded_schema", "decoded_flows", schema_bad, "every day matches DecodedFlows", {"rows": rows})
+        rows.append(len(df))
+        return df
+
+    days = context.partition_keys
+    yield dg.Output(DaysBuilt(days, build, lambda: {"rows": sum(rows)}))
+    yield days_check("decoded_schema", "decoded_flows", schema_bad, "every day matches DecodedFlows", {"rows": sum(rows)})
     yield days_check("decoded_matches_staging", "decoded_flows", count_bad,
-                     "every archive's rows match its summary", {"days": len(out)})
+                     "every archive's rows match its summary", {"days": len(days)})
 
 
 def _split_schema_failures(clean: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -277,6 +280,8 @@ def flow_sample(clean: pd.DataFrame, seed: int) -> pd.DataFrame:
         "flow_sample": dg.AssetOut(io_manager_key="lake_io_manager",
                                    description="Up to 400 clean flows per device and day, for the per-flow baseline."),
     },
+    # Each day read once, and only the columns cleaning reads.
+    ins={"decoded_flows": dg.AssetIn(metadata={"columns": DECODED_COLUMNS, "keep_days": 0})},
     check_specs=[
         dg.AssetCheckSpec("day_reconciles", asset="clean_flows", blocking=True,
                           description="Decoded rows of the day = clean rows + rejected rows."),
@@ -286,31 +291,43 @@ def flow_sample(clean: pd.DataFrame, seed: int) -> pd.DataFrame:
 def clean_flows(context: dg.AssetExecutionContext, decoded_flows: LazyDays, raw_archives: pd.DataFrame):
     """Device-centric flows of the day: normalised, labelled with the catalogue device, validated."""
     local_macs = dict(zip(raw_archives["archive"], raw_archives["local_mac"]))
-    clean_by_day, rejects_by_day, samples = {}, {}, {}
+    rejects_by_day, samples, rows_by_day, devices_by_day = {}, {}, {}, {}
     unbalanced, schema_notes, by_reason, decoded_rows = {}, {}, {}, 0
     for day in context.partition_keys:
-        decoded = decoded_flows.get(day)
-        if decoded is None:
+        if day not in decoded_flows:
             raise FileNotFoundError(f"decoded_flows {day} is missing: materialize it first")
-        decoded_rows += len(decoded)
+
+    def build(day: str) -> pd.DataFrame:
+        """The day's clean flows, as the lake writes them (a ranged run holds one day's); its rejects and sample are kept."""
+        nonlocal decoded_rows
+        decoded = decoded_flows[day]
+        decoded_day = len(decoded)
+        decoded_rows += decoded_day
         clean, rejects = to_device_centric(decoded, local_macs)
+        del decoded
         clean, schema_rejects, failures = _split_schema_failures(clean)
         rejects = FlowRejects.validate(pd.concat([rejects, schema_rejects], ignore_index=True))
         clean = clean.reset_index(drop=True)
-        if len(decoded) != len(clean) + len(rejects):
-            unbalanced[day] = f"{len(decoded):,} decoded != {len(clean):,} clean + {len(rejects):,} rejected"
+        if decoded_day != len(clean) + len(rejects):
+            unbalanced[day] = f"{decoded_day:,} decoded != {len(clean):,} clean + {len(rejects):,} rejected"
         if len(failures):
             schema_notes[day] = f"{len(schema_rejects)} rows broke CleanFlows and went to clean_rejects"
         for reason, n in rejects["reason"].value_counts().items():
             by_reason[reason] = by_reason.get(reason, 0) + int(n)
-        clean_by_day[day], rejects_by_day[day], samples[day] = clean, rejects, flow_sample(clean, seed=0)
-    rows = sum(len(c) for c in clean_by_day.values())
+        rejects_by_day[day], samples[day], rows_by_day[day] = rejects, flow_sample(clean, seed=0), len(clean)
+        devices_by_day[day] = clean["device_name"].fillna(clean["device_mac"]).value_counts()
+        return clean
+
+    def clean_metadata() -> dict:
+        # Rows per device of the run: the days' counts summed, in the order value_counts of all rows gives.
+        counts = pd.concat(devices_by_day.values()).groupby(level=0, sort=False).sum() if devices_by_day else pd.Series()
+        counts = counts.sort_values(ascending=False, kind="stable")
+        return {"rows": sum(rows_by_day.values()), "devices": len(counts),
+                "rows_per_device": dg.MetadataValue.json({k: int(v) for k, v in counts.items()})}
+
+    yield dg.Output(DaysBuilt(context.partition_keys, build, clean_metadata), output_name="clean_flows")
+    rows = sum(rows_by_day.values())
     rejected = sum(len(r) for r in rejects_by_day.values())
-    devices = pd.concat([c["device_name"].fillna(c["device_mac"]) for c in clean_by_day.values()])
-    yield dg.Output(clean_by_day, output_name="clean_flows", metadata={
-        "rows": rows, "devices": int(devices.nunique()),
-        "rows_per_device": dg.MetadataValue.json(devices.value_counts().to_dict()),
-    })
     yield dg.Output(rejects_by_day, output_name="clean_rejects",
                     metadata={"rows": rejected, "by_reason": dg.MetadataValue.json(by_reason)})
     yield dg.Output(samples, output_name="flow_sample", metadata={"rows": sum(len(s) for s in samples.values())})

@@ -1,7 +1,7 @@
 """Behind the NAT: subscriber lines as the ISP edge sees them, endpoint signatures, line inventories."""
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from iot_assets.reports.lines import metrics_fragment_html, metrics_table_markdo
 from iot_assets.resources import LineSettings, ModelSettings
 from iot_assets.schemas import column_schema
 from iot_assets.settings import SETTINGS
-from iot_assets.storage.lake import LazyDays
+from iot_assets.storage.lake import DaysBuilt, LazyDays
 from iot_assets.storage.models import JsonDocument
 from iot_assets.storage.reports import ReportFiles
 
@@ -33,6 +33,10 @@ with warnings.catch_warnings():
     # The window, and the day before it for yesterday's inventory (what changed).
     WINDOW_AND_DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-LINE_WINDOW_DAYS,
                                                           allow_nonexistent_upstream_partitions=True)
+
+
+# An inventory reads each day of views once, and only what the rules match on.
+VIEWS_MATCHED = {"columns": lines.MATCHED_COLUMNS, "keep_days": 0}
 
 
 def _frames(value) -> pd.DataFrame:
@@ -82,33 +86,44 @@ def line_membership(context: dg.AssetExecutionContext, raw_archives: pd.DataFram
     },
     check_specs=[dg.AssetCheckSpec("line_views_schema", asset="line_views",
                                    description="pandera LineViews: no column but the public side of a flow.")],
+    # Each day read once, and only the columns a view or the truth keeps.
+    ins={"clean_flows": dg.AssetIn(metadata={"columns": lines.CLEAN_COLUMNS, "keep_days": 0})},
 )
 def line_views(context: dg.AssetExecutionContext, clean_flows: LazyDays, line_membership: pd.DataFrame,
                line_settings: LineSettings, model_settings: ModelSettings):
     """Line views of the day (no MAC, LAN address or device port; sampled 1:N) and the ground truth beside them."""
     rates = line_settings.rates
-    views, truth, failures = {}, {}, {}
+    truth, failures, view_rows = {}, {}, []
     per_rate, line_ids = pd.Series(0, index=list(rates)), set()
-    for day in context.partition_keys:
-        clean = clean_flows[day]  # read once: the day's clean flows are the largest thing here
-        views[day] = lines.line_views(clean, line_membership, day, rates, model_settings.seed)
+
+    def build(day: str) -> pd.DataFrame:
+        """The day's views, as the lake writes them (a ranged run holds one day's); its truth is kept (small)."""
+        nonlocal per_rate
+        clean = clean_flows[day]
+        view = lines.line_views(clean, line_membership, day, rates, model_settings.seed)
         truth[day] = lines.line_truth(clean, line_membership, day)
         del clean
         try:
-            lines.LineViews.validate(views[day], lazy=True)
+            lines.LineViews.validate(view, lazy=True)
         except pandera.errors.SchemaErrors as exc:
             failures[day] = f"{len(exc.failure_cases)} failures of LineViews"
         # Figures of the run without concatenating its days (a copy of every view).
-        per_rate = per_rate.add(views[day].groupby("sampling_rate").size(), fill_value=0)
-        line_ids.update(views[day]["line_id"].unique())
-    rows = int(sum(len(v) for v in views.values()))
-    base = int(per_rate.get(rates[0], 0))
-    yield dg.Output(views, output_name="line_views", metadata={
-        "rows": rows, "lines": len(line_ids),
-        "flows_per_rate": dg.MetadataValue.json({f"1:{r}": int(per_rate.get(r, 0)) for r in rates}),
-        "surviving_share": dg.MetadataValue.json({f"1:{r}": round(int(per_rate.get(r, 0)) / base, 4) if base else None
-                                                  for r in rates}),
-    })
+        per_rate = per_rate.add(view.groupby("sampling_rate").size(), fill_value=0)
+        line_ids.update(view["line_id"].unique())
+        view_rows.append(len(view))
+        return view
+
+    def views_metadata() -> dict:
+        base = int(per_rate.get(rates[0], 0))
+        return {
+            "rows": int(sum(view_rows)), "lines": len(line_ids),
+            "flows_per_rate": dg.MetadataValue.json({f"1:{r}": int(per_rate.get(r, 0)) for r in rates}),
+            "surviving_share": dg.MetadataValue.json({f"1:{r}": round(int(per_rate.get(r, 0)) / base, 4) if base
+                                                      else None for r in rates}),
+        }
+
+    yield dg.Output(DaysBuilt(context.partition_keys, build, views_metadata), output_name="line_views")
+    rows = int(sum(view_rows))
     yield dg.Output(truth, output_name="line_truth", metadata={"rows": sum(len(t) for t in truth.values())})
     yield dg.AssetCheckResult(check_name="line_views_schema", asset_key="line_views", passed=not failures,
                               severity=dg.AssetCheckSeverity.ERROR,
@@ -149,7 +164,8 @@ def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows: LazyDays
     backfill_policy=ranged_backfill,
     group_name="lines",
     io_manager_key="lake_io_manager",
-    ins={"line_views": dg.AssetIn(partition_mapping=WINDOW_AND_DAY_BEFORE), "endpoint_signatures": dg.AssetIn()},
+    ins={"line_views": dg.AssetIn(partition_mapping=WINDOW_AND_DAY_BEFORE, metadata=VIEWS_MATCHED),
+         "endpoint_signatures": dg.AssetIn()},
     check_specs=[dg.AssetCheckSpec("line_inventory_changed", asset="line_inventory",
                                    description="Lines on which a device model (or manufacturer) appeared that "
                                                "yesterday's inventory did not have.")],
@@ -157,16 +173,17 @@ def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows: LazyDays
 def line_inventory(context: dg.AssetExecutionContext, line_views: LazyDays,
                    endpoint_signatures: pd.DataFrame, line_settings: LineSettings):
     """Per line: the device models (or manufacturers) present over the sliding window, with evidence."""
-    out, new, rate = _inventories(_frames(line_views), endpoint_signatures, list(context.partition_keys), line_settings)
+    out, new, rate = _inventories(line_views.values(), endpoint_signatures, list(context.partition_keys), line_settings)
     yield dg.Output(out, metadata=_inventory_metadata(out, endpoint_signatures))
     yield _changed_check("line_inventory_changed", "line_inventory", new, rate)
 
 
-def _inventories(views: pd.DataFrame, endpoint_signatures: pd.DataFrame, days: list[str],
+def _inventories(views: Iterable[pd.DataFrame], endpoint_signatures: pd.DataFrame, days: list[str],
                  line_settings: LineSettings) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, int]:
-    """Each day's inventory from the views of its window; the detections new since the day before; the rate they are at."""
-    hits = lines.rule_hits(views, endpoint_signatures) if len(views) else pd.DataFrame(columns=lines.HIT_COLUMNS)
-    units = lines.evidence_units(hits)  # once for every day of the run: each day's inventory takes its window
+    """Each day's inventory from the views of its window (days of views, read in turn); the detections new since
+    the day before; the rate they are at."""
+    # Once for every day of the run, each day's inventory takes its window; a day of views at a time.
+    units = lines.evidence_units_of(views, endpoint_signatures)
     version = lines.signatures_version(endpoint_signatures)
     rate = min(line_settings.rates)  # the check speaks for the finest sampling rate: the best view the ISP has
     out, new_by_day = {}, []
@@ -272,7 +289,7 @@ def line_views_by_shard(context: dg.AssetExecutionContext, clean_flows: LazyDays
     partitions_def=daily_line_shards,
     group_name="lines",
     io_manager_key="lake_io_manager",
-    ins={"line_views_by_shard": dg.AssetIn(partition_mapping=SHARD_WINDOW_AND_DAY_BEFORE),
+    ins={"line_views_by_shard": dg.AssetIn(partition_mapping=SHARD_WINDOW_AND_DAY_BEFORE, metadata=VIEWS_MATCHED),
          "endpoint_signatures": dg.AssetIn()},
     check_specs=[dg.AssetCheckSpec("line_inventory_by_shard_changed", asset="line_inventory_by_shard",
                                    description="Lines of the shard on which a device model (or manufacturer) "
@@ -284,7 +301,7 @@ def line_inventory_by_shard(context: dg.AssetExecutionContext, line_views_by_sha
     out, news, rate = {}, [], min(line_settings.rates)
     window_keys = _by_shard(line_views_by_shard)
     for shard, keys in _by_shard(context.partition_keys).items():
-        views = _frames({key: line_views_by_shard[key] for key, _ in window_keys.get(shard, [])})
+        views = (line_views_by_shard[key] for key, _ in window_keys.get(shard, []))
         by_day, new, rate = _inventories(views, endpoint_signatures, [day for _, day in keys], line_settings)
         # The day is in the partition's path (`day=.../<shard>/`), not a column, as in every daily table.
         out.update({key: by_day[day].drop(columns="day") for key, day in keys})

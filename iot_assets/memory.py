@@ -1,0 +1,41 @@
+"""Giving memory back between the days of a run and after a step.
+
+A step process (a Celery worker, or the one process of an in-process run) lives on after a day
+or a step is done; what pandas, NumPy and pyarrow freed stays in the process unless handed back:
+- pyarrow's pool (jemalloc or mimalloc) keeps freed pages for reuse: `release_unused`;
+- glibc keeps freed heap pages in its arenas, and after large arrays are freed it raises its
+  mmap threshold, so later large arrays land on the heap too and stay resident when freed.
+  `malloc_trim(0)` returns every free page. Measured on a full-scale 2-day run, one step per fresh
+  process: it leaves a step's own peak as it was (within 5 MB) but the process holds 120-170 MB
+  less after `clean_flows`, `line_views` and `device_windows` (452 against 572 MB, 430 against 601,
+  586 against 755): what a Celery worker carries into its next step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+
+import pyarrow as pa
+
+_libc = None
+
+
+def _malloc_trim():
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+def release_unused_memory() -> None:
+    """Collect cycles, then hand freed pages back to the operating system (pyarrow's pool, glibc's heap)."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    _malloc_trim()
