@@ -61,10 +61,10 @@ def figures(counts: pd.DataFrame, types: list[str]) -> dict:
 
 
 def choose(counts: pd.DataFrame, types: list[str], target_fpr: float) -> str:
-    """`anomaly.compare_and_fit`'s rule on these devices' figures."""
+    """`anomaly.choose_kind` on these devices' figures (window recall; no ROC-AUC to break ties)."""
     by_kind = {kind: figures(part, types) for kind, part in counts.groupby("kind")}
-    eligible = anomaly.within_budget({kind: f["fpr"] for kind, f in by_kind.items()}, target_fpr)
-    return max(eligible, key=lambda kind: np.nanmin([by_kind[kind][t] for t in types] or [0.0]))
+    return anomaly.choose_kind({kind: {"fpr_clean": f["fpr"], "worst_recall": np.nanmin([f[t] for t in types] or [0.0])}
+                                for kind, f in by_kind.items()}, target_fpr)
 
 
 def line(f: dict, types: list[str]) -> str:

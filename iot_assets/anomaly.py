@@ -428,13 +428,19 @@ def within_budget(fpr_clean: dict[str, float | None], target_fpr: float) -> list
     return [kind for kind, rate in rates.items() if rate <= budget]
 
 
+def choose_kind(figures: dict[str, dict], target_fpr: float) -> str:
+    """The detector kind to keep from each kind's `fpr_clean`, `worst_recall` and `worst_roc_auc`
+    on the evaluation windows: among the kinds within the alert budget (`within_budget`), the
+    highest worst-case recall over episode types, then the highest worst-case ROC-AUC."""
+    eligible = within_budget({kind: f["fpr_clean"] for kind, f in figures.items()}, target_fpr)
+    return max(eligible, key=lambda kind: (figures[kind]["worst_recall"], figures[kind].get("worst_roc_auc") or 0.0))
+
+
 def compare_and_fit(train: pd.DataFrame, train_labels: pd.Series, evaluation: pd.DataFrame, labels: pd.Series,
                     target_fpr: float, seed: int) -> tuple[AnomalyDetector, dict]:
     """Fit every detector kind on clean training windows, evaluate each on the later windows, keep the best.
 
-    With episodes, the best is judged at its thresholds, as an analyst meets it: among the
-    kinds whose clean false-positive rate is within the alert budget (`within_budget`), the
-    highest worst-case recall over episode types, then the highest worst-case ROC-AUC.
+    With episodes, the best is judged at its thresholds, as an analyst meets it (`choose_kind`).
     Ranking by ROC-AUC alone kept ECOD and COPOD, whose AUC was a little higher while at
     their thresholds they flagged 4-8 times the clean windows KNN did and missed more
     beaconing and firmware changes (on the sample and on the real archives alike). Without
@@ -453,11 +459,13 @@ def compare_and_fit(train: pd.DataFrame, train_labels: pd.Series, evaluation: pd
         per_type = compared[kind]["per_episode_type"]
         return min(v[measure] for v in per_type.values()) if per_type else 0.0
 
+    figures = {kind: {"fpr_clean": c["fpr_clean"], "worst_recall": worst(kind, "recall"),
+                      "worst_roc_auc": worst(kind, "roc_auc")} for kind, c in compared.items()}
+    best = choose_kind(figures, target_fpr) if has_truth else DEFAULT_DETECTOR
     eligible = within_budget({kind: c["fpr_clean"] for kind, c in compared.items()}, target_fpr)
-    best = max(eligible, key=lambda k: (worst(k, "recall"), worst(k, "roc_auc"))) if has_truth else DEFAULT_DETECTOR
     summary = {kind: {"roc_auc": c["roc_auc"], "fpr_clean": c["fpr_clean"],
-                      "worst_episode_roc_auc": worst(kind, "roc_auc") if has_truth else None,
-                      "worst_episode_recall": worst(kind, "recall") if has_truth else None,
+                      "worst_episode_roc_auc": figures[kind]["worst_roc_auc"] if has_truth else None,
+                      "worst_episode_recall": figures[kind]["worst_recall"] if has_truth else None,
                       "within_budget": kind in eligible}
                for kind, c in compared.items()}
     return fitted[best], {"detector": best, **compared[best], "detectors_compared": summary}

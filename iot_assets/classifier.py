@@ -104,14 +104,13 @@ class NoveltyModel:
         Xiaomi light and au camera both sent several times their usual DNS, and both were
         called unknown.
         """
-        x = profiles[self.features].to_numpy(dtype=float)
-        z = (x[:, None, :] - self.center[None, :, :]) / self.spread[None, :, :]
-        distance = np.minimum(np.abs(z), NOVELTY_CAP).mean(axis=2)
-        if len(x) and len(self.labels):
-            nearest = z[np.arange(len(x)), distance.argmin(axis=1)]
+        z = _signed_spreads(profiles[self.features].to_numpy(dtype=float), self.center, self.spread)
+        distance = _distance_of(z)
+        if len(z) and len(self.labels):
+            nearest = z[np.arange(len(z)), distance.argmin(axis=1)]
             network = anomaly.network_moves(nearest, profiles.index.get_level_values("day").to_numpy())
             if network.any():
-                distance = np.minimum(np.abs(np.where(network[:, None, :], 0.0, z)), NOVELTY_CAP).mean(axis=2)
+                distance = _distance_of(np.where(network[:, None, :], 0.0, z))
         return pd.DataFrame(distance, index=profiles.index, columns=self.labels)
 
     def without(self, label: str) -> "NoveltyModel":
@@ -140,9 +139,17 @@ class NoveltyModel:
                    meta.get("calibration", {}))
 
 
+def _signed_spreads(x: np.ndarray, center: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """(profiles, models, features): how far each profile is from each model, in its spreads."""
+    return (x[:, None, :] - center[None, :, :]) / spread[None, :, :]
+
+
+def _distance_of(z: np.ndarray) -> np.ndarray:
+    return np.minimum(np.abs(z), NOVELTY_CAP).mean(axis=2)
+
+
 def _distances(x: np.ndarray, center: np.ndarray, spread: np.ndarray) -> np.ndarray:
-    z = np.abs(x[:, None, :] - center[None, :, :]) / spread[None, :, :]
-    return np.minimum(z, NOVELTY_CAP).mean(axis=2)
+    return _distance_of(_signed_spreads(x, center, spread))
 
 
 def _profile_stats(windows: pd.DataFrame, labels_column: str, features: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
