@@ -5,6 +5,7 @@ import dagster as dg
 from iot_assets.assets import behaviour, exposure, flows, lines, reports
 from iot_assets.automation import SCHEDULES, SENSORS
 from iot_assets.jobs import JOBS
+from iot_assets.memory import freeze_long_lived
 from iot_assets.resources import build_resources
 from iot_assets.settings import SETTINGS, Settings
 
@@ -21,3 +22,4 @@ def build_definitions(settings: Settings) -> dg.Definitions:
 
 
 defs = build_definitions(SETTINGS)
+freeze_long_lived()  # the code location lives as long as the process: the collections between days skip it

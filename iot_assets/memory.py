@@ -9,6 +9,12 @@ or a step is done; what pandas, NumPy and pyarrow freed stays in the process unl
   process: it leaves a step's own peak as it was (within 5 MB) but the process holds 120-170 MB
   less after `clean_flows`, `line_views` and `device_windows` (452 against 572 MB, 430 against 601,
   586 against 755): what a Celery worker carries into its next step.
+
+A full collection walks every tracked object: with the code location loaded (Dagster, pandas, the
+assets) that is about 400,000 objects and 0.25 s a call, whatever the day's size; called per day and
+asset that was 15 s of a 14-day sample's `daily_flows_job`. `freeze_long_lived()`, called once the code
+location is loaded, leaves those objects out of every later collection (they live as long as the
+process): a call then takes about 0.05 s.
 """
 
 from __future__ import annotations
@@ -32,6 +38,12 @@ def _malloc_trim():
             _libc = False
     if _libc:
         _libc.malloc_trim(0)
+
+
+def freeze_long_lived() -> None:
+    """Leave every object that exists now out of later collections: call once what lives for the process is loaded."""
+    gc.collect()
+    gc.freeze()
 
 
 def release_unused_memory() -> None:

@@ -73,3 +73,24 @@ def test_clean_rows_satisfy_the_contract(sample_dir, tmp_path):
     clean, rejects = to_device_centric(pd.concat(frames, ignore_index=True), macs)
     CleanFlows.validate(clean, lazy=True)
     assert rejects.empty and clean["device_name"].nunique() == 4
+
+
+def test_rows_that_break_the_contract_are_rejected_one_by_one_with_the_check():
+    """The string checks take one pass over a good column; a bad value still names its own row."""
+    from iot_assets.assets.flows import _split_schema_failures, schema_failures
+    from iot_assets.schemas import DecodedFlows
+
+    flows = decoded(flow_line(), flow_line(), flow_line(), flow_line())
+    clean, _ = to_device_centric(flows, {"nature_remo": REMO})
+    clean.loc[1, "remote_mac"] = "38:d5:47:0c:25"          # too short for a MAC
+    clean.loc[2, "device_ip"] = None
+    valid, rejected, _ = _split_schema_failures(clean)
+    assert valid["line_number"].tolist() == [1, 4]
+    reasons = dict(zip(rejected["line_number"], rejected["reason"]))
+    assert reasons == {2: "schema:remote_mac:matches(pattern=^[0-9a-f]{2}(:[0-9a-f]{2}){5}$)",
+                       3: "schema:device_ip:not_nullable"}
+    # Not coerced: a number where an address should be is a failure of the column's type, on its row.
+    flows.loc[3, "src_ip"] = 192
+    failures = schema_failures(DecodedFlows, flows)
+    assert failures[["column", "rows"]].to_dict("records") == [{"column": "src_ip", "rows": 1}]
+    assert failures["check"].iloc[0].startswith("dtype(")
