@@ -32,7 +32,20 @@ DECODED_COLUMNS = [
 
 
 def remote_scope(ip: pd.Series, mac: pd.Series) -> np.ndarray:
-    """Where the peer is: the gateway, the LAN, the internet, or a broadcast/multicast group."""
+    """Where the peer is: the gateway, the LAN, the internet, or a broadcast/multicast group.
+
+    Decided once per distinct (address, MAC) pair: a day's 190,000 flows of 25 devices have a few
+    thousand, and the string tests cost per value.
+    """
+    ip_codes, ips = pd.factorize(ip.astype(str))
+    mac_codes, macs = pd.factorize(mac.astype(str))
+    pairs, first, inverse = np.unique(ip_codes.astype(np.int64) * max(len(macs), 1) + mac_codes,
+                                      return_index=True, return_inverse=True)
+    scope = _scope_of_each(pd.Series(ips.take(ip_codes[first])), pd.Series(macs.take(mac_codes[first])))
+    return scope[inverse.reshape(-1)]
+
+
+def _scope_of_each(ip: pd.Series, mac: pd.Series) -> np.ndarray:
     ip = ip.astype(str)
     mac = mac.astype(str)
     first_octet = mac.str.slice(0, 2).map(_HEX_OCTETS).fillna(0).astype(int)

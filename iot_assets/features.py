@@ -33,6 +33,17 @@ IDENTITY_COLUMNS = ("device_mac", "device_name", "device_category", "device_ip",
 KEY_COLUMNS = ["device_mac", "window_start"]
 
 TCP_SYN, TCP_RST, TCP_FIN, TCP_ACK = 0x02, 0x04, 0x01, 0x10
+# The service of each port as its index in SERVICE_NAMES, -1 for any other port.
+_SERVICE_OF_PORT = np.full(65536, -1, dtype=np.int8)
+for _port, _name in SERVICE_PORTS.items():
+    _SERVICE_OF_PORT[_port] = SERVICE_NAMES.index(_name)
+
+
+def _equals(values: pd.Series):
+    """`is_(value)`: the boolean mask of `values == value`, each distinct value compared once."""
+    codes, uniques = pd.factorize(values)
+    where = {value: code for code, value in enumerate(uniques)}
+    return lambda value: codes == where.get(value, -2)
 
 
 def _stable_bucket(values: pd.Series, buckets: int) -> np.ndarray:
@@ -44,9 +55,11 @@ def _stable_bucket(values: pd.Series, buckets: int) -> np.ndarray:
 
 def flow_indicators(clean: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
     """One row per flow with additive indicators, keyed by device and window."""
-    scope = clean["remote_scope"]
+    # Strings are compared once per distinct value, not per flow (object comparisons cost per value).
+    scope_is = _equals(clean["remote_scope"])
+    end_is = _equals(clean["end_reason"])
     dev_init = clean["device_initiated"].to_numpy()
-    internet = (scope == "internet").to_numpy()
+    internet = scope_is("internet")
     # The service of a flow is the server's port, the lower of the two: YAF exports the later
     # pieces of a long connection from whichever side it saw first, so who started the
     # record does not say who is the server.
@@ -77,33 +90,35 @@ def flow_indicators(clean: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
         "duration_s": clean["duration_ms"].to_numpy(float) / 1000,
         "long_flow": (clean["duration_ms"] >= 1_700_000).to_numpy(),
         "short_flow": (clean["duration_ms"] < 1000).to_numpy(),
-        "end_idle": (clean["end_reason"] == "idle").to_numpy(),
-        "end_active": (clean["end_reason"] == "active").to_numpy(),
-        "end_detected": (clean["end_reason"] == "end_detected").to_numpy(),
+        "end_idle": end_is("idle"),
+        "end_active": end_is("active"),
+        "end_detected": end_is("end_detected"),
         "syn_only": (proto == 6) & (initiator_flags == TCP_SYN) & (clean["packets_in"].to_numpy() == 0),
         "rst": (proto == 6) & ((union & TCP_RST) > 0),
         "fin": (proto == 6) & ((union & TCP_FIN) > 0),
         "unanswered": dev_init & (clean["packets_in"].to_numpy() == 0),
     }
     for name in ("gateway", "lan", "internet", "broadcast", "multicast", "link_local"):
-        ind[f"scope_{name}"] = (scope == name).to_numpy()
+        ind[f"scope_{name}"] = scope_is(name)
     # The device's own conversations: everything but what the gateway started (its NetBIOS
     # probes reach every device alike). Services are counted among these only, so that a
     # service share is a share: counting the gateway's probes over the device's own flows
     # made `svc_netbios_share` reach 1,000 on a quiet day and `svc_dns_share` swing with
     # the number of cloud flows, which the anomaly detector took for attacks.
-    own = ~((scope == "gateway").to_numpy() & ~dev_init)
+    own = ~(scope_is("gateway") & ~dev_init)
     ind["own"] = own
-    services = pd.Series(server_port).map(SERVICE_PORTS)
-    for name in SERVICE_NAMES:
-        ind[f"svc_{name}"] = (services == name).to_numpy() & own
-    other = services.isna().to_numpy()
+    service = _SERVICE_OF_PORT[np.clip(server_port, 0, 65535)]
+    for code, name in enumerate(SERVICE_NAMES):
+        ind[f"svc_{name}"] = (service == code) & own
+    other = service < 0
     ind["svc_ephemeral"] = other & (server_port >= 49152) & own
     port_bucket = _stable_bucket(pd.Series(server_port), PORT_BUCKETS)
     registered = other & (server_port < 49152) & (server_port > 0) & own
     for b in range(PORT_BUCKETS):
         ind[f"port_b{b:02d}"] = registered & (port_bucket == b)
-    prefix = clean["remote_ip"].str.extract(r"^(\d+\.\d+)\.", expand=False)
+    ip_codes, ips = pd.factorize(clean["remote_ip"], use_na_sentinel=False)
+    prefix = pd.Series(ips, dtype=object).str.extract(r"^(\d+\.\d+)\.", expand=False).take(ip_codes) \
+        .reset_index(drop=True)
     prefix_bucket = _stable_bucket(prefix.fillna(""), PREFIX_BUCKETS)
     for b in range(PREFIX_BUCKETS):
         ind[f"prefix_b{b:02d}"] = internet & (prefix_bucket == b)

@@ -32,7 +32,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-UtcMs = pd.DatetimeTZDtype(unit="ms", tz="UTC")
+from iot_assets.schemas import Text, UtcMs
+
 MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 DEFAULT_SAMPLING_RATES = (1, 100, 1000)
 
@@ -178,11 +179,11 @@ VIEW_COLUMNS = ["line_id", "sampling_rate", "flow_start", "flow_end", "remote_ip
 class LineViews(pa.DataFrameModel):
     """What the ISP edge records of a subscriber line: public side only, packet-sampled."""
 
-    line_id: Series[str] = pa.Field(description="the subscriber line (its one public address)")
+    line_id: Series[Text] = pa.Field(description="the subscriber line (its one public address)")
     sampling_rate: Series[int] = pa.Field(ge=1, description="packet sampling 1:N applied to this copy of the flows")
     flow_start: Series[UtcMs] = pa.Field(description="first packet, UTC")
     flow_end: Series[UtcMs] = pa.Field(description="last packet, UTC")
-    remote_ip: Series[str] = pa.Field(description="the Internet peer")
+    remote_ip: Series[Text] = pa.Field(description="the Internet peer")
     remote_port: Series[int] = pa.Field(ge=0, le=65535, description="the Internet peer's port")
     protocol: Series[int] = pa.Field(ge=0, le=255)
     bytes_out: Series[int] = pa.Field(ge=0, description="bytes from the line to the peer, scaled back by N")
@@ -270,9 +271,12 @@ def line_views(clean: pd.DataFrame, membership: pd.DataFrame, day: str,
         "packets_out": on_lines["packets_out"].astype(np.int64), "packets_in": on_lines["packets_in"].astype(np.int64),
     })
     # A fixed order whatever order the day's flows came in, so that the sampling draws are reproducible.
-    base = base.sort_values(["line_id", "flow_start", "flow_end", "remote_ip", "remote_port", "protocol",
-                             "packets_out", "packets_in", "bytes_out", "bytes_in"], kind="mergesort")
-    base = base.reset_index(drop=True)
+    # The strings sort as their ranks among the distinct values (the same order, compared as integers).
+    keys = base[["line_id", "flow_start", "flow_end", "remote_ip", "remote_port", "protocol",
+                 "packets_out", "packets_in", "bytes_out", "bytes_in"]].copy()
+    for column in ("line_id", "remote_ip"):
+        keys[column] = pd.factorize(keys[column], sort=True)[0]
+    base = base.take(np.lexsort([keys[c].astype(np.int64).to_numpy() for c in reversed(keys.columns)])).reset_index(drop=True)
     frames = []
     day_number = date.fromisoformat(day).toordinal()
     ids = base["line_id"].to_numpy()
