@@ -19,19 +19,19 @@ import numpy as np
 import pandas as pd
 from pyod.models.copod import COPOD
 from pyod.models.ecod import ECOD
-from pyod.models.hbos import HBOS
-from pyod.models.iforest import IForest
 from pyod.models.knn import KNN
 from pyod.models.lof import LOF
 from sklearn.metrics import roc_auc_score
 
 from iot_assets.features import ANOMALY_FEATURES
 
+# The kinds compared at each training. IForest and HBOS were compared too and left out: their
+# worst-case recall over episode types was 0.00 on the sample and 0.24 and 0.11 on the three real
+# archives (KNN 0.76 and 0.93), ROC-AUC 0.49-0.86, and they took 13 of the 15 s the comparison fitted
+# for (IForest's 100 trees per fit, HBOS's numba compilation) on a full-scale week.
 DETECTORS = {
-    "IForest": lambda seed: IForest(n_estimators=100, random_state=seed),
     "ECOD": lambda seed: ECOD(),
     "COPOD": lambda seed: COPOD(),
-    "HBOS": lambda seed: HBOS(n_bins=20),
     "KNN": lambda seed: KNN(n_neighbors=10, method="mean"),
     "LOF": lambda seed: LOF(n_neighbors=20),
 }

@@ -80,12 +80,18 @@ def build_reference(train: pd.DataFrame, features: list[str] = FEATURES) -> dict
             distances = [js_distance(m[name], expected) for m in daily_mix if m[name].sum() > 0]
             entry["mixes"][name] = {"expected": expected.tolist(),
                                     "limit": max(max(distances, default=0.0) * margin, MIN_MIX_DISTANCE)}
-        for feature in features:
-            values = part[feature].to_numpy(dtype=float)
+        day_codes, day_names = pd.factorize(part_days)
+        matrix = part[features].to_numpy(dtype=float)
+        for column, feature in enumerate(features):
+            values = matrix[:, column]
             edges = _edges(values)
             expected = _histogram(values, edges)
-            daily = [js_distance(_histogram(part.loc[part_days == d, feature].to_numpy(dtype=float), edges), expected)
-                     for d in part_days.unique()]
+            # Every day's histogram in one count: bin b of day d is cell d * bins + b.
+            bins = len(edges) + 1
+            counts = np.bincount(day_codes * bins + np.searchsorted(edges, values, side="right"),
+                                 minlength=len(day_names) * bins).reshape(len(day_names), bins).astype(float)
+            daily = [js_distance(histogram, expected)
+                     for histogram in counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)]
             entry["features"][feature] = {
                 "edges": edges.tolist(),
                 "expected": expected.tolist(),

@@ -28,9 +28,7 @@ def synthetic_windows(devices: int = 3, days: int = 4, seed: int = 0) -> pd.Data
     return pd.concat(frames, ignore_index=True)
 
 
-# HBOS compiles with numba on first use: seconds, so it runs in the slow tier.
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "HBOS" else k
-                                  for k in sorted(anomaly.DETECTORS)])
+@pytest.mark.parametrize("kind", sorted(anomaly.DETECTORS))
 def test_anomaly_detector_round_trips_to_identical_scores(kind):
     windows = synthetic_windows()
     train = windows[windows["window_start"] < pd.Timestamp("2019-07-04", tz="UTC")]
