@@ -656,8 +656,7 @@ def _quantile_hours(hours: np.ndarray, q: float) -> float | None:
     return None if np.isinf(value) else round(value, 2)
 
 
-def _inventories(hits: pd.DataFrame, eval_days: list[str], window_days: int, threshold: float) -> pd.DataFrame:
-    units = evidence_units(hits)
+def _inventories(units: pd.DataFrame, eval_days: list[str], window_days: int, threshold: float) -> pd.DataFrame:
     frames = [inventory_from_units(units, day, window_days, threshold, window_start=eval_days[0]) for day in eval_days]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INVENTORY_COLUMNS)
@@ -707,10 +706,18 @@ def evaluate_hits(hits: pd.DataFrame, truth: pd.DataFrame, trained_models: list[
                   eval_days: list[str], lines: int, window_days: int, threshold: float = 1.0,
                   episodes: pd.DataFrame | None = None) -> dict:
     """`evaluate` from rule hits of the evaluation days, which may come from signatures refreshed day by day."""
+    return evaluate_units(evidence_units(hits[hits["day"].isin(eval_days)]), truth, trained_models, rates, eval_days,
+                          lines, window_days, threshold, episodes)
+
+
+def evaluate_units(units: pd.DataFrame, truth: pd.DataFrame, trained_models: list[str], rates: list[int],
+                   eval_days: list[str], lines: int, window_days: int, threshold: float = 1.0,
+                   episodes: pd.DataFrame | None = None) -> dict:
+    """`evaluate` from the evidence units of the evaluation days (`evidence_units_of` the views, a day at a time)."""
     eval_days = sorted(eval_days)
+    units = units[units["day"].isin(eval_days)]
+    inventories = _inventories(units, eval_days, window_days, threshold)
     trained = set(trained_models)
-    hits = hits[hits["day"].isin(eval_days)]
-    inventories = _inventories(hits, eval_days, window_days, threshold)
     truth = truth.copy()
     truth["known"] = truth["model"].isin(trained)
     truth["in_episode"] = in_episodes(truth, episodes)

@@ -131,27 +131,33 @@ def line_views(context: dg.AssetExecutionContext, clean_flows: LazyDays, line_me
                               or "every day matches LineViews", metadata={"rows": rows})
 
 
-def _days_of(clean: pd.DataFrame) -> list[str]:
-    return sorted(pd.unique(lines.day_strings(clean["flow_start"]))) if len(clean) else []
-
-
-@dg.asset(group_name="lines", io_manager_key="lake_io_manager", ins={"clean_flows": EVERY_BUILT_DAY})
+@dg.asset(group_name="lines", io_manager_key="lake_io_manager",
+          ins={"clean_flows": dg.AssetIn(metadata={"allow_missing_partitions": True, "columns": lines.CLEAN_COLUMNS,
+                                                   "keep_days": 0})})
 def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows: LazyDays,
                         model_settings: ModelSettings) -> dg.Output:
     """Per device model (or manufacturer) the backend services only it uses, learned on the training days."""
-    clean = _frames(clean_flows)
-    days = _days_of(clean)
-    train_days, eval_days = time_split(days, model_settings.train_fraction)
-    train = clean[pd.Series(lines.day_strings(clean["flow_start"]), index=clean.index).isin(train_days)]
-    # Known attack episodes (injected ones) are not the products' backends.
-    kept = lines.outside_episodes(train, model_settings.read_episodes())
-    signatures = lines.learn_signatures(kept)
+    # A day at a time: the services each model used that day (counts), not the flows of every day at once.
+    episodes = model_settings.read_episodes()
+    observed, in_episodes = {}, {}
+    for day in clean_flows:
+        flows = clean_flows[day]
+        if not len(flows):
+            continue
+        # Known attack episodes (injected ones) are not the products' backends.
+        kept = lines.outside_episodes(flows, episodes)
+        observed[day], in_episodes[day] = lines.service_observations(kept), len(flows) - len(kept)
+        del flows, kept
+    train_days, eval_days = time_split(sorted(observed), model_settings.train_fraction)
+    observations = pd.concat([observed[day] for day in train_days], ignore_index=True) \
+        .sort_values(lines.OBSERVATION_COLUMNS[:-1], kind="stable", ignore_index=True)
+    signatures = lines.signatures_from_observations(observations)
     rules = signatures[signatures["level"] != "excluded"]
     per_label = rules.groupby(["level", "label"]).agg(rules=("rule_id", "size"), weight=("weight", "sum")).reset_index()
     return dg.Output(signatures, metadata={
         "rules": len(rules), "excluded_keys": int((signatures["level"] == "excluded").sum()),
         "models": len(lines.known_models(signatures)), "version": lines.signatures_version(signatures),
-        "training_flows_in_episodes": len(train) - len(kept),
+        "training_flows_in_episodes": sum(in_episodes[day] for day in train_days),
         "train_range": dg.MetadataValue.json([train_days[0], train_days[-1]]),
         "eval_range": dg.MetadataValue.json([eval_days[0], eval_days[-1]]),
         "rules_per_label": dg.MetadataValue.md(per_label.to_markdown(index=False, floatfmt=".2f")
@@ -320,19 +326,32 @@ def line_first_detected(context: dg.AssetExecutionContext, line_inventory: LazyD
 
 # The metrics are a versioned JSON document like the models they judge: the model report shows them.
 @dg.asset(group_name="lines", io_manager_key="model_io_manager",
-          ins={"line_views": EVERY_BUILT_DAY, "line_truth": EVERY_BUILT_DAY, "endpoint_signatures": dg.AssetIn()})
+          ins={"line_views": dg.AssetIn(metadata={"allow_missing_partitions": True, **VIEWS_MATCHED}),
+               "line_truth": EVERY_BUILT_DAY, "endpoint_signatures": dg.AssetIn()})
 def line_metrics(context: dg.AssetExecutionContext, line_views: LazyDays,
                  line_truth: LazyDays, endpoint_signatures: pd.DataFrame,
                  line_settings: LineSettings, model_settings: ModelSettings, reports: ReportFiles):
     """Recall, precision, false presences and time to detect per sampling rate, on the evaluation days."""
-    views, truth = _frames(line_views), _frames(line_truth)
+    truth = _frames(line_truth)
     trained_to = str(endpoint_signatures["trained_to"].max())
     eval_days = sorted(d for d in truth["day"].unique() if d > trained_to)
     if not eval_days:
         raise ValueError(f"no line_truth day after the signatures' training range (to {trained_to}): nothing to evaluate")
     episodes = model_settings.read_episodes()
-    metrics = lines.evaluate(views, truth, endpoint_signatures, eval_days, int(truth["line_id"].nunique()),
-                             LINE_WINDOW_DAYS, line_settings.threshold, episodes=episodes)
+    # The evaluation days' views, matched a day at a time (`lines.evaluate` on them all at once, in less memory).
+    rates: set[int] = set()
+
+    def eval_views():
+        for day in eval_days:
+            if day in line_views:
+                view = line_views[day]
+                rates.update(view["sampling_rate"].unique().tolist())
+                yield view
+
+    units = lines.evidence_units_of(eval_views(), endpoint_signatures)
+    metrics = lines.evaluate_units(units, truth, lines.known_models(endpoint_signatures), sorted(rates), eval_days,
+                                   int(truth["line_id"].nunique()), LINE_WINDOW_DAYS, line_settings.threshold,
+                                   episodes=episodes)
     metrics["train_range"] = [str(endpoint_signatures["trained_from"].min()), trained_to]
     metrics["signatures_version"] = lines.signatures_version(endpoint_signatures)
     json_path = reports.write_json("line_metrics.json", metrics)
