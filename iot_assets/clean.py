@@ -39,7 +39,7 @@ def remote_scope(ip: pd.Series, mac: pd.Series) -> np.ndarray:
     """
     ip_codes, ips = pd.factorize(ip.astype(str))
     mac_codes, macs = pd.factorize(mac.astype(str))
-    pairs, first, inverse = np.unique(ip_codes.astype(np.int64) * max(len(macs), 1) + mac_codes,
+    _, first, inverse = np.unique(ip_codes.astype(np.int64) * max(len(macs), 1) + mac_codes,
                                       return_index=True, return_inverse=True)
     scope = _scope_of_each(pd.Series(ips.take(ip_codes[first])), pd.Series(macs.take(mac_codes[first])))
     return scope[inverse.reshape(-1)]
