@@ -76,6 +76,13 @@ def network_moves(signed: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return network
 
 
+def network_windows(scores: pd.DataFrame) -> pd.DataFrame:
+    """The scored windows (`AnomalyDetector.score`) in which the network moved some feature: `network_features` set."""
+    if "network_features" not in scores:
+        return scores.iloc[0:0]
+    return scores[scores["network_features"].fillna("") != ""]
+
+
 @functools.lru_cache(maxsize=8)
 def share_counts(features: tuple[str, ...]) -> np.ndarray:
     """For each hourly share, the index of the count it is a share of (-1 for other features).

@@ -331,7 +331,7 @@ def anomaly_scores(context: dg.AssetExecutionContext, device_windows: LazyDays,
     bound = 5 * model_settings.target_fpr
     over = {day: rate for day, rate in rates.items() if rate > bound}
     flagged = scores[scores["anomaly"].astype(bool)] if len(scores) else scores
-    network = scores[scores["network_features"].fillna("") != ""] if len(scores) else scores
+    network = anomaly.network_windows(scores)
     yield dg.Output(out, metadata={
         "windows": len(scores), "anomalies": len(flagged), "model_version": detector.version,
         "anomaly_rate": float(modelled["anomaly"].astype(bool).mean()) if len(modelled) else 0.0,

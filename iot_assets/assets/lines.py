@@ -132,7 +132,7 @@ def line_views(context: dg.AssetExecutionContext, clean_flows: LazyDays, line_me
 
 
 @dg.asset(group_name="lines", io_manager_key="lake_io_manager",
-          ins={"clean_flows": dg.AssetIn(metadata={"allow_missing_partitions": True, "columns": lines.CLEAN_COLUMNS,
+          ins={"clean_flows": dg.AssetIn(metadata={**EVERY_BUILT_DAY.metadata, "columns": lines.CLEAN_COLUMNS,
                                                    "keep_days": 0})})
 def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows: LazyDays,
                         model_settings: ModelSettings) -> dg.Output:
@@ -326,7 +326,7 @@ def line_first_detected(context: dg.AssetExecutionContext, line_inventory: LazyD
 
 # The metrics are a versioned JSON document like the models they judge: the model report shows them.
 @dg.asset(group_name="lines", io_manager_key="model_io_manager",
-          ins={"line_views": dg.AssetIn(metadata={"allow_missing_partitions": True, **VIEWS_MATCHED}),
+          ins={"line_views": dg.AssetIn(metadata={**EVERY_BUILT_DAY.metadata, **VIEWS_MATCHED}),
                "line_truth": EVERY_BUILT_DAY, "endpoint_signatures": dg.AssetIn()})
 def line_metrics(context: dg.AssetExecutionContext, line_views: LazyDays,
                  line_truth: LazyDays, endpoint_signatures: pd.DataFrame,

@@ -47,7 +47,7 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
         body.append(table(shown[["device", "start", "end", "windows_flagged", "peak_score_ratio", "kind", "kind_reason",
                                  "top_features", "evidence_peers", "evidence_ports", "usual_ports", "new_peers"]],
                           digits=1))
-        network = scores[scores["network_features"].fillna("") != ""] if "network_features" in scores else scores.iloc[0:0]
+        network = anomaly.network_windows(scores)
         if len(network):
             body.append("<h3>Moves of the whole network</h3><p class='note'>Most devices moved these features the same "
                         "way in the same window (a host on the LAN, the gateway, the collector): discounted from each "
