@@ -166,7 +166,8 @@ def floor(raw: Path, first_day: date, last_day: date, seed: int = 0) -> tuple[di
         units = lines.evidence_units(lines.rule_hits(views, signatures))
         drifts, exposures, previous = {}, {}, None
         for day in days:
-            inventory = classifier.predict_inventory(model, windows_by_day[day], day)
+            week = [windows_by_day[d] for d in classifier.inventory_days(day) if d in windows_by_day]
+            inventory = classifier.predict_inventory(model, pd.concat(week, ignore_index=True), day)
             drifts[day] = drift.day_drift(windows_by_day[day], reference)
             drift.summarize(drifts[day])
             flows_of_day = clean_by_day[day]

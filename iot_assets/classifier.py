@@ -7,6 +7,7 @@ import json
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +93,12 @@ class NoveltyModel:
     threshold: float
     calibration: dict = field(default_factory=dict)
 
-    def day_profiles(self, windows: pd.DataFrame) -> pd.DataFrame:
-        """Median of each feature over each MAC's windows of each day, indexed by (device_mac, day)."""
-        return windows.groupby([windows["device_mac"], window_days(windows).rename("day")])[self.features].median()
+    def day_profiles(self, windows: pd.DataFrame, pool_days: int = 1) -> pd.DataFrame:
+        """Median of each feature over each MAC's windows of each day (pooled over `pool_days`,
+        see `pooled_days`), indexed by (device_mac, day)."""
+        rows, keys = pooled_days(windows, pool_days)
+        x = pd.DataFrame(windows[self.features].to_numpy(dtype=float)[rows], columns=self.features)
+        return x.groupby(keys).median()
 
     def distances(self, profiles: pd.DataFrame) -> pd.DataFrame:
         """Distance of each profile (row) to each known model (column).
@@ -395,6 +399,9 @@ def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
         "eval_windows_of_devices_unseen_in_training": int(len(evaluation) - len(known)),
         "windows_excluded_as_attack_episodes": excluded,
         "day_level": day_level_scores(day_verdicts(model, known), known),
+        # The same with each day on its own: what pooling a MAC's week (INVENTORY_DAYS) changes.
+        "day_level_single_day": day_level_scores(day_verdicts(model, known, pool_days=1), known),
+        "inventory_days": INVENTORY_DAYS,
         "novelty": {k: v for k, v in model.novelty.calibration.items() if k != "distances"}
                    | {"threshold": model.novelty.threshold, "models": len(model.novelty.labels)},
         "features": list(FEATURES),
@@ -412,34 +419,82 @@ INVENTORY_COLUMNS = ["day", "device_mac", "windows", "predicted_device", "predic
                      "status", "nearest_known", "novelty"]
 
 
-def day_verdicts(model: DeviceClassifier, windows: pd.DataFrame) -> pd.DataFrame:
-    """One row per MAC and day (INVENTORY_COLUMNS).
+INVENTORY_DAYS = 7
 
-    The named model is the classifier's: the mean of the MAC's window probabilities over
-    the day. `novelty` is the day's distance to the NEAREST known model over the novelty
-    threshold: above 1 the status is `unknown`, the predicted device and category are
-    empty and `nearest_known` is the hint. A model without a novelty model (or one not
-    calibrated) calls everything known.
+
+def inventory_days(day: str) -> list[str]:
+    """The days a MAC's verdict of `day` pools, oldest first."""
+    last = date.fromisoformat(day)
+    return [(last - timedelta(days=back)).isoformat() for back in range(INVENTORY_DAYS - 1, -1, -1)]
+
+
+def pooled_days(windows: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> tuple[np.ndarray, list[pd.Series]]:
+    """Which windows each MAC's verdict of a day pools: its windows of that day and of the
+    `pool_days - 1` days before it. Returns the rows (positions in `windows`, a row once
+    per day it counts for) and the grouping keys of those rows (device_mac, day). Verdicts
+    are made for the (MAC, day) pairs that have windows, and only for `days` when given.
+    """
+    mac_code, macs = pd.factorize(windows["device_mac"])
+    start = windows["window_start"]
+    if start.dt.tz is not None:
+        start = start.dt.tz_convert("UTC").dt.tz_localize(None)
+    day_number = start.to_numpy().astype("datetime64[D]").astype(np.int64)
+    key = mac_code.astype(np.int64) * 1_000_000 + day_number
+    present = np.unique(key)
+    if days is not None:
+        wanted = np.array(days, dtype="datetime64[D]").astype(np.int64)
+        present = present[np.isin(present % 1_000_000, wanted)]
+    rows, targets = [], []
+    for offset in range(pool_days):
+        hit = np.flatnonzero(np.isin(key + offset, present))
+        rows.append(hit)
+        targets.append(key[hit] + offset)
+    rows, target = np.concatenate(rows), np.concatenate(targets)
+    mac = pd.Series(np.asarray(macs, dtype=object)[target // 1_000_000], name="device_mac")
+    day = pd.Series((target % 1_000_000).astype("datetime64[D]").astype(str), name="day")
+    return rows, [mac, day]
+
+
+def day_verdicts(model: DeviceClassifier, windows: pd.DataFrame, pool_days: int | None = None,
+                 days: list[str] | None = None) -> pd.DataFrame:
+    """One row per MAC and day (INVENTORY_COLUMNS), for `days` (all days of `windows` when None).
+
+    The model behind a MAC does not change from one day to the next, so a MAC's verdict of
+    a day pools its windows of the last `pool_days` days in `windows` (`pooled_days`): a
+    day or two of odd behaviour (the real au camera's doubled DNS on 2019-09-16 and 17) is
+    the detector's business, while a new model is far from every known one from its first
+    day. The named model is the classifier's: the mean of the pooled window probabilities.
+    `novelty` is the distance of the pooled profile to the NEAREST known model over the
+    novelty threshold: above 1 the status is `unknown`, the predicted device and category
+    are empty and `nearest_known` is the hint. A model without a novelty model (or one not
+    calibrated) calls everything known. `windows` counts the day's own windows.
+    `pool_days` is INVENTORY_DAYS unless given.
     """
     if windows.empty:
         return pd.DataFrame(columns=INVENTORY_COLUMNS)
     proba = pd.DataFrame(model.predict_proba(windows), columns=model.labels, index=windows.index)
-    return verdicts_from(proba, model.novelty, windows)
+    return verdicts_from(proba, model.novelty, windows, pool_days, days)
 
 
-def verdicts_from(proba: pd.DataFrame, novelty_model: NoveltyModel | None, windows: pd.DataFrame) -> pd.DataFrame:
-    """`day_verdicts` from window probabilities (one column per known model, rows as `windows`)."""
+def verdicts_from(proba: pd.DataFrame, novelty_model: NoveltyModel | None, windows: pd.DataFrame,
+                  pool_days: int | None = None, days: list[str] | None = None,
+                  profiles: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`day_verdicts` from window probabilities (one column per known model, rows as `windows`);
+    `profiles` are the novelty model's pooled day profiles when already computed."""
     if windows.empty:
         return pd.DataFrame(columns=INVENTORY_COLUMNS)
     labels = list(proba.columns)
-    keys = [windows["device_mac"], window_days(windows).rename("day")]
-    per_mac = proba.groupby(keys).mean()
-    counts = windows.groupby(keys).size().reindex(per_mac.index)
+    pool_days = pool_days or INVENTORY_DAYS
+    rows, keys = pooled_days(windows, pool_days, days)
+    per_mac = pd.DataFrame(proba.to_numpy()[rows], columns=labels).groupby(keys).mean()
+    counts = windows.groupby([windows["device_mac"], window_days(windows).rename("day")]).size().reindex(per_mac.index)
     ranked = np.argsort(-per_mac.to_numpy(), axis=1)
     best = ranked[:, 0]
     second = ranked[:, 1] if per_mac.shape[1] > 1 else ranked[:, 0]
     if novelty_model is not None and novelty_model.labels:
-        distance = novelty_model.distances(novelty_model.day_profiles(windows)).reindex(per_mac.index)
+        if profiles is None:
+            profiles = novelty_model.day_profiles(windows, pool_days)
+        distance = novelty_model.distances(profiles.reindex(per_mac.index)).reindex(per_mac.index)
         nearest = distance.idxmin(axis=1).to_numpy()
         novelty = (distance.min(axis=1) / novelty_model.threshold).to_numpy()
     else:
@@ -464,8 +519,9 @@ def verdicts_from(proba: pd.DataFrame, novelty_model: NoveltyModel | None, windo
 
 
 def predict_inventory(model: DeviceClassifier, windows: pd.DataFrame, day: str) -> pd.DataFrame:
-    """The day's inventory: per MAC seen on `day`, the device named (or `unknown`) with its evidence."""
-    return day_verdicts(model, windows[window_days(windows) == day] if len(windows) else windows)
+    """The day's inventory: per MAC seen on `day`, the device named (or `unknown`) with its
+    evidence, pooled with the MAC's windows of the days before it in `windows` (`day_verdicts`)."""
+    return day_verdicts(model, windows, days=[day])
 
 
 def day_level_scores(verdicts: pd.DataFrame, windows: pd.DataFrame) -> dict:
@@ -508,6 +564,7 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
         if model is not None else None
     left_out, known_days, known_right = {}, 0, 0
     trained = sorted(train["device_name"].unique())
+    profiles = novelty.day_profiles(evaluation, INVENTORY_DAYS)  # the same in every round
     for device in trained:
         # With one trained model there is nothing left to name when it is left out.
         if len(trained) < 2 or not (evaluation["device_name"] == device).any():
@@ -522,7 +579,7 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
             proba = proba.div(proba.sum(axis=1).clip(lower=1e-12), axis=0)
             labels = list(proba.columns)
         without = novelty.without(device)
-        verdicts = verdicts_from(proba, without, evaluation)
+        verdicts = verdicts_from(proba, without, evaluation, INVENTORY_DAYS, profiles=profiles)
         true_name = truth.reindex(pd.MultiIndex.from_frame(verdicts[["device_mac", "day"]])).to_numpy()
         mine = verdicts[true_name == device]
         hints = Counter(mine["nearest_known"].dropna())

@@ -128,6 +128,48 @@ def test_a_shift_most_devices_of_a_day_share_does_not_make_them_unknown(monkeypa
     assert together["nearest_known"].tolist() == [f"device {d}" for d in range(4)]
 
 
+def test_a_known_device_two_odd_days_in_its_week_stays_named_a_new_model_is_unknown_from_its_first_day(monkeypatch):
+    small_booster(monkeypatch)
+    windows = synthetic_windows(devices=4, days=10)
+    split = classifier.TimeSplit.of(windows, 0.7)
+    stranger = windows["device_name"] == "device 3"
+    model, _, _ = classifier.train_and_evaluate(windows[~stranger], split, seed=0)
+    days = split.eval_days  # 2019-07-08 .. 07-10
+    odd = windows.copy()
+    # device 0 behaves unlike itself on the last two days (the real au camera's doubled DNS
+    # on 2019-09-16 and 17); device 3 appears on the last day only.
+    late = classifier.window_days(odd).isin(days[-2:])
+    odd.loc[late & (odd["device_name"] == "device 0"), FEATURES[:60]] += 20.0
+    odd = odd[~stranger | (classifier.window_days(odd) == days[-1])]
+    pooled = classifier.predict_inventory(model, odd, days[-1]).set_index("device_mac")
+    assert pooled.loc["02:00:00:00:00:00", "status"] == "known"
+    assert pooled.loc["02:00:00:00:00:00", "predicted_device"] == "device 0"
+    assert pooled.loc["02:00:00:00:00:03", "status"] == "unknown"
+    assert pooled.loc["02:00:00:00:00:03", "nearest_known"] == "device 2"
+    assert pooled["windows"].eq(24).all()  # the day's own windows
+    # The day on its own: device 0 is unknown too. Only the windows before the day count.
+    alone = classifier.day_verdicts(model, odd, pool_days=1, days=[days[-1]]).set_index("device_mac")
+    assert alone.loc["02:00:00:00:00:00", "status"] == "unknown"
+    assert alone.loc["02:00:00:00:00:00", "novelty"] > pooled.loc["02:00:00:00:00:00", "novelty"]
+    later_only = classifier.predict_inventory(model, odd[classifier.window_days(odd) >= days[-2]], days[-2])
+    assert later_only.set_index("device_mac").loc["02:00:00:00:00:00", "status"] == "unknown"
+
+
+def test_pooled_days_takes_each_window_into_the_days_of_its_week():
+    windows = synthetic_windows(devices=2, days=3)
+    windows = windows[~((windows["device_name"] == "device 1") & (classifier.window_days(windows) == "2019-07-02"))]
+    rows, (mac, day) = classifier.pooled_days(windows, pool_days=2)
+    counts = pd.Series(1, index=pd.MultiIndex.from_arrays([mac, day])).groupby(level=[0, 1]).size()
+    assert counts.to_dict() == {
+        ("02:00:00:00:00:00", "2019-07-01"): 24, ("02:00:00:00:00:00", "2019-07-02"): 48,
+        ("02:00:00:00:00:00", "2019-07-03"): 48,
+        # device 1 has no windows on 07-02: no verdict that day; 07-03 pools 07-03 alone.
+        ("02:00:00:00:00:01", "2019-07-01"): 24, ("02:00:00:00:00:01", "2019-07-03"): 24,
+    }
+    only = classifier.pooled_days(windows, pool_days=2, days=["2019-07-03"])[1][1]
+    assert set(only) == {"2019-07-03"}
+
+
 def test_leave_one_device_out_reports_unknown_days_per_device(monkeypatch):
     windows = synthetic_windows(devices=3, days=6)
     split = classifier.TimeSplit.of(windows, 0.7)

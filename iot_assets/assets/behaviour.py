@@ -24,6 +24,9 @@ with warnings.catch_warnings():
     # The parameter is beta in Dagster 1.13; the first day has no day before it.
     warnings.simplefilter("ignore", dg.BetaWarning)
     DAY_AND_DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-1, allow_nonexistent_upstream_partitions=True)
+    # A MAC's inventory verdict pools its windows of the day and the days before it.
+    INVENTORY_WEEK = dg.TimeWindowPartitionMapping(start_offset=-(classifier.INVENTORY_DAYS - 1),
+                                                   allow_nonexistent_upstream_partitions=True)
 
 # Training reads every day of the range that has been built; a day not built yet is left out.
 EVERY_BUILT_DAY = dg.AssetIn(metadata={"allow_missing_partitions": True})
@@ -177,6 +180,11 @@ def device_classifier(context: dg.AssetExecutionContext, config: TrainingConfig,
     backfill_policy=ranged_backfill,
     group_name="behaviour",
     io_manager_key="lake_io_manager",
+    # The days before a range's first day were built by earlier runs, or are missing for a
+    # lake that starts later: a verdict pools the days there are. Each is read once.
+    ins={"device_windows": dg.AssetIn(partition_mapping=INVENTORY_WEEK,
+                                      metadata={"allow_missing_partitions": True,
+                                                "keep_days": classifier.INVENTORY_DAYS})},
     check_specs=[
         dg.AssetCheckSpec("inventory_agrees_with_catalogue", asset="device_inventory",
                           description="At least 90% of the catalogue MACs seen get their catalogue device."),
@@ -188,10 +196,16 @@ def device_classifier(context: dg.AssetExecutionContext, config: TrainingConfig,
 )
 def device_inventory(context: dg.AssetExecutionContext, device_windows: LazyDays,
                      device_classifier: classifier.DeviceClassifier):
-    """Per MAC seen that day: the predicted device and category with confidence, against the catalogue."""
+    """Per MAC seen that day: the predicted device (or `unknown`) and category with confidence,
+    from its windows of the last week (`classifier.INVENTORY_DAYS`), against the catalogue."""
     model = device_classifier
-    out = {day: classifier.predict_inventory(model, device_windows[day], day).assign(model_version=model.version)
-           for day in context.partition_keys}
+    out = {}
+    for day in context.partition_keys:
+        if day not in device_windows:
+            raise FileNotFoundError(f"device_inventory[{day}]: device_windows of {day} is not built")
+        week = [d for d in classifier.inventory_days(day) if d in device_windows]
+        out[day] = classifier.predict_inventory(model, concat_days({d: device_windows[d] for d in week}), day) \
+            .assign(model_version=model.version)
     inventory = concat_days(out)
     known = inventory[inventory["in_catalogue"].astype(bool)] if len(inventory) else inventory
     agreement = float((~known["disagrees"].astype(bool)).mean()) if len(known) else None
