@@ -93,10 +93,10 @@ class NoveltyModel:
     threshold: float
     calibration: dict = field(default_factory=dict)
 
-    def day_profiles(self, windows: pd.DataFrame, pool_days: int = 1) -> pd.DataFrame:
-        """Median of each feature over each MAC's windows of each day (pooled over `pool_days`,
-        see `pooled_days`), indexed by (device_mac, day)."""
-        rows, keys = pooled_days(windows, pool_days)
+    def day_profiles(self, windows: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> pd.DataFrame:
+        """Median of each feature over each MAC's windows of each day, pooled with the days
+        before it (`pooled_days`), indexed by (device_mac, day)."""
+        rows, keys = pooled_days(windows, pool_days, days)
         x = pd.DataFrame(windows[self.features].to_numpy(dtype=float)[rows], columns=self.features)
         return x.groupby(keys).median()
 
@@ -493,8 +493,8 @@ def verdicts_from(proba: pd.DataFrame, novelty_model: NoveltyModel | None, windo
     second = ranked[:, 1] if per_mac.shape[1] > 1 else ranked[:, 0]
     if novelty_model is not None and novelty_model.labels:
         if profiles is None:
-            profiles = novelty_model.day_profiles(windows, pool_days)
-        distance = novelty_model.distances(profiles.reindex(per_mac.index)).reindex(per_mac.index)
+            profiles = novelty_model.day_profiles(windows, pool_days, days)
+        distance = novelty_model.distances(profiles.reindex(per_mac.index))
         nearest = distance.idxmin(axis=1).to_numpy()
         novelty = (distance.min(axis=1) / novelty_model.threshold).to_numpy()
     else:
