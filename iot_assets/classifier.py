@@ -597,8 +597,9 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
     days_out = sum(v["eval_days"] for v in left_out.values())
     unknown_days = sum(v["eval_days"] * v["unknown_share"] for v in left_out.values())
     return {
-        "method": "leave one device out on the time split; day-level inventory (mean of a MAC's window "
-                  "probabilities, median feature profile for novelty); names of known devices from "
+        "method": f"leave one device out on the time split; day-level inventory over a MAC's last "
+                  f"{INVENTORY_DAYS} evaluation days (mean of its window probabilities, median feature profile "
+                  f"for novelty); names of known devices from "
                   + ("the full model with the left-out column removed" if model is not None
                      else "one refit booster per left-out device"),
         "lodo_booster": None if model is not None else booster_params or LODO_BOOSTER,
