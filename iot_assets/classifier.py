@@ -428,6 +428,9 @@ def inventory_days(day: str) -> list[str]:
     return [(last - timedelta(days=back)).isoformat() for back in range(INVENTORY_DAYS - 1, -1, -1)]
 
 
+_DAY_SPAN = 1_000_000  # more days than any date up to year 4700 counts since 1970
+
+
 def pooled_days(windows: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> tuple[np.ndarray, list[pd.Series]]:
     """Which windows each MAC's verdict of a day pools: its windows of that day and of the
     `pool_days - 1` days before it. Returns the rows (positions in `windows`, a row once
@@ -438,20 +441,19 @@ def pooled_days(windows: pd.DataFrame, pool_days: int, days: list[str] | None = 
     start = windows["window_start"]
     if start.dt.tz is not None:
         start = start.dt.tz_convert("UTC").dt.tz_localize(None)
-    day_number = start.to_numpy().astype("datetime64[D]").astype(np.int64)
-    key = mac_code.astype(np.int64) * 1_000_000 + day_number
+    # A (MAC, day) pair as one integer: MAC code * _DAY_SPAN + days since 1970.
+    key = mac_code.astype(np.int64) * _DAY_SPAN + start.to_numpy().astype("datetime64[D]").astype(np.int64)
     present = np.unique(key)
     if days is not None:
-        wanted = np.array(days, dtype="datetime64[D]").astype(np.int64)
-        present = present[np.isin(present % 1_000_000, wanted)]
+        present = present[np.isin(present % _DAY_SPAN, np.array(days, dtype="datetime64[D]").astype(np.int64))]
     rows, targets = [], []
     for offset in range(pool_days):
         hit = np.flatnonzero(np.isin(key + offset, present))
         rows.append(hit)
         targets.append(key[hit] + offset)
     rows, target = np.concatenate(rows), np.concatenate(targets)
-    mac = pd.Series(np.asarray(macs, dtype=object)[target // 1_000_000], name="device_mac")
-    day = pd.Series((target % 1_000_000).astype("datetime64[D]").astype(str), name="day")
+    mac = pd.Series(np.asarray(macs, dtype=object)[target // _DAY_SPAN], name="device_mac")
+    day = pd.Series((target % _DAY_SPAN).astype("datetime64[D]").astype(str), name="day")
     return rows, [mac, day]
 
 

@@ -32,9 +32,10 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from iot_assets import schemas
 from iot_assets.schemas import Text, UtcMs
 
-MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+MAC_PATTERN = re.compile(schemas.MAC_PATTERN)
 DEFAULT_SAMPLING_RATES = (1, 100, 1000)
 
 # The brand on the box, for manufacturer-level rules. The catalogue holds product names only.

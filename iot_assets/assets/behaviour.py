@@ -199,13 +199,13 @@ def device_inventory(context: dg.AssetExecutionContext, device_windows: LazyDays
     """Per MAC seen that day: the predicted device (or `unknown`) and category with confidence,
     from its windows of the last week (`classifier.INVENTORY_DAYS`), against the catalogue."""
     model = device_classifier
-    out = {}
+    out, frames = {}, {}  # the frames of the week, each converted once however many days pool it
     for day in context.partition_keys:
         if day not in device_windows:
             raise FileNotFoundError(f"device_inventory[{day}]: device_windows of {day} is not built")
         week = [d for d in classifier.inventory_days(day) if d in device_windows]
-        out[day] = classifier.predict_inventory(model, concat_days({d: device_windows[d] for d in week}), day) \
-            .assign(model_version=model.version)
+        frames = {d: frames[d] if d in frames else device_windows[d] for d in week}
+        out[day] = classifier.predict_inventory(model, concat_days(frames), day).assign(model_version=model.version)
     inventory = concat_days(out)
     known = inventory[inventory["in_catalogue"].astype(bool)] if len(inventory) else inventory
     agreement = float((~known["disagrees"].astype(bool)).mean()) if len(known) else None

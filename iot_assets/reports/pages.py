@@ -84,8 +84,9 @@ def _open_set_section(metrics: dict) -> str:
         alone = (f" Each day judged alone: accuracy {single['accuracy']:.4f}, {single['unknown_share']:.1%} called "
                  f"unknown." if single.get("accuracy") is not None and pool > 1 else "")
         pooled = f"the day and the {pool - 1} days before it" if pool > 1 else "a day"
-        parts.append(f"<p>day-level inventory (a MAC's windows of {pooled} together): accuracy <b>{day_level['accuracy']:.4f}</b> over {day_level['device_days']} "
-                     f"device-days, {day_level['unknown_share']:.1%} of known devices' days called unknown.{alone}</p>")
+        parts.append(f"<p>day-level inventory (a MAC's windows of {pooled} together): accuracy "
+                     f"<b>{day_level['accuracy']:.4f}</b> over {day_level['device_days']} device-days, "
+                     f"{day_level['unknown_share']:.1%} of known devices' days called unknown.{alone}</p>")
     open_set = metrics.get("open_set")
     if open_set and open_set["left_out"]:
         parts.append(f"<h3>Unknown device models (leave one device out)</h3><p>left-out devices' days called "
