@@ -31,7 +31,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-# The floor runs its models with the same OpenMP wait policy as `iot-assets run` (iot_assets.pipeline).
+# The floor runs its models with the same OpenMP wait policy as `iot-assets run` (iot_assets.run).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pandas as pd  # noqa: E402
@@ -40,20 +40,28 @@ import pyarrow.parquet as pq  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iot_assets import anomaly, classifier, drift, exposure, incidents, lines, sample  # noqa: E402
-from iot_assets.archive import find_archives  # noqa: E402
-from iot_assets.assets.flows import flow_sample  # noqa: E402
-from iot_assets.clean import to_device_centric  # noqa: E402
-from iot_assets.decode import DECODED_SCHEMA  # noqa: E402
-from iot_assets.exploration import exploration  # noqa: E402
-from iot_assets.features import CONTEXT_HOURS, build_windows  # noqa: E402
-from iot_assets.ingest import decode_archive  # noqa: E402
-from iot_assets.partitions import day_bounds  # noqa: E402
-from iot_assets.pipeline import peak_rss_mb, reset_peak_rss  # noqa: E402
+from iot_assets.config import Settings  # noqa: E402
+from iot_assets.contracts.schemas import CleanFlows, DecodedFlows  # noqa: E402
+from iot_assets.core import (
+    anomaly,  # noqa: E402
+    classifier,  # noqa: E402
+    drift,  # noqa: E402
+    exposure,  # noqa: E402
+    incidents,  # noqa: E402
+)
+from iot_assets.core import subscriber_lines as lines  # noqa: E402
+from iot_assets.core.archive import find_archives  # noqa: E402
+from iot_assets.core.clean import to_device_centric  # noqa: E402
+from iot_assets.core.decode import DECODED_SCHEMA  # noqa: E402
+from iot_assets.core.exploration import exploration  # noqa: E402
+from iot_assets.core.features import CONTEXT_HOURS, build_windows  # noqa: E402
+from iot_assets.core.ingest import decode_archive  # noqa: E402
+from iot_assets.defs.ingest.assets import flow_sample  # noqa: E402
+from iot_assets.contracts.calendar import day_bounds  # noqa: E402
+from iot_assets.defs.resources import ExposureSettings, LineSettings  # noqa: E402
 from iot_assets.reports.pages import daily_page, model_page  # noqa: E402
-from iot_assets.resources import ExposureSettings, LineSettings  # noqa: E402
-from iot_assets.schemas import CleanFlows, DecodedFlows  # noqa: E402
-from iot_assets.settings import Settings  # noqa: E402
+from iot_assets.run import peak_rss_mb, reset_peak_rss  # noqa: E402
+from iot_assets.synthetic import sample  # noqa: E402
 
 STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scoring_job", "reports_job")
 STAGE_LINE = re.compile(r"^(\w+_job): ([\d.]+) s.*?CPU ([\d.]+) s, peak RSS ([\d,]+) MB", re.M)

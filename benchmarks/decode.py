@@ -4,7 +4,7 @@
 
 The archive is the real nature_remo (../shared/data/kddi-iot-2019/nature_remo.tar.gz, 156 MB
 of JSON) when it is there, or the one given with --archive; otherwise a generated archive
-of the same device, days and volume (`iot_assets.sample`, calibrated on the real ones).
+of the same device, days and volume (`iot_assets.synthetic.sample`, calibrated on the real ones).
 It is decompressed once for the pyarrow baseline. Each path then runs as its own process,
 timed from outside (interpreter start and imports count, as for a user), in rounds that
 alternate the paths so that a busy machine slows them alike; the median round is printed:
@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from iot_assets.decode import BLOCK_BYTES, RECORD_SCHEMA  # noqa: E402
+from iot_assets.core.decode import BLOCK_BYTES, RECORD_SCHEMA  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "kddi-iot-2019" / "nature_remo.tar.gz"
 
@@ -76,7 +76,7 @@ def find_archive(given: Path | None, work: Path) -> Path:
         return given
     if REAL.exists():
         return REAL
-    from iot_assets import sample
+    from iot_assets.synthetic import sample
 
     generated = work / "raw" / "nature_remo.tar.gz"
     if not generated.exists():  # the real archive's span: 108 days from 2019-06-25

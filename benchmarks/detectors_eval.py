@@ -23,8 +23,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from iot_assets import anomaly, classifier
-from iot_assets.features import ANOMALY_FEATURES, CONTEXT_HOURS
+from iot_assets.core import anomaly, classifier
+from iot_assets.core.features import ANOMALY_FEATURES, CONTEXT_HOURS
 
 
 def per_device_counts(windows: pd.DataFrame, episodes: pd.DataFrame, train_fraction: float, target_fpr: float,

@@ -25,11 +25,17 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iot_assets import anomaly, sample  # noqa: E402
-from iot_assets.archive import find_archives  # noqa: E402
-from iot_assets.clean import to_device_centric  # noqa: E402
-from iot_assets.features import ANOMALY_FEATURES, FEATURES, SERVICE_PORTS, build_windows  # noqa: E402
-from iot_assets.ingest import decode_archive  # noqa: E402
+from iot_assets.core import anomaly  # noqa: E402
+from iot_assets.core.archive import find_archives  # noqa: E402
+from iot_assets.core.clean import to_device_centric  # noqa: E402
+from iot_assets.core.features import (  # noqa: E402
+    ANOMALY_FEATURES,
+    FEATURES,
+    SERVICE_PORTS,
+    build_windows,
+)
+from iot_assets.core.ingest import decode_archive  # noqa: E402
+from iot_assets.synthetic import sample  # noqa: E402
 
 
 def clean_flows(days: int, scale: float) -> pd.DataFrame:

@@ -4,7 +4,7 @@
     python benchmarks/lakes.py rewindow LAKE OUT
 
 writes a fresh sample of all 25 devices into OUT/raw, injects the five episode types into
-EVERY device (`iot_assets.inject`, episodes in OUT/episodes/episodes.csv), then decodes,
+EVERY device (`iot_assets.synthetic.inject`, episodes in OUT/episodes/episodes.csv), then decodes,
 cleans and builds windows into OUT/lake/<table>/day=YYYY-MM-DD/part-0.parquet, the
 layout `iot-assets run` writes. The models evaluation (benchmarks/models_eval.py) reads it
 beside /work/lakes/sample and /work/lakes/real.
@@ -25,12 +25,12 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iot_assets import sample  # noqa: E402
-from iot_assets.archive import find_archives  # noqa: E402
-from iot_assets.clean import to_device_centric  # noqa: E402
-from iot_assets.features import build_windows  # noqa: E402
-from iot_assets.ingest import decode_archive  # noqa: E402
-from iot_assets.inject import inject  # noqa: E402
+from iot_assets.core.archive import find_archives  # noqa: E402
+from iot_assets.core.clean import to_device_centric  # noqa: E402
+from iot_assets.core.features import build_windows  # noqa: E402
+from iot_assets.core.ingest import decode_archive  # noqa: E402
+from iot_assets.synthetic import sample  # noqa: E402
+from iot_assets.synthetic.inject import inject  # noqa: E402
 
 FIRST_DAY = date(2019, 6, 25)
 

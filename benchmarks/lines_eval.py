@@ -36,9 +36,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iot_assets import lines  # noqa: E402
-from iot_assets.classifier import time_split  # noqa: E402
-from iot_assets.inject import read_episodes  # noqa: E402
+from iot_assets.core import subscriber_lines as lines  # noqa: E402
+from iot_assets.core.classifier import time_split  # noqa: E402
+from iot_assets.synthetic.inject import read_episodes  # noqa: E402
 
 COLUMNS = ["flow_start", "flow_end", "device_mac", "device_name", "remote_ip", "remote_port", "remote_scope",
            "protocol", "bytes_out", "bytes_in", "packets_out", "packets_in"]

@@ -41,8 +41,8 @@ sys.path.insert(1, str(ROOT))  # not first: Dagster drops sys.path[0] (the scrip
 import dagster as dg  # noqa: E402
 import yaml  # noqa: E402
 
-from iot_assets.jobs import FLOW_ASSETS, MODEL_ASSETS, SCORING_ASSETS  # noqa: E402
-from iot_assets.pipeline import QUIET, peak_rss_mb, reset_peak_rss  # noqa: E402
+from iot_assets.defs.automation.jobs import FLOW_ASSETS, MODEL_ASSETS, SCORING_ASSETS  # noqa: E402
+from iot_assets.run import QUIET, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 DEPLOY = ROOT / "deploy"
 FIRST_DAY = date(2019, 6, 25)
@@ -66,8 +66,8 @@ def bench_defs(executor: str) -> dg.Definitions:
     """The code location (settings from the environment) with the stage jobs, each step hooked, on `executor`."""
     from dagster_celery import celery_executor
 
+    from iot_assets.config import Settings
     from iot_assets.definitions import build_definitions
-    from iot_assets.settings import Settings
 
     base = build_definitions(Settings.from_env())
     jobs = [dg.define_asset_job(name, selection=dg.AssetSelection.assets(*assets), hooks={peak_rss})
@@ -82,7 +82,7 @@ def bench_job(job_name: str, executor: str) -> dg.JobDefinition:
 
 
 def range_tags(days: list[str]) -> dict[str, str]:
-    from iot_assets.automation import range_tags as tags
+    from iot_assets.defs.automation.sensors import range_tags as tags
 
     return tags(days[0], days[-1])
 
@@ -162,7 +162,7 @@ def main() -> None:
 
 
 def measure(args, work: Path) -> tuple[list[dict], int, list[str], list[str], float]:
-    from iot_assets import sample
+    from iot_assets.synthetic import sample
     from iot_assets_tests import services
 
     devices = list(sample.PROFILES)[:args.devices]

@@ -15,8 +15,8 @@ loads this file (through iot_assets_tests/service_defs.py) in the submitting pro
 import dagster as dg
 from dagster_celery import celery_executor
 
+from iot_assets.config import Settings
 from iot_assets.definitions import build_definitions
-from iot_assets.settings import Settings
 
 
 def celery_definitions(settings: Settings | None = None) -> dg.Definitions:

@@ -6,15 +6,15 @@ import fcntl
 import os
 import subprocess
 import sys
-import time
 import tempfile
+import time
 from contextlib import contextmanager, nullcontext
 from datetime import date, timedelta
 from pathlib import Path
 
 import click
 
-from iot_assets.settings import Settings, SettingsError
+from iot_assets.config import Settings, SettingsError
 
 SAMPLE_DAYS = 14
 SAMPLE_SCALE = 0.05
@@ -43,7 +43,7 @@ def sample(out_dir: Path, start, days: int, scale: float, seed: int, devices: st
 def _write_sample(out_dir: Path, first_day: date, days: int, scale: float, seed: int, devices=None):
     from tqdm import tqdm
 
-    from iot_assets.sample import PROFILES, generate
+    from iot_assets.synthetic.sample import PROFILES, generate
 
     t0 = time.perf_counter()
     names = devices or list(PROFILES)
@@ -68,9 +68,9 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
     archive is decoded even if another fails; each one that fails or does not reconcile
     gets one `error:` line on stderr, and the command then exits 1.
     """
-    from iot_assets.archive import group_archives
-    from iot_assets.decode import skip_pyarrow_pandas_check
-    from iot_assets.ingest import decode_archive
+    from iot_assets.core.archive import group_archives
+    from iot_assets.core.decode import skip_pyarrow_pandas_check
+    from iot_assets.core.ingest import decode_archive
 
     skip_pyarrow_pandas_check()
     settings = _settings()
@@ -124,8 +124,9 @@ def inject(archive: tuple[Path, ...], out_dir: Path, seed: int, episode_types: s
     Writes OUT/<archive>.tar.gz and appends the episodes to OUT/episodes.csv (device, type,
     start, end). Point IOT_ASSETS_EPISODES at that file for the anomaly and exposure metrics.
     """
-    from iot_assets.archive import group_archives
-    from iot_assets.inject import inject as inject_archive, parse_episode_types
+    from iot_assets.core.archive import group_archives
+    from iot_assets.synthetic.inject import inject as inject_archive
+    from iot_assets.synthetic.inject import parse_episode_types
 
     try:
         types = parse_episode_types(episode_types)
@@ -162,11 +163,11 @@ def run(sample_days: int, sample_scale: float, seed: int, strict: bool) -> None:
     if any run failed or a record may be lost; failed ERROR-level checks are printed as ALERT
     lines and, with --strict, fail the command too.
     """
-    from iot_assets.storage.location import base_path
+    from iot_assets.io.location import base_path
 
     settings = _settings()
     child_env = dict(os.environ)
-    # OpenMP threads (XGBoost's) that sleep while they wait, not spin: see iot_assets.pipeline.
+    # OpenMP threads (XGBoost's) that sleep while they wait, not spin: see iot_assets.run.
     child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not settings.is_local and not child_env.get("DAGSTER_HOME"):
         raise click.UsageError("with an object-store IOT_ASSETS_DATA_DIR, set DAGSTER_HOME to the Dagster instance "
@@ -186,7 +187,7 @@ def run(sample_days: int, sample_scale: float, seed: int, strict: bool) -> None:
             if episodes and not child_env.get("IOT_ASSETS_EPISODES"):
                 child_env["IOT_ASSETS_EPISODES"] = episodes
         # The code location reads its configuration when it is imported: a child process gets this one.
-        done = subprocess.run([sys.executable, "-m", "iot_assets.pipeline", *(["--strict"] if strict else [])],
+        done = subprocess.run([sys.executable, "-m", "iot_assets.run", *(["--strict"] if strict else [])],
                               env=child_env)
     sys.exit(done.returncode)
 
@@ -194,7 +195,7 @@ def run(sample_days: int, sample_scale: float, seed: int, strict: bool) -> None:
 def _sample_landing_zone(settings: Settings, days: int, scale: float, seed: int) -> str | None:
     """Write a sample into the landing zone (through a local folder when the lake is an object store);
     returns the episodes file the sample's attacked devices got, if any."""
-    from iot_assets.storage.location import base_path
+    from iot_assets.io.location import base_path
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(settings.data_dir) if settings.is_local else Path(tmp)
@@ -238,7 +239,7 @@ def models() -> None:
 @click.argument("asset")
 def models_list(asset: str) -> None:
     """The versions of ASSET (device_classifier, anomaly_detector, drift_reference); * marks the one in use."""
-    from iot_assets.storage.models import ModelStore
+    from iot_assets.io.models import ModelStore
 
     store = ModelStore(_settings().data_dir)
     current = store.current(asset) if store.versions(asset) else None
@@ -251,7 +252,7 @@ def models_list(asset: str) -> None:
 @click.argument("version")
 def models_use(asset: str, version: str) -> None:
     """Serve VERSION of ASSET from now on (a rollback); rescore with daily_scoring_job."""
-    from iot_assets.storage.models import ModelStore
+    from iot_assets.io.models import ModelStore
 
     try:
         ModelStore(_settings().data_dir).use(asset, version)
@@ -262,8 +263,8 @@ def models_use(asset: str, version: str) -> None:
 
 def _attack_sample(folder: Path, seed: int) -> Path:
     """Give a few sample devices in `folder`/raw attack episodes, so the anomaly metrics have ground truth."""
-    from iot_assets.archive import find_archives
-    from iot_assets.inject import inject as inject_archive
+    from iot_assets.core.archive import find_archives
+    from iot_assets.synthetic.inject import inject as inject_archive
 
     out = folder / "episodes"
     (out / "episodes.csv").unlink(missing_ok=True)

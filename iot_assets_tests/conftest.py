@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from iot_assets import sample
+from iot_assets.synthetic import sample
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kddi-iot-2019"
 FIRST_DAY = date(2019, 6, 25)

@@ -8,10 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iot_assets import drift, sample
-from iot_assets.assets.flows import changed_days
-from iot_assets.automation import archive_sensor, day_ranges
-from iot_assets.features import FEATURES
+from iot_assets.config import Settings
+from iot_assets.core import drift
+from iot_assets.core.features import FEATURES
+from iot_assets.defs.automation.sensors import archive_sensor, day_ranges
+from iot_assets.defs.ingest.assets import changed_days
+from iot_assets.defs.partitions import Partitions
+from iot_assets.synthetic import sample
 from iot_assets_tests.test_definitions import definitions_for, resources_for
 
 
@@ -43,14 +46,15 @@ def test_changed_days_cover_what_an_archive_covered_and_covers():
 
 
 def test_day_ranges_group_consecutive_days():
-    assert day_ranges(["2019-06-27", "2019-06-25", "2019-06-26", "2019-07-01"]) == [
+    parts = Partitions.from_settings(Settings.from_env({"IOT_ASSETS_END_DATE": "2019-07-08"}))
+    assert day_ranges(["2019-06-27", "2019-06-25", "2019-06-26", "2019-07-01"], parts) == [
         ("2019-06-25", "2019-06-27"), ("2019-07-01", "2019-07-01")]
 
 
 def test_schedule_runs_the_day_that_ended():
     from iot_assets.definitions import defs
 
-    schedule = defs.get_schedule_def("daily_job_schedule")
+    schedule = defs().get_schedule_def("daily_job_schedule")
     with dg.build_schedule_context(scheduled_execution_time=datetime(2019, 7, 2, 0, 30, tzinfo=timezone.utc)) as context:
         requests = list(schedule.evaluate_tick(context).run_requests)
     assert [r.partition_key for r in requests] == ["2019-07-01"]
@@ -64,8 +68,8 @@ def _materialized_days(instance: dg.DagsterInstance, asset: str, after: float) -
 
 @pytest.mark.slow
 def test_a_changed_archive_rebuilds_every_daily_asset_of_exactly_its_days(tmp_path):
-    from iot_assets.jobs import daily_job
-    from iot_assets.pipeline import QUIET
+    from iot_assets.defs.automation.jobs import daily_job
+    from iot_assets.run import QUIET
 
     data = tmp_path / "data"
     devices = ["nature_remo", "xiaomi_mijia_led", "qrio_hub"]

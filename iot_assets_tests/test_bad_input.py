@@ -13,13 +13,26 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from iot_assets import archive as archive_module
-from iot_assets.archive import ArchiveError, ArchiveFile, find_archives, group_archives, open_json_member
 from iot_assets.cli import main
-from iot_assets import decode as decode_module
-from iot_assets.decode import MAX_LINE_BYTES, decode_block
-from iot_assets.ingest import decode_archive, read_summary
-from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY, flow_line, json_archive, trailer, write_tar_gz
+from iot_assets.core import archive as archive_module
+from iot_assets.core import decode as decode_module
+from iot_assets.core.archive import (
+    ArchiveError,
+    ArchiveFile,
+    find_archives,
+    group_archives,
+    open_json_member,
+)
+from iot_assets.core.decode import MAX_LINE_BYTES, decode_block
+from iot_assets.core.ingest import decode_archive, read_summary
+from iot_assets_tests.conftest import (
+    FIRST_DAY,
+    LAST_DAY,
+    flow_line,
+    json_archive,
+    trailer,
+    write_tar_gz,
+)
 
 
 def decode_one(path: Path, tmp_path: Path, **caps):

@@ -8,11 +8,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from iot_assets import anomaly, classifier, sample
-from iot_assets.archive import find_archives
-from iot_assets.clean import to_device_centric
-from iot_assets.features import ANOMALY_FEATURES, FEATURES, IDENTITY_COLUMNS, build_windows
-from iot_assets.ingest import decode_archive
+from iot_assets.core import anomaly, classifier
+from iot_assets.core.archive import find_archives
+from iot_assets.core.clean import to_device_centric
+from iot_assets.core.features import (
+    ANOMALY_FEATURES,
+    FEATURES,
+    IDENTITY_COLUMNS,
+    build_windows,
+)
+from iot_assets.core.ingest import decode_archive
+from iot_assets.synthetic import sample
 from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
 
 DEVICES = ["nature_remo", "xiaomi_mijia_led", "philips_hue_bridge", "qrio_hub", "i-o_data_qwatch", "irobot_roomba"]

@@ -1,4 +1,4 @@
-from iot_assets import catalogue
+from iot_assets.contracts import catalogue
 
 
 def test_catalogue_has_the_25_published_devices():

@@ -2,9 +2,9 @@
 
 import pandas as pd
 
-from iot_assets.clean import to_device_centric
-from iot_assets.decode import decode_block
-from iot_assets.schemas import CleanFlows
+from iot_assets.contracts.schemas import CleanFlows
+from iot_assets.core.clean import to_device_centric
+from iot_assets.core.decode import decode_block
 from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY, flow_line
 
 REMO = "60:01:94:54:6b:e8"
@@ -60,9 +60,10 @@ def test_flows_without_the_device_mac_are_rejected_with_the_reason():
 
 
 def test_clean_rows_satisfy_the_contract(sample_dir, tmp_path):
-    from iot_assets.archive import find_archives
-    from iot_assets.ingest import decode_archive
     import pyarrow.parquet as pq
+
+    from iot_assets.core.archive import find_archives
+    from iot_assets.core.ingest import decode_archive
 
     archives, _ = find_archives(sample_dir)
     macs, frames = {}, []
@@ -77,8 +78,8 @@ def test_clean_rows_satisfy_the_contract(sample_dir, tmp_path):
 
 def test_rows_that_break_the_contract_are_rejected_one_by_one_with_the_check():
     """The string checks take one pass over a good column; a bad value still names its own row."""
-    from iot_assets.assets.flows import _split_schema_failures, schema_failures
-    from iot_assets.schemas import DecodedFlows
+    from iot_assets.contracts.schemas import DecodedFlows
+    from iot_assets.defs.ingest.assets import _split_schema_failures, schema_failures
 
     flows = decoded(flow_line(), flow_line(), flow_line(), flow_line())
     clean, _ = to_device_centric(flows, {"nature_remo": REMO})

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from iot_assets import drift
+from iot_assets.core import drift
 
 
 def test_all_features_at_once_equal_one_at_a_time():

@@ -9,13 +9,20 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from iot_assets import catalogue, exposure, sample
-from iot_assets.archive import find_archives
-from iot_assets.clean import to_device_centric
-from iot_assets.ingest import decode_archive
-from iot_assets.inject import EXPOSURE_EPISODE_TYPES, inject, read_episodes
-from iot_assets.reports.exposure import exposure_section_html, fleet_view_html, worklist_markdown
-from iot_assets.schemas import CleanFlows
+from iot_assets.contracts import catalogue
+from iot_assets.contracts.schemas import CleanFlows
+from iot_assets.core import exposure
+from iot_assets.core.archive import find_archives
+from iot_assets.core.clean import to_device_centric
+from iot_assets.core.ingest import decode_archive
+from iot_assets.defs.partitions import Partitions
+from iot_assets.reports.exposure import (
+    exposure_section_html,
+    fleet_view_html,
+    worklist_markdown,
+)
+from iot_assets.synthetic import sample
+from iot_assets.synthetic.inject import EXPOSURE_EPISODE_TYPES, inject, read_episodes
 from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
 
 REMO = catalogue.BY_ARCHIVE["nature_remo"]
@@ -359,7 +366,7 @@ def test_injected_exposure_episodes_are_found_on_their_days(tmp_path):
 
 
 def _write_day(data, asset: str, day: str, frame: pd.DataFrame) -> None:
-    from iot_assets.storage.lake import parquet_bytes
+    from iot_assets.io.lake import parquet_bytes
 
     path = data / "lake" / asset / f"day={day}" / "part-0.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,9 +375,11 @@ def _write_day(data, asset: str, day: str, frame: pd.DataFrame) -> None:
 
 @pytest.mark.slow
 def test_asset_flags_a_new_open_telnet_port_on_the_day_it_opens(tmp_path, monkeypatch):
-    from iot_assets.assets.exposure import device_exposure, exposure_report
-    from iot_assets.partitions import daily_partitions
-    from iot_assets_tests.test_definitions import resources_for
+    from iot_assets_tests.test_definitions import assets_for, resources_for, settings_for
+
+    built = assets_for()
+    device_exposure, exposure_report = built.device_exposure, built.exposure_report
+    daily_partitions = Partitions.from_settings(settings_for(tmp_path)).daily
 
     raw = tmp_path / "raw"
     sample.generate(raw, FIRST_DAY, 4, scale=0.02, seed=5, devices=["nature_remo", "philips_hue_bridge"])

@@ -28,12 +28,20 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from iot_assets import decode as decode_module
-from iot_assets import sample
-from iot_assets.archive import find_archives
-from iot_assets.ingest import decode_archive, read_summary
+from iot_assets.core import decode as decode_module
+from iot_assets.core.archive import find_archives
+from iot_assets.core.ingest import decode_archive, read_summary
+from iot_assets.synthetic import sample
 from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
-from iot_assets_tests.mutate import INTACT, KINDS, Base, Case, bomb, make_case, readable_prefix
+from iot_assets_tests.mutate import (
+    INTACT,
+    KINDS,
+    Base,
+    Case,
+    bomb,
+    make_case,
+    readable_prefix,
+)
 
 FAST_CASES = len(KINDS)  # one of every kind, on the first base
 ALL_CASES = 6 * len(KINDS)  # 294: every kind six times, on both bases, with different choices
@@ -233,8 +241,8 @@ _BOMB = """
 import json, sys, time
 from datetime import date
 from pathlib import Path
-from iot_assets.archive import find_archives
-from iot_assets.ingest import decode_archive
+from iot_assets.core.archive import find_archives
+from iot_assets.core.ingest import decode_archive
 raw, out, ratio = sys.argv[1:]
 (archive,), _ = find_archives(Path(raw))
 t0 = time.perf_counter()

@@ -6,11 +6,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from iot_assets import sample
-from iot_assets.archive import find_archives
 from iot_assets.cli import main
-from iot_assets.inject import EPISODE_TYPES, inject, read_episodes
-from iot_assets.ingest import decode_archive
+from iot_assets.core.archive import find_archives
+from iot_assets.core.ingest import decode_archive
+from iot_assets.synthetic import sample
+from iot_assets.synthetic.inject import EPISODE_TYPES, inject, read_episodes
 from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
 
 
@@ -52,7 +52,7 @@ def test_inject_command_refuses_the_landing_zone(tmp_path, monkeypatch):
 
 
 def test_exposure_episodes_are_written_like_the_others(tmp_path):
-    from iot_assets.inject import ALL_EPISODE_TYPES, EXPOSURE_EPISODE_TYPES
+    from iot_assets.synthetic.inject import ALL_EPISODE_TYPES, EXPOSURE_EPISODE_TYPES
 
     raw = tmp_path / "raw"
     sample.generate(raw, FIRST_DAY, 10, scale=0.05, seed=2, devices=["nature_remo"])

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iot_assets import sample
-from iot_assets.pipeline import Outcome, run_stages
-from iot_assets.storage.models import ModelStore
+from iot_assets.io.models import ModelStore
+from iot_assets.run import Outcome, run_stages
+from iot_assets.synthetic import sample
 from iot_assets_tests.test_definitions import definitions_for
 
 DAYS = [f"2019-06-{d}" for d in range(25, 29)]
@@ -25,7 +25,7 @@ def build(data, days=DAYS, **env) -> tuple[dg.Definitions, dg.DagsterInstance, O
     instance = dg.DagsterInstance.ephemeral()
     messages = []
     outcome = Outcome(messages.append, strict=False)
-    run_stages(defs, instance, days, outcome)
+    run_stages(defs, instance, days, outcome, 7)
     return defs, instance, outcome
 
 
@@ -73,7 +73,7 @@ def test_days_no_archive_covers_are_emptied_and_training_ignores_them(tmp_path):
     sample.generate(shorter, date(2019, 6, 25), 2, scale=0.02, seed=4, devices=["nature_remo"])
     shutil.copy(shorter / "nature_remo.tar.gz", data / "raw" / "nature_remo.tar.gz")
     messages = []
-    run_stages(defs, instance, DAYS, Outcome(messages.append, strict=False))
+    run_stages(defs, instance, DAYS, Outcome(messages.append, strict=False), 7)
     for day in DAYS[2:]:
         assert len(pd.read_parquet(data / "lake" / "clean_flows" / f"day={day}")) == 0, day
     clean = pd.read_parquet(data / "lake" / "clean_flows")
@@ -91,7 +91,7 @@ def test_a_shrunk_range_prunes_the_days_outside_it(tmp_path):
     assert lake_days(data, "clean_flows") == DAYS
     # The range is read when the code location is imported: a new process with the shorter range.
     env = {**os.environ, "IOT_ASSETS_DATA_DIR": str(data), "IOT_ASSETS_END_DATE": DAYS[1]}
-    script = ("import dagster as dg; from iot_assets.definitions import defs; "
+    script = ("import dagster as dg; from iot_assets.definitions import defs; defs = defs(); "
               "r = defs.resolve_job_def('ingest_archives_job').execute_in_process(instance=dg.DagsterInstance.ephemeral()); "
               "print(r.asset_materializations_for_node('raw_archives')[0].metadata['pruned_outside_range'].value)")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
@@ -122,8 +122,8 @@ def test_models_are_versioned_and_a_pin_rolls_back(tmp_path):
 
 @pytest.mark.slow
 def test_an_injected_scan_is_an_incident_of_its_device_on_its_day(tmp_path):
-    from iot_assets.archive import find_archives
-    from iot_assets.inject import inject
+    from iot_assets.core.archive import find_archives
+    from iot_assets.synthetic.inject import inject
 
     data, generated = tmp_path / "data", tmp_path / "generated"
     devices = ["nature_remo", "qrio_hub", "xiaomi_mijia_led"]
@@ -159,7 +159,7 @@ def test_an_injected_scan_is_an_incident_of_its_device_on_its_day(tmp_path):
 
 @pytest.mark.slow
 def test_a_challenge_serves_the_better_model_and_says_why(tmp_path, monkeypatch):
-    from iot_assets import automation
+    from iot_assets.defs.automation import sensors as automation
 
     data = tmp_path / "data"
     days = [f"2019-06-{d}" for d in range(25, 31)]
@@ -250,7 +250,7 @@ DAILY_FLOW_TABLES = ("decoded_flows", "clean_flows", "clean_rejects", "flow_samp
 
 def test_a_ranged_run_writes_each_day_as_single_day_runs_do(tmp_path):
     """Days built one at a time as the lake writes them (`DaysBuilt`): the same tables as a run per day."""
-    from iot_assets.automation import range_tags
+    from iot_assets.defs.automation.sensors import range_tags
 
     days = DAYS[:3]
     raw = tmp_path / "raw"

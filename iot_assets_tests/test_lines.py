@@ -10,11 +10,14 @@ import pandas as pd
 import pandera.pandas as pa
 import pytest
 
-from iot_assets_tests.test_behaviour import clean_days
-
-from iot_assets import catalogue, lines, sample
+from iot_assets.config import Settings
+from iot_assets.contracts import catalogue
+from iot_assets.core import subscriber_lines as lines
 from iot_assets.reports.lines import metrics_fragment_html, metrics_table_markdown
+from iot_assets.synthetic import sample
 from iot_assets_tests.conftest import FIRST_DAY
+from iot_assets_tests.test_behaviour import clean_days
+from iot_assets_tests.test_definitions import assets_for
 
 DEVICES = ["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "jvc_kenwood_hdtv_ip_camera", "qrio_hub"]
 DAYS = 5
@@ -477,9 +480,9 @@ def test_metrics_on_a_generated_sample_with_known_membership(days, membership):
 def line_runner(data, scale: float, synthetic_lines: int, more_assets: list):
     """A sample of four devices over four days in `data/raw`, and a function that materializes a
     selection of the flow and line assets (plus `more_assets`) on it, asserting success."""
-    from iot_assets.assets import flows
-    from iot_assets.assets import lines as line_assets
-    from iot_assets.resources import LineSettings
+    flows = assets_for()
+    from iot_assets.defs.resources import LineSettings
+    line_assets = assets_for()
     from iot_assets_tests.test_definitions import resources_for
 
     sample.generate(data / "raw", FIRST_DAY, 4, scale=scale, seed=5,
@@ -502,7 +505,7 @@ def line_runner(data, scale: float, synthetic_lines: int, more_assets: list):
 def test_line_assets_materialize_on_a_generated_sample(tmp_path):
     import json
 
-    from iot_assets.assets import lines as line_assets
+    line_assets = assets_for()
 
     data = tmp_path / "data"
     run = line_runner(data, 0.05, 6, [line_assets.line_first_detected, line_assets.line_metrics])
@@ -536,8 +539,8 @@ def test_line_assets_materialize_on_a_generated_sample(tmp_path):
     # The check flags the lines whose 1:1 inventory names a model yesterday's did not.
     window = pd.concat([pd.read_parquet(data / "lake" / "line_views" / f"day={d}" / "part-0.parquet") for d in days])
     hits = lines.rule_hits(window, signatures)
-    expected = lines.inventory_changes(lines.inventory(hits, days[3], line_assets.LINE_WINDOW_DAYS),
-                                       lines.inventory(hits, days[2], line_assets.LINE_WINDOW_DAYS))
+    expected = lines.inventory_changes(lines.inventory(hits, days[3], Settings.from_env({}).line_window_days),
+                                       lines.inventory(hits, days[2], Settings.from_env({}).line_window_days))
     expected = expected[expected["sampling_rate"] == 1]
     assert check.metadata["lines_changed"].value == expected["line_id"].nunique()
     assert check.passed == expected.empty
@@ -557,8 +560,9 @@ def test_line_assets_materialize_on_a_generated_sample(tmp_path):
 @pytest.mark.slow
 def test_line_assets_by_shard_add_up_to_the_unsharded_ones(tmp_path):
     """Every day x shard partition of line_views_by_shard and line_inventory_by_shard, against line_views and line_inventory."""
-    from iot_assets.assets import lines as line_assets
-    from iot_assets.partitions import LINE_SHARDS, shard_keys
+    from iot_assets.defs.partitions import shard_keys
+    LINE_SHARDS = Settings.from_env({}).line_shards
+    line_assets = assets_for()
 
     data = tmp_path / "data"
     run = line_runner(data, 0.03, 12, [line_assets.line_views_by_shard, line_assets.line_inventory_by_shard])

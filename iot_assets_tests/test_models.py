@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from iot_assets import anomaly, classifier, incidents
-from iot_assets.features import ANOMALY_FEATURES, FEATURES
+from iot_assets.core import anomaly, classifier, incidents
+from iot_assets.core.features import ANOMALY_FEATURES, FEATURES
 
 
 def synthetic_windows(devices: int = 3, days: int = 4, seed: int = 0) -> pd.DataFrame:
@@ -314,7 +314,7 @@ def test_incident_metrics_count_false_incidents_per_clean_month_recall_and_delay
 # ---------------------------------------------------------------- champion and challenger
 
 def test_a_challenger_replaces_the_champion_only_when_it_names_the_holdout_better(monkeypatch):
-    from iot_assets import champion
+    from iot_assets.core import champion
 
     small_booster(monkeypatch)
     windows = synthetic_windows(devices=3, days=6)
@@ -339,7 +339,7 @@ def test_a_challenger_replaces_the_champion_only_when_it_names_the_holdout_bette
 
 
 def test_a_challenger_detector_must_stay_within_the_false_positive_budget():
-    from iot_assets import champion
+    from iot_assets.core import champion
 
     windows = synthetic_windows(devices=2, days=6)
     days = classifier.window_days(windows)
@@ -358,7 +358,7 @@ def test_a_challenger_detector_must_stay_within_the_false_positive_budget():
 # ---------------------------------------------------------------- re-baselining
 
 def test_a_change_that_stays_stable_for_n_days_is_a_new_normal_and_a_coming_and_going_one_is_not():
-    from iot_assets import rebaseline
+    from iot_assets.core import rebaseline
 
     days = [f"2019-09-{d:02d}" for d in range(10, 16)]
     rows = []

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from upath import UPath
 
-from iot_assets import sample
+from iot_assets.synthetic import sample
 from iot_assets_tests.services import seaweedfs_s3  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]

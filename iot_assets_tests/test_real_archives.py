@@ -4,8 +4,8 @@ damaged copies of nature_remo (in the test's temporary directory) keep every lin
 import pyarrow.parquet as pq
 import pytest
 
-from iot_assets.archive import find_archives
-from iot_assets.ingest import decode_archive
+from iot_assets.core.archive import find_archives
+from iot_assets.core.ingest import decode_archive
 from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
 from iot_assets_tests.test_bad_input import complete_lines_in_readable_prefix
 

@@ -9,9 +9,9 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from iot_assets import sample
-from iot_assets.archive import find_archives
-from iot_assets.ingest import decode_archive
+from iot_assets.core.archive import find_archives
+from iot_assets.core.ingest import decode_archive
+from iot_assets.synthetic import sample
 from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
 
 

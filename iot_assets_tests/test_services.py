@@ -16,8 +16,10 @@ import dagster as dg
 import pandas as pd
 import pytest
 import yaml
+from dagster._core.execution.backfill import (
+    BulkActionStatus,  # not exported by `dagster`
+)
 from dagster_celery import celery_executor
-from dagster._core.execution.backfill import BulkActionStatus  # not exported by `dagster`
 from upath import UPath
 
 from iot_assets_tests import services
@@ -402,11 +404,11 @@ def test_iot_assets_jobs_on_two_celery_workers_match_a_local_run(postgresql_serv
     """The real jobs (archives, 4 days of flows, training, 4 days scored) with every step on Celery."""
     import s3fs
 
-    from iot_assets import sample
-    from iot_assets.automation import range_tags
+    from iot_assets.config import Settings
     from iot_assets.definitions import build_definitions
-    from iot_assets.pipeline import QUIET
-    from iot_assets.settings import Settings
+    from iot_assets.defs.automation.sensors import range_tags
+    from iot_assets.run import QUIET
+    from iot_assets.synthetic import sample
     from iot_assets_tests.service_defs import reconstructable_celery_job
 
     raw = tmp_path / "raw"
@@ -496,8 +498,8 @@ def test_iot_assets_jobs_on_two_celery_workers_match_a_local_run(postgresql_serv
 
 
 def test_the_celery_code_location_is_the_code_location_with_every_job_on_celery(tmp_path, monkeypatch):
+    from iot_assets.config import Settings
     from iot_assets.definitions import build_definitions
-    from iot_assets.settings import Settings
     from iot_assets_tests.service_defs import iot_assets_celery_defs
 
     monkeypatch.setenv("IOT_ASSETS_DATA_DIR", str(tmp_path / "data"))

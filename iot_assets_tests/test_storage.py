@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from upath import UPath
 
-from iot_assets.storage import location
-from iot_assets.storage.models import JsonDocument, ModelStore, model_version, parse_pins
+from iot_assets.io import location
+from iot_assets.io.models import JsonDocument, ModelStore, model_version, parse_pins
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,8 +77,8 @@ def test_lazy_days_reads_a_day_once_while_walking_with_the_day_before_and_hands_
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from iot_assets.storage.lake import LazyDays, parquet_bytes, read_parquet
-    from iot_assets.storage.location import base_path
+    from iot_assets.io.lake import LazyDays, parquet_bytes, read_parquet
+    from iot_assets.io.location import base_path
 
     days = ["2019-06-25", "2019-06-26", "2019-06-27"]
     paths = {}

@@ -1,6 +1,6 @@
 """Rendering of the exposure findings: HTML fragments for the reports, Markdown for the UI.
 
-Rendering only: every function takes frames the domain module (`iot_assets.exposure`)
+Rendering only: every function takes frames the domain module (`iot_assets.core.exposure`)
 built and returns text; nothing here reads or writes data.
 """
 
@@ -10,7 +10,7 @@ import html
 
 import pandas as pd
 
-from iot_assets.exposure import SEVERITIES
+from iot_assets.core.exposure import SEVERITIES
 
 SEVERITY_COLOURS = {"info": "#9aa5b1", "low": "#f2c94c", "medium": "#f2994a", "high": "#d64545"}
 WORKLIST_COLUMNS = ["score", "device", "kind", "severity", "first_seen", "new_today", "flows", "remote_peers",

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from iot_assets import anomaly, drift
-from iot_assets.features import CONTEXT_HOURS
-from iot_assets.incidents import GAP_WINDOWS, SINGLE_WINDOW_MIN_RATIO
+from iot_assets.core import anomaly, drift
+from iot_assets.core.features import CONTEXT_HOURS
+from iot_assets.core.incidents import GAP_WINDOWS, SINGLE_WINDOW_MIN_RATIO
 from iot_assets.reports.html import heatmap, page, plt, png, svg_heatmap, table
 
 

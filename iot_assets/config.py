@@ -1,0 +1,111 @@
+"""Configuration: read from the environment once, here, and nowhere else.
+
+`definitions.py` turns these values into Dagster resources; `partitions.py` into the daily
+partitions. Nothing else reads `IOT_ASSETS_*`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from iot_assets.contracts.calendar import DATASET_FIRST_DAY, DATASET_LAST_DAY
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _parse_day(env, name: str, default: date) -> date:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return date.fromisoformat(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a date of the form YYYY-MM-DD") from exc
+
+
+def _parse_number(env, name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a number") from exc
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={raw} is outside {low}..{high}")
+    return value
+
+
+def _location(raw: str) -> str:
+    """A local folder becomes an absolute path; an object-store URL stays as it is."""
+    raw = raw or "data"
+    return raw if "://" in raw and not raw.startswith("file://") else str(Path(raw.removeprefix("file://")).resolve())
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: str  # the base location: an absolute local path or an object-store URL (s3://bucket/prefix)
+    first_day: date  # inclusive
+    last_day: date  # inclusive
+    window_minutes: int = 60
+    train_fraction: float = 0.7
+    target_fpr: float = 0.01
+    seed: int = 0
+    episodes: str = ""  # an episodes.csv with ground truth for the anomaly metrics, if any
+    model_pins: str = ""  # ASSET=VERSION,...: model versions to serve instead of the current ones
+    advisories: str = ""  # a CSV of advisories per device model; empty: the one shipped in the package
+    lines_csv: str = ""  # device_mac,line_id[,since]: subscriber lines; empty: synthetic lines
+    sampling: str = "1,100,1000"  # packet sampling rates 1:N of the line views
+    line_window_days: int = 3  # days of line views a line inventory accumulates
+    days_per_run: int = 7  # days a backfill run of the daily assets covers at most
+    acknowledgements: str = ""  # a CSV device_mac,from_day: changes an analyst accepted as the new normal
+    stable_days: int = 3  # changed days in a row, at a steady score level, that make a new normal
+    line_shards: int = 4  # subscriber-line shards a day of the line assets is split into
+
+    @classmethod
+    def from_env(cls, env=None) -> "Settings":
+        env = os.environ if env is None else env
+        data_dir = _location(env.get("IOT_ASSETS_DATA_DIR", "").strip())
+        first = _parse_day(env, "IOT_ASSETS_START_DATE", DATASET_FIRST_DAY)
+        last = _parse_day(env, "IOT_ASSETS_END_DATE", DATASET_LAST_DAY)
+        if last < first:
+            raise SettingsError(f"IOT_ASSETS_END_DATE ({last}) is before IOT_ASSETS_START_DATE ({first})")
+        window = int(_parse_number(env, "IOT_ASSETS_WINDOW_MINUTES", 60, 5, 1440))
+        if 1440 % window:
+            raise SettingsError(f"IOT_ASSETS_WINDOW_MINUTES={window} does not divide a day")
+        episodes = env.get("IOT_ASSETS_EPISODES", "").strip()
+        default_episodes = f"{data_dir}/episodes/episodes.csv"
+        if not episodes and "://" not in data_dir and Path(default_episodes).exists():
+            episodes = default_episodes  # where `iot-assets run` puts the sample's
+        return cls(
+            data_dir=data_dir, first_day=first, last_day=last, window_minutes=window,
+            train_fraction=_parse_number(env, "IOT_ASSETS_TRAIN_FRACTION", 0.7, 0.1, 0.95),
+            target_fpr=_parse_number(env, "IOT_ASSETS_TARGET_FPR", 0.01, 0.0001, 0.5),
+            seed=int(_parse_number(env, "IOT_ASSETS_SEED", 0, 0, 2**31)),
+            episodes=str(Path(episodes).resolve()) if episodes and "://" not in episodes else episodes,
+            model_pins=env.get("IOT_ASSETS_MODEL_PINS", "").strip(),
+            advisories=env.get("IOT_ASSETS_ADVISORIES", "").strip(),
+            lines_csv=env.get("IOT_ASSETS_LINES", "").strip(),
+            sampling=env.get("IOT_ASSETS_SAMPLING", "").strip() or "1,100,1000",
+            line_window_days=int(_parse_number(env, "IOT_ASSETS_LINE_WINDOW_DAYS", 3, 1, 30)),
+            days_per_run=int(_parse_number(env, "IOT_ASSETS_DAYS_PER_RUN", 7, 1, 366)),
+            acknowledgements=env.get("IOT_ASSETS_ACKNOWLEDGEMENTS", "").strip(),
+            stable_days=int(_parse_number(env, "IOT_ASSETS_STABLE_DAYS", 3, 1, 60)),
+            line_shards=int(_parse_number(env, "IOT_ASSETS_LINE_SHARDS", 4, 1, 4096)),
+        )
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.data_dir
+
+    @property
+    def raw_url(self) -> str:
+        return f"{self.data_dir}/raw"
+
+
+

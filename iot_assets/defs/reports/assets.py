@@ -1,0 +1,79 @@
+"""Reports people read: one HTML page per day, and one for the models."""
+
+
+import warnings
+
+import dagster as dg
+
+from iot_assets.core import exposure
+from iot_assets.core.anomaly import AnomalyDetector
+from iot_assets.core.classifier import DeviceClassifier
+from iot_assets.defs.automation.sensors import AFTER_ITS_INPUTS
+from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY, concat_days
+from iot_assets.defs.loading import current_deployment
+from iot_assets.defs.partitions import Partitions
+from iot_assets.defs.resources import ModelSettings
+from iot_assets.io.lake import LazyDays
+from iot_assets.io.models import JsonDocument
+from iot_assets.io.reports import ReportFiles
+from iot_assets.reports.exposure import exposure_section_html, fleet_view_html
+from iot_assets.reports.lines import metrics_fragment_html
+from iot_assets.reports.pages import daily_page, model_page
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)  # the parameter is beta in Dagster 1.13
+    TWO_WEEKS = dg.TimeWindowPartitionMapping(start_offset=-13, allow_nonexistent_upstream_partitions=True)
+
+
+def build(parts: Partitions) -> list:
+    """This group's definitions over the partitions resolved at load."""
+
+    @dg.asset(partitions_def=parts.daily, backfill_policy=parts.ranged_backfill, group_name="reports",
+              ins={"device_exposure": dg.AssetIn(partition_mapping=TWO_WEEKS, metadata={"allow_missing_partitions": True})})
+    def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device_inventory: LazyDays,
+                     anomaly_scores: LazyDays, anomaly_incidents: LazyDays, feature_drift: LazyDays,
+                     device_windows: LazyDays, device_exposure: LazyDays):
+        """The day in one HTML page: inventory, anomalies on a timeline and as incidents, drift, exposure, traffic."""
+        paths, anomalies = [], 0
+        exposures = dict(device_exposure.items())  # two weeks before the run and its days, read once
+        for day in context.partition_keys:
+            scores = anomaly_scores[day]
+            findings = exposures[day]
+            recent = concat_days({d: f for d, f in exposures.items() if d <= day})
+            section = exposure_section_html(exposure.worklist(findings), exposure.findings_per_day(recent),
+                                            exposure.line_scores(findings[findings["seen_today"].astype(bool)]))
+            html = daily_page(day, device_inventory[day], scores, anomaly_incidents[day], feature_drift[day],
+                              device_windows[day], [section])
+            paths.append(reports.write_text(f"daily/{day}.html", html))
+            anomalies += int(scores["anomaly"].astype(bool).sum()) if len(scores) else 0
+        return dg.MaterializeResult(metadata={**reports.metadata(paths[-1]), "days": len(paths), "anomalies": anomalies})
+
+
+    @dg.asset(
+        group_name="reports",
+        automation_condition=AFTER_ITS_INPUTS,
+        ins={"anomaly_scores": EVERY_BUILT_DAY, "feature_drift": EVERY_BUILT_DAY, "device_exposure": EVERY_BUILT_DAY,
+             "device_inventory": EVERY_BUILT_DAY},
+    )
+    def model_report(context: dg.AssetExecutionContext, reports: ReportFiles, model_settings: ModelSettings,
+                     device_classifier: DeviceClassifier, anomaly_detector: AnomalyDetector, drift_reference: JsonDocument,
+                     anomaly_scores: LazyDays, feature_drift: LazyDays,
+                     device_exposure: LazyDays, device_inventory: LazyDays, line_metrics: JsonDocument):
+        """The models in one HTML page: exploration, confusion matrix, scores, importance, ROC curves, drift, the fleet's exposure."""
+        versions = {"device_classifier": device_classifier.version, "anomaly_detector": anomaly_detector.version,
+                    "drift_reference": drift_reference.version}
+        drifts = concat_days(feature_drift)
+        fleet = fleet_view_html(*exposure.fleet_view(concat_days(device_exposure), concat_days(device_inventory)))
+        html = model_page(device_classifier.metrics, anomaly_detector.metrics, versions, concat_days(anomaly_scores),
+                          model_settings.read_episodes(), drifts, model_settings.window_minutes, model_settings.target_fpr,
+                          [fleet, metrics_fragment_html(line_metrics)])
+        path = reports.write_text("model_report.html", html)
+        return dg.MaterializeResult(metadata={**reports.metadata(path), **versions,
+                                              "days": len(anomaly_scores)})
+
+    return [daily_report, model_report]
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(assets=build(current_deployment().partitions))

@@ -1,0 +1,153 @@
+"""Models as immutable versions, in formats that do not execute code on load.
+
+`<base>/models/<asset>/<version>/` holds the files a model writes itself (`to_files()`:
+XGBoost JSON, NPZ arrays read with `allow_pickle=False`, JSON), `metrics.json` when the model
+carries metrics, and `<base>/models/<asset>/current.json` names the version in use. The version is
+the content hash of the files, so the same model is the same version wherever it was trained.
+
+Loading takes the pinned version when one is configured (`IOT_ASSETS_MODEL_PINS`, e.g.
+`device_classifier=3f2a9c1d0b7e`), the current one otherwise. Rolling back is pinning an older
+version, or pointing `current.json` at it (`iot-assets models use ASSET VERSION`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Callable
+
+import dagster as dg
+from upath import UPath
+
+from iot_assets.io.location import base_path, write_bytes_atomic, write_text_atomic
+
+CURRENT = "current.json"
+
+
+class JsonDocument(dict):
+    """A model that is plain data (the drift reference): one JSON file."""
+
+    def to_files(self) -> dict[str, bytes]:
+        return {"document.json": json.dumps(self, sort_keys=True).encode()}
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> "JsonDocument":
+        return cls(json.loads(files["document.json"]))
+
+
+def _loaders() -> dict[str, Callable[[dict[str, bytes]], object]]:
+    from iot_assets.core.anomaly import AnomalyDetector
+    from iot_assets.core.classifier import DeviceClassifier
+
+    return {"DeviceClassifier": DeviceClassifier.from_files, "AnomalyDetector": AnomalyDetector.from_files,
+            "JsonDocument": JsonDocument.from_files}
+
+
+def model_files(model) -> dict[str, bytes]:
+    files = dict(model.to_files())
+    metrics = getattr(model, "metrics", None)
+    if metrics is not None:
+        files["metrics.json"] = json.dumps(metrics, indent=2, default=str).encode()
+    files["kind.json"] = json.dumps({"kind": type(model).__name__}).encode()
+    return files
+
+
+def model_version(model) -> str:
+    """Content hash of the model's files: its immutable version."""
+    digest = hashlib.sha256()
+    for name, data in sorted(model_files(model).items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()[:12]
+
+
+def parse_pins(text: str) -> dict[str, str]:
+    pins = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        asset, _, version = item.partition("=")
+        if not version:
+            raise ValueError(f"model pin {item!r} is not ASSET=VERSION")
+        pins[asset.strip()] = version.strip()
+    return pins
+
+
+class ModelStore:
+    def __init__(self, base_url: str):
+        self.root = base_path(base_url) / "models"
+
+    def save(self, asset: str, model) -> tuple[str, UPath]:
+        files = model_files(model)
+        version = model_version(model)
+        directory = self.root / asset / version
+        for name, data in files.items():
+            write_bytes_atomic(directory / name, data)
+        self.use(asset, version)
+        return version, directory
+
+    def use(self, asset: str, version: str) -> None:
+        if not (self.root / asset / version / "kind.json").exists():
+            raise FileNotFoundError(f"{asset} has no version {version} under {self.root / asset}")
+        write_text_atomic(self.root / asset / CURRENT, json.dumps({"version": version}))
+
+    def current(self, asset: str) -> str:
+        pointer = self.root / asset / CURRENT
+        if not pointer.exists():
+            raise FileNotFoundError(f"{asset} has not been trained yet (no {pointer})")
+        return json.loads(pointer.read_text())["version"]
+
+    def versions(self, asset: str) -> list[str]:
+        directory = self.root / asset
+        return sorted(p.name for p in directory.iterdir() if p.is_dir()) if directory.exists() else []
+
+    def load(self, asset: str, version: str):
+        directory = self.root / asset / version
+        if not directory.exists():
+            raise FileNotFoundError(f"{asset} version {version} not found under {self.root / asset}")
+        files = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+        kind = json.loads(files.pop("kind.json"))["kind"]
+        metrics = files.pop("metrics.json", None)
+        loaders = _loaders()
+        if kind not in loaders:
+            raise ValueError(f"{asset} version {version}: unknown model kind {kind!r}")
+        model = loaders[kind](files)
+        model.metrics = json.loads(metrics) if metrics else None
+        model.version = version
+        return model
+
+
+class ModelIOManager(dg.ConfigurableIOManager):
+    """Models as versioned directories on the base location; see the module docstring."""
+
+    base_url: str
+    pins: str = ""  # ASSET=VERSION,...: serve these versions instead of the current ones
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        asset = context.asset_key.to_user_string()
+        version, directory = ModelStore(self.base_url).save(asset, obj)
+        obj.version = version
+        context.add_output_metadata({"version": version, "path": dg.MetadataValue.path(str(directory))})
+
+    def load_input(self, context: dg.InputContext):
+        asset = context.asset_key.to_user_string()
+        model = served_model(self.base_url, self.pins, asset)
+        context.log.info(f"{asset}: version {model.version}")
+        return model
+
+
+def served_model(base_url: str, pins: str, asset: str):
+    """The version of `asset` in use: the pinned one, else the current one (FileNotFoundError if never trained)."""
+    store = ModelStore(base_url)
+    return store.load(asset, parse_pins(pins).get(asset) or store.current(asset))
+
+
+class ServedModels(dg.ConfigurableResource):
+    """The model versions in use, for a retrain that must beat them (champion and challenger)."""
+
+    base_url: str
+    pins: str = ""
+
+    def champion(self, asset: str):
+        """The version in use, or None before the first training."""
+        try:
+            return served_model(self.base_url, self.pins, asset)
+        except FileNotFoundError:
+            return None

@@ -1,0 +1,125 @@
+"""The landing zone and the staged archives.
+
+An archive spans every day, so it is decoded once per content hash (and date range, which
+decides what is rejected as outside it) into `<base>/staging/<archive>/<sha16>_<first>_<last>/`
+(flows.parquet, rejects.parquet, summary.json); the daily assets read their day from there.
+Decoding happens in a private work folder and the result is published whole, so a run never
+sees, or deletes, another run's work in progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+from upath import UPath
+
+from iot_assets.core.archive import ArchiveError, ArchiveFile, find_archives
+from iot_assets.core.decode import DECODED_SCHEMA
+from iot_assets.core.ingest import ArchiveSummary, decode_archive
+from iot_assets.io.lake import read_parquet
+from iot_assets.io.location import base_path, local_path, put_directory, remove_tree
+
+WORK = ".work"
+STALE_WORK_SECONDS = 24 * 3600  # a work folder this old belongs to a run that died
+
+
+class ArchiveStore(dg.ConfigurableResource):
+    """Finds archives in `<base>/raw`, stages each once per content hash, reads a day back."""
+
+    base_url: str
+    first_day: str
+    last_day: str
+
+    @property
+    def landing(self) -> UPath:
+        return base_path(self.base_url) / "raw"
+
+    @property
+    def staging(self) -> UPath:
+        return base_path(self.base_url) / "staging"
+
+    @property
+    def days(self) -> tuple[date, date]:
+        return date.fromisoformat(self.first_day), date.fromisoformat(self.last_day)
+
+    def find(self) -> tuple[list[ArchiveFile], list[ArchiveError]]:
+        if not self.landing.exists():
+            return [], []
+        return find_archives(self.landing)
+
+    def fingerprint(self) -> str:
+        """Names, sizes and modification times of the archive files: cheap, no reading."""
+        if not self.landing.exists():
+            return ""
+        entries = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in self.landing.iterdir()
+                         if ".tar.gz" in p.name)
+        return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:20] if entries else ""
+
+    def staged_key(self, archive: ArchiveFile, sha256: str) -> str:
+        return f"{archive.name}/{sha256[:16]}_{self.first_day}_{self.last_day}"
+
+    def read_summary(self, key: str) -> ArchiveSummary | None:
+        path = self.staging / key / "summary.json"
+        return ArchiveSummary.from_json(json.loads(path.read_text())) if path.exists() else None
+
+    def stage(self, archive: ArchiveFile, log=None) -> tuple[ArchiveSummary, str, bool]:
+        """(summary, staged key, decoded now): decode `archive` unless this content is staged already."""
+        sha = archive.sha256()
+        key = self.staged_key(archive, sha)
+        summary = self.read_summary(key)
+        if summary is not None:
+            return summary, key, False
+        if log:
+            log.info(f"decoding {archive.name} ({archive.size_bytes:,} bytes, {len(archive.parts)} part(s))")
+        first, last = self.days
+        local = local_path(self.staging)
+        work_root = local / WORK if local is not None else Path(tempfile.gettempdir()) / "iot-assets-work"
+        work = work_root / uuid.uuid4().hex
+        work.mkdir(parents=True)
+        try:
+            summary = decode_archive(archive, work / "staged", first, last, sha256=sha)
+            put_directory(work / "staged", self.staging / key)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return summary, key, True
+
+    def collect_garbage(self, keep: set[str]) -> list[str]:
+        """Remove staged versions no current archive refers to, and work folders of dead runs."""
+        removed = []
+        if not self.staging.exists():
+            return removed
+        for archive_dir in self.staging.iterdir():
+            if archive_dir.name == WORK:
+                for work in archive_dir.iterdir():
+                    if time.time() - work.stat().st_mtime > STALE_WORK_SECONDS:
+                        remove_tree(work)
+                continue
+            for version in archive_dir.iterdir():
+                key = f"{archive_dir.name}/{version.name}"
+                # Only published versions: a folder without a summary may be another run's upload.
+                if key not in keep and (version / "summary.json").exists():
+                    remove_tree(version)
+                    removed.append(key)
+            if not any(archive_dir.iterdir()):
+                remove_tree(archive_dir)
+        return removed
+
+    def read_day(self, staged_key: str, day: str) -> pa.Table:
+        """The decoded flows of `day` in one staged archive, pruned by row-group statistics."""
+        from iot_assets.contracts.calendar import day_bounds
+
+        start, end = day_bounds(day)
+        path = self.staging / staged_key / "flows.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"staged file {path} is missing: re-stage the archive "
+                                    f"(materialize raw_archives after removing its staging folder)")
+        return read_parquet(path, filters=[("flow_start", ">=", start), ("flow_start", "<", end)], schema=DECODED_SCHEMA)

@@ -1,1 +1,0 @@
-"""The only code that knows where bytes live: one base location, local folder or object store."""
