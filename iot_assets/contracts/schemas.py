@@ -13,9 +13,8 @@ from pandera import dtypes, extensions
 from pandera.engines import pandas_engine
 from pandera.typing import Series
 
-from iot_assets.core.clean import REMOTE_SCOPES
-from iot_assets.core.decode import END_REASONS
-from iot_assets.core.incidents import KIND_RULES
+from iot_assets.contracts.flows import END_REASONS, FIELDS, Field
+from iot_assets.contracts.vocabulary import KIND_RULES, REMOTE_SCOPES
 
 MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
 UtcMs = pd.DatetimeTZDtype(unit="ms", tz="UTC")
@@ -51,35 +50,48 @@ def matches(pandas_obj: pd.Series, *, pattern: str) -> pd.Series:
     return pd.Series(hit.to_numpy(zero_copy_only=False), index=pandas_obj.index)
 
 
-class DecodedFlows(pa.DataFrameModel):
-    """Every flow record of a day, typed, source-oriented as YAF exported it."""
+def _decoded_column(field: Field):
+    """A contract field as a pandera column: its type, its bounds, its description."""
+    kind_types = {"time": UtcMs, "seconds": int, "int": int}
+    checks: dict = {}
+    if field.bounds is not None:
+        checks.update({k: v for k, v in (("ge", field.bounds.low), ("le", field.bounds.high)) if v is not None})
+    if field.kind == "mac":
+        checks["matches"] = {"pattern": MAC_PATTERN}
+    if field.kind == "end_reason":
+        checks["isin"] = sorted(set(END_REASONS.values()))
+    return Series[kind_types.get(field.kind, Text)], pa.Field(description=field.description or None, **checks)
 
-    archive: Series[Text] = pa.Field(description="archive the record came from (lineage)")
-    line_number: Series[int] = pa.Field(ge=1, description="line of the record in the archive's JSON member")
-    flow_start: Series[UtcMs] = pa.Field(description="first packet, UTC")
-    flow_end: Series[UtcMs] = pa.Field(description="last packet, UTC")
-    duration_ms: Series[int] = pa.Field(ge=0, description="flowDurationMilliseconds, which holds seconds, in ms")
-    protocol: Series[int] = pa.Field(ge=0, le=255, description="IP protocol number")
-    src_mac: Series[Text] = pa.Field(matches={"pattern": MAC_PATTERN}, description="source MAC, trailing colon removed")
-    dst_mac: Series[Text] = pa.Field(matches={"pattern": MAC_PATTERN})
-    src_ip: Series[Text] = pa.Field(description="IPv4 or IPv6, despite the source's field name")
-    dst_ip: Series[Text] = pa.Field()
-    src_port: Series[int] = pa.Field(ge=0, le=65535)
-    dst_port: Series[int] = pa.Field(ge=0, le=65535)
-    packets: Series[int] = pa.Field(ge=0)
-    bytes: Series[int] = pa.Field(ge=0)
-    reverse_packets: Series[int] = pa.Field(ge=0)
-    reverse_bytes: Series[int] = pa.Field(ge=0)
-    end_reason: Series[Text] = pa.Field(isin=sorted(set(END_REASONS.values())))
-    ip_version: Series[np.int8] = pa.Field(isin=[4, 6])
-    has_flow_stats: Series[bool] = pa.Field(description="YAF kept payload statistics for the flow")
 
-    @pa.dataframe_check(error="flow_end before flow_start")
-    def ends_after_start(cls, df: pd.DataFrame) -> Series[bool]:
-        return df["flow_end"] >= df["flow_start"]
+def _ends_after_start(cls, df: pd.DataFrame) -> Series[bool]:
+    return df["flow_end"] >= df["flow_start"]
+
+
+def _decoded_flows_model() -> type[pa.DataFrameModel]:
+    """DecodedFlows from the flow contract: the fields YAF always writes, the end reason, lineage and derived columns."""
+    columns = {
+        "archive": (Series[Text], pa.Field(description="archive the record came from (lineage)")),
+        "line_number": (Series[int], pa.Field(ge=1, description="line of the record in the archive's JSON member")),
+        **{f.name: _decoded_column(f) for f in FIELDS if f.required or f.kind == "end_reason"},
+        "ip_version": (Series[np.int8], pa.Field(isin=[4, 6])),
+        "has_flow_stats": (Series[bool], pa.Field(description="YAF kept payload statistics for the flow")),
+    }
 
     class Config:
         strict = False  # the remaining YAF fields pass through as decoded
+
+    namespace = {
+        "__doc__": "Every flow record of a day, typed, source-oriented as YAF exported it.",
+        "__module__": __name__,
+        "__annotations__": {name: annotation for name, (annotation, _) in columns.items()},
+        **{name: field for name, (_, field) in columns.items()},
+        "ends_after_start": pa.dataframe_check(error="flow_end before flow_start")(classmethod(_ends_after_start)),
+        "Config": Config,
+    }
+    return type("DecodedFlows", (pa.DataFrameModel,), namespace)
+
+
+DecodedFlows = _decoded_flows_model()
 
 
 class CleanFlows(pa.DataFrameModel):
@@ -169,7 +181,7 @@ class AnomalyIncidents(pa.DataFrameModel):
     peak_score_ratio: Series[float] = pa.Field(gt=0, description="highest score over the device's threshold")
     peak_window: Series[UtcMs] = pa.Field()
     top_features: Series[Text] = pa.Field(description="the features that moved most in the peak window, in spreads")
-    kind: Series[Text] = pa.Field(isin=list(KIND_RULES), description="guessed from the deviations (iot_assets/incidents.py)")
+    kind: Series[Text] = pa.Field(isin=list(KIND_RULES), description="guessed from the deviations (core/incidents.py)")
     kind_reason: Series[Text] = pa.Field(description="the rule that named the kind, with the deviations behind it")
     evidence_peers: Series[Text] = pa.Field(description="top remote peers during the incident")
     evidence_ports: Series[Text] = pa.Field(description="top server ports during the incident")

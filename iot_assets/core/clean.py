@@ -13,7 +13,7 @@ import pandas as pd
 from iot_assets.contracts import catalogue
 
 _HEX_OCTETS = {f"{i:02x}": i for i in range(256)}
-REMOTE_SCOPES = ("gateway", "lan", "internet", "broadcast", "multicast", "link_local", "unspecified")
+from iot_assets.contracts.vocabulary import REMOTE_SCOPES  # noqa: F401 (cleaning assigns these)
 
 # Decoded columns with a reverse twin (`reverse_<name>`); cleaning turns each pair into
 # `<name>_out` and `<name>_in`.

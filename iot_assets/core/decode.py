@@ -47,6 +47,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from iot_assets.contracts.flows import (
+    DECODED_SCHEMA,
+    END_REASONS,
+    FIELDS,
+    FLOW_STRUCT,
+    RECORD_RULES,
+    RECORD_SCHEMA,
+    REJECTS_SCHEMA,
+    TCP_FLAG_BITS,
+    ZERO_WHEN_ABSENT,
+    bound_rules,
+)
+
 # The longest line read: a longer one is one `line_too_long` reject, skipped without being
 # held in memory. Real records are 0.6-2 KB.
 MAX_LINE_BYTES = 1 << 20
@@ -59,156 +72,6 @@ MAX_LINE_BYTES = 1 << 20
 BLOCK_BYTES = 16 << 20
 MAX_LINES_PER_BLOCK = 1 << 18
 
-
-@dataclass(frozen=True)
-class Field:
-    source: str  # key in the JSON record
-    name: str  # column in decoded_flows
-    kind: str  # how the value is converted, see _CONVERTERS
-    required: bool = False
-
-
-# The flow fields YAF (--flow-stats --mac) writes through super_mediator, in source order.
-FIELDS: tuple[Field, ...] = (
-    Field("flowStartMilliseconds", "flow_start", "time", True),
-    Field("flowEndMilliseconds", "flow_end", "time", True),
-    Field("flowDurationMilliseconds", "duration_ms", "seconds", True),
-    Field("reverseFlowDeltaMilliseconds", "reverse_delta_ms", "seconds"),
-    Field("protocolIdentifier", "protocol", "int", True),
-    Field("sourceIPv4Address", "src_ip", "ip", True),
-    Field("sourceTransportPort", "src_port", "int", True),
-    Field("packetTotalCount", "packets", "int", True),
-    Field("octetTotalCount", "bytes", "int", True),
-    Field("flowAttributes", "flow_attributes", "hex"),
-    Field("sourceMacAddress", "src_mac", "mac", True),
-    Field("destinationIPv4Address", "dst_ip", "ip", True),
-    Field("destinationTransportPort", "dst_port", "int", True),
-    Field("reversePacketTotalCount", "reverse_packets", "int", True),
-    Field("reverseOctetTotalCount", "reverse_bytes", "int", True),
-    Field("reverseFlowAttributes", "reverse_flow_attributes", "hex"),
-    Field("destinationMacAddress", "dst_mac", "mac", True),
-    Field("initialTCPFlags", "initial_tcp_flags", "tcp_flags"),
-    Field("unionTCPFlags", "union_tcp_flags", "tcp_flags"),
-    Field("reverseInitialTCPFlags", "reverse_initial_tcp_flags", "tcp_flags"),
-    Field("reverseUnionTCPFlags", "reverse_union_tcp_flags", "tcp_flags"),
-    Field("tcpSequenceNumber", "tcp_sequence_number", "hex"),
-    Field("reverseTcpSequenceNumber", "reverse_tcp_sequence_number", "hex"),
-    Field("ingressInterface", "ingress_interface", "int"),
-    Field("egressInterface", "egress_interface", "int"),
-    Field("vlanId", "vlan_id", "hex"),
-    Field("silkAppLabel", "silk_app_label", "int"),
-    Field("ipClassOfService", "ip_class_of_service", "hex"),
-    Field("flowEndReason", "end_reason", "end_reason"),
-    Field("collectorName", "collector_name", "text"),
-    Field("observationDomainId", "observation_domain_id", "int"),
-    # Flow statistics (absent when YAF kept none for the flow).
-    Field("tcpUrgTotalCount", "tcp_urg_packets", "int"),
-    Field("smallPacketCount", "small_packets", "int"),
-    Field("nonEmptyPacketCount", "non_empty_packets", "int"),
-    Field("dataByteCount", "payload_bytes", "int"),
-    Field("averageInterarrivalTime", "mean_interarrival_ms", "int"),
-    Field("firstNonEmptyPacketSize", "first_payload_bytes", "int"),
-    Field("largePacketCount", "large_packets", "int"),
-    Field("maxPacketSize", "max_payload_bytes", "int"),
-    Field("firstEightNonEmptyPacketDirections", "first_eight_directions", "hex"),
-    Field("standardDeviationPayloadLength", "stddev_payload_bytes", "int"),
-    Field("standardDeviationInterarrivalTime", "stddev_interarrival_ms", "int"),
-    Field("bytesPerPacket", "bytes_per_packet", "int"),
-    Field("reverseTcpUrgTotalCount", "reverse_tcp_urg_packets", "int"),
-    Field("reverseSmallPacketCount", "reverse_small_packets", "int"),
-    Field("reverseNonEmptyPacketCount", "reverse_non_empty_packets", "int"),
-    Field("reverseDataByteCount", "reverse_payload_bytes", "int"),
-    Field("reverseAverageInterarrivalTime", "reverse_mean_interarrival_ms", "int"),
-    Field("reverseFirstNonEmptyPacketSize", "reverse_first_payload_bytes", "int"),
-    Field("reverseLargePacketCount", "reverse_large_packets", "int"),
-    Field("reverseMaxPacketSize", "reverse_max_payload_bytes", "int"),
-    Field("reverseStandardDeviationPayloadLength", "reverse_stddev_payload_bytes", "int"),
-    Field("reverseStandardDeviationInterarrivalTime", "reverse_stddev_interarrival_ms", "int"),
-    Field("reverseBytesPerPacket", "reverse_bytes_per_packet", "int"),
-)
-
-# Times are read as text and parsed strictly here (`_parse_times`), the same way on the fast
-# and the slow path: pyarrow's own parser would also take `2019-06-25`, `T` and zone offsets.
-_JSON_TYPES: dict[str, pa.DataType] = {
-    "time": pa.string(),
-    "seconds": pa.float64(),
-    "int": pa.int64(),
-    "ip": pa.string(),
-    "mac": pa.string(),
-    "hex": pa.string(),
-    "tcp_flags": pa.string(),
-    "end_reason": pa.string(),
-    "text": pa.string(),
-}
-
-FLOW_STRUCT = pa.struct([pa.field(f.source, _JSON_TYPES[f.kind]) for f in FIELDS])
-STATS_STRUCT = pa.struct(
-    [
-        pa.field(name, pa.int64())
-        for name in (
-            "exportedFlowTotalCount", "packetTotalCount", "droppedPacketTotalCount",
-            "ignoredPacketTotalCount", "expiredFragmentCount", "assembledFragmentCount",
-            "flowTableFlushEvents", "flowTablePeakCount", "exportingProcessId",
-            "meanFlowRate", "meanPacketRate", "observationDomainId",
-        )
-    ]
-    + [pa.field("exporterIPv4Address", pa.string()), pa.field("exporterName", pa.string())]
-)
-_ACCESS_ENTRY = pa.struct([pa.field("certToolId", pa.int64()), pa.field("observationTimeSeconds", pa.int64())])
-TOMBSTONE_STRUCT = pa.struct(
-    [
-        pa.field("observationDomainId", pa.int64()),
-        pa.field("exportingProcessId", pa.int64()),
-        pa.field("exporterConfiguredId", pa.int64()),
-        pa.field("tombstoneId", pa.int64()),
-        pa.field("observationTimeSeconds", pa.int64()),
-        pa.field("tombstoneAccessList", pa.list_(pa.struct([pa.field("tombstoneAccessEntry", _ACCESS_ENTRY)]))),
-    ]
-)
-RECORD_SCHEMA = pa.schema(
-    [pa.field("flows", FLOW_STRUCT), pa.field("stats", STATS_STRUCT), pa.field("tombstone", TOMBSTONE_STRUCT)]
-)
-
-# TCP flag letters as YAF prints them, with their bits.
-TCP_FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20, "E": 0x40, "C": 0x80}
-
-# YAF prints reasons 1/2/4 as idle/active/eof and leaves reason 3, "end of flow detected"
-# (a TCP FIN or RST), empty: in the real archives every empty reason is a TCP flow.
-END_REASONS = {"idle": "idle", "active": "active", "eof": "eof", "": "end_detected"}
-
-_OUT_TYPES: dict[str, pa.DataType] = {
-    "time": pa.timestamp("ms", tz="UTC"),
-    "seconds": pa.int64(),
-    "int": pa.int64(),
-    "ip": pa.string(),
-    "mac": pa.string(),
-    "hex": pa.int64(),
-    "tcp_flags": pa.int16(),
-    "end_reason": pa.string(),
-    "text": pa.string(),
-}
-
-# Payload counts that are zero when YAF leaves them out; timing statistics stay null.
-ZERO_WHEN_ABSENT = tuple(
-    f"{prefix}{name}"
-    for prefix in ("", "reverse_")
-    for name in ("tcp_urg_packets", "small_packets", "non_empty_packets", "payload_bytes", "first_payload_bytes",
-                 "large_packets", "max_payload_bytes", "stddev_payload_bytes", "bytes_per_packet")
-)
-
-DECODED_SCHEMA = pa.schema(
-    [pa.field("archive", pa.string()), pa.field("line_number", pa.int64())]
-    + [pa.field(f.name, _OUT_TYPES[f.kind]) for f in FIELDS]
-    + [pa.field("has_flow_stats", pa.bool_()), pa.field("ip_version", pa.int8())]
-)
-REJECTS_SCHEMA = pa.schema(
-    [
-        pa.field("archive", pa.string()),
-        pa.field("line_number", pa.int64()),
-        pa.field("reason", pa.string()),
-        pa.field("detail", pa.string()),
-    ]
-)
 
 _INT64_MAX = 2**63 - 1
 _BAD_VALUE = {"time": "bad_timestamp", "seconds": "bad_number", "int": "bad_number", "ip": "bad_ip", "mac": "bad_mac",
@@ -550,29 +413,39 @@ _CONVERTERS: dict[str, Callable[[pa.Array], tuple[pa.Array, np.ndarray]]] = {
 # ---------------------------------------------------------------- rules
 
 
-_COUNTS = ("packets", "bytes", "reverse_packets", "reverse_bytes")
-_OTHER_INTS = tuple(f.name for f in FIELDS if f.kind == "int" and f.name not in _COUNTS
-                    and f.name not in ("src_port", "dst_port", "protocol"))
+_BOUND_RULES = bound_rules()
+_RULE_RANKS = sorted([(bounds.rank, i, reason, column, bounds) for i, (reason, column, bounds) in enumerate(_BOUND_RULES)]
+                     + [(rank, -1, reason, None, None) for reason, rank in RECORD_RULES], key=lambda r: r[:2])
+# Every column a rule reads, as int64.
+RULE_COLUMNS = tuple(dict.fromkeys([column for _, column, _ in _BOUND_RULES]
+                                   + ["packets", "reverse_packets", "flow_start", "flow_end"]))
+
+
+def _record_rule(reason: str, cols: dict[str, np.ndarray], first_ms: int, after_ms: int) -> np.ndarray:
+    if reason == "no_packets":
+        return (cols["packets"] == 0) & (cols["reverse_packets"] == 0)
+    if reason == "end_before_start":
+        return cols["flow_end"] < cols["flow_start"]
+    if reason == "outside_date_range":
+        return (cols["flow_start"] < first_ms) | (cols["flow_start"] >= after_ms)
+    raise ValueError(f"no record rule {reason}")
 
 
 def _rule_masks(cols: dict[str, np.ndarray], first_day: date, last_day: date) -> list[tuple[str, np.ndarray]]:
-    """Absurd values, in the order they are reported; a row gets the first that applies."""
-    start = cols["flow_start"]
-    end = cols["flow_end"]
+    """Absurd values, in the order of the contract's ranks; a row gets the first that applies."""
     first_ms = int(datetime(first_day.year, first_day.month, first_day.day, tzinfo=timezone.utc).timestamp() * 1000)
     after_ms = first_ms + ((last_day - first_day).days + 1) * 86_400_000
     rules = []
-    for name in _COUNTS:
-        rules.append((f"negative_count:{name}", cols[name] < 0))
-    rules.append(("no_packets", (cols["packets"] == 0) & (cols["reverse_packets"] == 0)))
-    for name in ("src_port", "dst_port"):
-        rules.append((f"port_out_of_range:{name}", (cols[name] < 0) | (cols[name] > 65535)))
-    rules.append(("protocol_out_of_range", (cols["protocol"] < 0) | (cols["protocol"] > 255)))
-    rules.append(("negative_duration", cols["duration_ms"] < 0))
-    rules.append(("end_before_start", end < start))
-    rules.append(("outside_date_range", (start < first_ms) | (start >= after_ms)))
-    for name in _OTHER_INTS:  # counts, sizes, interfaces, labels: never negative
-        rules.append((f"negative_value:{name}", cols[name] < 0))
+    for _, _, reason, column, bounds in _RULE_RANKS:
+        if bounds is None:
+            rules.append((reason, _record_rule(reason, cols, first_ms, after_ms)))
+            continue
+        mask = np.zeros(len(cols[column]), dtype=bool)
+        if bounds.low is not None:
+            mask |= cols[column] < bounds.low
+        if bounds.high is not None:
+            mask |= cols[column] > bounds.high
+        rules.append((reason, mask))
     return rules
 
 
@@ -605,10 +478,7 @@ def _convert(flows: pa.StructArray, line_numbers: np.ndarray, archive: str, firs
         if bad.any():
             mark(f"{_BAD_VALUE[f.kind]}:{f.source}", bad, child, f.source)
         columns[f.name] = values
-    numeric = {
-        name: _int64s(columns[name])
-        for name in _COUNTS + _OTHER_INTS + ("src_port", "dst_port", "protocol", "duration_ms", "flow_start", "flow_end")
-    }
+    numeric = {name: _int64s(columns[name]) for name in RULE_COLUMNS}
     for rule, mask in _rule_masks(numeric, first_day, last_day):
         mark(rule, mask)
     # YAF leaves the statistics out when a direction carried no payload (checked on the real

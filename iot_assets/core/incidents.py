@@ -39,7 +39,7 @@ INCIDENT_COLUMNS = ["device_mac", "device_name", "incident", "start", "end", "wi
 EVIDENCE_COLUMNS = ["evidence_peers", "evidence_ports", "usual_peers", "usual_ports", "new_peers"]
 SERVICE_PREFIXES = ("w_svc_", "w_port_b", "c_svc_", "c_port_b")
 VOLUME_FEATURES = ("w_log_bytes_out", "w_log_bytes_in", "w_log_packets_out", "w_log_packets_in", "w_log_flows")
-KIND_RULES = ("scan-like", "flood-like", "service-mix", "new-endpoint", "volume", "other")
+from iot_assets.contracts.vocabulary import KIND_RULES  # noqa: F401 (guess_kind returns these)
 
 
 def _moved(features: dict[str, float], names) -> list[str]:

@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from iot_assets.contracts.calendar import DATASET_FIRST_DAY
 from iot_assets.contracts import catalogue
+from iot_assets.contracts.calendar import DATASET_FIRST_DAY
 from iot_assets.contracts.catalogue import Device
 from iot_assets.core.archive import ArchiveFile, open_json_member
 from iot_assets.core.ingest import decode_archive
