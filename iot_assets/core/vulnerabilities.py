@@ -106,38 +106,44 @@ def match_devices(inventory: pd.DataFrame, device_cpes: pd.DataFrame, cpe_matche
     """One row per (device MAC, CVE) whose vulnerable CPE vendor and product are its model's (MATCH_COLUMNS).
 
     `affected`: `affected (firmware V)`, `not affected (firmware V)`, `possibly affected
-    (firmware V not comparable)` or POSSIBLY_AFFECTED.
+    (firmware V not comparable)` or POSSIBLY_AFFECTED. CVEs are matched once per model and
+    then given to its devices; only devices with a known firmware version are compared.
     """
     named = device_cpes[device_cpes["cpe"].notna()].assign(model=lambda t: t["device"].str.casefold())
+    hits = named[["model", "cpe", "vendor", "product"]].merge(cpe_matches[cpe_matches["vulnerable"].astype(bool)],
+                                                             on=["vendor", "product"])
     devices = inventory[["device_mac", "predicted_device"]].dropna().drop_duplicates("device_mac")
     devices = devices.assign(model=devices["predicted_device"].str.casefold())
-    pairs = devices.merge(named[["model", "cpe", "vendor", "product"]], on="model")
-    vulnerable = cpe_matches[cpe_matches["vulnerable"]]
-    hits = pairs.merge(vulnerable, on=["vendor", "product"])
-    if hits.empty:
+    if hits.empty or devices.empty:
         return pd.DataFrame(columns=MATCH_COLUMNS)
-    versions = firmware.set_index("device_mac")["firmware_version"] if firmware is not None and len(firmware) else {}
-    rows = []
-    for (mac, cve), group in hits.groupby(["device_mac", "cve"], sort=True):
-        version = versions.get(mac) if len(versions) else None
-        verdicts = [version_affected(version, r) for r in group.to_dict("records")]
-        if any(v is True for v in verdicts):
-            affected = f"affected (firmware {version})"
-        elif verdicts and all(v is False for v in verdicts):
-            affected = f"not affected (firmware {version})"
-        elif version:
-            affected = f"possibly affected (firmware {version} not comparable)"
-        else:
-            affected = POSSIBLY_AFFECTED
-        fixed = group["versionEndExcluding"].dropna()
-        fixed_after = group["versionEndIncluding"].dropna()
-        rows.append({"device_mac": mac, "device": group["predicted_device"].iloc[0], "cpe": group["cpe"].iloc[0],
-                     "cve": cve, "affected": affected, "fixed_version": _highest(fixed),
-                     "fixed_after_version": _highest(fixed_after)})
-    return pd.DataFrame(rows, columns=MATCH_COLUMNS)
+    per_model = hits.groupby(["model", "cve"], sort=True).agg(
+        cpe=("cpe", "first"), fixed_version=("versionEndExcluding", _highest),
+        fixed_after_version=("versionEndIncluding", _highest)).reset_index()
+    pairs = devices.merge(per_model, on="model").rename(columns={"predicted_device": "device"})
+    pairs["affected"] = POSSIBLY_AFFECTED
+    versions = (firmware.dropna(subset=["firmware_version"]).set_index("device_mac")["firmware_version"]
+                if firmware is not None and len(firmware) else pd.Series(dtype=object))
+    known = pairs["device_mac"].isin(versions.index)
+    if known.any():
+        entries = {key: group.to_dict("records") for key, group in hits.groupby(["model", "cve"])}
+        pairs.loc[known, "affected"] = [
+            _verdict(versions[mac], entries[(model, cve)])
+            for mac, model, cve in zip(pairs.loc[known, "device_mac"], pairs.loc[known, "model"],
+                                       pairs.loc[known, "cve"])]
+    return pairs[MATCH_COLUMNS].sort_values(["device_mac", "cve"]).reset_index(drop=True)
+
+
+def _verdict(version: str, entries: list[dict]) -> str:
+    verdicts = [version_affected(version, entry) for entry in entries]
+    if any(v is True for v in verdicts):
+        return f"affected (firmware {version})"
+    if all(v is False for v in verdicts):
+        return f"not affected (firmware {version})"
+    return f"possibly affected (firmware {version} not comparable)"
 
 
 def _highest(values: pd.Series) -> str | None:
+    values = values.dropna()
     if values.empty:
         return None
     return max(values, key=lambda v: (_version(v) is not None, _version(v) or Version("0"), v))
@@ -151,12 +157,10 @@ def cve_ports(description: str) -> set[int]:
     return {int(p) for pattern in _PORT_PATTERNS for p in pattern.findall(description or "") if 0 < int(p) < 65536}
 
 
-def exposure_evidence(device_mac: str, attack_vector: str | None, description: str,
-                      exposure: pd.DataFrame) -> tuple[bool, str]:
-    """(exposed, evidence text) of one finding, from the device's exposure findings seen today."""
-    if exposure is None or exposure.empty:
+def exposure_evidence(attack_vector: str | None, description: str, rows: pd.DataFrame) -> tuple[bool, str]:
+    """(exposed, evidence text) of one finding, from its device's exposure findings seen today (`rows`)."""
+    if rows is None or rows.empty:
         return False, ""
-    rows = exposure[(exposure["device_mac"] == device_mac) & exposure["seen_today"]]
     ports = cve_ports(description)
     if ports:
         seen = []
@@ -211,21 +215,23 @@ def day_findings(inventory: pd.DataFrame, device_cpes: pd.DataFrame, cves: pd.Da
     found = matches[~matches["affected"].str.startswith("not affected")]
     found = found.merge(cves[["cve", "published", "description", "cvss_base_score", "cvss_severity",
                               "cvss_attack_vector", "advisory_url"]], on="cve", how="inner")
-    found = found.merge(kev[["cve", "due_date", "required_action"]], on="cve", how="left")
+    found = found.merge(kev[["cve", "due_date", "required_action"]].assign(in_kev=True), on="cve", how="left")
     found = found.merge(epss[["cve", "epss"]], on="cve", how="left")
     changes = {}
     if behaviour_changes is not None and len(behaviour_changes):
         changes = behaviour_changes.assign(change_day=pd.to_datetime(behaviour_changes["change_day"]).dt.strftime(
             "%Y-%m-%d")).groupby("device_mac")["change_day"].max().to_dict()
+    seen = exposure[exposure["seen_today"]] if exposure is not None and len(exposure) else None
+    by_device = dict(tuple(seen.groupby("device_mac"))) if seen is not None else {}
     rows = []
     for r in found.itertuples():
-        exposed, evidence = exposure_evidence(r.device_mac, r.cvss_attack_vector, r.description, exposure)
+        exposed, evidence = exposure_evidence(r.cvss_attack_vector, r.description, by_device.get(r.device_mac))
         change = changes.get(r.device_mac)
         if change and change >= r.published:
             note = (f"lasting behaviour change from {change}, after the CVE was published on {r.published}: "
                     "a firmware update may have fixed it")
             evidence = f"{evidence}; {note}" if evidence else note
-        in_kev = isinstance(r.due_date, str) or isinstance(r.required_action, str)
+        in_kev = bool(pd.notna(r.in_kev))
         rows.append({
             "device_mac": r.device_mac, "device": r.device, "cpe": r.cpe, "cve": r.cve,
             "title": title_of(r.description), "published": r.published,
@@ -279,11 +285,13 @@ def carry_lifecycle(previous: pd.DataFrame | None, today: pd.DataFrame, day: str
     was_resolved = [bool(kn) and prior.at[k, "status"] == "resolved" for k, kn in zip(key, known)]
     now["first_seen"] = [prior.at[k, "first_seen"] if kn else day for k, kn in zip(key, known)]
     now["new_today"] = [not kn or res for kn, res in zip(known, was_resolved)]
+    now["line"] = [prior.at[k, "line"] if kn else None for k, kn in zip(key, known)]
     whole, pairs = _acknowledged(acknowledgements, day)
     now["status"] = ["acknowledged" if mac in whole or (mac, cve) in pairs else "open" for mac, cve in key]
     parts = [now]
     if prior is not None:
-        gone = previous[[k not in set(key) for k in zip(previous["device_mac"], previous["cve"])]].copy()
+        today_keys = set(key)
+        gone = previous[[k not in today_keys for k in zip(previous["device_mac"], previous["cve"])]].copy()
         closing = gone["status"] != "resolved"
         gone["resolution"] = gone["resolution"].astype(object)
         gone.loc[closing, "resolution"] = [resolutions.get(k, "evidence gone: no longer matched")
@@ -293,8 +301,7 @@ def carry_lifecycle(previous: pd.DataFrame | None, today: pd.DataFrame, day: str
         gone = gone.assign(day=day, new_today=False)
         parts.append(gone)
     table = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else now
-    table["line"] = table["device_mac"].map(line_of).fillna(table["line"] if "line" in table else "unknown")
-    table["line"] = table["line"].fillna("unknown")
+    table["line"] = table["device_mac"].map(line_of).fillna(table["line"]).fillna("unknown")
     end = table["resolved_on"].where(table["status"] == "resolved", day)
     table["days_open"] = _days_between(table["first_seen"], end) if len(table) else np.array([], dtype=np.int64)
     return _ordered(table)
@@ -382,8 +389,9 @@ def vulnerabilities_json(findings: pd.DataFrame) -> list[dict]:
     macs = sorted(rank["device_mac"].unique(), key=lambda m: (-float(device_risk.get(m, 0.0)), m))
     fields = ["cve", "title", "cvss", "kev", "kev_due_date", "epss", "exposed", "evidence", "status", "affected",
               "first_seen", "days_open", "resolved_on", "resolution", "remediation", "risk", "cpe"]
+    per_device = dict(tuple(rank.groupby("device_mac")))
     for mac in macs:
-        rows = rank[rank["device_mac"] == mac].sort_values(["resolved", "risk", "cve"], ascending=[True, False, True])
+        rows = per_device[mac].sort_values(["resolved", "risk", "cve"], ascending=[True, False, True])
         result.append({
             "device": rows["device"].iloc[0], "mac": mac, "line": rows["line"].iloc[0],
             "cpe": sorted(rows["cpe"].dropna().unique().tolist()), "risk": float(device_risk.get(mac, 0.0)),

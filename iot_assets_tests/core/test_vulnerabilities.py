@@ -222,3 +222,17 @@ def test_line_notice_names_the_device_and_what_to_do(feed_tables):
     assert f"<h2>Lamp Hub ({HUB_A})</h2>" in page
     assert "<li>Update the firmware to version 2.4.0 or later.</li>" in page
     assert "No action is needed" in vuln.line_notice_markdown(table, "line-8")
+
+
+def test_the_table_carries_through_parquet_as_the_previous_day(feed_tables, tmp_path):
+    lines = pd.DataFrame({"device_mac": [HUB_A], "line": ["line-7"]})
+    day1 = day_table(feed_tables, "2019-07-01", [HUB_A], lines=lines)
+    day1.to_parquet(tmp_path / "day1.parquet")
+    stored = pd.read_parquet(tmp_path / "day1.parquet")
+    day2 = day_table(feed_tables, "2019-07-02", [], stored)
+    assert (day2["status"] == "resolved").all() and (day2["days_open"] == 1).all()
+    assert (day2["line"] == "line-7").all() and (day2["first_seen"] == "2019-07-01").all()
+    day2.to_parquet(tmp_path / "day2.parquet")
+    day3 = day_table(feed_tables, "2019-07-03", [HUB_A], pd.read_parquet(tmp_path / "day2.parquet"))
+    assert (day3["status"] == "open").all() and day3["new_today"].all() and (day3["days_open"] == 2).all()
+    assert (day3["line"] == "line-7").all()
