@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 
 import pandas as pd
-from cpe import CPE
+from cpe.cpe2_3_fs import CPE2_3_FS
 
 DEVICE_CPE_COLUMNS = ["device", "cpe", "part", "vendor", "product", "source"]
 DEFAULT_DEVICE_CPES = Path(__file__).resolve().parent.parent / "contracts" / "device_cpes.csv"
@@ -43,7 +43,7 @@ def _row(path: Path, line: int, record: dict) -> dict:
     if not name:
         return {"device": device, "cpe": None, "part": None, "vendor": None, "product": None, "source": source}
     try:
-        parsed = CPE(name, CPE.VERSION_2_3)
+        parsed = CPE2_3_FS(name)
     except (NotImplementedError, ValueError) as exc:
         raise DeviceCpeError(f"{path} line {line}: {name!r} is not a CPE 2.3 name ({exc})") from exc
     return {"device": device, "cpe": name, "part": parsed.get_part()[0], "vendor": parsed.get_vendor()[0],

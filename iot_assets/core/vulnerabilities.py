@@ -116,9 +116,14 @@ def match_devices(inventory: pd.DataFrame, device_cpes: pd.DataFrame, cpe_matche
     devices = devices.assign(model=devices["predicted_device"].str.casefold())
     if hits.empty or devices.empty:
         return pd.DataFrame(columns=MATCH_COLUMNS)
-    per_model = hits.groupby(["model", "cve"], sort=True).agg(
-        cpe=("cpe", "first"), fixed_version=("versionEndExcluding", _highest),
-        fixed_after_version=("versionEndIncluding", _highest)).reset_index()
+    per_model = hits.drop_duplicates(["model", "cve"])[["model", "cve", "cpe"]]
+    keys = list(zip(per_model["model"], per_model["cve"]))
+    for bound, column in (("versionEndExcluding", "fixed_version"), ("versionEndIncluding", "fixed_after_version")):
+        given = hits[hits[bound].notna()]
+        highest = {}
+        for key, value in zip(zip(given["model"], given["cve"]), given[bound]):
+            highest[key] = value if key not in highest else _higher(highest[key], value)
+        per_model[column] = [highest.get(key) for key in keys]
     pairs = devices.merge(per_model, on="model").rename(columns={"predicted_device": "device"})
     pairs["affected"] = POSSIBLY_AFFECTED
     versions = (firmware.dropna(subset=["firmware_version"]).set_index("device_mac")["firmware_version"]
@@ -142,11 +147,12 @@ def _verdict(version: str, entries: list[dict]) -> str:
     return f"possibly affected (firmware {version} not comparable)"
 
 
-def _highest(values: pd.Series) -> str | None:
-    values = values.dropna()
-    if values.empty:
-        return None
-    return max(values, key=lambda v: (_version(v) is not None, _version(v) or Version("0"), v))
+def _higher(left: str, right: str) -> str:
+    """The later of two version strings (by `packaging` where both parse, else as text)."""
+    a, b = _version(left), _version(right)
+    if a is not None and b is not None:
+        return right if b > a else left
+    return max(left, right)
 
 
 # ---------------------------------------------------------------- exposure evidence, risk, remediation
@@ -178,11 +184,15 @@ def exposure_evidence(attack_vector: str | None, description: str, rows: pd.Data
     return False, ""
 
 
-def risk_score(cvss: float | None, kev: bool, epss: float | None, exposed: bool) -> float:
-    """The finding's risk (see the module docstring for the formula)."""
-    base = UNSCORED_CVSS if cvss is None or pd.isna(cvss) else float(cvss)
-    probability = 0.0 if epss is None or pd.isna(epss) else float(epss)
-    return base * (1 + KEV_BOOST * bool(kev)) * (1 + probability) * (EXPOSED_WEIGHT if exposed else 1.0)
+def risk_score(cvss, kev, epss, exposed):
+    """The risk (module docstring's formula) of one finding, or of equal-length arrays of them."""
+    base = np.asarray(cvss, dtype=float)
+    base = np.where(np.isnan(base), UNSCORED_CVSS, base)
+    probability = np.asarray(epss, dtype=float)
+    probability = np.where(np.isnan(probability), 0.0, probability)
+    risk = (base * (1 + KEV_BOOST * np.asarray(kev, dtype=float)) * (1 + probability)
+            * np.where(np.asarray(exposed, dtype=bool), EXPOSED_WEIGHT, 1.0))
+    return float(risk) if risk.ndim == 0 else risk
 
 
 def remediation(fixed_version: str | None, fixed_after_version: str | None, kev_action: str | None,
@@ -223,28 +233,34 @@ def day_findings(inventory: pd.DataFrame, device_cpes: pd.DataFrame, cves: pd.Da
             "%Y-%m-%d")).groupby("device_mac")["change_day"].max().to_dict()
     seen = exposure[exposure["seen_today"]] if exposure is not None and len(exposure) else None
     by_device = dict(tuple(seen.groupby("device_mac"))) if seen is not None else {}
-    rows = []
-    for r in found.itertuples():
-        exposed, evidence = exposure_evidence(r.cvss_attack_vector, r.description, by_device.get(r.device_mac))
-        change = changes.get(r.device_mac)
-        if change and change >= r.published:
-            note = (f"lasting behaviour change from {change}, after the CVE was published on {r.published}: "
+    exposed, evidence = [], []
+    for mac, vector, description, published in zip(found["device_mac"], found["cvss_attack_vector"],
+                                                   found["description"], found["published"]):
+        shown, text = exposure_evidence(vector, description, by_device.get(mac)) if mac in by_device else (False, "")
+        change = changes.get(mac)
+        if change and change >= published:
+            note = (f"lasting behaviour change from {change}, after the CVE was published on {published}: "
                     "a firmware update may have fixed it")
-            evidence = f"{evidence}; {note}" if evidence else note
-        in_kev = bool(pd.notna(r.in_kev))
-        rows.append({
-            "device_mac": r.device_mac, "device": r.device, "cpe": r.cpe, "cve": r.cve,
-            "title": title_of(r.description), "published": r.published,
-            "cvss": None if pd.isna(r.cvss_base_score) else float(r.cvss_base_score),
-            "cvss_severity": r.cvss_severity, "kev": in_kev, "kev_due_date": r.due_date if in_kev else None,
-            "epss": None if pd.isna(r.epss) else float(r.epss), "exposed": exposed, "evidence": evidence,
-            "risk": risk_score(r.cvss_base_score, in_kev, r.epss, exposed), "affected": r.affected,
-            "remediation": remediation(r.fixed_version, r.fixed_after_version,
-                                       r.required_action if in_kev else None, r.advisory_url),
-        })
+            text = f"{text}; {note}" if text else note
+        exposed.append(shown)
+        evidence.append(text)
+    in_kev = found["in_kev"].notna().to_numpy(dtype=bool)
+    titles = found.drop_duplicates("cve").set_index("cve")["description"].map(title_of)
+    table = pd.DataFrame({
+        "device_mac": found["device_mac"], "device": found["device"], "cpe": found["cpe"], "cve": found["cve"],
+        "title": found["cve"].map(titles), "published": found["published"],
+        "cvss": found["cvss_base_score"].astype(float), "cvss_severity": found["cvss_severity"], "kev": in_kev,
+        "kev_due_date": found["due_date"].where(in_kev, None), "epss": found["epss"].astype(float),
+        "exposed": exposed, "evidence": evidence,
+        "risk": risk_score(found["cvss_base_score"], in_kev, found["epss"], exposed) if len(found) else [],
+        "affected": found["affected"],
+        "remediation": [remediation(fixed, after, action if kev else None, url) for fixed, after, action, kev, url
+                        in zip(found["fixed_version"], found["fixed_after_version"], found["required_action"],
+                               in_kev, found["advisory_url"])],
+    })
     columns = [c for c in VULN_COLUMNS if c not in ("day", "line", "first_seen", "last_seen", "status", "new_today",
                                                      "resolved_on", "resolution", "days_open")]
-    return pd.DataFrame(rows, columns=columns), ruled_out
+    return table[columns].reset_index(drop=True), ruled_out
 
 
 # ---------------------------------------------------------------- lifecycle
