@@ -64,6 +64,7 @@ VULN_COLUMNS = ["day", "device_mac", "device", "line", "cpe", "cve", "title", "p
 _PORT_PATTERNS = (re.compile(r"\b(?:tcp|udp)/(\d{1,5})\b", re.I), re.compile(r"\bports?\s+(\d{1,5})\b", re.I),
                   re.compile(r"\b(?:tcp|udp)\s+ports?\s+(\d{1,5})\b", re.I))
 _EVIDENCE_PORT = re.compile(r":(\d{1,5})$")
+_BOUNDS = ("versionStartIncluding", "versionStartExcluding", "versionEndIncluding", "versionEndExcluding")
 
 
 # ---------------------------------------------------------------- matching
@@ -89,16 +90,13 @@ def version_affected(firmware: str | None, match: dict) -> bool | None:
     current = _version(firmware)
     if current is None:
         return None
-    bounds = {k: match.get(k) for k in ("versionStartIncluding", "versionStartExcluding", "versionEndIncluding",
-                                         "versionEndExcluding")}
-    parsed = {k: _version(v) for k, v in bounds.items() if isinstance(v, str) and v}
-    if len(parsed) != sum(isinstance(v, str) and bool(v) for v in bounds.values()) or None in parsed.values():
+    bounds = {k: _version(match[k]) for k in _BOUNDS if isinstance(match.get(k), str) and match[k]}
+    if None in bounds.values():
         return None  # a bound packaging cannot read: not comparable
-    checks = {"versionStartIncluding": current >= parsed.get("versionStartIncluding", current),
-              "versionStartExcluding": "versionStartExcluding" not in parsed or current > parsed["versionStartExcluding"],
-              "versionEndIncluding": current <= parsed.get("versionEndIncluding", current),
-              "versionEndExcluding": "versionEndExcluding" not in parsed or current < parsed["versionEndExcluding"]}
-    return all(checks.values())
+    start_in, start_ex = bounds.get("versionStartIncluding"), bounds.get("versionStartExcluding")
+    end_in, end_ex = bounds.get("versionEndIncluding"), bounds.get("versionEndExcluding")
+    return ((start_in is None or current >= start_in) and (start_ex is None or current > start_ex)
+            and (end_in is None or current <= end_in) and (end_ex is None or current < end_ex))
 
 
 def match_devices(inventory: pd.DataFrame, device_cpes: pd.DataFrame, cpe_matches: pd.DataFrame,

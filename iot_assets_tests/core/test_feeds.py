@@ -76,7 +76,8 @@ def test_nvd_record_with_a_malformed_vector_is_left_out_and_named(tmp_path):
     write_nvd(tmp_path, "2099", [_hub_record(), nvd_record("CVE-2099-0003", "Bad vector.", vector="CVSS:3.1/AV:Q")])
     result = feeds.import_nvd(tmp_path)
     assert result.tables["cves"]["cve"].tolist() == ["CVE-2099-0001"]
-    assert len(result.problems) == 1 and result.problems[0].startswith("nvdcve-2.0-2099.json.gz CVE-2099-0003: left out")
+    assert len(result.problems) == 1
+    assert result.problems[0].startswith("nvdcve-2.0-2099.json.gz CVE-2099-0003: left out (CVSS3MalformedError")
 
 
 def test_kev_catalogue_is_read(tmp_path):
