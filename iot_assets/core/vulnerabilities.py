@@ -464,3 +464,32 @@ def notice_html(notice_markdown: str, title: str = "Security notice") -> str:
     body = markdown.markdown(notice_markdown)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"</head>\n<body>\n{body}\n</body></html>\n")
+
+
+def day_summary(table: pd.DataFrame) -> dict[str, int]:
+    """Counts of the day's table for the daily report and asset metadata."""
+    unresolved = _unresolved(table)
+    resolved_today = (table["status"] == "resolved") & (table["resolved_on"] == table["day"])
+    return {"open": int((table["status"] == "open").sum()),
+            "acknowledged": int((table["status"] == "acknowledged").sum()),
+            "new_today": int(table["new_today"].sum()), "resolved_today": int(resolved_today.sum()),
+            "kev": int(unresolved["kev"].sum()), "exposed": int(unresolved["exposed"].sum()),
+            "devices": int(unresolved["device_mac"].nunique())}
+
+
+def report_section_markdown(table: pd.DataFrame, top: int = 20) -> str:
+    """The daily report's section: the day's counts, new and resolved findings, and the top of the worklist."""
+    counts = day_summary(table)
+    out = ["## Device vulnerabilities", "",
+           f"{counts['open']} open and {counts['acknowledged']} acknowledged findings on {counts['devices']} devices "
+           f"({counts['kev']} known exploited, {counts['exposed']} with the vulnerable service exposed); "
+           f"{counts['new_today']} new and {counts['resolved_today']} resolved today.", ""]
+    columns = ["device", "device_mac", "line", "cve", "cvss", "kev", "epss", "exposed", "status", "days_open", "risk"]
+    work = device_worklist(table).head(top)
+    if len(work):
+        out += ["Highest risk first:", "", work[columns].round({"risk": 1, "epss": 3}).to_markdown(index=False), ""]
+    resolved = table[(table["status"] == "resolved") & (table["resolved_on"] == table["day"])]
+    if len(resolved):
+        out += ["Resolved today:", "",
+                resolved[["device", "device_mac", "cve", "resolution", "days_open"]].to_markdown(index=False), ""]
+    return "\n".join(out)

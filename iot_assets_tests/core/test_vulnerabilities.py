@@ -236,3 +236,14 @@ def test_the_table_carries_through_parquet_as_the_previous_day(feed_tables, tmp_
     day3 = day_table(feed_tables, "2019-07-03", [HUB_A], pd.read_parquet(tmp_path / "day2.parquet"))
     assert (day3["status"] == "open").all() and day3["new_today"].all() and (day3["days_open"] == 2).all()
     assert (day3["line"] == "line-7").all()
+
+
+def test_report_section_counts_new_and_resolved_findings(feed_tables):
+    firmware = pd.DataFrame({"device_mac": [HUB_A], "firmware_version": ["2.3.0"]})
+    day1 = day_table(feed_tables, "2019-07-01", [HUB_A], firmware=firmware)
+    day2 = day_table(feed_tables, "2019-07-02", [HUB_A, HUB_B], day1, firmware=firmware.assign(firmware_version="2.5"))
+    assert vuln.day_summary(day2) == {"open": 5, "acknowledged": 0, "new_today": 3, "resolved_today": 1, "kev": 2,
+                                      "exposed": 0, "devices": 2}
+    section = vuln.report_section_markdown(day2)
+    assert "5 open and 0 acknowledged findings on 2 devices" in section and "3 new and 1 resolved today" in section
+    assert "Resolved today:" in section and "firmware changed: not affected (firmware 2.5)" in section
