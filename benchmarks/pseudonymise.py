@@ -33,9 +33,9 @@ import pyarrow.compute as pc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from yacryptopan import CryptoPAn as ReferenceCryptoPAn  # noqa: E402
+from yacryptopan import CryptoPAn as ReferenceCryptoPAn
 
-from iot_assets.core import pseudonymise as ps  # noqa: E402
+from iot_assets.core import pseudonymise as ps
 
 KEY = bytes(range(32))  # the key of yacryptopan's own example; any 32 bytes would do
 

@@ -12,7 +12,7 @@ import ipaddress
 import json
 import re
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -88,8 +88,8 @@ def flows_table(rows: list[tuple]) -> pa.Table:
     })
 
 
-JUNE = datetime(2019, 6, 30, 23, 59, tzinfo=timezone.utc)
-JULY = datetime(2019, 7, 1, 0, 1, tzinfo=timezone.utc)
+JUNE = datetime(2019, 6, 30, 23, 59, tzinfo=UTC)
+JULY = datetime(2019, 7, 1, 0, 1, tzinfo=UTC)
 DEVICE_MAC, GATEWAY_MAC = "02:00:00:aa:bb:01", "02:00:00:aa:bb:fe"  # FICTIONAL
 
 
@@ -285,6 +285,19 @@ def test_pseudonymise_flows_by_month_of_each_row():
     assert rows[0]["src_mac"] == rows[3]["dst_mac"] == ps.pseudonymise_mac(DEVICE_MAC, keys, "2019-06")
     assert rows[1]["src_mac"] == ps.pseudonymise_mac(DEVICE_MAC, keys, "2019-07") != rows[0]["src_mac"]
     assert rows[0]["dst_mac"] == ps.pseudonymise_mac(GATEWAY_MAC, keys, "2019-06")
+
+
+def test_yearly_rotation_keeps_one_pseudonym_across_months():
+    keys = ps.PseudonymKeys(MASTER)
+    flows = flows_table([(JUNE, f"{HOME}20", "203.0.113.9", DEVICE_MAC, GATEWAY_MAC),
+                         (JULY, f"{HOME}20", "203.0.113.9", DEVICE_MAC, GATEWAY_MAC)])
+    rows = ps.pseudonymise_flows(flows, keys, rotation="year").to_pylist()
+    assert rows[0]["src_ip"] == rows[1]["src_ip"] == ps.pseudonymise_ip(f"{HOME}20", keys, "2019")
+    assert rows[0]["src_mac"] == rows[1]["src_mac"] == ps.pseudonymise_mac(DEVICE_MAC, keys, "2019")
+    assert rows[0]["src_mac"] != ps.pseudonymise_mac(DEVICE_MAC, keys, "2019-06")
+    assert [ps.period_of(JUNE), ps.period_of(JULY, "year")] == ["2019-06", "2019"]
+    with pytest.raises(ps.PseudonymiseError, match="rotation 'week'"):
+        ps.pseudonymise_flows(flows, keys, rotation="week")
 
 
 def test_pseudonymise_flows_names_the_bad_record():

@@ -8,8 +8,8 @@ an environment variable) and passes bytes, text and paths in.
 
 Decisions, and why:
 - Addresses: Crypto-PAn (Xu et al. 2002), AES-128 keyed, 32-byte key (first 16 the AES key,
-  last 16 the pad), bit for bit the reference and `yacryptopan` (`CryptoPAn` below, tested
-  on the published vectors). It is prefix-preserving: two addresses sharing k leading bits
+  last 16 the pad), bit for bit the reference and `yacryptopan` (`iot_assets.core.cryptopan`,
+  tested on the published vectors). It is prefix-preserving: two addresses sharing k leading bits
   have pseudonyms sharing exactly k, so /24s, /64s and lines stay groups. Batched: one AES-ECB
   call (`cryptography`) per bit position over all the distinct addresses of a column.
 - Subscriber-side addresses are those in `SubscriberNetworks` (by default the private,
@@ -35,8 +35,10 @@ Decisions, and why:
   month, which is what rotating keys is meant to prevent) and would leave only a 24-bit NIC
   part, often allocated in sequence, to guess once a key leaks.
 - Keys: one master secret (>= 32 bytes, hex text in a file or an environment value); per
-  period (calendar month `YYYY-MM` of `flow_start`, UTC) HKDF-SHA256 derives the Crypto-PAn
-  key and the MAC key, so pseudonyms of two months cannot be linked without the secret.
+  period (calendar month `YYYY-MM` of `flow_start`, UTC; or `YYYY` with rotation "year")
+  HKDF-SHA256 derives the Crypto-PAn key and the MAC key, so pseudonyms of two periods cannot
+  be linked without the secret. That is also why a device's pseudonyms change at each
+  rotation: whatever follows a device across periods (baselines, drift) sees a new device.
   The key file is refused inside the data folder and must be readable by its owner only.
 - Re-identification: an address pseudonym is decrypted (`reveal`). HMAC cannot be
   inverted, so a MAC is revealed by matching it against candidate real MACs the operator
@@ -55,17 +57,18 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from iot_assets.core.cryptopan import CryptoPAn
 
 IP_COLUMNS = ("src_ip", "dst_ip")
 MAC_COLUMNS = ("src_mac", "dst_mac")
@@ -83,10 +86,10 @@ _SPECIAL_NETWORKS = (
     "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
     "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::/8", "fc00::/7", "fe80::/10", "ff00::/8",
 )
-_PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+ROTATIONS = ("month", "year")
+_PERIOD = re.compile(r"^\d{4}(-(0[1-9]|1[0-2]))?$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _HKDF_SALT = b"iot-assets pseudonymisation v1"
-_CHUNK_ADDRESSES = 1 << 18  # blocks of 4 MiB: in cache, and memory bounded whatever the column
 
 
 class PseudonymiseError(ValueError):
@@ -95,81 +98,6 @@ class PseudonymiseError(ValueError):
 
 class RevealError(PseudonymiseError):
     """A pseudonym that cannot be turned back into a real value (the attempt is still logged)."""
-
-
-# ---------------------------------------------------------------- Crypto-PAn
-
-
-class CryptoPAn:
-    """Crypto-PAn over arrays: IPv4 as uint32, IPv6 as (n, 2) uint64 (high, low word).
-
-    `first_bit` k keeps the k leading bits and pseudonymises the rest; k = 0 is the
-    standard algorithm, equal to the reference and `yacryptopan`.
-    """
-
-    def __init__(self, key: bytes):
-        if len(key) != 32:
-            raise PseudonymiseError(f"a Crypto-PAn key is 32 bytes, not {len(key)}")
-        self._aes = Cipher(algorithms.AES(key[:16]), modes.ECB())
-        encryptor = self._aes.encryptor()
-        self._pad = encryptor.update(key[16:]) + encryptor.finalize()
-
-    def __repr__(self) -> str:
-        return "CryptoPAn(<key hidden>)"
-
-    def anonymise_v4(self, addresses: np.ndarray, first_bit: int = 0) -> np.ndarray:
-        """Pseudonyms of IPv4 addresses given as uint32."""
-        return self._crypt(np.asarray(addresses, np.uint32).reshape(-1, 1), first_bit, inverse=False)[:, 0]
-
-    def deanonymise_v4(self, pseudonyms: np.ndarray, first_bit: int = 0) -> np.ndarray:
-        """The IPv4 addresses (uint32) whose pseudonyms are given."""
-        return self._crypt(np.asarray(pseudonyms, np.uint32).reshape(-1, 1), first_bit, inverse=True)[:, 0]
-
-    def anonymise_v6(self, addresses: np.ndarray, first_bit: int = 0) -> np.ndarray:
-        """Pseudonyms of IPv6 addresses given as (n, 2) uint64: high word, low word."""
-        return self._crypt(np.asarray(addresses, np.uint64).reshape(-1, 2), first_bit, inverse=False)
-
-    def deanonymise_v6(self, pseudonyms: np.ndarray, first_bit: int = 0) -> np.ndarray:
-        """The IPv6 addresses ((n, 2) uint64) whose pseudonyms are given."""
-        return self._crypt(np.asarray(pseudonyms, np.uint64).reshape(-1, 2), first_bit, inverse=True)
-
-    def _crypt(self, words: np.ndarray, first_bit: int, inverse: bool) -> np.ndarray:
-        out = words.copy()
-        for start in range(0, len(words), _CHUNK_ADDRESSES):
-            chunk = slice(start, start + _CHUNK_ADDRESSES)
-            out[chunk] = self._crypt_chunk(words[chunk], first_bit, inverse)
-        return out
-
-    def _crypt_chunk(self, words: np.ndarray, first_bit: int, inverse: bool) -> np.ndarray:
-        """Bit `pos` of the result is bit `pos` of the input XOR the first bit of
-        AES(leading `pos` bits of the address, then the pad's bits). Forward, the address is
-        the input; inverse, it is the output, recovered bit by bit from the top."""
-        n, n_words = words.shape
-        word_bits = words.dtype.itemsize * 8
-        if not 0 <= first_bit <= n_words * word_bits:
-            raise PseudonymiseError(f"first_bit {first_bit} is outside 0..{n_words * word_bits}")
-        out = words.copy()
-        source = out if inverse else words
-        block_type = np.dtype(f">u{words.dtype.itemsize}")
-        pad = np.frombuffer(self._pad, dtype=block_type).astype(words.dtype)
-        blocks = np.empty((n, 16 // words.dtype.itemsize), dtype=block_type)
-        blocks[:] = pad
-        cipher_text = bytearray(16 * n + 16)  # update_into wants room for one more block
-        first_bytes = np.frombuffer(cipher_text, np.uint8)[: 16 * n : 16]
-        encryptor = self._aes.encryptor()
-        all_ones = words.dtype.type(np.iinfo(words.dtype).max)
-        current_word = -1
-        for pos in range(first_bit, n_words * word_bits):
-            word, bit = divmod(pos, word_bits)
-            if word != current_word:  # whole words above this one are address, below it pad
-                blocks[:, :word] = source[:, :word]
-                current_word = word
-            keep = words.dtype.type(0) if bit == 0 else all_ones << words.dtype.type(word_bits - bit)
-            blocks[:, word] = (source[:, word] & keep) | (pad[word] & ~keep)
-            encryptor.update_into(memoryview(blocks).cast("B"), cipher_text)
-            flips = (first_bytes >> 7).astype(words.dtype) << words.dtype.type(word_bits - 1 - bit)
-            out[:, word] ^= flips
-        return out
 
 
 # ---------------------------------------------------------------- keys
@@ -201,9 +129,9 @@ class PseudonymKeys:
         return "PseudonymKeys(<secret hidden>)"
 
     def period(self, period: str) -> PeriodKeys:
-        """The keys of `period` (`YYYY-MM`)."""
+        """The keys of `period` (`YYYY-MM`, or `YYYY` for yearly rotation)."""
         if not isinstance(period, str) or not _PERIOD.match(period):
-            raise PseudonymiseError(f"period {period!r} is not a month of the form YYYY-MM")
+            raise PseudonymiseError(f"period {period!r} is not a month YYYY-MM or a year YYYY")
         if period not in self._periods:
             self._periods[period] = PeriodKeys(period, CryptoPAn(self._derive(b"cryptopan", period)),
                                                self._derive(b"mac-hmac-sha256", period))
@@ -300,7 +228,7 @@ class _Network:
     values: tuple[int, ...]
 
     @staticmethod
-    def parse(text: str) -> "_Network":
+    def parse(text: str) -> _Network:
         try:
             net = ipaddress.ip_network(text.strip(), strict=True)
         except ValueError as exc:
@@ -324,7 +252,7 @@ class SubscriberNetworks:
     networks: tuple[_Network, ...]
 
     @staticmethod
-    def parse(cidrs: Iterable[str]) -> "SubscriberNetworks":
+    def parse(cidrs: Iterable[str]) -> SubscriberNetworks:
         """From CIDR texts, e.g. the comma-separated IOT_ASSETS_PSEUDONYMISE_NETWORKS; overlaps refused."""
         networks = tuple(_Network.parse(text) for text in cidrs if text.strip())
         parsed = [ipaddress.ip_network(n.text) for n in networks]
@@ -390,13 +318,9 @@ def _v6_texts(words: np.ndarray) -> list[str]:
     return [str(ipaddress.IPv6Address(int(hi) << 64 | int(lo))) for hi, lo in words]
 
 
-def _first_bad_v4(texts: list[str]) -> str:
-    for text in texts:
-        try:
-            ipaddress.IPv4Address(text)
-        except ValueError:
-            return text
-    raise AssertionError("no bad address among the texts")  # only called when parsing failed
+def _first_bad_v4(texts: pa.Array) -> str:
+    """The first text `_v4_words` refuses (by the same test, so one is always found)."""
+    return next(t.as_py() for t in texts if _v4_words(pa.array([t.as_py()], pa.string())) is None)
 
 
 # ---------------------------------------------------------------- address mapping
@@ -442,7 +366,7 @@ def _map_unique_ips(texts: pa.Array, cryptopan: CryptoPAn, networks: SubscriberN
         v4_texts = texts.take(pa.array(v4_positions))
         words = _v4_words(v4_texts)
         if words is None:
-            return _first_bad_v4(v4_texts.to_pylist())
+            return _first_bad_v4(v4_texts)
         mapped, changed = _map_words(words, 4, cryptopan, networks, pseudonymise_remote, inverse)
         out = _replace(out, v4_positions[changed], _v4_texts(mapped[changed]))
     v6_positions = np.flatnonzero(is_v6)
@@ -508,13 +432,28 @@ def _where(flows: pa.Table, row: int) -> str:
     return f"row {row}"
 
 
-def _periods(flows: pa.Table) -> tuple[list[str], np.ndarray]:
-    """The distinct months of `flow_start` and each row's index into them."""
+def period_of(moment: date, rotation: str = "month") -> str:
+    """The key period of a day or time (UTC): `YYYY-MM` for rotation "month", `YYYY` for "year"."""
+    if rotation not in ROTATIONS:
+        raise PseudonymiseError(f"rotation {rotation!r} is not one of {', '.join(ROTATIONS)}")
+    if isinstance(moment, datetime) and moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return f"{moment.year:04d}-{moment.month:02d}" if rotation == "month" else f"{moment.year:04d}"
+
+
+def _periods(flows: pa.Table, rotation: str) -> tuple[list[str], np.ndarray]:
+    """The distinct periods of `flow_start` and each row's index into them."""
+    if rotation not in ROTATIONS:
+        raise PseudonymiseError(f"rotation {rotation!r} is not one of {', '.join(ROTATIONS)}")
     start = flows.column("flow_start")
     if start.null_count:
         row = int(np.flatnonzero(pc.is_null(start).to_numpy(zero_copy_only=False))[0])
         raise PseudonymiseError(f"{_where(flows, row)}: flow_start is missing; the pseudonym's period is its month")
-    months = (pc.year(start).to_numpy().astype(np.int64) * 12 + pc.month(start).to_numpy().astype(np.int64) - 1)
+    years = pc.year(start).to_numpy().astype(np.int64)
+    if rotation == "year":
+        distinct, index = np.unique(years, return_inverse=True)
+        return [f"{y:04d}" for y in distinct], index.reshape(-1)
+    months = years * 12 + pc.month(start).to_numpy().astype(np.int64) - 1
     distinct, index = np.unique(months, return_inverse=True)
     return [f"{m // 12:04d}-{m % 12 + 1:02d}" for m in distinct], index.reshape(-1)
 
@@ -541,15 +480,15 @@ def _map_columns(flows: pa.Table, columns: tuple[str, ...], periods: list[str], 
 
 
 def pseudonymise_flows(flows: pa.Table, keys: PseudonymKeys, networks: SubscriberNetworks = DEFAULT_NETWORKS,
-                       pseudonymise_remote: bool = False) -> pa.Table:
+                       pseudonymise_remote: bool = False, rotation: str = "month") -> pa.Table:
     """A decoded-flow pyarrow Table (decode.DECODED_SCHEMA) with src/dst addresses and MACs
-    pseudonymised under the keys of each row's `flow_start` month; other columns untouched."""
+    pseudonymised under the keys of each row's `flow_start` period; other columns untouched."""
     missing = [c for c in ("flow_start", *IP_COLUMNS, *MAC_COLUMNS) if c not in flows.column_names]
     if missing:
         raise PseudonymiseError(f"the flow table lacks the column(s) {', '.join(missing)}")
     if flows.num_rows == 0:
         return flows
-    periods, period_of_row = _periods(flows)
+    periods, period_of_row = _periods(flows, rotation)
 
     def map_ips(uniques: pa.Array, period: str):
         return _map_unique_ips(uniques, keys.period(period).cryptopan, networks, pseudonymise_remote)
@@ -598,7 +537,7 @@ def reveal(pseudonym: str, keys: PseudonymKeys, period: str, audit_log: Path, op
             raise PseudonymiseError(f"{pseudonym!r} is neither an IP address nor a MAC")
         real = mapped[0].as_py()
         outcome = "in_clear" if real == pseudonym else "revealed"
-    record = {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "operator": operator,
+    record = {"time_utc": datetime.now(UTC).isoformat(timespec="seconds"), "operator": operator,
               "reason": reason, "period": period, "kind": kind, "pseudonym": pseudonym, "outcome": outcome}
     try:
         audit_log.parent.mkdir(parents=True, exist_ok=True)
