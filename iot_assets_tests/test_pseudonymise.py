@@ -190,6 +190,9 @@ def test_months_have_unrelated_keys_and_pseudonyms():
     assert all(p.startswith("192.168.") for p in in_june + in_july)  # the private prefix is kept
     assert len({p.rsplit(".", 1)[0] for p in in_june}) == 1  # the home /24 stays one /24
     assert ps.pseudonymise_ip("192.168.1.7", ps.PseudonymKeys(bytes(32)), "2019-06") != in_june[6]
+    assert re.fullmatch(r"[0-9a-f]{16}", keys.fingerprint())
+    assert keys.fingerprint() != ps.PseudonymKeys(bytes(32)).fingerprint()
+    assert MASTER.hex()[:16] not in keys.fingerprint()
     with pytest.raises(ps.PseudonymiseError, match="YYYY-MM"):
         keys.period("2019-13")
     with pytest.raises(ps.PseudonymiseError, match="at least 32"):
@@ -327,6 +330,10 @@ def test_key_file_refused_inside_the_data_folder(tmp_path):
     assert not (data / "keys").exists()
     with pytest.raises(ps.PseudonymiseError, match="must not be inside the data folder"):
         ps.load_keys(None, None, data, data / "pseudonymise.key")
+    with pytest.raises(ps.PseudonymiseError, match="must not be inside the data folder"):
+        ps.load_keys(data / ".." / "data" / "k.key", None, data, tmp_path / "k.key")  # the same folder, spelt otherwise
+    created = ps.create_master_key_file(tmp_path / "k.key", "s3://lake/iot-assets")  # the data on an object store
+    assert created == (tmp_path / "k.key").resolve()
 
 
 def test_key_file_created_once_private_and_loaded(tmp_path):

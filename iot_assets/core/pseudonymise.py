@@ -137,6 +137,10 @@ class PseudonymKeys:
                                                self._derive(b"mac-hmac-sha256", period))
         return self._periods[period]
 
+    def fingerprint(self) -> str:
+        """16 hex digits naming this secret without revealing it (for staged keys and lineage)."""
+        return self._derive(b"fingerprint", "0000").hex()[:16]
+
     def _derive(self, purpose: bytes, period: str) -> bytes:
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT, info=purpose + b" " + period.encode())
         return hkdf.derive(self._master)
@@ -155,8 +159,10 @@ def parse_master_key(text: str, source: str) -> bytes:
     return secret
 
 
-def _is_inside(path: Path, folder: Path) -> bool:
-    return path.expanduser().resolve().is_relative_to(folder.expanduser().resolve())
+def _is_inside(path: Path, folder: Path | str) -> bool:
+    if "://" in str(folder):  # the data folder is on an object store: a local file is never inside it
+        return False
+    return path.expanduser().resolve().is_relative_to(Path(folder).expanduser().resolve())
 
 
 def read_master_key_file(path: Path, data_dir: Path) -> bytes:
