@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iot_assets.config import Settings  # noqa: E402
+from iot_assets.contracts.calendar import day_bounds  # noqa: E402
 from iot_assets.contracts.schemas import CleanFlows, DecodedFlows  # noqa: E402
 from iot_assets.core import (
     anomaly,  # noqa: E402
@@ -57,7 +58,6 @@ from iot_assets.core.exploration import exploration  # noqa: E402
 from iot_assets.core.features import CONTEXT_HOURS, build_windows  # noqa: E402
 from iot_assets.core.ingest import decode_archive  # noqa: E402
 from iot_assets.defs.ingest.assets import flow_sample  # noqa: E402
-from iot_assets.contracts.calendar import day_bounds  # noqa: E402
 from iot_assets.defs.resources import ExposureSettings, LineSettings  # noqa: E402
 from iot_assets.reports.pages import daily_page, model_page  # noqa: E402
 from iot_assets.run import peak_rss_mb, reset_peak_rss  # noqa: E402

@@ -120,8 +120,8 @@ def bench_v6_unique(n: int, sample: int, rng: np.random.Generator) -> None:
 def bench_flows(archive_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from iot_assets.archive import find_archives
-    from iot_assets.ingest import decode_archive
+    from iot_assets.core.archive import find_archives
+    from iot_assets.core.ingest import decode_archive
 
     archives, _ = find_archives(archive_path.parent)
     archive = next(a for a in archives if a.name == _archive_stem(archive_path))

@@ -409,9 +409,9 @@ def test_reveal_refuses_without_a_writable_log_or_a_reason(tmp_path):
 def test_real_archive_keeps_no_home_mac_or_address(real_data, tmp_path):
     import pyarrow.parquet as pq
 
-    from iot_assets import catalogue
-    from iot_assets.archive import find_archives
-    from iot_assets.ingest import decode_archive
+    from iot_assets.contracts import catalogue
+    from iot_assets.core.archive import find_archives
+    from iot_assets.core.ingest import decode_archive
     from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
 
     archives, _ = find_archives(real_data)

@@ -6,11 +6,19 @@ import hashlib
 import pandas as pd
 import pytest
 
-from iot_assets.catalogue import DEVICES
+from iot_assets.contracts.catalogue import DEVICES
 from iot_assets.core import feeds
 from iot_assets.core.device_cpes import DeviceCpeError, read_device_cpes
-from iot_assets_tests.core.feed_files import (HUB_CPE, HUB_HARDWARE_CPE, cpe_match, kev_entry, nvd_record,
-                                              write_epss, write_kev, write_nvd)
+from iot_assets_tests.core.feed_files import (
+    HUB_CPE,
+    HUB_HARDWARE_CPE,
+    cpe_match,
+    kev_entry,
+    nvd_record,
+    write_epss,
+    write_kev,
+    write_nvd,
+)
 
 
 def _hub_record(cve_id="CVE-2099-0001", **kwargs):

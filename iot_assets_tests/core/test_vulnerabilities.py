@@ -5,12 +5,19 @@ import json
 import pandas as pd
 import pytest
 
-from iot_assets import exposure
-from iot_assets.core import feeds
+from iot_assets.core import exposure, feeds
 from iot_assets.core import vulnerabilities as vuln
 from iot_assets.core.device_cpes import read_device_cpes
-from iot_assets_tests.core.feed_files import (HUB_CPE, NEIGHBOUR_CPE, cpe_match, kev_entry, nvd_record, write_epss,
-                                              write_kev, write_nvd)
+from iot_assets_tests.core.feed_files import (
+    HUB_CPE,
+    NEIGHBOUR_CPE,
+    cpe_match,
+    kev_entry,
+    nvd_record,
+    write_epss,
+    write_kev,
+    write_nvd,
+)
 
 HUB_A, HUB_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 ADJACENT = "CVSS:3.1/AV:A/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"
