@@ -31,7 +31,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-# The floor runs its models with the same OpenMP wait policy as `iot-assets run` (iot_assets.run).
+# The floor runs its models with the same OpenMP wait policy as `iot-assets run` (iot_assets/__init__.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pandas as pd  # noqa: E402
@@ -59,8 +59,8 @@ from iot_assets.core.features import CONTEXT_HOURS, build_windows  # noqa: E402
 from iot_assets.core.ingest import decode_archive  # noqa: E402
 from iot_assets.defs.ingest.assets import flow_sample  # noqa: E402
 from iot_assets.defs.resources import ExposureSettings, LineSettings  # noqa: E402
+from iot_assets.materialize import peak_rss_mb, reset_peak_rss  # noqa: E402
 from iot_assets.reports.pages import daily_page, model_page  # noqa: E402
-from iot_assets.run import peak_rss_mb, reset_peak_rss  # noqa: E402
 from iot_assets.synthetic import sample  # noqa: E402
 
 STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scoring_job", "reports_job")

@@ -42,7 +42,7 @@ import dagster as dg  # noqa: E402
 import yaml  # noqa: E402
 
 from iot_assets.defs.automation.jobs import FLOW_ASSETS, MODEL_ASSETS, SCORING_ASSETS  # noqa: E402
-from iot_assets.run import QUIET, peak_rss_mb, reset_peak_rss  # noqa: E402
+from iot_assets.materialize import QUIET, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 DEPLOY = ROOT / "deploy"
 FIRST_DAY = date(2019, 6, 25)

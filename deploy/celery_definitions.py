@@ -27,4 +27,6 @@ def celery_definitions(settings: Settings | None = None) -> dg.Definitions:
                           executor=celery_executor)
 
 
-defs = celery_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    return celery_definitions()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
+import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -150,46 +149,97 @@ SAMPLE_ATTACKED = ("nature_remo", "google_home_gen1", "planex_smacam_pantilt")
 
 
 @main.command()
+@click.option("--data-dir", help="The base location, a folder or s3://bucket/prefix [env IOT_ASSETS_DATA_DIR; ./data].")
+@click.option("--start", help="First day, YYYY-MM-DD [env IOT_ASSETS_START_DATE; the dataset's 2019-06-25].")
+@click.option("--end", help="Last day, YYYY-MM-DD [env IOT_ASSETS_END_DATE; the dataset's 2019-10-10, or the "
+                            "sample's last day].")
 @click.option("--sample-days", type=click.IntRange(1, 400), default=SAMPLE_DAYS, show_default=True,
               help="Days of sample to write when the landing zone is empty.")
 @click.option("--sample-scale", type=click.FloatRange(0.001, 10), default=SAMPLE_SCALE, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--strict", is_flag=True, help="Exit non-zero when an ERROR-level asset check fails, too.")
-def run(sample_days: int, sample_scale: float, seed: int, strict: bool) -> None:
-    """Materialize every asset for every day of the configured range, on Dagster's execution.
+def run(data_dir: str | None, start: str | None, end: str | None, sample_days: int, sample_scale: float, seed: int,
+        strict: bool) -> None:
+    """Materialize what is not built yet, for every day of the range, on Dagster's execution.
 
-    When the landing zone ($IOT_ASSETS_DATA_DIR/raw) holds no archive, a sample is written
-    first and, unless IOT_ASSETS_END_DATE is set, the range is the sample's days. Exits non-zero
-    if any run failed or a record may be lost; failed ERROR-level checks are printed as ALERT
-    lines and, with --strict, fail the command too.
+    When the landing zone (<data dir>/raw) holds no archive, a sample is written first and its
+    days are the range (remembered with the sample, so a second run builds the same days). A
+    second run on an unchanged landing zone builds nothing. Runs are recorded in the Dagster
+    instance at DAGSTER_HOME (default <data dir>/dagster_home), the one the UI shows; one run at a
+    time per data location. Exits non-zero if any run failed or a record may be lost; failed
+    ERROR-level checks are printed as ALERT lines and, with --strict, fail the command too. Every
+    other setting is an environment variable: see the README's configuration table.
     """
     from iot_assets.io.location import base_path
+    from iot_assets.io.lock import DataLocationLock, LocationBusy
 
-    settings = _settings()
-    child_env = dict(os.environ)
-    # OpenMP threads (XGBoost's) that sleep while they wait, not spin: see iot_assets.run.
-    child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if not settings.is_local and not child_env.get("DAGSTER_HOME"):
+    env = dict(os.environ)
+    for name, value in (("IOT_ASSETS_DATA_DIR", data_dir), ("IOT_ASSETS_START_DATE", start),
+                        ("IOT_ASSETS_END_DATE", end)):
+        if value:
+            env[name] = value
+    settings = _settings(env)
+    if not settings.is_local and not env.get("DAGSTER_HOME"):
         raise click.UsageError("with an object-store IOT_ASSETS_DATA_DIR, set DAGSTER_HOME to the Dagster instance "
                                "folder (or a dagster.yaml for PostgreSQL, see deploy/)")
-    home = Path(child_env.setdefault("DAGSTER_HOME", str(Path(settings.data_dir) / "dagster_home")))
+    home = _instance_home(settings, env)
+    landing = base_path(settings.raw_url)
+    lock_folder = Path(settings.data_dir) if settings.is_local else home
+    try:
+        with DataLocationLock(lock_folder, settings.data_dir):
+            if not landing.exists() or not any(".tar.gz" in p.name for p in landing.iterdir()):
+                days = min(sample_days, (settings.last_day - settings.first_day).days + 1)
+                click.echo(f"{landing} is empty: writing a {days}-day sample at scale {sample_scale}")
+                _sample_landing_zone(settings, days, sample_scale, seed)
+            env.update({k: v for k, v in _sample_range(settings).items() if not env.get(k)})
+            ok = _materialize(_settings(env), home, strict)
+    except LocationBusy as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(0 if ok else 1)
+
+
+def _instance_home(settings: Settings, env: dict) -> Path:
+    """DAGSTER_HOME (default <data dir>/dagster_home), created with the embedded instance's queue if new."""
+    from iot_assets.materialize import instance_yaml
+
+    home = Path(env.get("DAGSTER_HOME") or Path(settings.data_dir) / "dagster_home")
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    landing = base_path(settings.raw_url)
-    with _run_lock(home):
-        if not landing.exists() or not any(".tar.gz" in p.name for p in landing.iterdir()):
-            days = min(sample_days, (settings.last_day - settings.first_day).days + 1)
-            click.echo(f"{landing} is empty: writing a {days}-day sample at scale {sample_scale}")
-            episodes = _sample_landing_zone(settings, days, sample_scale, seed)
-            if not child_env.get("IOT_ASSETS_END_DATE"):
-                child_env["IOT_ASSETS_END_DATE"] = (settings.first_day + timedelta(days=days - 1)).isoformat()
-            if episodes and not child_env.get("IOT_ASSETS_EPISODES"):
-                child_env["IOT_ASSETS_EPISODES"] = episodes
-        # The code location reads its configuration when it is imported: a child process gets this one.
-        done = subprocess.run([sys.executable, "-m", "iot_assets.run", *(["--strict"] if strict else [])],
-                              env=child_env)
-    sys.exit(done.returncode)
+        (home / "dagster.yaml").write_text(instance_yaml())
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+SAMPLE_RANGE = ".sample-range.json"  # in the landing zone, beside the sample's archives
+
+
+def _sample_range(settings: Settings) -> dict[str, str]:
+    """The settings a sample in the landing zone was written for (its last day, its episodes), or none."""
+    from iot_assets.io.location import base_path
+
+    path = base_path(f"{settings.raw_url}/{SAMPLE_RANGE}")
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _materialize(settings: Settings, home: Path, strict: bool) -> bool:
+    """Every stage, for what is not built yet; says what failed and what needs attention."""
+    import dagster as dg
+
+    from iot_assets.definitions import build_definitions
+    from iot_assets.materialize import Outcome, materialize_missing
+
+    defs = build_definitions(settings)
+    instance = dg.DagsterInstance.get()
+    outcome = Outcome(click.echo, strict)
+    days = defs.resolve_job_def("daily_flows_job").partitions_def.get_partition_keys()
+    materialize_missing(defs, instance, days, outcome, settings.days_per_run, settings.data_dir)
+    click.echo(f"outputs: lake {settings.data_dir}/lake, models {settings.data_dir}/models, "
+               f"reports {settings.data_dir}/reports, Dagster instance {home}")
+    for alert in outcome.alerts:
+        click.echo(f"ALERT {alert}")
+    for problem in outcome.problems:
+        click.echo(f"FAILED {problem}")
+    return not outcome.problems
 
 
 def _sample_landing_zone(settings: Settings, days: int, scale: float, seed: int) -> str | None:
@@ -206,28 +256,11 @@ def _sample_landing_zone(settings: Settings, days: int, scale: float, seed: int)
                 target = base_path(f"{settings.data_dir}/{folder}")
                 for file in sorted((local / folder).glob("*")) if (local / folder).exists() else []:
                     target.fs.put_file(str(file), f"{target.path}/{file.name}")
-        return f"{settings.data_dir}/episodes/episodes.csv" if episodes else None
-
-
-@contextmanager
-def _run_lock(home: Path):
-    """One `iot-assets run` per Dagster instance at a time; a second one says who holds it and stops."""
-    path = home / "iot-assets-run.lock"
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise click.ClickException(f"another iot-assets run is using {home} "
-                                       f"({handle.read().strip() or 'pid unknown'}); wait for it to finish") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        remembered = {"IOT_ASSETS_END_DATE": (settings.first_day + timedelta(days=days - 1)).isoformat()}
+        if episodes:
+            remembered["IOT_ASSETS_EPISODES"] = f"{settings.data_dir}/episodes/episodes.csv"
+        base_path(f"{settings.raw_url}/{SAMPLE_RANGE}").write_text(json.dumps(remembered))
+        return remembered.get("IOT_ASSETS_EPISODES")
 
 
 @main.group()
@@ -277,9 +310,9 @@ def _attack_sample(folder: Path, seed: int) -> Path:
     return out / "episodes.csv"
 
 
-def _settings() -> Settings:
+def _settings(env: dict | None = None) -> Settings:
     try:
-        return Settings.from_env()
+        return Settings.from_env(env)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from exc
 

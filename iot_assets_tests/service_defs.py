@@ -54,7 +54,7 @@ def iot_assets_celery_defs() -> dg.Definitions:
     spec = importlib.util.spec_from_file_location("iot_assets_deploy_celery_definitions", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.defs
+    return module.defs()
 
 
 def iot_assets_celery_job(job_name: str) -> dg.JobDefinition:

@@ -11,7 +11,7 @@ import pytest
 from iot_assets.config import Settings
 from iot_assets.core import drift
 from iot_assets.core.features import FEATURES
-from iot_assets.defs.automation.sensors import archive_sensor, day_ranges
+from iot_assets.defs.automation.sensors import day_ranges
 from iot_assets.defs.ingest.assets import changed_days
 from iot_assets.defs.partitions import Partitions
 from iot_assets.synthetic import sample
@@ -20,6 +20,7 @@ from iot_assets_tests.test_definitions import definitions_for, resources_for
 
 def test_archive_sensor_notices_new_and_changed_archives(tmp_path):
     resources = {"archives": resources_for(tmp_path)["archives"]}
+    archive_sensor = definitions_for(tmp_path).get_sensor_def("archive_sensor")
     (tmp_path / "raw").mkdir()
     with dg.build_sensor_context(resources=resources) as context:
         assert isinstance(archive_sensor(context), dg.SkipReason)
@@ -68,8 +69,7 @@ def _materialized_days(instance: dg.DagsterInstance, asset: str, after: float) -
 
 @pytest.mark.slow
 def test_a_changed_archive_rebuilds_every_daily_asset_of_exactly_its_days(tmp_path):
-    from iot_assets.defs.automation.jobs import daily_job
-    from iot_assets.run import QUIET
+    from iot_assets.materialize import QUIET
 
     data = tmp_path / "data"
     devices = ["nature_remo", "xiaomi_mijia_led", "qrio_hub"]
@@ -95,6 +95,7 @@ def test_a_changed_archive_rebuilds_every_daily_asset_of_exactly_its_days(tmp_pa
     shutil.copy(replaced / "xiaomi_mijia_led.tar.gz", data / "raw" / "xiaomi_mijia_led.tar.gz")
     before = instance.get_latest_materialization_event(dg.AssetKey("daily_report")).timestamp
 
+    archive_sensor = defs.get_sensor_def("archive_sensor")
     with dg.build_sensor_context(instance=instance, resources={"archives": resources["archives"]}) as context:
         assert isinstance(archive_sensor(context), dg.RunRequest)
     run("ingest_archives_job")
@@ -103,7 +104,7 @@ def test_a_changed_archive_rebuilds_every_daily_asset_of_exactly_its_days(tmp_pa
         requests = list(sensor.evaluate_tick(context).run_requests)
     assert len(requests) == 1 and requests[0].job_name in (None, "daily_job")
     for request in requests:
-        daily_job_def = defs.resolve_job_def(daily_job.name)
+        daily_job_def = defs.resolve_job_def("daily_job")
         assert daily_job_def.execute_in_process(instance=instance, run_config=QUIET, tags=request.tags,
                                                 partition_key=request.partition_key).success
 

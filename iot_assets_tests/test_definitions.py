@@ -16,7 +16,7 @@ import pytest
 
 from iot_assets.config import Settings
 from iot_assets.defs.resources import build_resources
-from iot_assets.run import failure_message
+from iot_assets.materialize import failure_message
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = Path(__file__).with_name("snapshots") / "asset_graph.json"
@@ -160,7 +160,7 @@ def test_iot_assets_run_from_an_empty_landing_zone(tmp_path):
     done = subprocess.run([sys.executable, "-m", "iot_assets.cli", "run", "--sample-days", "8", "--sample-scale", "0.02"],
                           env=env, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "(8 days)" in done.stdout  # the range follows the sample
+    assert "(8 of 8 days)" in done.stdout  # the range follows the sample
     data = tmp_path / "data"
     days = sorted(p.name for p in (data / "lake" / "clean_flows").iterdir())
     assert days == [f"day={date(2019, 6, 25) + timedelta(days=d)}" for d in range(8)]
@@ -197,3 +197,12 @@ def test_iot_assets_run_from_an_empty_landing_zone(tmp_path):
     page = (reports / "model_report.html").read_text()
     assert page.count("data:image/png;base64") >= 2 and inventory["model_version"].iloc[0] in page
     assert "Inventory" in (reports / "daily" / "2019-06-26.html").read_text()
+    # The same command again: the sample's range is remembered, nothing is built, no version changes.
+    served = {asset: (data / "models" / asset / "current.json").read_text()
+              for asset in ("device_classifier", "anomaly_detector", "drift_reference")}
+    again = subprocess.run([sys.executable, "-m", "iot_assets.cli", "run"], env=env, capture_output=True, text=True,
+                           cwd=ROOT, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    for job in ("daily_flows_job", "training_job", "daily_scoring_job", "reports_job"):
+        assert f"{job}: nothing to build" in again.stdout, again.stdout
+    assert served == {asset: (data / "models" / asset / "current.json").read_text() for asset in served}

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from iot_assets.io.models import ModelStore
-from iot_assets.run import Outcome, run_stages
+from iot_assets.materialize import Outcome, materialize_missing
 from iot_assets.synthetic import sample
 from iot_assets_tests.test_definitions import definitions_for
 
@@ -25,7 +25,7 @@ def build(data, days=DAYS, **env) -> tuple[dg.Definitions, dg.DagsterInstance, O
     instance = dg.DagsterInstance.ephemeral()
     messages = []
     outcome = Outcome(messages.append, strict=False)
-    run_stages(defs, instance, days, outcome, 7)
+    materialize_missing(defs, instance, days, outcome, 7, str(data))
     return defs, instance, outcome
 
 
@@ -73,7 +73,7 @@ def test_days_no_archive_covers_are_emptied_and_training_ignores_them(tmp_path):
     sample.generate(shorter, date(2019, 6, 25), 2, scale=0.02, seed=4, devices=["nature_remo"])
     shutil.copy(shorter / "nature_remo.tar.gz", data / "raw" / "nature_remo.tar.gz")
     messages = []
-    run_stages(defs, instance, DAYS, Outcome(messages.append, strict=False), 7)
+    materialize_missing(defs, instance, DAYS, Outcome(messages.append, strict=False), 7, str(data))
     for day in DAYS[2:]:
         assert len(pd.read_parquet(data / "lake" / "clean_flows" / f"day={day}")) == 0, day
     clean = pd.read_parquet(data / "lake" / "clean_flows")

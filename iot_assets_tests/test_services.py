@@ -407,7 +407,7 @@ def test_iot_assets_jobs_on_two_celery_workers_match_a_local_run(postgresql_serv
     from iot_assets.config import Settings
     from iot_assets.definitions import build_definitions
     from iot_assets.defs.automation.sensors import range_tags
-    from iot_assets.run import QUIET
+    from iot_assets.materialize import QUIET
     from iot_assets.synthetic import sample
     from iot_assets_tests.service_defs import reconstructable_celery_job
 

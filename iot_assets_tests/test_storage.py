@@ -1,7 +1,6 @@
 """The storage layer on its own: atomic writes, a full disk, model versions, the run lock."""
 
 import errno
-import fcntl
 import os
 import subprocess
 import sys
@@ -58,19 +57,54 @@ def test_a_model_directory_that_holds_a_pickle_is_refused(tmp_path):
         store.load("drift_reference", version)
 
 
-def test_a_second_run_on_the_same_instance_says_who_holds_it(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    with open(home / "iot-assets-run.lock", "a+") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held.write("pid 4242")
-        held.flush()
-        env = {**os.environ, "IOT_ASSETS_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(home)}
+def test_a_second_run_on_the_same_data_location_says_who_holds_it_whatever_its_instance(tmp_path):
+    from iot_assets.io.lock import DataLocationLock
+
+    data = tmp_path / "data"
+    with DataLocationLock(data, str(data)):
+        env = {**os.environ, "IOT_ASSETS_DATA_DIR": str(data), "DAGSTER_HOME": str(tmp_path / "another_home")}
         done = subprocess.run([sys.executable, "-m", "iot_assets.cli", "run"], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert "another iot-assets run is using" in done.stderr and "pid 4242" in done.stderr
-    assert not (tmp_path / "data" / "raw").exists() or not any((tmp_path / "data" / "raw").iterdir())
+    assert f"{data} is in use by pid {os.getpid()}" in done.stderr
+    assert not (data / "raw").exists() or not any((data / "raw").iterdir())
+
+
+def test_the_lock_dies_with_its_holder(tmp_path):
+    """kill -9 of the process that holds the lock frees the location: no stale lock to clear by hand."""
+    script = ("import sys, time; from pathlib import Path; from iot_assets.io.lock import DataLocationLock\n"
+              "with DataLocationLock(Path(sys.argv[1]), sys.argv[1]):\n    print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    from iot_assets.io.lock import DataLocationLock, LocationBusy
+
+    with pytest.raises(LocationBusy, match=f"pid {holder.pid}"):
+        DataLocationLock(tmp_path, str(tmp_path)).__enter__()
+    holder.kill()
+    holder.wait()
+    with DataLocationLock(tmp_path, str(tmp_path)):
+        pass
+
+
+def test_a_run_whose_process_died_is_an_orphan_marked_failed_not_waited_for(tmp_path):
+    import dagster as dg
+    from dagster._core.test_utils import create_run_for_test
+
+    from iot_assets.defs.automation.jobs import LOCATION_TAG, PID_TAG
+    from iot_assets.materialize import wait_for_location
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    instance = dg.DagsterInstance.ephemeral()
+    orphan = create_run_for_test(instance, job_name="daily_job", status=dg.DagsterRunStatus.STARTED,
+                                 tags={LOCATION_TAG: "/data/a", PID_TAG: str(gone.pid)})
+    elsewhere = create_run_for_test(instance, job_name="daily_job", status=dg.DagsterRunStatus.STARTED,
+                                    tags={LOCATION_TAG: "/data/b", PID_TAG: str(gone.pid)})
+    said = []
+    wait_for_location(instance, "/data/a", said.append, poll_seconds=0.01)
+    assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(elsewhere.run_id).status == dg.DagsterRunStatus.STARTED  # another location's
+    assert said == [f"run {orphan.run_id} of daily_job: its process {gone.pid} is gone; marked failed"]
 
 
 def test_lazy_days_reads_a_day_once_while_walking_with_the_day_before_and_hands_out_copies(tmp_path):

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from iot_assets.defs.automation.jobs import (
-    daily_job,
-    ingest_archives_job,
-    rebaseline_job,
-    training_job,
-)
-from iot_assets.defs.loading import current_deployment
+from iot_assets.defs.automation.jobs import build_jobs
+from iot_assets.defs.loading import Deployment, current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.io.staging import ArchiveStore
 
@@ -36,22 +31,11 @@ def range_tags(first: str, last: str) -> dict[str, str]:
     return {RANGE_START: first, RANGE_END: last}
 
 
-@dg.sensor(job=ingest_archives_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
-def archive_sensor(context: dg.SensorEvaluationContext, archives: ArchiveStore):
-    """Requests a landing-zone scan when archives appear or change."""
-    fingerprint = archives.fingerprint()
-    if not fingerprint or fingerprint == context.cursor:
-        return dg.SkipReason("no new or changed archives")
-    context.update_cursor(fingerprint)
-    return dg.RunRequest(run_key=f"landing-zone-{fingerprint}")
-
-
 def _rebuilt_since(instance: dg.DagsterInstance, day: str, timestamp: float) -> bool:
     """Whether the day's report was rebuilt after the archives changed (by `iot-assets run`, say)."""
     return bool(instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("daily_report"), asset_partitions=[day], after_timestamp=timestamp),
         limit=1).records)
-
 
 
 # A scheduled or drift-triggered retrain challenges the served models on a sliding window of
@@ -62,44 +46,11 @@ CHALLENGE_RUN_CONFIG = {"ops": {name: {"config": CHALLENGE} for name in ("device
 # The share of a day's devices whose drift check is not `none` that calls for a retrain.
 RETRAIN_DRIFTED_SHARE = 0.5
 
-# Models retrain weekly (Monday 03:00 UTC), as challengers; on demand in between from the UI.
-weekly_training_schedule = dg.ScheduleDefinition(
-    name="weekly_training_schedule", job=training_job, cron_schedule="0 3 * * 1", run_config=CHALLENGE_RUN_CONFIG,
-    execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.STOPPED,
-)
-
 
 def days_calling_for_retraining(drifted_devices_per_day: dict[str, dict]) -> list[str]:
     """The days on which at least RETRAIN_DRIFTED_SHARE of the devices seen drifted."""
     return sorted(day for day, counts in drifted_devices_per_day.items()
                   if counts["devices"] and counts["drifted"] >= RETRAIN_DRIFTED_SHARE * counts["devices"])
-
-
-@dg.asset_sensor(asset_key=dg.AssetKey("feature_drift"), job=training_job, default_status=dg.DefaultSensorStatus.STOPPED)
-def drift_retraining_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-    """Retrains the models as challengers when many devices drift on a day."""
-    materialization = asset_event.asset_materialization
-    per_day = materialization.metadata.get("drifted_devices_per_day") if materialization else None
-    if per_day is None:
-        return dg.SkipReason("no drift summary on the materialization")
-    days = days_calling_for_retraining(per_day.value)
-    if not days:
-        return dg.SkipReason(f"no day with {RETRAIN_DRIFTED_SHARE:.0%} of its devices drifted")
-    return dg.RunRequest(run_key=f"drift-{asset_event.run_id}", run_config=CHALLENGE_RUN_CONFIG,
-                         tags={"iot_assets/retrain_reason": f"{len(days)} days with most devices drifted, last {days[-1]}"})
-
-@dg.asset_sensor(asset_key=dg.AssetKey("rebaseline_decisions"), job=rebaseline_job,
-                 default_status=dg.DefaultSensorStatus.RUNNING)
-def rebaseline_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-    """Refits the detector and drift reference of the devices rebaseline_decisions names, on their new normal."""
-    materialization = asset_event.asset_materialization
-    decisions = materialization.metadata.get("decisions") if materialization else None
-    if decisions is None or not decisions.value:
-        return dg.SkipReason("no device to re-baseline")
-    requests = sorted(f"{d['device_mac']}@{d['from_day']}" for d in decisions.value)
-    return dg.RunRequest(run_key=f"rebaseline-{asset_event.run_id}",
-                         run_config={"ops": {"anomaly_detector": {"config": {"rebaseline": requests}}}},
-                         tags={"iot_assets/rebaseline": ", ".join(requests)[:200]})
 
 
 # The model report and the re-baselining decisions follow the models and the scored days.
@@ -115,10 +66,62 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 )
 
 
-def build(parts: Partitions) -> dg.Definitions:
-    """The jobs, sensors and schedules over the partitions resolved at load."""
+def build(deployment: Deployment) -> dg.Definitions:
+    """The jobs, sensors and schedules of the deployment resolved at load."""
+    parts = deployment.partitions
+    jobs = build_jobs(deployment.settings.data_dir)
 
-    @dg.asset_sensor(asset_key=dg.AssetKey("raw_archives"), job=daily_job, default_status=dg.DefaultSensorStatus.RUNNING)
+    @dg.sensor(job=jobs["ingest_archives_job"], minimum_interval_seconds=60,
+               default_status=dg.DefaultSensorStatus.RUNNING)
+    def archive_sensor(context: dg.SensorEvaluationContext, archives: ArchiveStore):
+        """Requests a landing-zone scan when archives appear or change."""
+        fingerprint = archives.fingerprint()
+        if not fingerprint or fingerprint == context.cursor:
+            return dg.SkipReason("no new or changed archives")
+        context.update_cursor(fingerprint)
+        return dg.RunRequest(run_key=f"landing-zone-{fingerprint}")
+
+
+    # Models retrain weekly (Monday 03:00 UTC), as challengers; on demand in between from the UI.
+    weekly_training_schedule = dg.ScheduleDefinition(
+        name="weekly_training_schedule", job=jobs["training_job"], cron_schedule="0 3 * * 1",
+        run_config=CHALLENGE_RUN_CONFIG,
+        execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.STOPPED,
+    )
+
+
+    @dg.asset_sensor(asset_key=dg.AssetKey("feature_drift"), job=jobs["training_job"],
+                     default_status=dg.DefaultSensorStatus.STOPPED)
+    def drift_retraining_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+        """Retrains the models as challengers when many devices drift on a day."""
+        materialization = asset_event.asset_materialization
+        per_day = materialization.metadata.get("drifted_devices_per_day") if materialization else None
+        if per_day is None:
+            return dg.SkipReason("no drift summary on the materialization")
+        days = days_calling_for_retraining(per_day.value)
+        if not days:
+            return dg.SkipReason(f"no day with {RETRAIN_DRIFTED_SHARE:.0%} of its devices drifted")
+        return dg.RunRequest(run_key=f"drift-{asset_event.run_id}", run_config=CHALLENGE_RUN_CONFIG,
+                             tags={"iot_assets/retrain_reason":
+                                   f"{len(days)} days with most devices drifted, last {days[-1]}"})
+
+
+    @dg.asset_sensor(asset_key=dg.AssetKey("rebaseline_decisions"), job=jobs["rebaseline_job"],
+                     default_status=dg.DefaultSensorStatus.RUNNING)
+    def rebaseline_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+        """Refits the detector and drift reference of the devices rebaseline_decisions names, on their new normal."""
+        materialization = asset_event.asset_materialization
+        decisions = materialization.metadata.get("decisions") if materialization else None
+        if decisions is None or not decisions.value:
+            return dg.SkipReason("no device to re-baseline")
+        requests = sorted(f"{d['device_mac']}@{d['from_day']}" for d in decisions.value)
+        return dg.RunRequest(run_key=f"rebaseline-{asset_event.run_id}",
+                             run_config={"ops": {"anomaly_detector": {"config": {"rebaseline": requests}}}},
+                             tags={"iot_assets/rebaseline": ", ".join(requests)[:200]})
+
+
+    @dg.asset_sensor(asset_key=dg.AssetKey("raw_archives"), job=jobs["daily_job"],
+                     default_status=dg.DefaultSensorStatus.RUNNING)
     def changed_days_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
         """Rebuilds every daily asset, through the daily report, of the days new, changed or removed archives touch."""
         materialization = asset_event.asset_materialization
@@ -133,8 +136,9 @@ def build(parts: Partitions) -> dg.Definitions:
                 yield dg.RunRequest(run_key=key, tags=range_tags(first, last))
 
     # The daily schedule runs at 00:30 UTC for the day that just ended.
-    daily_schedule = dg.build_schedule_from_partitioned_job(daily_job, minute_of_hour=30)
+    daily_schedule = dg.build_schedule_from_partitioned_job(jobs["daily_job"], minute_of_hour=30)
     return dg.Definitions(
+        jobs=list(jobs.values()),
         sensors=[archive_sensor, changed_days_sensor, drift_retraining_sensor, rebaseline_sensor, automation_sensor],
         schedules=[daily_schedule, weekly_training_schedule],
     )
@@ -142,4 +146,4 @@ def build(parts: Partitions) -> dg.Definitions:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build(current_deployment().partitions)
+    return build(current_deployment())

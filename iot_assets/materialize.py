@@ -1,0 +1,203 @@
+"""What `iot-assets run` materializes: everything not built yet, through Dagster's own execution on the
+instance the UI and the daemon use.
+
+Each stage is one of the code location's jobs, executed in this process (`execute_in_process`) and
+recorded in the instance like any run the daemon launches: the runs carry the data location's tag,
+so the instance's queue (`instance_yaml`: at most one run per data location at a time) holds the
+daemon's and the UI's runs while one of these is in progress, and each of these waits for theirs.
+Orphans (runs of a process that died, kill -9 included) are marked failed, not waited for.
+
+Idempotent: a daily stage runs only the days not yet built, or rebuilt by an earlier stage of this run
+(a new or changed archive); training runs when a day was (re)built or a model is missing; the reports
+follow. A second `iot-assets run` on an unchanged landing zone checks the archives and stops there.
+Each daily stage runs over ranges of at most IOT_ASSETS_DAYS_PER_RUN days, one run per range (one
+Parquet file per day); when such a run fails, its days are run one by one, so that one bad day fails
+alone and the others complete. Each stage prints its wall time, CPU seconds and peak RSS.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable
+
+import dagster as dg
+from tqdm import tqdm
+
+from iot_assets.defs.automation.jobs import LOCATION_TAG, PID_TAG, STAGE_ASSETS
+from iot_assets.defs.automation.sensors import range_tags
+from iot_assets.io.lock import process_alive
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}  # failures are summarised at the end
+STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scoring_job", "reports_job")
+# A failed check of these means a record may be lost: the run fails, with --strict or without.
+INTEGRITY_CHECKS = {"archives_reconcile", "decoded_matches_staging", "day_reconciles", "decoded_schema"}
+IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
+def instance_yaml() -> str:
+    """The embedded instance `iot-assets run` creates: runs queued, one at a time per data location."""
+    return f"""telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    tag_concurrency_limits:
+      - key: {LOCATION_TAG}
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+"""
+
+
+class Outcome:
+    def __init__(self, echo: Callable[[str], None], strict: bool):
+        self.echo, self.strict = echo, strict
+        self.problems: list[str] = []
+        self.alerts: list[str] = []
+
+    def record(self, label: str, result: dg.ExecuteInProcessResult, report_failure: bool = True) -> None:
+        if not result.success and report_failure:
+            for event in result.all_events:
+                if event.is_step_failure:
+                    self.problems.append(f"{label}: {event.step_key}: "
+                                         f"{failure_message(event.event_specific_data.error)[:500]}")
+            if not any(p.startswith(label) for p in self.problems):
+                self.problems.append(f"{label}: run failed")
+        for evaluation in result.get_asset_check_evaluations():
+            if evaluation.passed:
+                continue
+            description = evaluation.description or ""
+            note = (f"{label}: check {evaluation.asset_key.to_user_string()}.{evaluation.check_name} "
+                    f"failed ({evaluation.severity.value}): "
+                    + (description if len(description) <= 400 else description[:400] + " ... (more in the UI)"))
+            error = evaluation.severity == dg.AssetCheckSeverity.ERROR
+            if evaluation.check_name in INTEGRITY_CHECKS or (self.strict and error):
+                self.problems.append(note)
+            elif error:
+                self.alerts.append(note)
+            else:
+                self.echo(f"warning: {note}")
+
+
+def failure_message(error) -> str:
+    """What went wrong, from the innermost cause: Dagster wraps the user's error in its own."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
+def wait_for_location(instance: dg.DagsterInstance, location: str, echo: Callable[[str], None],
+                      poll_seconds: float = 2.0) -> None:
+    """Wait until no other run on `location` is in progress; a run whose process is gone is marked failed."""
+    announced = False
+    while True:
+        busy = []
+        for record in instance.get_run_records(dg.RunsFilter(tags={LOCATION_TAG: location}, statuses=IN_PROGRESS)):
+            run = record.dagster_run
+            pid = run.tags.get(PID_TAG)
+            if pid and int(pid) != os.getpid() and not process_alive(int(pid)):
+                instance.report_run_failed(run, f"its process {pid} is gone (killed?): an orphan, marked failed")
+                echo(f"run {run.run_id} of {run.job_name}: its process {pid} is gone; marked failed")
+                continue
+            busy.append(run)
+        if not busy:
+            return
+        if not announced:
+            echo(f"waiting for {len(busy)} run(s) on {location} to finish: " + ", ".join(r.job_name for r in busy))
+            announced = True
+        time.sleep(poll_seconds)
+
+
+def materialize_missing(defs: dg.Definitions, instance: dg.DagsterInstance, days: list[str], outcome: Outcome,
+                        days_per_run: int, location: str) -> None:
+    """Each stage's job in order, for what is not built yet (module docstring)."""
+    tags = {LOCATION_TAG: location, PID_TAG: str(os.getpid())}
+    rebuilt: set[str] = set()  # days an earlier stage of this run (re)built
+    ran_any = False
+    for job_name in tqdm(STAGES, desc="iot-assets run", unit="stage", file=sys.stderr):
+        job = defs.resolve_job_def(job_name)
+        if job.partitions_def is None:
+            todo = job_name == "ingest_archives_job" or bool(rebuilt) or ran_any or _missing(instance, job_name)
+        else:
+            todo_days = sorted(set(days) & (rebuilt | _unbuilt_days(instance, job_name, days)))
+            todo = bool(todo_days)
+        if not todo:
+            outcome.echo(f"{job_name}: nothing to build")
+            continue
+        reset_peak_rss()
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        wait_for_location(instance, location, outcome.echo)
+        if job.partitions_def is None:
+            result = job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False, tags=tags)
+            outcome.record(job_name, result)
+            if job_name == "ingest_archives_job":
+                rebuilt |= _changed_days(result)
+            else:
+                ran_any = True
+            span = ""
+        else:
+            for start in range(0, len(todo_days), days_per_run):
+                _run_days(job, todo_days[start:start + days_per_run], instance, outcome, tags)
+            rebuilt |= set(todo_days)
+            ran_any = True
+            span = f" ({len(todo_days)} of {len(days)} days)"
+        outcome.echo(f"{job_name}: {time.perf_counter() - t0:.1f} s{span}, CPU {time.process_time() - cpu0:.1f} s, "
+                     f"peak RSS {peak_rss_mb():,.0f} MB")
+
+
+def _changed_days(result: dg.ExecuteInProcessResult) -> set[str]:
+    """The days the landing zone's new, changed or removed archives touch (raw_archives says)."""
+    for materialization in result.asset_materializations_for_node("raw_archives"):
+        changed = materialization.metadata.get("changed_days")
+        return set(changed.value) if changed else set()
+    return set()
+
+
+def _unbuilt_days(instance: dg.DagsterInstance, job_name: str, days: list[str]) -> set[str]:
+    """Days some daily asset of the stage has no materialization of."""
+    built = [instance.get_materialized_partitions(dg.AssetKey(name)) for name in STAGE_ASSETS[job_name]]
+    return {day for day in days if not all(day in partitions for partitions in built)}
+
+
+def _missing(instance: dg.DagsterInstance, job_name: str) -> bool:
+    """Whether an asset of an unpartitioned stage was never materialized."""
+    return any(instance.get_latest_materialization_event(dg.AssetKey(name)) is None
+               for name in STAGE_ASSETS[job_name])
+
+
+def _run_days(job, days: list[str], instance, outcome: Outcome, tags: dict[str, str]) -> None:
+    """All days in one run; if it fails, each day on its own so that the good ones complete."""
+    label = f"{job.name}[{days[0]}..{days[-1]}]"
+    result = job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False,
+                                    tags={**tags, **range_tags(days[0], days[-1])})
+    if result.success or len(days) == 1:
+        outcome.record(label, result)
+        return
+    outcome.echo(f"{label} failed: running its {len(days)} days one by one")
+    for day in tqdm(days, desc=job.name, unit="day", file=sys.stderr, leave=False):
+        outcome.record(f"{job.name}[{day}]", job.execute_in_process(instance=instance, run_config=QUIET, tags=tags,
+                                                                  raise_on_error=False, partition_key=day))
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory since the last reset, in MB (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
