@@ -46,9 +46,11 @@ from iot_assets.contracts.schemas import CleanFlows, DecodedFlows  # noqa: E402
 from iot_assets.core import (
     anomaly,  # noqa: E402
     classifier,  # noqa: E402
+    device_inventory,  # noqa: E402
     drift,  # noqa: E402
     exposure,  # noqa: E402
     incidents,  # noqa: E402
+    splits,  # noqa: E402
 )
 from iot_assets.core import subscriber_lines as lines  # noqa: E402
 from iot_assets.core.archive import find_archives  # noqa: E402
@@ -139,7 +141,7 @@ def floor(raw: Path, first_day: date, last_day: date, seed: int = 0) -> tuple[di
     windows = pd.concat(windows_by_day.values(), ignore_index=True)
 
     def train():
-        split = classifier.TimeSplit.of(windows, 0.7)
+        split = splits.TimeSplit.of(windows, 0.7)
         model, metrics, _ = classifier.train_and_evaluate(windows, split, seed)
         metrics["open_set"] = classifier.open_set_evaluation(windows, split, seed, model=model)
         metrics["window"] = "60min"
@@ -159,7 +161,7 @@ def floor(raw: Path, first_day: date, last_day: date, seed: int = 0) -> tuple[di
             incidents.group_incidents(scored, detector.deviations(evaluation), 60), None, evaluation, 60,
             pd.Timedelta(hours=CONTEXT_HOURS))
         reference = drift.build_reference(windows[train_mask])
-        train_days, _ = classifier.time_split(days, 0.7)
+        train_days, _ = splits.time_split(days, 0.7)
         signatures = lines.learn_signatures(pd.concat([clean_by_day[d] for d in train_days], ignore_index=True))
         return model, metrics, detector, anomaly_metrics, reference, signatures
 
@@ -174,8 +176,8 @@ def floor(raw: Path, first_day: date, last_day: date, seed: int = 0) -> tuple[di
         units = lines.evidence_units(lines.rule_hits(views, signatures))
         drifts, exposures, previous = {}, {}, None
         for day in days:
-            week = [windows_by_day[d] for d in classifier.inventory_days(day) if d in windows_by_day]
-            inventory = classifier.predict_inventory(model, pd.concat(week, ignore_index=True), day)
+            week = [windows_by_day[d] for d in device_inventory.inventory_days(day) if d in windows_by_day]
+            inventory = device_inventory.predict_inventory(model, pd.concat(week, ignore_index=True), day)
             drifts[day] = drift.day_drift(windows_by_day[day], reference)
             drift.summarize(drifts[day])
             flows_of_day = clean_by_day[day]

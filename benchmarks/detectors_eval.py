@@ -23,14 +23,14 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from iot_assets.core import anomaly, classifier
+from iot_assets.core import anomaly, splits
 from iot_assets.core.features import ANOMALY_FEATURES, CONTEXT_HOURS
 
 
 def per_device_counts(windows: pd.DataFrame, episodes: pd.DataFrame, train_fraction: float, target_fpr: float,
                       seed: int) -> pd.DataFrame:
     """One row per kind and device: clean windows, false positives, episode windows and hits per type."""
-    split = classifier.TimeSplit.of(windows, train_fraction)
+    split = splits.TimeSplit.of(windows, train_fraction)
     labels = anomaly.evaluation_labels(windows, episodes, 60, pd.Timedelta(hours=CONTEXT_HOURS))
     train = split.is_train(windows)
     evaluation, eval_labels = windows[~train], labels[~train]

@@ -37,7 +37,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iot_assets.core import subscriber_lines as lines  # noqa: E402
-from iot_assets.core.classifier import time_split  # noqa: E402
+from iot_assets.core.splits import time_split  # noqa: E402
 from iot_assets.synthetic.inject import read_episodes  # noqa: E402
 
 COLUMNS = ["flow_start", "flow_end", "device_mac", "device_name", "remote_ip", "remote_port", "remote_scope",

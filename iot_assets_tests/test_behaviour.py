@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from iot_assets.core import anomaly, classifier
+from iot_assets.core import anomaly, classifier, splits
 from iot_assets.core.archive import find_archives
 from iot_assets.core.clean import to_device_centric
 from iot_assets.core.features import (
@@ -73,19 +73,19 @@ def test_context_reaches_back_into_the_previous_day(windows):
 
 
 def test_time_split_puts_earlier_days_in_training():
-    train, evaluate = classifier.time_split(["2019-07-03", "2019-07-01", "2019-07-02", "2019-07-04"], 0.7)
+    train, evaluate = splits.time_split(["2019-07-03", "2019-07-01", "2019-07-02", "2019-07-04"], 0.7)
     assert train == ["2019-07-01", "2019-07-02", "2019-07-03"] and evaluate == ["2019-07-04"]
     assert max(train) < min(evaluate)
     with pytest.raises(ValueError):
-        classifier.time_split(["2019-07-01"], 0.7)
+        splits.time_split(["2019-07-01"], 0.7)
 
 
 def test_classifier_is_trained_on_earlier_days_and_reproducible(windows, tmp_path):
-    model, metrics, predictions = classifier.train_and_evaluate(windows, classifier.TimeSplit.of(windows, 0.6), seed=1)
+    model, metrics, predictions = classifier.train_and_evaluate(windows, splits.TimeSplit.of(windows, 0.6), seed=1)
     assert metrics["train_range"][1] < metrics["eval_range"][0]
     assert (predictions["window_start"].dt.strftime("%Y-%m-%d") >= metrics["eval_range"][0]).all()
     assert metrics["accuracy"] > 0.8 and set(metrics["labels"]) == set(windows["device_name"])
-    again, metrics_again, _ = classifier.train_and_evaluate(windows, classifier.TimeSplit.of(windows, 0.6), seed=1)
+    again, metrics_again, _ = classifier.train_and_evaluate(windows, splits.TimeSplit.of(windows, 0.6), seed=1)
     assert metrics_again["confusion_matrix"] == metrics["confusion_matrix"]
     np.testing.assert_allclose(model.predict_proba(windows), again.predict_proba(windows))
     # Saved in XGBoost's JSON format, loaded back to the same predictions.
@@ -95,7 +95,7 @@ def test_classifier_is_trained_on_earlier_days_and_reproducible(windows, tmp_pat
 
 
 def test_identity_columns_do_not_change_predictions(windows):
-    model, _, _ = classifier.train_and_evaluate(windows, classifier.TimeSplit.of(windows, 0.6), seed=1)
+    model, _, _ = classifier.train_and_evaluate(windows, splits.TimeSplit.of(windows, 0.6), seed=1)
     disguised = windows.assign(device_mac="02:00:00:00:00:99", device_name="x", device_category="y")
     np.testing.assert_allclose(model.predict_proba(disguised), model.predict_proba(windows))
 

@@ -197,7 +197,8 @@ def test_sampling_keeps_the_expected_share_of_flows_and_scales_counts_back():
     rng = np.random.default_rng(1)
     flows = _flows(20_000, rng)
     membership = pd.DataFrame({"line_id": ["l"], "device_mac": [MAC["nature_remo"]], "since": [pd.NaT]})
-    views = lines.line_views(flows, lines._typed_membership(membership), "2019-07-01", rates=(1, 100, 1000), seed=4)
+    views = lines.line_views(flows, lines.membership._typed_membership(membership), "2019-07-01",
+                             rates=(1, 100, 1000), seed=4)
     packets = (flows["packets_out"] + flows["packets_in"]).to_numpy()
     unsampled = views[views["sampling_rate"] == 1]
     assert len(unsampled) == len(flows) and unsampled["packets_out"].sum() == flows["packets_out"].sum()
@@ -215,7 +216,7 @@ def test_sampling_keeps_the_expected_share_of_flows_and_scales_counts_back():
         # Bytes follow the packets: 120 bytes a packet out, 700 in.
         assert (kept["bytes_out"] == kept["packets_out"] * 120).all()
         assert (kept["bytes_in"] == kept["packets_in"] * 700).all()
-    again = lines.line_views(flows.sample(frac=1.0, random_state=2), lines._typed_membership(membership),
+    again = lines.line_views(flows.sample(frac=1.0, random_state=2), lines.membership._typed_membership(membership),
                              "2019-07-01", rates=(100,), seed=4)
     pd.testing.assert_frame_equal(again, views[views["sampling_rate"] == 100].reset_index(drop=True))
 
@@ -393,7 +394,7 @@ def test_evidence_units_matched_a_chunk_of_views_at_a_time_are_those_of_all_view
     by_day = [views[lines.day_strings(views["flow_start"]) == d] for d in sorted(set(lines.day_strings(views["flow_start"])))]
     for frames, chunk in ((by_day, 200_000), ([views], 1), (by_day, 2)):
         chunked = lines.evidence_units_of(frames, signatures, chunk_rows=chunk)
-        key = [*lines._GROUP, "rule_id", "day"]
+        key = [*lines.evidence._GROUP, "rule_id", "day"]
         pd.testing.assert_frame_equal(chunked.sort_values(key).reset_index(drop=True),
                                       whole.sort_values(key).reset_index(drop=True), check_exact=True)
         # and so the inventories built on them

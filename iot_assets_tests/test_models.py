@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from iot_assets.core import anomaly, classifier, incidents
+from iot_assets.core import anomaly, classifier, device_inventory, incidents, splits
 from iot_assets.core.features import ANOMALY_FEATURES, FEATURES
 
 
@@ -83,7 +83,7 @@ def small_booster(monkeypatch):
 def test_a_device_never_trained_is_unknown_with_its_nearest_model_as_hint(monkeypatch):
     small_booster(monkeypatch)
     windows = synthetic_windows(devices=4, days=6)
-    split = classifier.TimeSplit.of(windows, 0.7)
+    split = splits.TimeSplit.of(windows, 0.7)
     left_out = windows["device_name"] == "device 3"
     model, metrics, _ = classifier.train_and_evaluate(windows[~left_out], split, seed=0)
     assert model.novelty.labels == ["device 0", "device 1", "device 2"]
@@ -91,8 +91,8 @@ def test_a_device_never_trained_is_unknown_with_its_nearest_model_as_hint(monkey
     # Known devices' later days are named, at day level.
     assert metrics["day_level"]["accuracy"] == 1.0 and metrics["day_level"]["device_days"] == 3 * 2
     day = split.eval_days[0]
-    inventory = classifier.predict_inventory(model, windows, day)
-    assert list(inventory.columns) == classifier.INVENTORY_COLUMNS
+    inventory = device_inventory.predict_inventory(model, windows, day)
+    assert list(inventory.columns) == device_inventory.INVENTORY_COLUMNS
     by_mac = inventory.set_index("device_mac")
     stranger = by_mac.loc["02:00:00:00:00:03"]
     # device 3's features sit 0.5 above device 2's: unknown, and device 2 is the hint.
@@ -107,17 +107,17 @@ def test_a_device_never_trained_is_unknown_with_its_nearest_model_as_hint(monkey
 def test_a_shift_most_devices_of_a_day_share_does_not_make_them_unknown(monkeypatch):
     small_booster(monkeypatch)
     windows = synthetic_windows(devices=4, days=6)
-    split = classifier.TimeSplit.of(windows, 0.7)
+    split = splits.TimeSplit.of(windows, 0.7)
     model, _, _ = classifier.train_and_evaluate(windows, split, seed=0)
     day = split.eval_days[0]
-    of_day = windows[classifier.window_days(windows) == day]
+    of_day = windows[splits.window_days(windows) == day]
     moved = list(FEATURES[:40])  # a fifth of the features, far out
     macs = sorted(of_day["device_mac"].unique())
 
     def inventory_with_shift(shifted: list[str]) -> pd.DataFrame:
         out = of_day.copy()
         out.loc[out["device_mac"].isin(shifted), moved] += 20.0
-        return classifier.predict_inventory(model, out, day).set_index("device_mac")
+        return device_inventory.predict_inventory(model, out, day).set_index("device_mac")
 
     alone = inventory_with_shift(macs[:1])  # one device's own change: it is unknown
     assert alone.loc[macs[0], "status"] == "unknown"
@@ -131,34 +131,34 @@ def test_a_shift_most_devices_of_a_day_share_does_not_make_them_unknown(monkeypa
 def test_a_known_device_two_odd_days_in_its_week_stays_named_a_new_model_is_unknown_from_its_first_day(monkeypatch):
     small_booster(monkeypatch)
     windows = synthetic_windows(devices=4, days=10)
-    split = classifier.TimeSplit.of(windows, 0.7)
+    split = splits.TimeSplit.of(windows, 0.7)
     stranger = windows["device_name"] == "device 3"
     model, _, _ = classifier.train_and_evaluate(windows[~stranger], split, seed=0)
     days = split.eval_days  # 2019-07-08 .. 07-10
     odd = windows.copy()
     # device 0 behaves unlike itself on the last two days (the real au camera's doubled DNS
     # on 2019-09-16 and 17); device 3 appears on the last day only.
-    late = classifier.window_days(odd).isin(days[-2:])
+    late = splits.window_days(odd).isin(days[-2:])
     odd.loc[late & (odd["device_name"] == "device 0"), FEATURES[:60]] += 20.0
-    odd = odd[~stranger | (classifier.window_days(odd) == days[-1])]
-    pooled = classifier.predict_inventory(model, odd, days[-1]).set_index("device_mac")
+    odd = odd[~stranger | (splits.window_days(odd) == days[-1])]
+    pooled = device_inventory.predict_inventory(model, odd, days[-1]).set_index("device_mac")
     assert pooled.loc["02:00:00:00:00:00", "status"] == "known"
     assert pooled.loc["02:00:00:00:00:00", "predicted_device"] == "device 0"
     assert pooled.loc["02:00:00:00:00:03", "status"] == "unknown"
     assert pooled.loc["02:00:00:00:00:03", "nearest_known"] == "device 2"
     assert pooled["windows"].eq(24).all()  # the day's own windows
     # The day on its own: device 0 is unknown too. Only the windows before the day count.
-    alone = classifier.day_verdicts(model, odd, pool_days=1, days=[days[-1]]).set_index("device_mac")
+    alone = device_inventory.day_verdicts(model, odd, pool_days=1, days=[days[-1]]).set_index("device_mac")
     assert alone.loc["02:00:00:00:00:00", "status"] == "unknown"
     assert alone.loc["02:00:00:00:00:00", "novelty"] > pooled.loc["02:00:00:00:00:00", "novelty"]
-    later_only = classifier.predict_inventory(model, odd[classifier.window_days(odd) >= days[-2]], days[-2])
+    later_only = device_inventory.predict_inventory(model, odd[splits.window_days(odd) >= days[-2]], days[-2])
     assert later_only.set_index("device_mac").loc["02:00:00:00:00:00", "status"] == "unknown"
 
 
 def test_pooled_days_takes_each_window_into_the_days_of_its_week():
     windows = synthetic_windows(devices=2, days=3)
-    windows = windows[~((windows["device_name"] == "device 1") & (classifier.window_days(windows) == "2019-07-02"))]
-    rows, (mac, day) = classifier.pooled_days(windows, pool_days=2)
+    windows = windows[~((windows["device_name"] == "device 1") & (splits.window_days(windows) == "2019-07-02"))]
+    rows, (mac, day) = device_inventory.pooled_days(windows, pool_days=2)
     counts = pd.Series(1, index=pd.MultiIndex.from_arrays([mac, day])).groupby(level=[0, 1]).size()
     assert counts.to_dict() == {
         ("02:00:00:00:00:00", "2019-07-01"): 24, ("02:00:00:00:00:00", "2019-07-02"): 48,
@@ -166,13 +166,13 @@ def test_pooled_days_takes_each_window_into_the_days_of_its_week():
         # device 1 has no windows on 07-02: no verdict that day; 07-03 pools 07-03 alone.
         ("02:00:00:00:00:01", "2019-07-01"): 24, ("02:00:00:00:00:01", "2019-07-03"): 24,
     }
-    only = classifier.pooled_days(windows, pool_days=2, days=["2019-07-03"])[1][1]
+    only = device_inventory.pooled_days(windows, pool_days=2, days=["2019-07-03"])[1][1]
     assert set(only) == {"2019-07-03"}
 
 
 def test_leave_one_device_out_reports_unknown_days_per_device(monkeypatch):
     windows = synthetic_windows(devices=3, days=6)
-    split = classifier.TimeSplit.of(windows, 0.7)
+    split = splits.TimeSplit.of(windows, 0.7)
     result = classifier.open_set_evaluation(windows, split, seed=0,
                                             booster_params=dict(n_estimators=5, max_depth=2, learning_rate=0.3))
     assert set(result["left_out"]) == {"device 0", "device 1", "device 2"}
@@ -186,7 +186,7 @@ def test_leave_one_device_out_reports_unknown_days_per_device(monkeypatch):
 def test_leave_one_device_out_without_refits_masks_the_left_out_model(monkeypatch):
     small_booster(monkeypatch)
     windows = synthetic_windows(devices=3, days=6)
-    split = classifier.TimeSplit.of(windows, 0.7)
+    split = splits.TimeSplit.of(windows, 0.7)
     model, _, _ = classifier.train_and_evaluate(windows, split, seed=0)
     refit = classifier.open_set_evaluation(windows, split, seed=0,
                                            booster_params=dict(n_estimators=5, max_depth=2, learning_rate=0.3))
@@ -201,13 +201,13 @@ def test_leave_one_device_out_without_refits_masks_the_left_out_model(monkeypatc
 def test_classifier_with_novelty_round_trips_and_refuses_a_pickled_npz(monkeypatch):
     small_booster(monkeypatch)
     windows = synthetic_windows(devices=3, days=4)
-    model, _, _ = classifier.train_and_evaluate(windows, classifier.TimeSplit.of(windows, 0.75), seed=0)
+    model, _, _ = classifier.train_and_evaluate(windows, splits.TimeSplit.of(windows, 0.75), seed=0)
     files = model.to_files()
     assert set(files) == {"model.json", "meta.json", "novelty.npz"}
     loaded = classifier.DeviceClassifier.from_files(files)
     day = "2019-07-04"
-    pd.testing.assert_frame_equal(classifier.predict_inventory(loaded, windows, day),
-                                  classifier.predict_inventory(model, windows, day))
+    pd.testing.assert_frame_equal(device_inventory.predict_inventory(loaded, windows, day),
+                                  device_inventory.predict_inventory(model, windows, day))
     with pytest.raises(ValueError, match="novelty.npz"):
         classifier.DeviceClassifier.from_files({**files, "novelty.npz": pickle.dumps({"center": np.zeros(3)})})
 
@@ -318,15 +318,15 @@ def test_a_challenger_replaces_the_champion_only_when_it_names_the_holdout_bette
 
     small_booster(monkeypatch)
     windows = synthetic_windows(devices=3, days=6)
-    window, holdout_days = champion.sliding_split(classifier.window_days(windows).unique().tolist(), 3, 2)
+    window, holdout_days = champion.sliding_split(splits.window_days(windows).unique().tolist(), 3, 2)
     assert window == ["2019-07-02", "2019-07-03", "2019-07-04"] and holdout_days == ["2019-07-05", "2019-07-06"]
-    split = classifier.TimeSplit(window, holdout_days)
-    used = windows[classifier.window_days(windows).isin(window + holdout_days)]
+    split = splits.TimeSplit(window, holdout_days)
+    used = windows[splits.window_days(windows).isin(window + holdout_days)]
     good, _, _ = classifier.train_and_evaluate(used, split, seed=0)
     # A champion trained on shuffled names names the holdout days wrongly.
     shuffled = used.assign(device_name=used["device_name"].sample(frac=1, random_state=0).to_numpy())
     bad, _, _ = classifier.train_and_evaluate(shuffled, split, seed=0)
-    holdout = used[classifier.window_days(used).isin(holdout_days)]
+    holdout = used[splits.window_days(used).isin(holdout_days)]
     keep, figures = champion.compare_classifiers(bad, good, holdout, split.eval_range)
     assert keep == "challenger" and figures["challenger"]["day_accuracy"] == 1.0
     assert figures["champion"]["day_accuracy"] < 1.0 and figures["reason"] == "better day-level accuracy"
@@ -342,7 +342,7 @@ def test_a_challenger_detector_must_stay_within_the_false_positive_budget():
     from iot_assets.core import champion
 
     windows = synthetic_windows(devices=2, days=6)
-    days = classifier.window_days(windows)
+    days = splits.window_days(windows)
     train, holdout = windows[days < "2019-07-05"], windows[days >= "2019-07-05"]
     clean = pd.Series([None] * len(holdout), index=holdout.index, dtype=object)
     fitted = anomaly.AnomalyDetector("KNN", 0.01, list(ANOMALY_FEATURES)).fit(train, seed=0)

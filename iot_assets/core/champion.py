@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from iot_assets.core import anomaly, classifier
+from iot_assets.core import anomaly, classifier, device_inventory
 
 MARGIN = 0.005
 
@@ -56,7 +56,7 @@ def compare_classifiers(champion: classifier.DeviceClassifier, challenger: class
         known = holdout[holdout["device_name"].isin(model.labels)]
         predicted = [model.labels[i] for i in model.predict_proba(known).argmax(axis=1)] if len(known) else []
         window_accuracy = float((known["device_name"].to_numpy() == predicted).mean()) if len(known) else None
-        day = classifier.day_level_scores(classifier.day_verdicts(model, known), known)
+        day = device_inventory.day_level_scores(device_inventory.day_verdicts(model, known), known)
         return {"window_accuracy": window_accuracy, "day_accuracy": day["accuracy"],
                 "day_unknown_share": day["unknown_share"], "device_days": day["device_days"],
                 "labels": len(model.labels), "train_range": (getattr(model, "metrics", None) or {}).get("train_range"),

@@ -1,4 +1,8 @@
-"""Which device model is behind a MAC: XGBoost on device windows, evaluated on a time split."""
+"""Which device model is behind a MAC: XGBoost on device windows, evaluated on a time split.
+
+The time split is in `splits`, the open-set model in `novelty`, the day-level inventory
+in `device_inventory`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import json
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,45 +23,14 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from iot_assets.contracts import catalogue
-from iot_assets.core import anomaly
+from iot_assets.core.device_inventory import INVENTORY_DAYS, day_level_scores, day_verdicts, verdicts_from
+
+# Re-exported (`x as x`): defs/behaviour/assets.py reaches these, TimeSplit and window_days as `classifier.X`.
+from iot_assets.core.device_inventory import inventory_days as inventory_days
+from iot_assets.core.device_inventory import predict_inventory as predict_inventory
 from iot_assets.core.features import FEATURES
-
-
-def time_split(days: list[str], train_fraction: float) -> tuple[list[str], list[str]]:
-    """Earlier days train, later days evaluate: devices and their clouds drift over months."""
-    days = sorted(days)
-    if len(days) < 2:
-        raise ValueError(f"a time split needs at least two days of windows, got {len(days)}")
-    cut = min(max(1, round(len(days) * train_fraction)), len(days) - 1)
-    return days[:cut], days[cut:]
-
-
-def window_days(windows: pd.DataFrame) -> pd.Series:
-    return windows["window_start"].dt.strftime("%Y-%m-%d")
-
-
-@dataclass(frozen=True)
-class TimeSplit:
-    """The one split every model uses: the earlier days train, the later days evaluate."""
-
-    train_days: list[str]
-    eval_days: list[str]
-
-    @classmethod
-    def of(cls, windows: pd.DataFrame, train_fraction: float) -> "TimeSplit":
-        return cls(*time_split(window_days(windows).unique().tolist(), train_fraction))
-
-    def is_train(self, windows: pd.DataFrame) -> pd.Series:
-        return window_days(windows).isin(self.train_days)
-
-    @property
-    def train_range(self) -> list[str]:
-        return [self.train_days[0], self.train_days[-1]]
-
-    @property
-    def eval_range(self) -> list[str]:
-        return [self.eval_days[0], self.eval_days[-1]]
+from iot_assets.core.novelty import NoveltyModel, fit_novelty
+from iot_assets.core.splits import TimeSplit, window_days
 
 
 def _json_file(files: dict[str, bytes], name: str, model: str) -> dict:
@@ -69,187 +41,6 @@ def _json_file(files: dict[str, bytes], name: str, model: str) -> dict:
         return json.loads(files[name].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{model}: {name!r} is not a JSON document ({error}); refusing to load it") from None
-
-
-# ---------------------------------------------------------------- open set: is it any model we know?
-
-NOVELTY_CAP = 3.0  # a feature counts at most three spreads: one wild feature does not make a device unknown
-CALIBRATION_FRACTION = 0.3  # the last 30% of the training days calibrate the novelty threshold
-MIN_MODEL_WINDOWS = 24  # a model's profile needs at least a day of windows
-HELD_OUT_QUANTILE = 0.1
-PROFILE_DAYS: int | None = 28  # novelty profiles from the last four weeks of training
-
-
-@dataclass
-class NoveltyModel:
-    """How far a MAC's day is from each known model's usual behaviour, in that model's own spreads.
-
-    A MAC's day is summarised by the median of each feature over its windows of the day
-    (robust to an odd hour). Its distance to model k is the mean over features of
-    min(|profile - centre_k| / spread_k, NOVELTY_CAP), with centre and spread (10th-90th
-    percentile range, floored) over model k's training windows. A day is `unknown` when even
-    the nearest model is further than `threshold`, which is chosen on held-out days of KNOWN
-    devices (see `calibrate_threshold`).
-    """
-
-    labels: list[str]
-    features: list[str]
-    center: np.ndarray  # (labels, features)
-    spread: np.ndarray  # (labels, features)
-    threshold: float
-    calibration: dict = field(default_factory=dict)
-
-    def day_profiles(self, windows: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> pd.DataFrame:
-        """Median of each feature over each MAC's windows of each day, pooled with the days
-        before it (`pooled_days`), indexed by (device_mac, day)."""
-        rows, keys = pooled_days(windows, pool_days, days)
-        x = pd.DataFrame(windows[self.features].to_numpy(dtype=float)[rows], columns=self.features)
-        return x.groupby(keys).median()
-
-    def distances(self, profiles: pd.DataFrame) -> pd.DataFrame:
-        """Distance of each profile (row) to each known model (column).
-
-        What most MACs of a day moved the same way, each against its nearest model, is the
-        network's and left out (`anomaly.network_moves`): on 2019-09-16 and 09-17 the real
-        Xiaomi light and au camera both sent several times their usual DNS, and both were
-        called unknown.
-        """
-        z = _signed_spreads(profiles[self.features].to_numpy(dtype=float), self.center, self.spread)
-        distance = _distance_of(z)
-        if len(z) and len(self.labels):
-            nearest = z[np.arange(len(z)), distance.argmin(axis=1)]
-            network = anomaly.network_moves(nearest, profiles.index.get_level_values("day").to_numpy())
-            if network.any():
-                distance = _distance_of(np.where(network[:, None, :], 0.0, z))
-        return pd.DataFrame(distance, index=profiles.index, columns=self.labels)
-
-    def without(self, label: str) -> "NoveltyModel":
-        """The model as if `label` had never been trained: its profile dropped, the threshold
-        recalibrated without it. Each model's profile is fitted on its own windows only, so
-        this equals a refit without that device."""
-        keep = [i for i, name in enumerate(self.labels) if name != label]
-        threshold, figures = calibrate_threshold(self.calibration.get("distances"), exclude=label)
-        return NoveltyModel([self.labels[i] for i in keep], self.features, self.center[keep], self.spread[keep],
-                            threshold, {**self.calibration, **figures})
-
-    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
-        figures = {k: v for k, v in self.calibration.items() if k != "distances"}
-        meta = {"labels": self.labels, "features": self.features, "threshold": self.threshold,
-                "cap": NOVELTY_CAP, "calibration": figures}
-        return meta, {"center": self.center, "spread": self.spread}
-
-    @classmethod
-    def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "NoveltyModel":
-        shape = (len(meta["labels"]), len(meta["features"]))
-        for name in ("center", "spread"):
-            if arrays[name].shape != shape:
-                raise ValueError(f"device classifier: novelty array {name!r} has shape {arrays[name].shape}, "
-                                 f"expected {shape} (labels x features)")
-        return cls(meta["labels"], meta["features"], arrays["center"], arrays["spread"], float(meta["threshold"]),
-                   meta.get("calibration", {}))
-
-
-def _signed_spreads(x: np.ndarray, center: np.ndarray, spread: np.ndarray) -> np.ndarray:
-    """(profiles, models, features): how far each profile is from each model, in its spreads."""
-    return (x[:, None, :] - center[None, :, :]) / spread[None, :, :]
-
-
-def _distance_of(z: np.ndarray) -> np.ndarray:
-    return np.minimum(np.abs(z), NOVELTY_CAP).mean(axis=2)
-
-
-def _distances(x: np.ndarray, center: np.ndarray, spread: np.ndarray) -> np.ndarray:
-    return _distance_of(_signed_spreads(x, center, spread))
-
-
-def _profile_stats(windows: pd.DataFrame, labels_column: str, features: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    labels, centers, spreads = [], [], []
-    for label, part in windows.groupby(labels_column):
-        if len(part) < MIN_MODEL_WINDOWS:
-            continue
-        x = part[features].to_numpy(dtype=float)
-        center = np.median(x, axis=0)
-        spread = np.quantile(x, 0.9, axis=0) - np.quantile(x, 0.1, axis=0)
-        # A feature that never varied for this model still has a scale: 5% of its value, at
-        # least 0.02 (two points of a share, a few percent of a log count).
-        labels.append(label)
-        centers.append(center)
-        spreads.append(np.maximum(spread, np.maximum(np.abs(center) * 0.05, 0.02)))
-    return labels, np.array(centers).reshape(len(labels), len(features)), np.array(spreads).reshape(len(labels), len(features))
-
-
-def calibrate_threshold(distances: pd.DataFrame | None, exclude: str | None = None) -> tuple[float, dict]:
-    """The novelty threshold from calibration days of known devices.
-
-    `distances` has one row per calibration device-day (index level `label`: the device's
-    true model) and one column per model fitted on the earlier training days. Two figures
-    come from it: how far known devices' days are from their OWN model (all must pass: the
-    largest), and how far they are from the nearest OTHER model, as if they were unknown
-    (held-out known devices: the 10th percentile). The threshold sits between the two
-    (geometric mean) when they separate, else at the largest own distance, so that known
-    devices stay named.
-    """
-    if distances is None or distances.empty:
-        return float("inf"), {"threshold_rule": "not calibrated: too few training days or devices"}
-    if exclude is not None:
-        distances = distances.drop(columns=[exclude], errors="ignore")
-        distances = distances[distances.index.get_level_values("label") != exclude]
-    own, other = [], []
-    for (label, *_), row in distances.iterrows():
-        if label not in row.index:
-            continue
-        own.append(row[label])
-        rest = row.drop(label)
-        if len(rest):
-            other.append(rest.min())
-    if not own:
-        return float("inf"), {"threshold_rule": "not calibrated: no calibration day of a modelled device"}
-    own_max = float(np.max(own))
-    other_low = float(np.quantile(other, HELD_OUT_QUANTILE)) if other else float("inf")
-    separated = other_low > own_max and np.isfinite(other_low)
-    threshold = float(np.sqrt(own_max * other_low)) if separated else own_max
-    return threshold, {
-        "threshold_rule": "geometric mean of the largest own distance and the 10th percentile of the nearest-other "
-                          "distance on calibration days" if separated else
-                          "largest own distance on calibration days (known and held-out distances overlap)",
-        "calibration_device_days": len(own),
-        "own_distance_max": own_max,
-        "own_distance_median": float(np.median(own)),
-        "held_out_distance_q10": other_low if other else None,
-    }
-
-
-def fit_novelty(train: pd.DataFrame, labels_column: str, features: list[str],
-                calibration_fraction: float = CALIBRATION_FRACTION,
-                profile_days: int | None = PROFILE_DAYS) -> NoveltyModel:
-    """Profiles of every model on its recent training windows; the threshold from the later training days.
-
-    Profiles describe how a model behaves NOW: the last `profile_days` training days (all
-    of them when None). A device whose behaviour changed for good (the real Nature Remo
-    stopped its HTTPS cloud flows in August) otherwise gets a profile spanning both states,
-    wide enough to take in other quiet devices. Within those days the earlier ones fit
-    provisional profiles and the last `calibration_fraction` are scored against them, which
-    is what later days look like to a model: those distances set the threshold
-    (`calibrate_threshold`).
-    """
-    days = sorted(window_days(train).unique())
-    if profile_days is not None and len(days) > profile_days:
-        days = days[-profile_days:]
-        train = train[window_days(train).isin(days)]
-    distances = None
-    if len(days) >= 2:
-        cut = min(max(1, round(len(days) * (1 - calibration_fraction))), len(days) - 1)
-        early = window_days(train).isin(days[:cut])
-        labels, center, spread = _profile_stats(train[early], labels_column, features)
-        calibration = train[~early & train[labels_column].isin(labels)]
-        if labels and len(calibration):
-            profiles = calibration.groupby([calibration[labels_column].rename("label"),
-                                            window_days(calibration).rename("day"), calibration["device_mac"]])[features].median()
-            distances = pd.DataFrame(_distances(profiles.to_numpy(dtype=float), center, spread),
-                                     index=profiles.index, columns=labels)
-    threshold, figures = calibrate_threshold(distances)
-    labels, center, spread = _profile_stats(train, labels_column, features)
-    return NoveltyModel(labels, list(features), center, spread, threshold, {**figures, "distances": distances})
 
 
 @dataclass
@@ -418,133 +209,7 @@ def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
     return model, metrics, predictions
 
 
-# ---------------------------------------------------------------- inventory: one verdict per MAC and day
-
-INVENTORY_COLUMNS = ["day", "device_mac", "windows", "predicted_device", "predicted_category", "confidence",
-                     "runner_up", "runner_up_confidence", "catalogue_device", "in_catalogue", "disagrees",
-                     "status", "nearest_known", "novelty"]
-
-
-INVENTORY_DAYS = 7
-
-
-def inventory_days(day: str) -> list[str]:
-    """The days a MAC's verdict of `day` pools, oldest first."""
-    last = date.fromisoformat(day)
-    return [(last - timedelta(days=back)).isoformat() for back in range(INVENTORY_DAYS - 1, -1, -1)]
-
-
-_DAY_SPAN = 1_000_000  # more days than any date up to year 4700 counts since 1970
-
-
-def pooled_days(windows: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> tuple[np.ndarray, list[pd.Series]]:
-    """Which windows each MAC's verdict of a day pools: its windows of that day and of the
-    `pool_days - 1` days before it. Returns the rows (positions in `windows`, a row once
-    per day it counts for) and the grouping keys of those rows (device_mac, day). Verdicts
-    are made for the (MAC, day) pairs that have windows, and only for `days` when given.
-    """
-    mac_code, macs = pd.factorize(windows["device_mac"])
-    start = windows["window_start"]
-    if start.dt.tz is not None:
-        start = start.dt.tz_convert("UTC").dt.tz_localize(None)
-    # A (MAC, day) pair as one integer: MAC code * _DAY_SPAN + days since 1970.
-    key = mac_code.astype(np.int64) * _DAY_SPAN + start.to_numpy().astype("datetime64[D]").astype(np.int64)
-    present = np.unique(key)
-    if days is not None:
-        present = present[np.isin(present % _DAY_SPAN, np.array(days, dtype="datetime64[D]").astype(np.int64))]
-    rows, targets = [], []
-    for offset in range(pool_days):
-        hit = np.flatnonzero(np.isin(key + offset, present))
-        rows.append(hit)
-        targets.append(key[hit] + offset)
-    rows, target = np.concatenate(rows), np.concatenate(targets)
-    mac = pd.Series(np.asarray(macs, dtype=object)[target // _DAY_SPAN], name="device_mac")
-    day = pd.Series((target % _DAY_SPAN).astype("datetime64[D]").astype(str), name="day")
-    return rows, [mac, day]
-
-
-def day_verdicts(model: DeviceClassifier, windows: pd.DataFrame, pool_days: int | None = None,
-                 days: list[str] | None = None) -> pd.DataFrame:
-    """One row per MAC and day (INVENTORY_COLUMNS), for `days` (all days of `windows` when None).
-
-    The model behind a MAC does not change from one day to the next, so a MAC's verdict of
-    a day pools its windows of the last `pool_days` days in `windows` (`pooled_days`): a
-    day or two of odd behaviour (the real au camera's doubled DNS on 2019-09-16 and 17) is
-    the detector's business, while a new model is far from every known one from its first
-    day. The named model is the classifier's: the mean of the pooled window probabilities.
-    `novelty` is the distance of the pooled profile to the NEAREST known model over the
-    novelty threshold: above 1 the status is `unknown`, the predicted device and category
-    are empty and `nearest_known` is the hint. A model without a novelty model (or one not
-    calibrated) calls everything known. `windows` counts the day's own windows.
-    `pool_days` is INVENTORY_DAYS unless given.
-    """
-    if windows.empty:
-        return pd.DataFrame(columns=INVENTORY_COLUMNS)
-    proba = pd.DataFrame(model.predict_proba(windows), columns=model.labels, index=windows.index)
-    return verdicts_from(proba, model.novelty, windows, pool_days, days)
-
-
-def verdicts_from(proba: pd.DataFrame, novelty_model: NoveltyModel | None, windows: pd.DataFrame,
-                  pool_days: int | None = None, days: list[str] | None = None,
-                  profiles: pd.DataFrame | None = None) -> pd.DataFrame:
-    """`day_verdicts` from window probabilities (one column per known model, rows as `windows`);
-    `profiles` are the novelty model's pooled day profiles when already computed."""
-    if windows.empty:
-        return pd.DataFrame(columns=INVENTORY_COLUMNS)
-    labels = list(proba.columns)
-    pool_days = pool_days or INVENTORY_DAYS
-    rows, keys = pooled_days(windows, pool_days, days)
-    per_mac = pd.DataFrame(proba.to_numpy()[rows], columns=labels).groupby(keys).mean()
-    counts = windows.groupby([windows["device_mac"], window_days(windows).rename("day")]).size().reindex(per_mac.index)
-    ranked = np.argsort(-per_mac.to_numpy(), axis=1)
-    best = ranked[:, 0]
-    second = ranked[:, 1] if per_mac.shape[1] > 1 else ranked[:, 0]
-    if novelty_model is not None and novelty_model.labels:
-        if profiles is None:
-            profiles = novelty_model.day_profiles(windows, pool_days, days)
-        distance = novelty_model.distances(profiles.reindex(per_mac.index))
-        nearest = distance.idxmin(axis=1).to_numpy()
-        novelty = (distance.min(axis=1) / novelty_model.threshold).to_numpy()
-    else:
-        nearest = np.full(len(per_mac), None, dtype=object)
-        novelty = np.zeros(len(per_mac))
-    categories = {d.name: d.category for d in catalogue.DEVICES}
-    rows = []
-    for i, (mac, day) in enumerate(per_mac.index):
-        known = catalogue.BY_MAC.get(mac)
-        unknown = bool(novelty[i] > 1.0)
-        predicted = None if unknown else labels[best[i]]
-        rows.append({
-            "day": day, "device_mac": mac, "windows": int(counts.iat[i]),
-            "predicted_device": predicted, "predicted_category": categories.get(predicted),
-            "confidence": float(per_mac.iat[i, best[i]]), "runner_up": labels[second[i]],
-            "runner_up_confidence": float(per_mac.iat[i, second[i]]),
-            "catalogue_device": known.name if known else None, "in_catalogue": known is not None,
-            "disagrees": bool(known is not None and known.name != predicted),
-            "status": "unknown" if unknown else "known", "nearest_known": nearest[i], "novelty": float(novelty[i]),
-        })
-    return pd.DataFrame(rows, columns=INVENTORY_COLUMNS)
-
-
-def predict_inventory(model: DeviceClassifier, windows: pd.DataFrame, day: str) -> pd.DataFrame:
-    """The day's inventory: per MAC seen on `day`, the device named (or `unknown`) with its
-    evidence, pooled with the MAC's windows of the days before it in `windows` (`day_verdicts`)."""
-    return day_verdicts(model, windows, days=[day])
-
-
-def day_level_scores(verdicts: pd.DataFrame, windows: pd.DataFrame) -> dict:
-    """Day-level inventory against the truth (`device_name` of the windows): a device-day is
-    right when it is called known AND named correctly."""
-    if verdicts.empty:
-        return {"accuracy": None, "unknown_share": None, "device_days": 0}
-    truth = windows.groupby([windows["device_mac"], window_days(windows).rename("day")])["device_name"].first()
-    truth = truth.reindex(pd.MultiIndex.from_frame(verdicts[["device_mac", "day"]])).to_numpy()
-    named = np.where(verdicts["status"] == "unknown", None, verdicts["predicted_device"])
-    return {
-        "accuracy": float(np.mean(named == truth)),
-        "unknown_share": float((verdicts["status"] == "unknown").mean()),
-        "device_days": int(len(verdicts)),
-    }
+# ---------------------------------------------------------------- open set: leave one device out
 
 
 def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, attacked: pd.Series | None = None,

@@ -45,7 +45,8 @@ from iot_assets.contracts.calendar import DATASET_FIRST_DAY
 from iot_assets.contracts.catalogue import Device
 from iot_assets.core.archive import ArchiveFile, open_json_member
 from iot_assets.core.ingest import decode_archive
-from iot_assets.synthetic import sample
+from iot_assets.synthetic.profiles import Profile
+from iot_assets.synthetic.yaf_writer import FlowColumns, json_lines, write_archive
 
 EPISODE_TYPES = ("scan", "flood", "exfiltration", "beaconing", "firmware_change")  # anomaly episodes
 EXPOSURE_EPISODE_TYPES = ("open_telnet", "reflector", "dns_hijack")
@@ -67,13 +68,13 @@ def _ms(t: datetime) -> int:
 
 def _flows(n: int, start_ms: np.ndarray, duration_ms: np.ndarray, proto: int, remote_ip, remote_port, local_ip: str,
            pkts_out, pkts_in, payload_out, payload_in, device_started: bool = True,
-           local_port=None) -> sample.FlowColumns:
+           local_port=None) -> FlowColumns:
     """Flows of an episode. `pkts_out`/`payload_out` are the first sender's (the device's unless
-    `device_started` is False), as `sample.json_lines` orients records."""
+    `device_started` is False), as `yaf_writer.json_lines` orients records."""
     def arr(v, dtype=np.int64):
         return np.asarray(v, dtype=dtype) if np.ndim(v) else np.full(n, v, dtype=dtype)
 
-    return sample.FlowColumns(
+    return FlowColumns(
         start_ms=arr(start_ms), duration_ms=arr(duration_ms), proto=arr(proto),
         remote_ip=arr(remote_ip, object), remote_mac=np.full(n, catalogue.GATEWAY_MAC, object),
         remote_port=arr(remote_port),
@@ -99,7 +100,7 @@ def _public_ips(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.array([f"{a}.{b}.{c}.{d}" for a, b, c, d in octets], dtype=object)
 
 
-def episode_flows(kind: str, start: datetime, end: datetime, local_ip: str, rng: np.random.Generator) -> sample.FlowColumns:
+def episode_flows(kind: str, start: datetime, end: datetime, local_ip: str, rng: np.random.Generator) -> FlowColumns:
     t0, t1 = _ms(start), _ms(end)
     if kind == "scan":
         n = int((t1 - t0) / 1000)  # one probe a second
@@ -142,7 +143,7 @@ def episode_flows(kind: str, start: datetime, end: datetime, local_ip: str, rng:
 
 
 def dns_lookups(resolver: str, start: datetime, end: datetime, local_ip: str,
-                rng: np.random.Generator) -> sample.FlowColumns:
+                rng: np.random.Generator) -> FlowColumns:
     """An hourly lookup at `resolver`, the query and its answer in one record."""
     t0, t1 = _ms(start), _ms(end)
     starts = np.arange(t0, t1, 3_600_000) + rng.integers(0, 600_000, max(0, len(range(t0, t1, 3_600_000))))
@@ -259,11 +260,11 @@ def inject(archive: ArchiveFile, out_dir: Path, seed: int,
     episodes = [e for e in episodes if e.type in types]
     episodes.sort(key=lambda e: e.start)
 
-    profile = sample.Profile(device, local_ip, ())
+    profile = Profile(device, local_ip, ())
     extra_lines = []
     for ep in episodes:
         if ep.type != "firmware_change":
-            extra_lines += sample.json_lines(profile, episode_flows(ep.type, ep.start, ep.end, local_ip, rng), rng)
+            extra_lines += json_lines(profile, episode_flows(ep.type, ep.start, ep.end, local_ip, rng), rng)
     change = next((e for e in episodes if e.type == "firmware_change"), None)
     since = change.start.strftime("%Y-%m-%d %H:%M:%S.000").encode() if change else b"9999"
 
@@ -272,7 +273,7 @@ def inject(archive: ArchiveFile, out_dir: Path, seed: int,
     for ep in exposure:
         flows = dns_lookups(resolver, ep.start, ep.end, local_ip, exposure_rng) if ep.type == "dns_hijack" \
             else episode_flows(ep.type, ep.start, ep.end, local_ip, exposure_rng)
-        extra_lines += sample.json_lines(profile, flows, exposure_rng)
+        extra_lines += json_lines(profile, flows, exposure_rng)
     hijack = next((e for e in exposure if e.type == "dns_hijack"), None)
     hijack_since = hijack.start.strftime("%Y-%m-%d %H:%M:%S.000").encode() if hijack else b"9999"
     episodes = sorted(episodes + exposure, key=lambda e: e.start)
@@ -297,7 +298,7 @@ def inject(archive: ArchiveFile, out_dir: Path, seed: int,
         yield extra_lines
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = sample.write_archive(lines_by_chunk(), out_dir, archive.name)
+    written = write_archive(lines_by_chunk(), out_dir, archive.name)
     with open(out_dir / "episodes.csv", "a" if (out_dir / "episodes.csv").exists() else "w", newline="") as f:
         writer = csv.writer(f)
         if f.tell() == 0:

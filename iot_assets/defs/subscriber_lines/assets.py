@@ -11,7 +11,7 @@ import pandera.errors
 from iot_assets.contracts.calendar import previous_day
 from iot_assets.contracts.schemas import column_schema
 from iot_assets.core import subscriber_lines as lines
-from iot_assets.core.classifier import time_split
+from iot_assets.core.splits import time_split
 from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions

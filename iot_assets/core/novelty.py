@@ -1,0 +1,196 @@
+"""Open set: is a MAC's day any device model we know, or one never trained on?
+
+Each known model has a profile (centre and spread of every feature over its training
+windows); a MAC's day is `unknown` when even the nearest profile is too far, the threshold
+being calibrated on held-out days of known devices. Part of the device classifier's model
+(`classifier.DeviceClassifier.novelty`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from iot_assets.core import anomaly
+from iot_assets.core.device_inventory import pooled_days
+from iot_assets.core.splits import window_days
+
+NOVELTY_CAP = 3.0  # a feature counts at most three spreads: one wild feature does not make a device unknown
+CALIBRATION_FRACTION = 0.3  # the last 30% of the training days calibrate the novelty threshold
+MIN_MODEL_WINDOWS = 24  # a model's profile needs at least a day of windows
+HELD_OUT_QUANTILE = 0.1
+PROFILE_DAYS: int | None = 28  # novelty profiles from the last four weeks of training
+
+
+@dataclass
+class NoveltyModel:
+    """How far a MAC's day is from each known model's usual behaviour, in that model's own spreads.
+
+    A MAC's day is summarised by the median of each feature over its windows of the day
+    (robust to an odd hour). Its distance to model k is the mean over features of
+    min(|profile - centre_k| / spread_k, NOVELTY_CAP), with centre and spread (10th-90th
+    percentile range, floored) over model k's training windows. A day is `unknown` when even
+    the nearest model is further than `threshold`, which is chosen on held-out days of KNOWN
+    devices (see `calibrate_threshold`).
+    """
+
+    labels: list[str]
+    features: list[str]
+    center: np.ndarray  # (labels, features)
+    spread: np.ndarray  # (labels, features)
+    threshold: float
+    calibration: dict = field(default_factory=dict)
+
+    def day_profiles(self, windows: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> pd.DataFrame:
+        """Median of each feature over each MAC's windows of each day, pooled with the days
+        before it (`pooled_days`), indexed by (device_mac, day)."""
+        rows, keys = pooled_days(windows, pool_days, days)
+        x = pd.DataFrame(windows[self.features].to_numpy(dtype=float)[rows], columns=self.features)
+        return x.groupby(keys).median()
+
+    def distances(self, profiles: pd.DataFrame) -> pd.DataFrame:
+        """Distance of each profile (row) to each known model (column).
+
+        What most MACs of a day moved the same way, each against its nearest model, is the
+        network's and left out (`anomaly.network_moves`): on 2019-09-16 and 09-17 the real
+        Xiaomi light and au camera both sent several times their usual DNS, and both were
+        called unknown.
+        """
+        z = _signed_spreads(profiles[self.features].to_numpy(dtype=float), self.center, self.spread)
+        distance = _distance_of(z)
+        if len(z) and len(self.labels):
+            nearest = z[np.arange(len(z)), distance.argmin(axis=1)]
+            network = anomaly.network_moves(nearest, profiles.index.get_level_values("day").to_numpy())
+            if network.any():
+                distance = _distance_of(np.where(network[:, None, :], 0.0, z))
+        return pd.DataFrame(distance, index=profiles.index, columns=self.labels)
+
+    def without(self, label: str) -> "NoveltyModel":
+        """The model as if `label` had never been trained: its profile dropped, the threshold
+        recalibrated without it. Each model's profile is fitted on its own windows only, so
+        this equals a refit without that device."""
+        keep = [i for i, name in enumerate(self.labels) if name != label]
+        threshold, figures = calibrate_threshold(self.calibration.get("distances"), exclude=label)
+        return NoveltyModel([self.labels[i] for i in keep], self.features, self.center[keep], self.spread[keep],
+                            threshold, {**self.calibration, **figures})
+
+    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
+        figures = {k: v for k, v in self.calibration.items() if k != "distances"}
+        meta = {"labels": self.labels, "features": self.features, "threshold": self.threshold,
+                "cap": NOVELTY_CAP, "calibration": figures}
+        return meta, {"center": self.center, "spread": self.spread}
+
+    @classmethod
+    def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "NoveltyModel":
+        shape = (len(meta["labels"]), len(meta["features"]))
+        for name in ("center", "spread"):
+            if arrays[name].shape != shape:
+                raise ValueError(f"device classifier: novelty array {name!r} has shape {arrays[name].shape}, "
+                                 f"expected {shape} (labels x features)")
+        return cls(meta["labels"], meta["features"], arrays["center"], arrays["spread"], float(meta["threshold"]),
+                   meta.get("calibration", {}))
+
+
+def _signed_spreads(x: np.ndarray, center: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """(profiles, models, features): how far each profile is from each model, in its spreads."""
+    return (x[:, None, :] - center[None, :, :]) / spread[None, :, :]
+
+
+def _distance_of(z: np.ndarray) -> np.ndarray:
+    return np.minimum(np.abs(z), NOVELTY_CAP).mean(axis=2)
+
+
+def _distances(x: np.ndarray, center: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    return _distance_of(_signed_spreads(x, center, spread))
+
+
+def _profile_stats(windows: pd.DataFrame, labels_column: str, features: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    labels, centers, spreads = [], [], []
+    for label, part in windows.groupby(labels_column):
+        if len(part) < MIN_MODEL_WINDOWS:
+            continue
+        x = part[features].to_numpy(dtype=float)
+        center = np.median(x, axis=0)
+        spread = np.quantile(x, 0.9, axis=0) - np.quantile(x, 0.1, axis=0)
+        # A feature that never varied for this model still has a scale: 5% of its value, at
+        # least 0.02 (two points of a share, a few percent of a log count).
+        labels.append(label)
+        centers.append(center)
+        spreads.append(np.maximum(spread, np.maximum(np.abs(center) * 0.05, 0.02)))
+    return labels, np.array(centers).reshape(len(labels), len(features)), np.array(spreads).reshape(len(labels), len(features))
+
+
+def calibrate_threshold(distances: pd.DataFrame | None, exclude: str | None = None) -> tuple[float, dict]:
+    """The novelty threshold from calibration days of known devices.
+
+    `distances` has one row per calibration device-day (index level `label`: the device's
+    true model) and one column per model fitted on the earlier training days. Two figures
+    come from it: how far known devices' days are from their OWN model (all must pass: the
+    largest), and how far they are from the nearest OTHER model, as if they were unknown
+    (held-out known devices: the 10th percentile). The threshold sits between the two
+    (geometric mean) when they separate, else at the largest own distance, so that known
+    devices stay named.
+    """
+    if distances is None or distances.empty:
+        return float("inf"), {"threshold_rule": "not calibrated: too few training days or devices"}
+    if exclude is not None:
+        distances = distances.drop(columns=[exclude], errors="ignore")
+        distances = distances[distances.index.get_level_values("label") != exclude]
+    own, other = [], []
+    for (label, *_), row in distances.iterrows():
+        if label not in row.index:
+            continue
+        own.append(row[label])
+        rest = row.drop(label)
+        if len(rest):
+            other.append(rest.min())
+    if not own:
+        return float("inf"), {"threshold_rule": "not calibrated: no calibration day of a modelled device"}
+    own_max = float(np.max(own))
+    other_low = float(np.quantile(other, HELD_OUT_QUANTILE)) if other else float("inf")
+    separated = other_low > own_max and np.isfinite(other_low)
+    threshold = float(np.sqrt(own_max * other_low)) if separated else own_max
+    return threshold, {
+        "threshold_rule": "geometric mean of the largest own distance and the 10th percentile of the nearest-other "
+                          "distance on calibration days" if separated else
+                          "largest own distance on calibration days (known and held-out distances overlap)",
+        "calibration_device_days": len(own),
+        "own_distance_max": own_max,
+        "own_distance_median": float(np.median(own)),
+        "held_out_distance_q10": other_low if other else None,
+    }
+
+
+def fit_novelty(train: pd.DataFrame, labels_column: str, features: list[str],
+                calibration_fraction: float = CALIBRATION_FRACTION,
+                profile_days: int | None = PROFILE_DAYS) -> NoveltyModel:
+    """Profiles of every model on its recent training windows; the threshold from the later training days.
+
+    Profiles describe how a model behaves NOW: the last `profile_days` training days (all
+    of them when None). A device whose behaviour changed for good (the real Nature Remo
+    stopped its HTTPS cloud flows in August) otherwise gets a profile spanning both states,
+    wide enough to take in other quiet devices. Within those days the earlier ones fit
+    provisional profiles and the last `calibration_fraction` are scored against them, which
+    is what later days look like to a model: those distances set the threshold
+    (`calibrate_threshold`).
+    """
+    days = sorted(window_days(train).unique())
+    if profile_days is not None and len(days) > profile_days:
+        days = days[-profile_days:]
+        train = train[window_days(train).isin(days)]
+    distances = None
+    if len(days) >= 2:
+        cut = min(max(1, round(len(days) * (1 - calibration_fraction))), len(days) - 1)
+        early = window_days(train).isin(days[:cut])
+        labels, center, spread = _profile_stats(train[early], labels_column, features)
+        calibration = train[~early & train[labels_column].isin(labels)]
+        if labels and len(calibration):
+            profiles = calibration.groupby([calibration[labels_column].rename("label"),
+                                            window_days(calibration).rename("day"), calibration["device_mac"]])[features].median()
+            distances = pd.DataFrame(_distances(profiles.to_numpy(dtype=float), center, spread),
+                                     index=profiles.index, columns=labels)
+    threshold, figures = calibrate_threshold(distances)
+    labels, center, spread = _profile_stats(train, labels_column, features)
+    return NoveltyModel(labels, list(features), center, spread, threshold, {**figures, "distances": distances})
