@@ -24,10 +24,6 @@ from sklearn.metrics import (
 )
 
 from iot_assets.core.device_inventory import INVENTORY_DAYS, day_level_scores, day_verdicts, verdicts_from
-
-# Re-exported (`x as x`): defs/behaviour/assets.py reaches these, TimeSplit and window_days as `classifier.X`.
-from iot_assets.core.device_inventory import inventory_days as inventory_days
-from iot_assets.core.device_inventory import predict_inventory as predict_inventory
 from iot_assets.core.features import FEATURES
 from iot_assets.core.novelty import NoveltyModel, fit_novelty
 from iot_assets.core.splits import TimeSplit, window_days

@@ -9,8 +9,9 @@ import pandas as pd
 
 from iot_assets.contracts.calendar import previous_day
 from iot_assets.contracts.schemas import AnomalyIncidents, column_schema
-from iot_assets.core import anomaly, classifier, drift, incidents, rebaseline
+from iot_assets.core import anomaly, classifier, drift, incidents, rebaseline, splits
 from iot_assets.core import champion as champion_module
+from iot_assets.core.device_inventory import INVENTORY_DAYS, inventory_days, predict_inventory
 from iot_assets.core.exploration import exploration
 from iot_assets.core.features import (
     CONTEXT_HOURS,
@@ -31,7 +32,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.BetaWarning)
     DAY_AND_DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-1, allow_nonexistent_upstream_partitions=True)
     # A MAC's inventory verdict pools its windows of the day and the days before it.
-    INVENTORY_WEEK = dg.TimeWindowPartitionMapping(start_offset=-(classifier.INVENTORY_DAYS - 1),
+    INVENTORY_WEEK = dg.TimeWindowPartitionMapping(start_offset=-(INVENTORY_DAYS - 1),
                                                    allow_nonexistent_upstream_partitions=True)
 
 # Training reads every day of the range that has been built; a day not built yet is left out.
@@ -68,17 +69,17 @@ class TrainingConfig(dg.Config):
 
 
 def training_split(windows: pd.DataFrame, config: TrainingConfig, model_settings: ModelSettings,
-                   champion) -> tuple[pd.DataFrame, classifier.TimeSplit]:
+                   champion) -> tuple[pd.DataFrame, splits.TimeSplit]:
     """The windows and split to train on: the time split, or (challenging a champion) the sliding window and its holdout."""
     if champion is None:
-        return windows, classifier.TimeSplit.of(windows, model_settings.train_fraction)
-    window, holdout = champion_module.sliding_split(classifier.window_days(windows).unique().tolist(),
+        return windows, splits.TimeSplit.of(windows, model_settings.train_fraction)
+    window, holdout = champion_module.sliding_split(splits.window_days(windows).unique().tolist(),
                                                     config.window_days, config.holdout_days)
-    return windows[classifier.window_days(windows).isin(window + holdout)], classifier.TimeSplit(window, holdout)
+    return windows[splits.window_days(windows).isin(window + holdout)], splits.TimeSplit(window, holdout)
 
 
 def settle_challenge(context: dg.AssetExecutionContext, reports: ReportFiles, report_name: str, champion, challenger,
-                     split: classifier.TimeSplit, compared: tuple[str, dict]):
+                     split: splits.TimeSplit, compared: tuple[str, dict]):
     """(the model to serve, the challenge's figures): the champion as it was, or the challenger with them in its metrics."""
     keep, challenge = compared
     reports.write_json(report_name, challenge)
@@ -105,7 +106,7 @@ def _rebaselined_detector(context: dg.AssetExecutionContext, config: TrainingCon
         raise dg.Failure("anomaly_detector: nothing to re-baseline before the first training")
     metrics = dict(detector.metrics or {})
     baselines = dict(metrics.get("baselines") or {})
-    until = classifier.window_days(windows).max()
+    until = splits.window_days(windows).max()
     refitted = {}
     for request in config.rebaseline:
         device_mac, _, from_day = request.partition("@")
@@ -230,7 +231,7 @@ def build(parts: Partitions) -> list:
         # lake that starts later: a verdict pools the days there are. Each is read once.
         ins={"device_windows": dg.AssetIn(partition_mapping=INVENTORY_WEEK,
                                           metadata={"allow_missing_partitions": True,
-                                                    "keep_days": classifier.INVENTORY_DAYS})},
+                                                    "keep_days": INVENTORY_DAYS})},
         check_specs=[
             dg.AssetCheckSpec("inventory_agrees_with_catalogue", asset="device_inventory",
                               description="At least 90% of the catalogue MACs seen get their catalogue device."),
@@ -243,15 +244,15 @@ def build(parts: Partitions) -> list:
     def device_inventory(context: dg.AssetExecutionContext, device_windows: LazyDays,
                          device_classifier: classifier.DeviceClassifier):
         """Per MAC seen that day: the predicted device (or `unknown`) and category with confidence,
-        from its windows of the last week (`classifier.INVENTORY_DAYS`), against the catalogue."""
+        from its windows of the last week (`INVENTORY_DAYS`), against the catalogue."""
         model = device_classifier
         out, frames = {}, {}  # the frames of the week, each converted once however many days pool it
         for day in context.partition_keys:
             if day not in device_windows:
                 raise FileNotFoundError(f"device_inventory[{day}]: device_windows of {day} is not built")
-            week = [d for d in classifier.inventory_days(day) if d in device_windows]
+            week = [d for d in inventory_days(day) if d in device_windows]
             frames = {d: frames[d] if d in frames else device_windows[d] for d in week}
-            out[day] = classifier.predict_inventory(model, concat_days(frames), day).assign(model_version=model.version)
+            out[day] = predict_inventory(model, concat_days(frames), day).assign(model_version=model.version)
         inventory = concat_days(out)
         known = inventory[inventory["in_catalogue"].astype(bool)] if len(inventory) else inventory
         agreement = float((~known["disagrees"].astype(bool)).mean()) if len(known) else None
@@ -434,7 +435,7 @@ def build(parts: Partitions) -> list:
         baselines = anomaly_detector.metrics.get("baselines") or {}
         first_needed = min([train_range[0], *(b["from_day"] for b in baselines.values())])
         windows = concat_days({d: f for d, f in device_windows.items() if first_needed <= d})
-        days = classifier.window_days(windows)
+        days = splits.window_days(windows)
         train = days.between(*train_range) & ~attacked_windows(windows, model_settings) \
             & ~windows["device_mac"].isin(list(baselines))
         devices = drift.build_reference(windows[train])
