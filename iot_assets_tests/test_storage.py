@@ -138,3 +138,42 @@ def test_lazy_days_reads_a_day_once_while_walking_with_the_day_before_and_hands_
     assert reads == [f"day={d}" for d in days]
     assert pq.read_table(paths[days[0]].path).num_rows == 2
     assert lazy[days[0]]["flows"].tolist() == [0, 10] and reads[-1] == f"day={days[0]}"  # left the two kept: read again
+
+
+def test_days_built_gathered_state_is_read_after_the_days_are_written_or_the_run_fails(tmp_path):
+    """The one asset-inside-IO-manager mechanism: a reordered yield fails loudly instead of checking nothing."""
+    import dagster as dg
+    import pandas as pd
+
+    from iot_assets.io.lake import DaysBuilt, LakeIOManager
+
+    days = dg.DailyPartitionsDefinition(start_date="2019-06-25", end_date="2019-06-27")
+
+    def make(reorder: bool):
+        @dg.asset(partitions_def=days, io_manager_key="lake", check_specs=[dg.AssetCheckSpec("rows", asset="table")],
+                  backfill_policy=dg.BackfillPolicy.single_run())
+        def table(context: dg.AssetExecutionContext):
+            rows = []
+
+            def build(day: str) -> pd.DataFrame:
+                rows.append(3)
+                return pd.DataFrame({"x": [1, 2, 3]})
+
+            built = DaysBuilt(context.partition_keys, build)
+            if reorder:
+                built.written()
+            yield dg.Output(built)
+            built.written()
+            yield dg.AssetCheckResult(check_name="rows", passed=sum(rows) == 6, metadata={"rows": sum(rows)})
+
+        return table
+
+    tags = {"dagster/asset_partition_range_start": "2019-06-25", "dagster/asset_partition_range_end": "2019-06-26"}
+    ok = dg.materialize([make(False)], resources={"lake": LakeIOManager(str(tmp_path))}, tags=tags)
+    (check,) = ok.get_asset_check_evaluations()
+    assert check.passed and check.metadata["rows"].value == 6
+    reordered = dg.materialize([make(True)], resources={"lake": LakeIOManager(str(tmp_path))}, tags=tags,
+                               raise_on_error=False)
+    assert not reordered.success
+    failure = next(e for e in reordered.all_events if e.is_step_failure)
+    assert "read before its days were written" in failure.event_specific_data.error.cause.message

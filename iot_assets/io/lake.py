@@ -9,7 +9,11 @@ A run may cover a range of days (a single-run backfill): daily assets then retur
 
 A daily asset may instead return `DaysBuilt(days, build)`: the IO manager then builds each day
 when it writes it, so that a run over many days holds one day's table at a time, and hands the
-memory back between days (`iot_assets.core.memory`).
+memory back between days (`iot_assets.core.memory`). This is the one place where an asset's code
+runs inside its IO manager, and it is explicit: what `build` gathers (counts, check failures) is
+ready only once the days are written, so the asset yields the output first and then calls
+`written()` on it before it reads what was gathered; `written()` raises if the IO manager has not
+written the days yet (a reordered `yield`), instead of letting a check pass on nothing.
 
 The day is the partition, in the path: a `day` column of a daily table is not written into the
 file (a hive reader would see two `day` fields) and is restored from the path on load.
@@ -62,6 +66,7 @@ class DaysBuilt(Mapping):
 
     def __init__(self, days, build: Callable[[str], pd.DataFrame], metadata: Callable[[], dict] | None = None):
         self._days, self._build, self._metadata = sorted(days), build, metadata
+        self._written = False
 
     def __getitem__(self, day: str) -> pd.DataFrame:
         if day not in self._days:
@@ -83,6 +88,14 @@ class DaysBuilt(Mapping):
         """Written: let go of the builder and what it holds (the step's inputs); an in-process run keeps every
         output value of the run (`execute_in_process` captures them), and should keep no days through it."""
         self._build = self._metadata = None
+        self._written = True
+
+    def written(self) -> "DaysBuilt":
+        """This, once the IO manager has written every day; raises before that (module docstring)."""
+        if not self._written:
+            raise RuntimeError("DaysBuilt read before its days were written: yield the Output first, then read what "
+                               "its build gathered")
+        return self
 
 
 class LakeIOManager(dg.UPathIOManager):

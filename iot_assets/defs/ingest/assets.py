@@ -270,7 +270,9 @@ def build(parts: Partitions) -> list:
             return df
 
         days = context.partition_keys
-        yield dg.Output(DaysBuilt(days, build, lambda: {"rows": sum(rows)}))
+        built = DaysBuilt(days, build, lambda: {"rows": sum(rows)})
+        yield dg.Output(built)
+        built.written()  # schema_bad, count_bad and rows are filled as the days are written
         yield days_check("decoded_schema", "decoded_flows", schema_bad, "every day matches DecodedFlows", {"rows": sum(rows)})
         yield days_check("decoded_matches_staging", "decoded_flows", count_bad,
                          "every archive's rows match its summary", {"days": len(days)})
@@ -333,7 +335,9 @@ def build(parts: Partitions) -> list:
             return {"rows": sum(rows_by_day.values()), "devices": len(counts),
                     "rows_per_device": dg.MetadataValue.json({k: int(v) for k, v in counts.items()})}
 
-        yield dg.Output(DaysBuilt(context.partition_keys, build, clean_metadata), output_name="clean_flows")
+        built = DaysBuilt(context.partition_keys, build, clean_metadata)
+        yield dg.Output(built, output_name="clean_flows")
+        built.written()  # what build gathered (rejects, samples, counts) is complete only now
         rows = sum(rows_by_day.values())
         rejected = sum(len(r) for r in rejects_by_day.values())
         yield dg.Output(rejects_by_day, output_name="clean_rejects",

@@ -190,7 +190,9 @@ def build(parts: Partitions) -> list:
                                                           else None for r in rates}),
             }
 
-        yield dg.Output(DaysBuilt(context.partition_keys, view_of, views_metadata), output_name="line_views")
+        built = DaysBuilt(context.partition_keys, view_of, views_metadata)
+        yield dg.Output(built, output_name="line_views")
+        built.written()  # truth, failures and view_rows are complete only now
         rows = int(sum(view_rows))
         yield dg.Output(truth, output_name="line_truth", metadata={"rows": sum(len(t) for t in truth.values())})
         yield dg.AssetCheckResult(check_name="line_views_schema", asset_key="line_views", passed=not failures,
