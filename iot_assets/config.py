@@ -25,7 +25,7 @@ def _parse_day(env, name: str, default: date) -> date:
     try:
         return date.fromisoformat(raw)
     except ValueError as exc:
-        raise SettingsError(f"{name}={raw!r} is not a date of the form YYYY-MM-DD") from exc
+        raise SettingsError(f"{name}={raw!r} is not a date of the form YYYY-MM-DD") from None
 
 
 def _parse_number(env, name: str, default: float, low: float, high: float) -> float:
@@ -35,7 +35,7 @@ def _parse_number(env, name: str, default: float, low: float, high: float) -> fl
     try:
         value = float(raw)
     except ValueError as exc:
-        raise SettingsError(f"{name}={raw!r} is not a number") from exc
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
     if not low <= value <= high:
         raise SettingsError(f"{name}={raw} is outside {low}..{high}")
     return value
