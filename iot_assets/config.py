@@ -24,7 +24,7 @@ def _parse_day(env, name: str, default: date) -> date:
         return default
     try:
         return date.fromisoformat(raw)
-    except ValueError as exc:
+    except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a date of the form YYYY-MM-DD") from None
 
 
@@ -34,7 +34,7 @@ def _parse_number(env, name: str, default: float, low: float, high: float) -> fl
         return default
     try:
         value = float(raw)
-    except ValueError as exc:
+    except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
     if not low <= value <= high:
         raise SettingsError(f"{name}={raw} is outside {low}..{high}")
