@@ -201,3 +201,27 @@ def flows_for_day(records: pa.Table, day: date, max_gap_ms: int = STITCH_GAP_MS)
     stitched = stitch_biflows(records.filter(near), max_gap_ms)
     start = stitched.column("flow_start").cast(pa.int64())
     return stitched.filter(pc.and_(pc.greater_equal(start, day_ms), pc.less(start, day_ms + _DAY_MS)))
+
+
+# RFC 1918 addresses and IPv6 unique-local / link-local ones: what a home network uses behind the NAT.
+PRIVATE_ADDRESS = r"^(10\.|192\.168\.|172\.(1[6-9]|2[0-9]|3[01])\.|f[cd][0-9a-f]{2}:|fe80:)"
+
+
+def device_identity(flows: pa.Table, gateway_ips: frozenset[str] = frozenset()) -> pa.Table:
+    """Per flow, the device it belongs to and how it is known: `identity` is `mac` (the MAC
+    of the device's side), `private_ip` (no MAC: the address before the NAT) or `line` (no
+    private address either: only the subscriber line, `device_key` null).
+
+    The device's side is the source if its address is private and not a gateway's, else the
+    destination if that is; a flow between two devices belongs to its source.
+    """
+    def candidate(side: str) -> pa.ChunkedArray:
+        ip = flows.column(f"{side}_ip")
+        private = pc.fill_null(pc.match_substring_regex(pc.utf8_lower(ip), PRIVATE_ADDRESS), False)
+        return pc.and_(private, pc.invert(pc.is_in(ip, pa.array(sorted(gateway_ips), pa.string()))))
+
+    src_side, dst_side = candidate("src"), candidate("dst")
+    ip = pc.if_else(src_side, flows.column("src_ip"), pc.if_else(dst_side, flows.column("dst_ip"), None))
+    mac = pc.if_else(src_side, flows.column("src_mac"), pc.if_else(dst_side, flows.column("dst_mac"), None))
+    identity = pc.if_else(pc.is_valid(mac), "mac", pc.if_else(pc.is_valid(ip), "private_ip", "line"))
+    return pa.table({"device_key": pc.coalesce(mac, ip), "device_ip": ip, "identity": identity})

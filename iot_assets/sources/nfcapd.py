@@ -207,10 +207,12 @@ def _parse_slowly(lines: list[bytes], file: str, rates: dict[int, int]) -> tuple
     return records, rejects
 
 
-def _rejects(file: str, numbers: np.ndarray, reason: str, details: list[str]) -> pa.Table:
+def _rejects(file: str, numbers: np.ndarray, reasons: list[str] | str, details: list[str]) -> pa.Table:
+    if isinstance(reasons, str):
+        reasons = [reasons] * len(numbers)
     return pa.table({"archive": pa.array([file] * len(numbers), pa.string()),
                      "line_number": pa.array(numbers, pa.int64()),
-                     "reason": pa.array([reason] * len(numbers), pa.string()),
+                     "reason": pa.array(reasons, pa.string()),
                      "detail": pa.array(details, pa.string())}, schema=REJECTS)
 
 
@@ -313,8 +315,6 @@ def _convert(text: dict[str, pa.Array], numbers: np.ndarray, lines: list[bytes],
     }
     records = records_table(columns, n).filter(pa.array(keep))
     bad = np.flatnonzero(~keep)
-    rejects = _rejects(file, numbers[bad], "", [])
-    if len(bad):
-        rejects = _rejects(file, numbers[bad], "", [lines[i][:200].decode("utf-8", "replace") for i in bad])
-        rejects = rejects.set_column(2, "reason", pa.array(reason[bad].tolist(), pa.string()))
+    rejects = _rejects(file, numbers[bad], reason[bad].tolist(),
+                       [lines[i][:200].decode("utf-8", "replace") for i in bad])
     return records, rejects
