@@ -42,6 +42,7 @@ import os
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,35 +158,42 @@ def read_nfcapd_file(file: Path, nfdump: str | None = None) -> NfcapdFile:
     return NfcapdFile(records, rejects, ledger)
 
 
-def read_nfcapd_files(files: list[Path]) -> tuple[list[NfcapdFile], list[SourceFileError]]:
-    """Decode several files: the ones nfdump cannot read become errors, the others still decode."""
+def read_nfcapd_files(files: list[Path], workers: int = 2) -> tuple[list[NfcapdFile], list[SourceFileError]]:
+    """Decode several files, in order: the ones nfdump cannot read become errors, the others still decode.
+
+    Two files at a time: one waits for nfdump while the other is parsed."""
     nfdump = nfdump_path()
-    read, errors = [], []
-    for file in files:
+
+    def read_one(file: Path) -> NfcapdFile | SourceFileError:
         try:
-            read.append(read_nfcapd_file(file, nfdump))
+            return read_nfcapd_file(file, nfdump)
         except SourceFileError as exc:
-            errors.append(exc)
-    return read, errors
+            return exc
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nfdump") as pool:
+        results = list(pool.map(read_one, files))
+    return ([r for r in results if isinstance(r, NfcapdFile)], [r for r in results if isinstance(r, SourceFileError)])
 
 
 def parse_nfdump_lines(text: bytes, file: str, rates: dict[int, int] | None = None) -> tuple[pa.Table, pa.Table]:
     """Records (FLOW_SCHEMA) and rejects (REJECTS_SCHEMA) from nfdump's output in NFDUMP_FORMAT."""
-    lines = [line for line in text.split(b"\n") if line.strip() and line.strip() != b"No matching flows"]
-    if not lines:
+    if b"No matching flows" in text or b"\n\n" in text or text.startswith(b"\n"):
+        text = b"\n".join(line for line in text.split(b"\n") if line.strip() and line.strip() != b"No matching flows")
+    if not text.strip():
         return FLOW_SCHEMA.empty_table(), REJECTS.empty_table()
-    body = b"\n".join(lines) + b"\n"
-    numbers = np.arange(1, len(lines) + 1, dtype=np.int64)
-    if any(line.count(b"|") != len(NFDUMP_COLUMNS) - 1 for line in lines):
-        return _parse_slowly(lines, file, rates or {})
-    table = pcsv.read_csv(
-        pa.py_buffer(body),
-        read_options=pcsv.ReadOptions(column_names=list(NFDUMP_COLUMNS)),
-        parse_options=pcsv.ParseOptions(delimiter="|", quote_char=False),
-        convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in NFDUMP_COLUMNS}),
-    )
-    text_columns = {c: pc.utf8_trim_whitespace(table.column(c)) for c in NFDUMP_COLUMNS}
-    return _convert(text_columns, numbers, lines, file, rates or {})
+    body = text if text.endswith(b"\n") else text + b"\n"
+    try:
+        table = pcsv.read_csv(
+            pa.py_buffer(body),
+            read_options=pcsv.ReadOptions(column_names=list(NFDUMP_COLUMNS), block_size=16 << 20),
+            parse_options=pcsv.ParseOptions(delimiter="|", quote_char=False),
+            convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in NFDUMP_COLUMNS}),
+        )
+    except pa.ArrowInvalid:  # a line with a wrong number of fields
+        return _parse_slowly(body.split(b"\n")[:-1], file, rates or {})
+    numbers = np.arange(1, table.num_rows + 1, dtype=np.int64)
+    text_columns = {c: pc.utf8_trim_whitespace(table.column(c).combine_chunks()) for c in NFDUMP_COLUMNS}
+    return _convert(text_columns, numbers, body, file, rates or {})
 
 
 def _parse_slowly(lines: list[bytes], file: str, rates: dict[int, int]) -> tuple[pa.Table, pa.Table]:
@@ -199,8 +207,8 @@ def _parse_slowly(lines: list[bytes], file: str, rates: dict[int, int]) -> tuple
         else:
             bad_numbers.append(number)
     columns = {c: pa.array([row[i] for row in good], pa.string()) for i, c in enumerate(NFDUMP_COLUMNS)}
-    records, rejects = _convert(columns, np.array(good_numbers, dtype=np.int64), [lines[n - 1] for n in good_numbers],
-                                file, rates)
+    records, rejects = _convert(columns, np.array(good_numbers, dtype=np.int64),
+                                b"".join(lines[n - 1] + b"\n" for n in good_numbers), file, rates)
     extra = _rejects(file, np.array(bad_numbers, dtype=np.int64), "wrong_field_count",
                      [lines[n - 1][:200].decode("utf-8", "replace") for n in bad_numbers])
     rejects = pa.concat_tables([rejects, extra]).sort_by("line_number")
@@ -232,36 +240,62 @@ def _icmp_port(port: pa.Array) -> pa.Array:
 
 def _tcp_flag_bits(flags: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """nfdump's 8 flag letters (`...AP.SF`) as the usual bit mask, and which are malformed."""
-    good = np.asarray(pc.equal(pc.utf8_length(flags), 8).to_numpy(zero_copy_only=False), dtype=bool)
-    text = flags.to_numpy(zero_copy_only=False).astype("U8")
-    matrix = text.view(np.uint32).reshape(len(text), 8) if len(text) else np.zeros((0, 8), np.uint32)
-    bits = ((matrix != ord(".")) & (matrix != 0)) @ _FLAG_BITS.astype(np.int64)
+    flags = flags.combine_chunks() if isinstance(flags, pa.ChunkedArray) else flags
+    good = np.asarray(pc.fill_null(pc.equal(pc.utf8_length(flags), 8), False).to_numpy(zero_copy_only=False), bool)
+    if good.all() and flags.null_count == 0:  # the letters straight from the buffer: n rows of 8 bytes
+        offsets = np.frombuffer(flags.buffers()[1], dtype=np.int32)[flags.offset : flags.offset + len(flags) + 1]
+        matrix = np.frombuffer(flags.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(len(flags), 8)
+    else:
+        text = pc.if_else(pa.array(good), flags, "........").to_numpy(zero_copy_only=False).astype("S8")
+        matrix = np.frombuffer(text.tobytes(), dtype=np.uint8).reshape(len(flags), 8)
+    bits = (matrix != ord(".")).astype(np.int64) @ _FLAG_BITS.astype(np.int64)
     return bits.astype(np.int16), ~good
 
 
-def _convert(text: dict[str, pa.Array], numbers: np.ndarray, lines: list[bytes], file: str,
+def _integers(column: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    """Digits as int64 (in one cast when every value is digits), and which values are not."""
+    try:
+        return pc.cast(column, pa.int64()), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        ok = pc.match_substring_regex(column, _INTEGER)
+        return pc.cast(pc.if_else(ok, column, "0"), pa.int64()), pc.invert(ok)
+
+
+def _timestamps(column: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    """nfdump's `YYYY-MM-DD hh:mm:ss.fff` (UTC) as timestamps, and which values are not that."""
+    utc = pa.timestamp("ms", tz="UTC")
+    try:
+        if pc.all(pc.match_substring(column, "-")).as_py() is not False:
+            return pc.cast(pc.cast(column, pa.timestamp("ms")), utc), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    ok = pc.match_substring_regex(column, _TIME)
+    return pc.cast(pc.cast(pc.if_else(ok, column, "1970-01-01 00:00:00"), pa.timestamp("ms")), utc), pc.invert(ok)
+
+
+def _convert(text: dict[str, pa.Array], numbers: np.ndarray, body: bytes, file: str,
              rates: dict[int, int]) -> tuple[pa.Table, pa.Table]:
     n = len(numbers)
     reason = np.full(n, "", dtype=object)
 
     def mark(bad, why: str) -> None:
+        if bad is None or not pc.any(bad).as_py():
+            return
         bad = np.asarray(pc.fill_null(bad, True).to_numpy(zero_copy_only=False), dtype=bool)
         reason[bad & (reason == "")] = why
 
-    text = {name: pc.fill_null(column, "") for name, column in text.items()}
+    text = {name: pc.fill_null(column, "") if column.null_count else column for name, column in text.items()}
     text["dst_port"] = _icmp_port(text["dst_port"])
     integers = {}
     for name in ("protocol", "src_port", "dst_port", "in_packets", "in_bytes", "out_packets", "out_bytes", "input",
                  "output", "tos", "exporter"):
-        ok = pc.match_substring_regex(text[name], _INTEGER)
-        mark(pc.invert(ok), f"bad_number:{name}")
-        integers[name] = pc.cast(pc.if_else(ok, text[name], "0"), pa.int64())
+        integers[name], bad = _integers(text[name])
+        mark(bad, f"bad_number:{name}")
+        mark(pc.less(integers[name], 0), f"bad_number:{name}")
     times = {}
     for name in ("start", "end"):
-        ok = pc.match_substring_regex(text[name], _TIME)
-        mark(pc.invert(ok), f"bad_timestamp:{name}")
-        times[name] = pc.cast(pc.cast(pc.if_else(ok, text[name], "1970-01-01 00:00:00"), pa.timestamp("ms")),
-                              pa.timestamp("ms", tz="UTC"))
+        times[name], bad = _timestamps(text[name])
+        mark(bad, f"bad_timestamp:{name}")
     for name in ("src_ip", "dst_ip"):
         mark(pc.invert(pc.match_substring_regex(text[name], r"^[0-9a-fA-F:.]{2,45}$")), f"bad_ip:{name}")
     mark(pc.greater(integers["protocol"], 255), "protocol_out_of_range")
@@ -313,8 +347,13 @@ def _convert(text: dict[str, pa.Array], numbers: np.ndarray, lines: list[bytes],
         "ip_version": pc.if_else(pc.match_substring(text["src_ip"], ":"), 6, 4),
         "sampling_rate": pa.array(rate),
     }
-    records = records_table(columns, n).filter(pa.array(keep))
+    records = records_table(columns, n)
+    if not keep.all():
+        records = records.filter(pa.array(keep))
     bad = np.flatnonzero(~keep)
+    if len(bad) == 0:
+        return records, REJECTS.empty_table()
+    lines = body.split(b"\n")
     rejects = _rejects(file, numbers[bad], reason[bad].tolist(),
                        [lines[i][:200].decode("utf-8", "replace") for i in bad])
     return records, rejects
