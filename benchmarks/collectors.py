@@ -40,6 +40,7 @@ from iot_assets.sources.ipfix_file import read_ipfix_file  # noqa: E402
 from iot_assets.synthetic.pcap import write_pcap  # noqa: E402
 
 DAY = date(2019, 6, 25)
+SOFTFLOWD = shutil.which("softflowd") or "/usr/sbin/softflowd"  # Debian puts it in /usr/sbin
 ENV = dict(os.environ, TZ="UTC")
 
 
@@ -103,7 +104,7 @@ def bench_nfcapd(work: Path, records: int) -> None:
 
 
 def bench_ipfix(work: Path, copies: int) -> None:
-    if not (shutil.which("softflowd") and shutil.which("ipfixDump")):
+    if not (os.access(SOFTFLOWD, os.X_OK) and shutil.which("ipfixDump")):
         print("ipfix: skipped (needs softflowd and ipfixDump)")
         return
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -120,7 +121,7 @@ def bench_ipfix(work: Path, copies: int) -> None:
 
     thread = threading.Thread(target=listen)
     thread.start()
-    subprocess.run(["softflowd", "-d", "-r", str(work / "devices.pcap"), "-v", "10", "-A", "milli", "-T", "ether",
+    subprocess.run([SOFTFLOWD, "-d", "-r", str(work / "devices.pcap"), "-v", "10", "-A", "milli", "-T", "ether",
                     "-c", "none", "-p", os.devnull, "-n", f"127.0.0.1:{receiver.getsockname()[1]}"],
                    check=True, capture_output=True)
     thread.join()

@@ -37,8 +37,13 @@ LAN_PEERS = {sample.PHONE[1], sample.PC[1], sample.TABLET[1]}
 NFDUMP_TOOLS = ("nfdump", "nfpcapd", "nfcapd")
 
 
+def _program(name: str) -> str | None:
+    """A program on PATH, or in /usr/sbin where Debian puts softflowd (not on every user's PATH)."""
+    return shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
+
+
 def _skip_without(*programs: str):
-    missing = [p for p in programs if shutil.which(p) is None]
+    missing = [p for p in programs if _program(p) is None]
     return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (Debian packages nfdump, "
                                                     f"softflowd, libfixbuf-tools; .ci/run installs them)")
 
@@ -342,7 +347,6 @@ def test_pcap_through_nfpcapd_is_read_record_for_record(pcap, nfpcapd_dir):
     assert set(pcap.device_by_ip) <= keys <= set(pcap.device_by_ip) | LAN_PEERS
 
 
-@pytest.mark.slow
 @_skip_without(*NFDUMP_TOOLS)
 def test_bad_truncated_and_foreign_files_are_named_while_a_good_one_decodes(nfpcapd_dir, tmp_path):
     sizes = {f: f.stat().st_size for f in nfcapd.find_nfcapd_files(nfpcapd_dir)}
@@ -392,7 +396,7 @@ def _softflowd(pcap_path: Path, port: int, *extra: str) -> tuple[int, int, int]:
 
     `-c none`: softflowd 1.1.0 reading a file with a control socket blocks in accept() forever.
     """
-    out = subprocess.run(["softflowd", "-d", "-r", str(pcap_path), "-v", "10", "-n", f"127.0.0.1:{port}",
+    out = subprocess.run([_program("softflowd"), "-d", "-r", str(pcap_path), "-v", "10", "-n", f"127.0.0.1:{port}",
                           "-A", "milli", "-T", "ether", "-c", "none", "-p", os.devnull, *extra],
                          capture_output=True, text=True, timeout=120, check=True)
     report = out.stdout + out.stderr
@@ -402,7 +406,6 @@ def _softflowd(pcap_path: Path, port: int, *extra: str) -> tuple[int, int, int]:
     return int(exported[1]), int(exported[2]), int(processed[1])
 
 
-@pytest.mark.slow
 @_skip_without("nfcapd", "nfdump", "softflowd")
 def test_softflowd_live_into_nfcapd_loses_nothing(pcap, tmp_path):
     directory = tmp_path / "live"
@@ -468,7 +471,6 @@ def _ipfix_dump_stats(path: Path) -> tuple[int, int, dict[int, int]]:
     return int(header[1]), int(header[2]), {t: n for t, n in per_template.items() if n}
 
 
-@pytest.mark.slow
 @_skip_without("softflowd", "ipfixDump")
 def test_softflowd_ipfix_file_matches_ipfixdump(pcap, tmp_path):
     path = tmp_path / "softflowd.ipfix"
@@ -487,7 +489,6 @@ def test_softflowd_ipfix_file_matches_ipfixdump(pcap, tmp_path):
     assert flows_for_day(read.records, DAY).num_rows == flows
 
 
-@pytest.mark.slow
 @_skip_without("softflowd", "ipfixDump", "nfcapd", "nfdump")
 def test_sampling_rate_travels_with_the_records(pcap, tmp_path):
     path = tmp_path / "sampled.ipfix"
