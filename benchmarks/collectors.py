@@ -116,13 +116,13 @@ def bench_ipfix(work: Path, copies: int) -> None:
         while True:
             try:
                 datagrams.append(receiver.recv(65535))
-            except socket.timeout:
+            except TimeoutError:
                 return
 
     thread = threading.Thread(target=listen)
     thread.start()
     subprocess.run([SOFTFLOWD, "-d", "-r", str(work / "devices.pcap"), "-v", "10", "-A", "milli", "-T", "ether",
-                    "-c", "none", "-p", os.devnull, "-n", f"127.0.0.1:{receiver.getsockname()[1]}"],
+                    "-c", "none", "-p", str(work / "softflowd.pid"), "-n", f"127.0.0.1:{receiver.getsockname()[1]}"],
                    check=True, capture_output=True)
     thread.join()
     receiver.close()

@@ -27,8 +27,15 @@ import pytest
 
 from iot_assets import catalogue, sample
 from iot_assets.sources import nfcapd
-from iot_assets.sources.biflows import (FLOW_SCHEMA, SourceFileError, ToolMissing, device_identity, flows_for_day,
-                                        records_table, stitch_biflows)
+from iot_assets.sources.biflows import (
+    FLOW_SCHEMA,
+    SourceFileError,
+    ToolMissing,
+    device_identity,
+    flows_for_day,
+    records_table,
+    stitch_biflows,
+)
 from iot_assets.sources.ipfix_file import read_ipfix_file
 from iot_assets.synthetic.pcap import DEFAULT_DEVICES, write_pcap
 
@@ -371,7 +378,7 @@ class _Nfcapd:
         self.directory = directory
         self.extra = extra
 
-    def __enter__(self) -> "_Nfcapd":
+    def __enter__(self) -> _Nfcapd:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -395,9 +402,12 @@ def _softflowd(pcap_path: Path, port: int, *extra: str) -> tuple[int, int, int]:
     """Run softflowd over a pcap file, exporting IPFIX to 127.0.0.1:port; (flows, records, packets) it reports.
 
     `-c none`: softflowd 1.1.0 reading a file with a control socket blocks in accept() forever.
+    `-p` a file of its own beside the pcap: softflowd deletes its pid file when it exits (given
+    /dev/null, as root, it deletes /dev/null).
     """
+    pid_file = pcap_path.parent / f"softflowd-{port}.pid"
     out = subprocess.run([_program("softflowd"), "-d", "-r", str(pcap_path), "-v", "10", "-n", f"127.0.0.1:{port}",
-                          "-A", "milli", "-T", "ether", "-c", "none", "-p", os.devnull, *extra],
+                          "-A", "milli", "-T", "ether", "-c", "none", "-p", str(pid_file), *extra],
                          capture_output=True, text=True, timeout=120, check=True)
     report = out.stdout + out.stderr
     exported = re.search(r"Flows exported: (\d+) \((\d+) records\)", report)
@@ -446,14 +456,14 @@ class _UdpFile:
             while True:
                 try:
                     data = self.socket.recv(65535)
-                except socket.timeout:
+                except TimeoutError:
                     if self._stop.is_set():
                         return
                     continue
                 out.write(data)
                 self.datagrams += 1
 
-    def __enter__(self) -> "_UdpFile":
+    def __enter__(self) -> _UdpFile:
         self._thread.start()
         return self
 
@@ -493,7 +503,7 @@ def test_softflowd_ipfix_file_matches_ipfixdump(pcap, tmp_path):
 def test_sampling_rate_travels_with_the_records(pcap, tmp_path):
     path = tmp_path / "sampled.ipfix"
     with _UdpFile(path) as listener:
-        flows, exported_records, sampled_packets = _softflowd(pcap.path, listener.port, "-s", "10")
+        _, exported_records, sampled_packets = _softflowd(pcap.path, listener.port, "-s", "10")
     read = read_ipfix_file(path)
     assert read.ledger.reconciled and read.ledger.decoded == exported_records
     assert set(read.records.column("sampling_rate").to_pylist()) == {10}

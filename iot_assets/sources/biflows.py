@@ -98,7 +98,7 @@ class FileLedger:
         return asdict(self) | {"reconciled": self.reconciled}
 
     @classmethod
-    def from_json(cls, data: dict) -> "FileLedger":
+    def from_json(cls, data: dict) -> FileLedger:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

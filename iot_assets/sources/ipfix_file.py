@@ -38,8 +38,7 @@ import numpy as np
 import pyarrow as pa
 from netflow.ipfix import IPFIXExportPacket
 
-from iot_assets.sources.biflows import (FLOW_SCHEMA, REJECTS, FileLedger, SourceFileError, ledger_counts,
-                                        records_table)
+from iot_assets.sources.biflows import FLOW_SCHEMA, REJECTS, FileLedger, SourceFileError, ledger_counts, records_table
 
 IPFIX_SUFFIXES = (".ipfix",)
 _HEADER = struct.Struct("!HHIII")  # version, length, export time, sequence number, observation domain

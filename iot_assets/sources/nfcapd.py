@@ -51,8 +51,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from iot_assets.sources.biflows import (FLOW_SCHEMA, REJECTS, FileLedger, SourceFileError, ToolMissing, ledger_counts,
-                                        records_table)
+from iot_assets.sources.biflows import (
+    FLOW_SCHEMA,
+    REJECTS,
+    FileLedger,
+    SourceFileError,
+    ToolMissing,
+    ledger_counts,
+    records_table,
+)
 
 NFCAPD_NAME = re.compile(r"^nfcapd\.\d{12}$")  # nfcapd.YYYYMMDDhhmm; the `current` file being written is not one
 NFDUMP_COLUMNS = ("start", "end", "protocol", "src_ip", "src_port", "dst_ip", "dst_port", "in_packets", "in_bytes",
@@ -265,8 +272,7 @@ def _timestamps(column: pa.Array) -> tuple[pa.Array, pa.Array | None]:
     """nfdump's `YYYY-MM-DD hh:mm:ss.fff` (UTC) as timestamps, and which values are not that."""
     utc = pa.timestamp("ms", tz="UTC")
     try:
-        if pc.all(pc.match_substring(column, "-")).as_py() is not False:
-            return pc.cast(pc.cast(column, pa.timestamp("ms")), utc), None
+        return pc.cast(pc.cast(column, pa.timestamp("ms")), utc), None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     ok = pc.match_substring_regex(column, _TIME)
