@@ -110,7 +110,7 @@ def test_pcap_frames_are_the_sample_devices_traffic(tmp_path):
         ip_bytes += struct.unpack("!H", ip[2:4])[0]
     assert frames == written.packets == again.packets
     assert ip_bytes == written.ip_bytes
-    assert protocols == {6, 17}
+    assert protocols == {1, 6, 17}
     assert 200 <= written.flows <= 1000  # a few hundred flows over the day
     assert set(written.packets_by_device_ip) == set(written.device_by_ip)
 
@@ -348,6 +348,8 @@ def test_pcap_through_nfpcapd_is_read_record_for_record(pcap, nfpcapd_dir):
     assert pc.sum(biflows.column("packets")).as_py() + pc.sum(biflows.column("reverse_packets")).as_py() == pcap.packets
     days = {d.date() for d in biflows.column("flow_start").to_pylist()}
     assert days == {DAY}
+    icmp = biflows.filter(pc.equal(biflows.column("protocol"), 1))
+    assert icmp.num_rows > 0 and set(icmp.column("dst_port").to_pylist()) == {3 * 256 + 3}  # port unreachable
     identity = device_identity(biflows, gateway_ips=frozenset({catalogue.GATEWAY_IP}))
     assert set(identity.column("identity").to_pylist()) == {"private_ip"}
     keys = set(identity.column("device_key").to_pylist())
@@ -497,6 +499,8 @@ def test_softflowd_ipfix_file_matches_ipfixdump(pcap, tmp_path):
     assert read.records.column("src_mac").null_count == 0
     assert set(read.records.column("sampling_rate").to_pylist()) == {1}
     assert flows_for_day(read.records, DAY).num_rows == flows
+    icmp = read.records.filter(pc.equal(read.records.column("protocol"), 1))
+    assert icmp.num_rows > 0 and set(icmp.column("dst_port").to_pylist()) == {3 * 256 + 3}
 
 
 @_skip_without("softflowd", "ipfixDump", "nfcapd", "nfdump")

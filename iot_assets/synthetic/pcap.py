@@ -4,8 +4,9 @@ The flows come from the sample generator's device profiles (`iot_assets.sample`)
 services, ports, cloud peers, gateway probes and DNS. Each flow becomes real frames:
 Ethernet II with the device's MAC and the gateway's (or a LAN peer's, or a broadcast or
 multicast MAC), IPv4 with the device's 192.168.1.x address, and TCP (SYN, SYN-ACK, data,
-FIN) or UDP. ICMP and IPv6 flows of the profiles are left out: the frames are IPv4
-TCP and UDP only.
+FIN), UDP or ICMP (the devices' port-unreachable answers to the gateway: the sample gives
+an ICMP flow its type and code in the port columns). IPv6 flows of the profiles are left
+out: the frames are IPv4 only.
 
 Each flow gets its own ephemeral port, so that no two flows share a 5-tuple and a
 collector cannot merge them; every packet lies inside the day (a flow that would run past
@@ -33,7 +34,7 @@ DEFAULT_SCALE = 0.1
 
 _PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)  # LINKTYPE_ETHERNET
 _ETHERTYPE_IPV4 = 0x0800
-_TCP, _UDP = 6, 17
+_ICMP, _TCP, _UDP = 1, 6, 17
 _FIN, _SYN, _PSH, _ACK = 0x01, 0x02, 0x08, 0x10
 _MAX_PAYLOAD_BYTES = 1400  # below a 1500-byte MTU with the headers
 _FIRST_EPHEMERAL_PORT = 32768
@@ -73,8 +74,13 @@ def _checksum(data: bytes) -> int:
 
 def _frame(src_mac: bytes, dst_mac: bytes, src_ip: bytes, dst_ip: bytes, proto: int, src_port: int,
            dst_port: int, payload_bytes: int, tcp_flags: int, seq: int, ack: int, ip_id: int) -> bytes:
-    """One Ethernet II / IPv4 / TCP or UDP frame with correct checksums."""
+    """One Ethernet II / IPv4 / TCP, UDP or ICMP frame with correct checksums (ICMP: the ports are
+    the type and the code)."""
     payload = bytes(payload_bytes)
+    if proto == _ICMP:
+        message = struct.pack("!BBHI", src_port, dst_port, 0, 0) + payload
+        segment = message[:2] + struct.pack("!H", _checksum(message)) + message[4:]
+        return _ipv4_frame(src_mac, dst_mac, src_ip, dst_ip, proto, segment, ip_id)
     if proto == _TCP:
         header = struct.pack("!HHIIBBHHH", src_port, dst_port, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4,
                              tcp_flags, 65535, 0, 0)
@@ -85,6 +91,11 @@ def _frame(src_mac: bytes, dst_mac: bytes, src_ip: bytes, dst_ip: bytes, proto: 
     checksum = _checksum(pseudo + segment) or 0xFFFF  # a UDP checksum of 0 would mean "none"
     offset = 16 if proto == _TCP else 6
     segment = segment[:offset] + struct.pack("!H", checksum) + segment[offset + 2:]
+    return _ipv4_frame(src_mac, dst_mac, src_ip, dst_ip, proto, segment, ip_id)
+
+
+def _ipv4_frame(src_mac: bytes, dst_mac: bytes, src_ip: bytes, dst_ip: bytes, proto: int, segment: bytes,
+                ip_id: int) -> bytes:
     ip_header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(segment), ip_id & 0xFFFF, 0x4000, 64, proto, 0,
                             src_ip, dst_ip)
     ip_header = ip_header[:10] + struct.pack("!H", _checksum(ip_header)) + ip_header[12:]
@@ -121,7 +132,7 @@ def write_pcap(path: Path, day: date, devices: tuple[str, ...] = DEFAULT_DEVICES
         written.device_by_mac[profile.device.mac] = name
         flows = day_flows(name, day, seed, scale)
         rng = np.random.default_rng([seed, catalogue.DEVICES.index(profile.device), day.toordinal(), 2])
-        keep = np.flatnonzero(np.isin(flows.proto, (_TCP, _UDP)) & ~flows.ipv6.astype(bool))
+        keep = np.flatnonzero(np.isin(flows.proto, (_ICMP, _TCP, _UDP)) & ~flows.ipv6.astype(bool))
         for i in keep.tolist():
             # The client's ephemeral port (>= 32768) is replaced by one of its own: a long connection
             # cut into pieces by the sample's active timeout becomes one connection per piece.
@@ -129,7 +140,9 @@ def write_pcap(path: Path, day: date, devices: tuple[str, ...] = DEFAULT_DEVICES
             device_is_client = bool(flows.device_started[i] or flows.continuation[i])
             unique_port = _FIRST_EPHEMERAL_PORT + next_port % 28000
             next_port += 1
-            if device_is_client and local_port >= _FIRST_EPHEMERAL_PORT:
+            if flows.proto[i] == _ICMP:
+                pass  # the ports are the ICMP type and code
+            elif device_is_client and local_port >= _FIRST_EPHEMERAL_PORT:
                 local_port = unique_port
             elif not device_is_client and remote_port >= _FIRST_EPHEMERAL_PORT:
                 remote_port = unique_port
