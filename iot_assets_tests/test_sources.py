@@ -29,6 +29,7 @@ from iot_assets import catalogue, sample
 from iot_assets.sources import nfcapd
 from iot_assets.sources.biflows import (
     FLOW_SCHEMA,
+    FileLedger,
     SourceFileError,
     ToolMissing,
     device_identity,
@@ -193,6 +194,21 @@ def test_device_identity_is_the_mac_else_the_private_address_else_the_line():
         {"device_key": "192.168.1.225", "device_ip": "192.168.1.225", "identity": "private_ip"},
         {"device_key": None, "device_ip": None, "identity": "line"},
     ]
+
+
+def test_a_ledger_reconciles_counts_and_totals():
+    ledger = FileLedger(file="nfcapd.201906250000", source="nfcapd", collector_records=3, collector_packets=30,
+                        collector_bytes=3000, decoded=3, decoded_packets=30, decoded_bytes=3000)
+    assert ledger.reconciled and FileLedger.from_json(ledger.to_json()) == ledger
+    ledger.decoded_packets = 29  # a packet lost between nfdump's summary and the records
+    assert not ledger.reconciled
+    ledger.decoded, ledger.rejected = 2, 1  # with a reject the totals cannot agree; the counts must
+    assert ledger.reconciled
+    ledger.rejected = 0
+    assert not ledger.reconciled
+    failed = FileLedger.failed(SourceFileError("nfcapd.201906250005", "not a readable nfcapd file: bad magic"),
+                               "nfcapd")
+    assert not failed.reconciled and failed.error.endswith("bad magic") and failed.collector_records is None
 
 
 # ---------------------------------------------------------------- nfdump's output, parsed

@@ -90,9 +90,18 @@ class FileLedger:
 
     @property
     def reconciled(self) -> bool:
-        """Every record the collector counts is decoded or rejected, and nothing else went wrong."""
+        """Every record the collector counts is decoded or rejected, nothing else went wrong, and
+        (when nothing is rejected and the collector counts them) the packets and bytes add up too."""
+        totals_agree = self.rejected > 0 or (
+            (self.collector_packets is None or self.decoded_packets == self.collector_packets)
+            and (self.collector_bytes is None or self.decoded_bytes == self.collector_bytes))
         return (self.error is None and self.collector_records is not None
-                and self.decoded + self.rejected == self.collector_records)
+                and self.decoded + self.rejected == self.collector_records and totals_agree)
+
+    @classmethod
+    def failed(cls, error: SourceFileError, source: str, size_bytes: int = 0) -> "FileLedger":
+        """The ledger of a file that could not be read at all: nothing decoded, the error kept."""
+        return cls(file=error.file, source=source, size_bytes=size_bytes, error=error.message)
 
     def to_json(self) -> dict:
         return asdict(self) | {"reconciled": self.reconciled}
