@@ -38,6 +38,7 @@ from iot_assets.sources.biflows import (
     stitch_biflows,
 )
 from iot_assets.sources.ipfix_file import read_ipfix_file
+from iot_assets.sources.landing import read_landing_zone
 from iot_assets.synthetic.pcap import DEFAULT_DEVICES, write_pcap
 
 DAY = date(2019, 6, 25)
@@ -387,6 +388,35 @@ def test_bad_truncated_and_foreign_files_are_named_while_a_good_one_decodes(nfpc
     assert read[0].ledger.reconciled and read[0].records.num_rows == read[0].ledger.collector_records > 0
     assert [str(e).split(":")[0] for e in errors] == ["nfcapd.201906251205", "nfcapd.201906251210"]
     assert "not a readable nfcapd file" in str(errors[0]) and "bad magic" in str(errors[1])
+
+
+@_skip_without(*NFDUMP_TOOLS)
+def test_the_landing_zone_reads_every_collector_file_under_raw(nfpcapd_dir, tmp_path):
+    by_size = sorted(nfcapd.find_nfcapd_files(nfpcapd_dir), key=lambda f: -f.stat().st_size)
+    raw = tmp_path / "raw"
+    for directory in ("router-1", "router-2/2019/06", "capture"):
+        (raw / directory).mkdir(parents=True)
+    shutil.copy(by_size[0], raw / "router-1" / "nfcapd.201906251200")
+    shutil.copy(by_size[1], raw / "router-2/2019/06" / "nfcapd.201906251200")  # the same name, another router
+    (raw / "router-2/2019/06" / "nfcapd.201906251205").write_bytes(np.random.default_rng(5).bytes(4000))
+    (raw / "router-2/2019/06" / "nfcapd.current.12345").write_bytes(b"being written")  # not a collector file yet
+    (raw / "capture" / "home.ipfix").write_bytes(_fictional_ipfix_file(4))
+    (raw / "capture" / "junk.ipfix").write_bytes(b"GIF89a" + bytes(100))
+    landed = read_landing_zone(raw)
+    ledgers = {ledger.file: ledger for ledger in landed.ledgers}
+    assert list(ledgers) == ["capture/home.ipfix", "capture/junk.ipfix", "router-1/nfcapd.201906251200",
+                             "router-2/2019/06/nfcapd.201906251200", "router-2/2019/06/nfcapd.201906251205"]
+    good = ["capture/home.ipfix", "router-1/nfcapd.201906251200", "router-2/2019/06/nfcapd.201906251200"]
+    assert [name for name, ledger in ledgers.items() if ledger.reconciled] == good
+    assert ledgers["capture/junk.ipfix"].error.startswith("not an IPFIX file")
+    assert "bad magic" in ledgers["router-2/2019/06/nfcapd.201906251205"].error
+    assert landed.records.num_rows == sum(ledgers[name].collector_records for name in good)
+    per_file = pc.value_counts(landed.records.column("archive")).to_pylist()
+    assert {item["values"]: item["counts"] for item in per_file} == {name: ledgers[name].decoded for name in good}
+    day = flows_for_day(landed.records, DAY)
+    assert set(day.column("archive").to_pylist()) == set(good)
+    assert pc.sum(day.column("packets")).as_py() + pc.sum(day.column("reverse_packets")).as_py() == \
+        pc.sum(landed.records.column("packets")).as_py()
 
 
 class _Nfcapd:

@@ -154,14 +154,17 @@ def _read_options(record: dict, domain: _Domain) -> None:
         domain.sampling_rate = record["samplerRandomInterval"]
 
 
-def read_ipfix_file(path: Path) -> IpfixFile:
-    """Decode one IPFIX file; damage ends it with `ledger.error` set (see the module)."""
+def read_ipfix_file(path: Path, name: str | None = None) -> IpfixFile:
+    """Decode one IPFIX file; damage ends it with `ledger.error` set (see the module).
+
+    `name` (default: the file's name) names the file in the records, rejects, ledger and errors."""
     path = Path(path)
+    name = name or path.name
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise SourceFileError(path.name, f"cannot read the file: {exc}") from exc
-    ledger = FileLedger(file=path.name, source="ipfix", size_bytes=len(data))
+        raise SourceFileError(name, f"cannot read the file: {exc}") from exc
+    ledger = FileLedger(file=name, source="ipfix", size_bytes=len(data))
     domains: dict[int, _Domain] = {}
     rows: list[dict] = []
     numbers: list[int] = []
@@ -173,20 +176,20 @@ def read_ipfix_file(path: Path) -> IpfixFile:
     try:
         while offset < len(data):
             if len(data) - offset < _HEADER.size:
-                raise SourceFileError(path.name, f"message {messages + 1} at byte {offset:,} is cut short "
+                raise SourceFileError(name, f"message {messages + 1} at byte {offset:,} is cut short "
                                                  f"({len(data) - offset} bytes, a header is {_HEADER.size})")
             version, length, _, _, domain_id = _HEADER.unpack_from(data, offset)
             if version != _VERSION:
-                raise SourceFileError(path.name, f"not an IPFIX file: message {messages + 1} at byte {offset:,} "
+                raise SourceFileError(name, f"not an IPFIX file: message {messages + 1} at byte {offset:,} "
                                                  f"has version {version} (IPFIX is {_VERSION})")
             if length < _HEADER.size or offset + length > len(data):
-                raise SourceFileError(path.name, f"message {messages + 1} at byte {offset:,} is cut short "
+                raise SourceFileError(name, f"message {messages + 1} at byte {offset:,} is cut short "
                                                  f"(its header says {length:,} bytes, {len(data) - offset:,} remain)")
             domain = domains.setdefault(domain_id, _Domain())
             try:
                 packet = IPFIXExportPacket(data[offset:offset + length], domain.templates)
             except Exception as exc:  # netflow raises KeyError, struct.error, its own classes
-                raise SourceFileError(path.name, f"message {messages + 1} at byte {offset:,} does not parse "
+                raise SourceFileError(name, f"message {messages + 1} at byte {offset:,} does not parse "
                                                  f"({type(exc).__name__}: {exc})"[:300]) from exc
             for ipfix_set in packet.sets:
                 set_id = ipfix_set.header.set_id
@@ -219,8 +222,8 @@ def read_ipfix_file(path: Path) -> IpfixFile:
             raise  # nothing of the file could be read: not an IPFIX file
         ledger.error = exc.message
     ledger.other_records = options_records
-    records = _table(rows, numbers, path.name)
-    rejects = pa.table({"archive": pa.array([path.name] * len(rejected), pa.string()),
+    records = _table(rows, numbers, name)
+    rejects = pa.table({"archive": pa.array([name] * len(rejected), pa.string()),
                         "line_number": pa.array([n for n, _ in rejected], pa.int64()),
                         "reason": pa.array([r for _, r in rejected], pa.string()),
                         "detail": pa.nulls(len(rejected), pa.string())}, schema=REJECTS)

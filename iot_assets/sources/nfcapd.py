@@ -143,12 +143,19 @@ def sampling_rates(file: Path, nfdump: str | None = None) -> dict[int, int]:
     return rates
 
 
-def read_nfcapd_file(file: Path, nfdump: str | None = None) -> NfcapdFile:
-    """Decode one nfcapd file; raises `SourceFileError` (naming it) if nfdump cannot read it."""
+def read_nfcapd_file(file: Path, nfdump: str | None = None, name: str | None = None) -> NfcapdFile:
+    """Decode one nfcapd file; raises `SourceFileError` (naming it) if nfdump cannot read it.
+
+    `name` (default: the file's name) names the file in the records, rejects, ledger and errors:
+    the landing zone passes the path under raw/, as two routers' files may have the same name."""
     file = Path(file)
     nfdump = nfdump or nfdump_path()
-    ledger = FileLedger(file=file.name, source="nfcapd", size_bytes=file.stat().st_size)
-    stats = file_statistics(file, nfdump)
+    name = name or file.name
+    ledger = FileLedger(file=name, source="nfcapd", size_bytes=file.stat().st_size)
+    try:
+        stats = file_statistics(file, nfdump)
+    except SourceFileError as exc:
+        raise SourceFileError(name, exc.message) from None
     ledger.collector_records = stats["Flows"]
     ledger.collector_packets = stats.get("Packets")
     ledger.collector_bytes = stats.get("Bytes")
@@ -157,7 +164,7 @@ def read_nfcapd_file(file: Path, nfdump: str | None = None) -> NfcapdFile:
     else:
         rates = sampling_rates(file, nfdump)
         result = _run([nfdump, "-N", "-6", "-q", "-r", str(file), "-o", NFDUMP_FORMAT], file)
-        records, rejects = parse_nfdump_lines(result.stdout, file.name, rates)
+        records, rejects = parse_nfdump_lines(result.stdout, name, rates)
         problem = _first_line(result.stderr)
         if result.returncode != 0 or problem:
             ledger.error = f"nfdump stopped reading: {problem or f'exit status {result.returncode}'}"
@@ -165,20 +172,21 @@ def read_nfcapd_file(file: Path, nfdump: str | None = None) -> NfcapdFile:
     return NfcapdFile(records, rejects, ledger)
 
 
-def read_nfcapd_files(files: list[Path], workers: int = 2) -> tuple[list[NfcapdFile], list[SourceFileError]]:
+def read_nfcapd_files(files: list[Path], workers: int = 2, names: list[str] | None = None
+                      ) -> tuple[list[NfcapdFile], list[SourceFileError]]:
     """Decode several files, in order: the ones nfdump cannot read become errors, the others still decode.
 
-    Two files at a time: one waits for nfdump while the other is parsed."""
+    Two files at a time: one waits for nfdump while the other is parsed. `names`: see `read_nfcapd_file`."""
     nfdump = nfdump_path()
 
-    def read_one(file: Path) -> NfcapdFile | SourceFileError:
+    def read_one(item: tuple[Path, str | None]) -> NfcapdFile | SourceFileError:
         try:
-            return read_nfcapd_file(file, nfdump)
+            return read_nfcapd_file(item[0], nfdump, item[1])
         except SourceFileError as exc:
             return exc
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nfdump") as pool:
-        results = list(pool.map(read_one, files))
+        results = list(pool.map(read_one, zip(files, names or [None] * len(files))))
     return ([r for r in results if isinstance(r, NfcapdFile)], [r for r in results if isinstance(r, SourceFileError)])
 
 
