@@ -245,9 +245,9 @@ def _icmp_port(port: pa.Array) -> pa.Array:
         return port
     parts = pc.split_pattern(port, ".")
     is_pair = pc.equal(pc.list_value_length(parts), 2)
-    first = pc.list_element(pc.if_else(is_pair, parts, pa.scalar(["0", "0"], pa.list_(pa.string()))), 0)
-    second = pc.list_element(pc.if_else(is_pair, parts, pa.scalar(["0", "0"], pa.list_(pa.string()))), 1)
-    digits = pc.and_(pc.match_substring_regex(first, r"^[0-9]{1,3}$"), pc.match_substring_regex(second, r"^[0-9]{1,3}$"))
+    pairs = pc.if_else(is_pair, parts, pa.scalar(["0", "0"], pa.list_(pa.string())))
+    first, second = pc.list_element(pairs, 0), pc.list_element(pairs, 1)
+    digits = pc.and_(pc.match_substring_regex(first, "^[0-9]{1,3}$"), pc.match_substring_regex(second, "^[0-9]{1,3}$"))
     combined = pc.cast(pc.add(pc.multiply(pc.cast(pc.if_else(digits, first, "0"), pa.int64()), 256),
                               pc.cast(pc.if_else(digits, second, "0"), pa.int64())), pa.string())
     return pc.if_else(pc.and_(is_pair, digits), combined, port)
