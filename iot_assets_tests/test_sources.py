@@ -8,6 +8,7 @@ by hand here are FICTIONAL test records.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from netflow.ipfix import IPFIXExportPacket
 
 from iot_assets import catalogue, sample
 from iot_assets.sources import nfcapd
@@ -547,6 +549,38 @@ def test_softflowd_ipfix_file_matches_ipfixdump(pcap, tmp_path):
     assert flows_for_day(read.records, DAY).num_rows == flows
     icmp = read.records.filter(pc.equal(read.records.column("protocol"), 1))
     assert icmp.num_rows > 0 and set(icmp.column("dst_port").to_pylist()) == {3 * 256 + 3}
+    # Value for value what netflow's own record-by-record parse gives.
+    assert [_as_netflow_gives(row) for row in read.records.to_pylist()] == _netflow_flows(path)
+
+
+def _netflow_flows(path: Path) -> list[tuple]:
+    """Flow records of an IPFIX file as `netflow.ipfix.IPFIXExportPacket` parses them, in file order."""
+    data, offset, templates, options, flows = path.read_bytes(), 0, {}, set(), []
+    while offset < len(data):
+        length = struct.unpack_from("!H", data, offset + 2)[0]
+        packet = IPFIXExportPacket(data[offset:offset + length], templates)
+        for ipfix_set in packet.sets:
+            if ipfix_set.header.set_id == 3:
+                options.update(record.template_id for record in ipfix_set.records)
+            elif ipfix_set.header.set_id >= 256 and ipfix_set.header.set_id not in options:
+                for record in ipfix_set.records:
+                    d = record.data
+                    mac = lambda value: value.to_bytes(6, "big").hex(":")  # noqa: E731
+                    flows.append((d["flowStartMilliseconds"], d["flowEndMilliseconds"], d["protocolIdentifier"],
+                                  str(ipaddress.ip_address(d["sourceIPv4Address"])), d.get("sourceTransportPort", 0),
+                                  str(ipaddress.ip_address(d["destinationIPv4Address"])),
+                                  d.get("destinationTransportPort") or d.get("icmpTypeCodeIPv4", 0),
+                                  d["packetDeltaCount"], d["octetDeltaCount"],
+                                  mac(d["sourceMacAddress"]), mac(d["postDestinationMacAddress"])))
+        offset += length
+    return flows
+
+
+def _as_netflow_gives(row: dict) -> tuple:
+    def ms(when: datetime) -> int:
+        return int(when.timestamp() * 1000)
+    return (ms(row["flow_start"]), ms(row["flow_end"]), row["protocol"], row["src_ip"], row["src_port"],
+            row["dst_ip"], row["dst_port"], row["packets"], row["bytes"], row["src_mac"], row["dst_mac"])
 
 
 @_skip_without("softflowd", "ipfixDump", "nfcapd", "nfdump")
