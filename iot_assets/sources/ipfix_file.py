@@ -25,7 +25,7 @@ data sets), `other_records` the options records; decoded + rejected = collector_
 A file whose first message is not IPFIX (a wrong version number, a foreign file) raises
 `SourceFileError` naming the file. Later damage (a message or set cut short, a data set
 before its template, a set that does not parse) ends the file with `error` naming the
-message and its byte offset; the records of the messages before it are kept, and
+message and its byte offset; the records read before it are kept, and
 `collector_records` is then None (unknown: the rest of the file cannot be framed), so the
 file does not reconcile.
 
@@ -209,7 +209,8 @@ class _Reader:
 
 
 def read_ipfix_file(path: Path, name: str | None = None) -> IpfixFile:
-    """Decode one IPFIX file; damage ends it with `ledger.error` set (see the module).
+    """Decode one IPFIX file (held in memory while it is read); damage ends it with `ledger.error`
+    set (see the module).
 
     `name` (default: the file's name) names the file in the records, rejects, ledger and errors."""
     path = Path(path)
