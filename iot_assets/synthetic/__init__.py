@@ -1,0 +1,1 @@
+"""Generated sample data for tests and demos: no downloaded data needed."""
