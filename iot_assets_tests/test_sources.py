@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pytest
 from netflow.ipfix import IPFIXExportPacket
 
-from iot_assets import catalogue, sample
+from iot_assets.contracts import catalogue
 from iot_assets.sources import nfcapd
 from iot_assets.sources.biflows import (
     FLOW_SCHEMA,
@@ -41,6 +41,7 @@ from iot_assets.sources.biflows import (
 )
 from iot_assets.sources.ipfix_file import read_ipfix_file
 from iot_assets.sources.landing import read_landing_zone
+from iot_assets.synthetic import profiles as sample
 from iot_assets.synthetic.pcap import DEFAULT_DEVICES, write_pcap
 
 DAY = date(2019, 6, 25)

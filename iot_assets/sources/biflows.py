@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from iot_assets.decode import DECODED_SCHEMA, REJECTS_SCHEMA
+from iot_assets.contracts.flows import DECODED_SCHEMA, REJECTS_SCHEMA
 
 # The decoded flow contract with the sampling rate of each record.
 FLOW_SCHEMA = DECODED_SCHEMA.append(pa.field("sampling_rate", pa.int64()))

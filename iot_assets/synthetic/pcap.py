@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from iot_assets import catalogue
-from iot_assets.sample import PROFILES, FlowColumns, _background, _concat, _service_flows
+from iot_assets.contracts import catalogue
+from iot_assets.synthetic.profiles import PROFILES
+from iot_assets.synthetic.sample import _background, _concat, _service_flows
+from iot_assets.synthetic.yaf_writer import FlowColumns
 
 # Quiet devices with few services: a few hundred flows a day at the default scale.
 DEFAULT_DEVICES = ("nature_remo", "xiaomi_mijia_led", "qrio_hub")
