@@ -1,7 +1,7 @@
 from click.testing import CliRunner
 
 from iot_assets.cli import main
-from iot_assets_tests.conftest import flow_line, json_archive, trailer
+from iot_assets_tests.support.records import flow_line, json_archive, trailer
 
 
 def test_decode_writes_parquet_and_reports_counts(sample_dir, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from iot_assets.contracts.catalogue import DEVICES
 from iot_assets.core import feeds
 from iot_assets.core.device_cpes import DeviceCpeError, read_device_cpes
-from iot_assets_tests.core.feed_files import (
+from iot_assets_tests.support.feed_files import (
     HUB_CPE,
     HUB_HARDWARE_CPE,
     cpe_match,

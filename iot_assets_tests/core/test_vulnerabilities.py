@@ -8,7 +8,7 @@ import pytest
 from iot_assets.core import exposure, feeds
 from iot_assets.core import vulnerabilities as vuln
 from iot_assets.core.device_cpes import read_device_cpes
-from iot_assets_tests.core.feed_files import (
+from iot_assets_tests.support.feed_files import (
     HUB_CPE,
     NEIGHBOUR_CPE,
     cpe_match,

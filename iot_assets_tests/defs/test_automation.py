@@ -15,7 +15,7 @@ from iot_assets.defs.automation.sensors import day_ranges
 from iot_assets.defs.ingest.assets import changed_days
 from iot_assets.defs.partitions import Partitions
 from iot_assets.synthetic import sample
-from iot_assets_tests.test_definitions import definitions_for, resources_for
+from iot_assets_tests.support.definitions import definitions_for, resources_for
 
 
 def test_archive_sensor_notices_new_and_changed_archives(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from iot_assets.io.models import ModelStore
 from iot_assets.materialize import Outcome, materialize_missing
 from iot_assets.synthetic import sample
-from iot_assets_tests.test_definitions import definitions_for
+from iot_assets_tests.support.definitions import definitions_for
 
 DAYS = [f"2019-06-{d}" for d in range(25, 29)]
 

@@ -23,7 +23,7 @@ from iot_assets.reports.exposure import (
 )
 from iot_assets.synthetic import sample
 from iot_assets.synthetic.inject import EXPOSURE_EPISODE_TYPES, inject, read_episodes
-from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
+from iot_assets_tests.support.records import FIRST_DAY, LAST_DAY
 
 REMO = catalogue.BY_ARCHIVE["nature_remo"]
 HUE = catalogue.BY_ARCHIVE["philips_hue_bridge"]
@@ -375,7 +375,7 @@ def _write_day(data, asset: str, day: str, frame: pd.DataFrame) -> None:
 
 @pytest.mark.slow
 def test_asset_flags_a_new_open_telnet_port_on_the_day_it_opens(tmp_path, monkeypatch):
-    from iot_assets_tests.test_definitions import assets_for, resources_for, settings_for
+    from iot_assets_tests.support.definitions import assets_for, resources_for, settings_for
 
     built = assets_for()
     device_exposure, exposure_report = built.device_exposure, built.exposure_report

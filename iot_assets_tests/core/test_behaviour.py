@@ -1,40 +1,26 @@
 """Features, classifier and anomaly detector: no identity reaches the models, splits are by time."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from iot_assets.core import anomaly, classifier, splits
-from iot_assets.core.archive import find_archives
-from iot_assets.core.clean import to_device_centric
 from iot_assets.core.features import (
     ANOMALY_FEATURES,
     FEATURES,
     IDENTITY_COLUMNS,
     build_windows,
 )
-from iot_assets.core.ingest import decode_archive
 from iot_assets.synthetic import sample
-from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
+from iot_assets_tests.support.days import clean_days
+from iot_assets_tests.support.records import FIRST_DAY
 
 DEVICES = ["nature_remo", "xiaomi_mijia_led", "philips_hue_bridge", "qrio_hub", "i-o_data_qwatch", "irobot_roomba"]
 DAYS = 5
 
 
-def clean_days(raw: Path, work: Path) -> dict[str, pd.DataFrame]:
-    archives, _ = find_archives(raw)
-    frames, macs = [], {}
-    for archive in archives:
-        summary = decode_archive(archive, work / archive.name, FIRST_DAY, LAST_DAY)
-        macs[archive.name] = summary.local_mac
-        frames.append(pq.read_table(work / archive.name / "flows.parquet").to_pandas())
-    clean, _ = to_device_centric(pd.concat(frames, ignore_index=True), macs)
-    day = clean["flow_start"].dt.strftime("%Y-%m-%d")
-    return {d: clean[day == d].reset_index(drop=True) for d in sorted(day.unique())}
 
 
 def windows_of(days: dict[str, pd.DataFrame]) -> pd.DataFrame:

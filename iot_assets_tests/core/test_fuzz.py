@@ -32,8 +32,7 @@ from iot_assets.core import decode as decode_module
 from iot_assets.core.archive import find_archives
 from iot_assets.core.ingest import decode_archive, read_summary
 from iot_assets.synthetic import sample
-from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
-from iot_assets_tests.mutate import (
+from iot_assets_tests.support.mutate import (
     INTACT,
     KINDS,
     Base,
@@ -42,12 +41,13 @@ from iot_assets_tests.mutate import (
     make_case,
     readable_prefix,
 )
+from iot_assets_tests.support.records import FIRST_DAY, LAST_DAY
 
 FAST_CASES = len(KINDS)  # one of every kind, on the first base
 ALL_CASES = 6 * len(KINDS)  # 294: every kind six times, on both bases, with different choices
 CASE_SECONDS = 60
 MAX_RSS_BYTES = 1 << 30
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

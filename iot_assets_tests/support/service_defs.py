@@ -1,6 +1,6 @@
 """A small daily-partitioned asset job for the daemon test in test_services.py.
 
-The daemon loads it through a workspace file (module `iot_assets_tests.service_defs`), as it
+The daemon loads it through a workspace file (module `iot_assets_tests.support.service_defs`), as it
 would load the real code location; the test then backfills days of it on a PostgreSQL instance.
 """
 
@@ -50,7 +50,7 @@ def iot_assets_celery_defs() -> dg.Definitions:
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "deploy" / "celery_definitions.py"
+    path = Path(__file__).resolve().parents[2] / "deploy" / "celery_definitions.py"
     spec = importlib.util.spec_from_file_location("iot_assets_deploy_celery_definitions", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -64,5 +64,5 @@ def iot_assets_celery_job(job_name: str) -> dg.JobDefinition:
 
 def reconstructable_celery_job(job_name: str):
     """What `dg.execute_job` takes: the workers import this module and call iot_assets_celery_job(job_name)."""
-    return dg.build_reconstructable_job("iot_assets_tests.service_defs", "iot_assets_celery_job",
+    return dg.build_reconstructable_job("iot_assets_tests.support.service_defs", "iot_assets_celery_job",
                                         reconstructable_args=(job_name,))

@@ -12,7 +12,7 @@ import pytest
 from iot_assets.core.archive import find_archives
 from iot_assets.core.ingest import decode_archive
 from iot_assets.synthetic import sample
-from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
+from iot_assets_tests.support.records import FIRST_DAY, LAST_DAY
 
 
 def json_lines(path) -> list[dict]:

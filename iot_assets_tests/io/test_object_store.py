@@ -12,9 +12,9 @@ import pytest
 from upath import UPath
 
 from iot_assets.synthetic import sample
-from iot_assets_tests.services import seaweedfs_s3  # noqa: F401  (fixture)
+from iot_assets_tests.support.services import seaweedfs_s3  # noqa: F401  (fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEVICES = ["nature_remo", "xiaomi_mijia_led", "qrio_hub"]
 LAST_DAY = "2019-06-28"
 

@@ -412,7 +412,7 @@ def test_real_archive_keeps_no_home_mac_or_address(real_data, tmp_path):
     from iot_assets.contracts import catalogue
     from iot_assets.core.archive import find_archives
     from iot_assets.core.ingest import decode_archive
-    from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
+    from iot_assets_tests.support.records import FIRST_DAY, LAST_DAY
 
     archives, _ = find_archives(real_data)
     archive = next(a for a in archives if a.name == "nature_remo")

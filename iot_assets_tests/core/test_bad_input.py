@@ -6,7 +6,6 @@ The ledger of every archive: decoded + rejected + unreadable = its flow lines.
 import gzip
 import io
 import tarfile
-import zlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,7 +24,8 @@ from iot_assets.core.archive import (
 )
 from iot_assets.core.decode import MAX_LINE_BYTES, decode_block
 from iot_assets.core.ingest import decode_archive, read_summary
-from iot_assets_tests.conftest import (
+from iot_assets_tests.support.archives import complete_lines_in_readable_prefix
+from iot_assets_tests.support.records import (
     FIRST_DAY,
     LAST_DAY,
     flow_line,
@@ -68,26 +68,6 @@ def numbered_body(n: int) -> bytes:
     return b"".join(numbered_line(k) for k in range(1, n + 1)) + trailer(n)
 
 
-def complete_lines_in_readable_prefix(gz_bytes: bytes) -> int:
-    """Lines of the JSON member that zlib can inflate in full from damaged bytes, up to the byte
-    where it detects the damage (independent of the decoder: what any reader could recover)."""
-    inflater = zlib.decompressobj(wbits=31)
-    out = bytearray()
-    step = 4096
-    position = 0
-    while position < len(gz_bytes):
-        saved = inflater.copy()
-        try:
-            out += inflater.decompress(gz_bytes[position : position + step])
-            position += step
-        except zlib.error:
-            if step == 1:
-                break
-            inflater, step = saved, 1  # again from the last good point, a byte at a time
-    member = tarfile.TarInfo.frombuf(bytes(out[:512]), "utf-8", "surrogateescape")
-    data = bytes(out[512 : 512 + member.size])
-    # The end of the member ends its last line, whether or not a newline does.
-    return data.count(b"\n") + (len(data) == member.size and not data.endswith(b"\n"))
 
 
 def test_good_archive_reconciles(tmp_path):

@@ -22,10 +22,10 @@ from dagster._core.execution.backfill import (
 from dagster_celery import celery_executor
 from upath import UPath
 
-from iot_assets_tests import services
-from iot_assets_tests.services import postgresql_server, redis_server, seaweedfs_s3  # noqa: F401  (fixtures)
+from iot_assets_tests.support import services
+from iot_assets_tests.support.services import postgresql_server, redis_server, seaweedfs_s3  # noqa: F401  (fixtures)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
 
@@ -310,7 +310,7 @@ def test_daemon_backfills_every_day_once_within_the_queue_limits(postgresql_serv
     home = _dagster_home(tmp_path)
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {
-        "module_name": "iot_assets_tests.service_defs", "working_directory": str(ROOT),
+        "module_name": "iot_assets_tests.support.service_defs", "working_directory": str(ROOT),
         "location_name": "service_defs"}}]}))
     env = {**os.environ, **env_vars, "DAGSTER_HOME": str(home)}
     for name, value in {**env_vars, "DAGSTER_HOME": str(home)}.items():
@@ -409,7 +409,7 @@ def test_iot_assets_jobs_on_two_celery_workers_match_a_local_run(postgresql_serv
     from iot_assets.defs.automation.sensors import range_tags
     from iot_assets.materialize import QUIET
     from iot_assets.synthetic import sample
-    from iot_assets_tests.service_defs import reconstructable_celery_job
+    from iot_assets_tests.support.service_defs import reconstructable_celery_job
 
     raw = tmp_path / "raw"
     sample.generate(raw, date.fromisoformat(CELERY_DAYS[0]), len(CELERY_DAYS), scale=0.02, seed=11,
@@ -500,7 +500,7 @@ def test_iot_assets_jobs_on_two_celery_workers_match_a_local_run(postgresql_serv
 def test_the_celery_code_location_is_the_code_location_with_every_job_on_celery(tmp_path, monkeypatch):
     from iot_assets.config import Settings
     from iot_assets.definitions import build_definitions
-    from iot_assets_tests.service_defs import iot_assets_celery_defs
+    from iot_assets_tests.support.service_defs import iot_assets_celery_defs
 
     monkeypatch.setenv("IOT_ASSETS_DATA_DIR", str(tmp_path / "data"))
     celery = iot_assets_celery_defs()  # deploy/celery_definitions.py, as shipped

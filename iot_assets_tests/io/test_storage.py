@@ -12,7 +12,7 @@ from upath import UPath
 from iot_assets.io import location
 from iot_assets.io.models import JsonDocument, ModelStore, model_version, parse_pins
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_full_disk_is_one_line_naming_the_file_and_the_old_file_survives(tmp_path, monkeypatch):

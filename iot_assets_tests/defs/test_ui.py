@@ -21,7 +21,7 @@ import pytest
 
 from iot_assets.materialize import failure_message
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = Path(os.environ.get("IOT_ASSETS_SCREENSHOTS", ROOT / "ui-screenshots"))
 DAYS = ["2019-06-25", "2019-06-26", "2019-06-27"]

@@ -15,9 +15,9 @@ from iot_assets.contracts import catalogue
 from iot_assets.core import subscriber_lines as lines
 from iot_assets.reports.lines import metrics_fragment_html, metrics_table_markdown
 from iot_assets.synthetic import sample
-from iot_assets_tests.conftest import FIRST_DAY
-from iot_assets_tests.test_behaviour import clean_days
-from iot_assets_tests.test_definitions import assets_for
+from iot_assets_tests.support.days import clean_days
+from iot_assets_tests.support.definitions import assets_for
+from iot_assets_tests.support.records import FIRST_DAY
 
 DEVICES = ["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "jvc_kenwood_hdtv_ip_camera", "qrio_hub"]
 DAYS = 5
@@ -484,7 +484,7 @@ def line_runner(data, scale: float, synthetic_lines: int, more_assets: list):
     flows = assets_for()
     from iot_assets.defs.resources import LineSettings
     line_assets = assets_for()
-    from iot_assets_tests.test_definitions import resources_for
+    from iot_assets_tests.support.definitions import resources_for
 
     sample.generate(data / "raw", FIRST_DAY, 4, scale=scale, seed=5,
                     devices=["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "qrio_hub"])

@@ -8,38 +8,16 @@ import subprocess
 import sys
 from datetime import date, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 import dagster as dg
 import pandas as pd
 import pytest
 
-from iot_assets.config import Settings
-from iot_assets.defs.resources import build_resources
 from iot_assets.materialize import failure_message
+from iot_assets_tests.support.definitions import assets_for, resources_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path(__file__).with_name("snapshots") / "asset_graph.json"
-
-
-def settings_for(data: Path, **env) -> Settings:
-    return Settings.from_env({"IOT_ASSETS_DATA_DIR": str(data), **env})
-
-
-def resources_for(data: Path, **env) -> dict:
-    return build_resources(settings_for(data, **env))
-
-
-def definitions_for(data: Path, **env) -> dg.Definitions:
-    from iot_assets.definitions import build_definitions
-
-    return build_definitions(settings_for(data, **env))
-
-
-def assets_for(**env) -> SimpleNamespace:
-    """The code location's assets by name (a multi-asset by its op's name), for `dg.materialize` in tests."""
-    defs = definitions_for(Path("data"), **env)
-    return SimpleNamespace(**{a.node_def.name: a for a in defs.assets if isinstance(a, dg.AssetsDefinition)})
 
 
 def graph_snapshot(defs: dg.Definitions) -> dict:

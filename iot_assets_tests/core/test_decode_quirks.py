@@ -3,7 +3,7 @@
 from datetime import datetime, timezone
 
 from iot_assets.core.decode import TCP_FLAG_BITS, decode_block
-from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY, flow_line, trailer
+from iot_assets_tests.support.records import FIRST_DAY, LAST_DAY, flow_line, trailer
 
 
 def decode(*lines: bytes):

@@ -11,7 +11,7 @@ from iot_assets.core.archive import find_archives
 from iot_assets.core.ingest import decode_archive
 from iot_assets.synthetic import sample
 from iot_assets.synthetic.inject import EPISODE_TYPES, inject, read_episodes
-from iot_assets_tests.conftest import FIRST_DAY, LAST_DAY
+from iot_assets_tests.support.records import FIRST_DAY, LAST_DAY
 
 
 def test_inject_adds_every_episode_type_and_stays_decodable(tmp_path):
