@@ -6,13 +6,16 @@ FLOW_ASSETS = ("decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "
                "line_truth")
 MODEL_ASSETS = ("device_classifier", "anomaly_detector", "drift_reference", "endpoint_signatures")
 SCORING_ASSETS = ("device_inventory", "anomaly_scores", "anomaly_incidents", "feature_drift", "device_exposure", "line_inventory",
-                  "daily_report")
-REPORT_ASSETS = ("rebaseline_decisions", "model_report", "exposure_report", "line_first_detected", "line_metrics")
+                  "device_vulnerabilities", "daily_report")
+REPORT_ASSETS = ("rebaseline_decisions", "model_report", "exposure_report", "line_first_detected", "line_metrics",
+                 "vulnerability_report")
+# Imported with the landing zone: every daily run after it reads them, so they are there (empty without files).
+FEED_ASSETS = ("nvd_feed", "nvd_cpe_matches", "kev_feed", "epss_feed")
 
 ingest_archives_job = dg.define_asset_job(
     "ingest_archives_job",
-    selection=dg.AssetSelection.assets("raw_archives", "line_membership"),
-    description="Checksum the landing zone and decode new or changed archives.",
+    selection=dg.AssetSelection.assets("raw_archives", "line_membership", *FEED_ASSETS),
+    description="Checksum the landing zone, decode new or changed archives, import the vulnerability feeds.",
 )
 
 daily_flows_job = dg.define_asset_job(
@@ -30,13 +33,13 @@ training_job = dg.define_asset_job(
 daily_scoring_job = dg.define_asset_job(
     "daily_scoring_job",
     selection=dg.AssetSelection.assets(*SCORING_ASSETS),
-    description="Classify the days' MACs, score their windows and drift with the current models, and report.",
+    description="Classify the days' MACs, score their windows and drift, match their CVEs, and report.",
 )
 
 reports_job = dg.define_asset_job(
     "reports_job",
     selection=dg.AssetSelection.assets(*REPORT_ASSETS),
-    description="Write the model, exposure and line reports from the models and the scored days.",
+    description="Write the model, exposure, line and vulnerability reports from the models and the scored days.",
 )
 
 # Every daily asset: what a new day, or a day whose archives changed, needs rebuilt.
