@@ -325,3 +325,23 @@ def test_feed_settings_and_their_errors(tmp_path):
             Settings.from_env({"IOT_ASSETS_FEED_MAX_AGE_DAYS": raw})
         assert says in str(error.value) and "\n" not in str(error.value)
 
+
+
+def test_a_device_on_two_lines_is_in_both_notices_and_a_line_joins_on_its_day():
+    from iot_assets.defs.vulnerabilities.assets import line_notices, lines_on, notice_name
+
+    membership = pd.DataFrame({"line_id": ["line-001", "line-002", "line-002", "line-003"],
+                               "device_mac": [HUE_A, HUE_A, HUE_B, HUE_C],
+                               "since": pd.to_datetime([None, "2019-06-25T23:59:00", None, "2019-06-26T00:00:00"],
+                                                       utc=True)})
+    lines = lines_on(membership, DAY1).set_index("device_mac")["line"].to_dict()
+    assert lines == {HUE_A: "line-001, line-002", HUE_B: "line-002"}  # C joins line 3 the next day
+    findings = pd.DataFrame({
+        "device_mac": [HUE_A, HUE_B, HUE_C], "device": "Philips Hue Bridge",
+        "line": ["line-001, line-002", "line-002", "unknown"], "cve": WEB_CVE, "risk": [9.0, 9.0, 9.0],
+        "status": ["open", "resolved", "open"], "kev": False, "exposed": False, "cvss": 7.5,
+        "affected": "possibly affected (firmware unknown)", "remediation": "Update the firmware."})
+    notices = line_notices(findings)
+    assert sorted(notices) == ["line-001", "line-002"]  # no notice for `unknown`
+    assert HUE_A in notices["line-001"] and HUE_A in notices["line-002"] and HUE_B not in notices["line-002"]
+    assert notice_name("Tokyo/ftth 0042") == "Tokyo_ftth_0042"
