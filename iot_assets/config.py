@@ -41,6 +41,13 @@ def _parse_number(env, name: str, default: float, low: float, high: float) -> fl
     return value
 
 
+def _parse_whole_number(env, name: str, default: int, low: int, high: int) -> int:
+    value = _parse_number(env, name, default, low, high)
+    if value != int(value):
+        raise SettingsError(f"{name}={env.get(name, '').strip()} is not a whole number")
+    return int(value)
+
+
 def _location(raw: str) -> str:
     """A local folder becomes an absolute path; an object-store URL stays as it is."""
     raw = raw or "data"
@@ -66,6 +73,8 @@ class Settings:
     acknowledgements: str = ""  # a CSV device_mac,from_day: changes an analyst accepted as the new normal
     stable_days: int = 3  # changed days in a row, at a steady score level, that make a new normal
     line_shards: int = 4  # subscriber-line shards a day of the line assets is split into
+    feeds_dir: str = ""  # where an operator drops the NVD, KEV and EPSS files; empty: `<data_dir>/feeds`
+    feed_max_age_days: int = 7  # a feed older than this (against today) fails the WARN check feeds_fresh
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -97,6 +106,8 @@ class Settings:
             acknowledgements=env.get("IOT_ASSETS_ACKNOWLEDGEMENTS", "").strip(),
             stable_days=int(_parse_number(env, "IOT_ASSETS_STABLE_DAYS", 3, 1, 60)),
             line_shards=int(_parse_number(env, "IOT_ASSETS_LINE_SHARDS", 4, 1, 4096)),
+            feeds_dir=_location(env.get("IOT_ASSETS_FEEDS_DIR", "").strip() or f"{data_dir}/feeds"),
+            feed_max_age_days=_parse_whole_number(env, "IOT_ASSETS_FEED_MAX_AGE_DAYS", 7, 0, 3650),
         )
 
     @property

@@ -213,3 +213,53 @@ def column_schema(model: type[pa.DataFrameModel]) -> dg.TableSchema:
             for name, column in schema.columns.items()
         ]
     )
+
+
+CVE_ID_PATTERN = r"^CVE-\d{4}-\d{4,}$"
+DAY_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+
+
+class DeviceVulnerabilities(pa.DataFrameModel):
+    """A day's device_vulnerabilities: each (device MAC, CVE) finding with its risk, evidence and lifecycle."""
+
+    day: Series[Text] = pa.Field(matches={"pattern": DAY_PATTERN}, description="the partition's day")
+    device_mac: Series[Text] = pa.Field(matches={"pattern": MAC_PATTERN})
+    device: Series[Text] = pa.Field(description="the inventory's predicted model, whose CPE matched")
+    line: Series[Text] = pa.Field(description="the subscriber line(s) of the device on the day; `unknown` if none")
+    cpe: Series[Text] = pa.Field(description="the model's CPE 2.3 name that matched (contracts/device_cpes.csv)")
+    cve: Series[Text] = pa.Field(matches={"pattern": CVE_ID_PATTERN})
+    title: Series[Text] = pa.Field(description="first sentence of the NVD description")
+    published: Series[Text] = pa.Field(nullable=True, description="NVD publication day")
+    cvss: Series[float] = pa.Field(ge=0, le=10, nullable=True, description="CVSS base score (NVD's, 3.x first)")
+    cvss_severity: Series[Text] = pa.Field(nullable=True)
+    kev: Series[bool] = pa.Field(description="in CISA's Known Exploited Vulnerabilities catalogue")
+    kev_due_date: Series[Text] = pa.Field(nullable=True, description="KEV's remediation due date")
+    epss: Series[float] = pa.Field(ge=0, le=1, nullable=True, description="FIRST EPSS: exploitation within 30 days")
+    exposed: Series[bool] = pa.Field(description="the vulnerable service was seen reachable or in use with Internet peers")
+    evidence: Series[Text] = pa.Field(nullable=True, description="the exposure findings behind `exposed`, and notes")
+    risk: Series[float] = pa.Field(ge=0, description="cvss x (1 + kev) x (1 + epss) x (1.5 if exposed)")
+    affected: Series[Text] = pa.Field(description="`possibly affected (firmware unknown)` unless the firmware is known")
+    remediation: Series[Text] = pa.Field(description="fixed version, KEV's required action or the vendor's advice")
+    first_seen: Series[Text] = pa.Field(matches={"pattern": DAY_PATTERN})
+    last_seen: Series[Text] = pa.Field(matches={"pattern": DAY_PATTERN}, description="last day the finding matched")
+    status: Series[Text] = pa.Field(isin=["open", "acknowledged", "resolved"])
+    new_today: Series[bool] = pa.Field(description="first matched today, or matched again after it was resolved")
+    resolved_on: Series[Text] = pa.Field(nullable=True)
+    resolution: Series[Text] = pa.Field(nullable=True, description="why it was resolved: device gone, firmware, evidence")
+    days_open: Series[int] = pa.Field(ge=0, description="calendar days from first_seen to the day (or the resolution)")
+
+    @pa.dataframe_check(error="a (device_mac, cve) finding appears twice in a day")
+    def one_row_per_finding(cls, df: pd.DataFrame) -> Series[bool]:
+        return ~df.duplicated(["device_mac", "cve"], keep=False)
+
+    @pa.dataframe_check(error="a resolved finding without resolved_on, or an unresolved one with it")
+    def resolved_has_its_day(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["status"] == "resolved") == df["resolved_on"].notna()
+
+    @pa.dataframe_check(error="first_seen after the day")
+    def first_seen_not_after_day(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["first_seen"].astype(str) <= df["day"].astype(str)
+
+    class Config:
+        strict = True
+        coerce = True

@@ -58,6 +58,19 @@ class ExposureSettings(dg.ConfigurableResource):
         return self.advisories or str(DEFAULT_ADVISORIES)
 
 
+class VulnerabilitySettings(dg.ConfigurableResource):
+    """Where the vulnerability feeds are dropped (IOT_ASSETS_FEEDS_DIR) and the age past which one is stale."""
+
+    feeds_dir: str
+    max_age_days: int = 7  # IOT_ASSETS_FEED_MAX_AGE_DAYS
+
+    def local_feeds(self):
+        """A context manager giving the feeds folder as a local folder (a temporary copy of an object store's)."""
+        from iot_assets.io.feeds import local_feeds
+
+        return local_feeds(self.feeds_dir)
+
+
 class LineSettings(dg.ConfigurableResource):
     """Subscriber lines: a lines.csv (IOT_ASSETS_LINES) or synthetic lines, and the sampling rates."""
 
@@ -94,6 +107,8 @@ def build_resources(settings: Settings) -> dict:
                                         target_fpr=settings.target_fpr, seed=settings.seed, episodes=settings.episodes,
                                         acknowledgements=settings.acknowledgements, stable_days=settings.stable_days),
         "exposure_settings": ExposureSettings(advisories=settings.advisories),
+        "vulnerability_settings": VulnerabilitySettings(feeds_dir=settings.feeds_dir,
+                                                        max_age_days=settings.feed_max_age_days),
         "line_settings": LineSettings(lines_csv=settings.lines_csv, sampling=settings.sampling),
         "lake_io_manager": LakeIOManagerFactory(base_url=base),
         "model_io_manager": ModelIOManager(base_url=base, pins=settings.model_pins),

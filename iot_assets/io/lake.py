@@ -18,6 +18,9 @@ written the days yet (a reordered `yield`), instead of letting a check pass on n
 The day is the partition, in the path: a `day` column of a daily table is not written into the
 file (a hive reader would see two `day` fields) and is restored from the path on load.
 
+An unpartitioned input may say `allow_missing` in its metadata: it is None until its asset is first
+materialized.
+
 An input may name the columns it reads (`dg.AssetIn(metadata={"columns": [...]})`): only those
 are read from each file (the restored `day` comes with them), as Dagster's database IO managers do.
 """
@@ -152,6 +155,10 @@ class LakeIOManager(dg.UPathIOManager):
 
     def load_input(self, context: dg.InputContext):
         if not context.has_asset_partitions:
+            # An input that says `allow_missing` gets None for a table never materialized (a new asset).
+            if (context.definition_metadata or {}).get("allow_missing") and not self._get_path(context).exists():
+                context.log.info(f"{context.asset_key.to_user_string()}: not materialized yet")
+                return None
             return super().load_input(context)
         paths = self._get_paths_for_partitions(context)
         present = {key: path for key, path in paths.items() if path.exists()}

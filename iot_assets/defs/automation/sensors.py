@@ -61,7 +61,8 @@ AFTER_ITS_INPUTS = (
 )
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
-    "automation_sensor", target=dg.AssetSelection.assets("model_report", "rebaseline_decisions"),
+    "automation_sensor",
+    target=dg.AssetSelection.assets("model_report", "rebaseline_decisions", "vulnerability_report"),
     default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60,
 )
 

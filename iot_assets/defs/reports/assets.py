@@ -19,6 +19,7 @@ from iot_assets.io.reports import ReportFiles
 from iot_assets.reports.exposure import exposure_section_html, fleet_view_html
 from iot_assets.reports.lines import metrics_fragment_html
 from iot_assets.reports.pages import daily_page, model_page
+from iot_assets.reports.vulnerabilities import vulnerability_section_html
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.BetaWarning)  # the parameter is beta in Dagster 1.13
@@ -29,11 +30,12 @@ def build(parts: Partitions) -> list:
     """This group's definitions over the partitions resolved at load."""
 
     @dg.asset(partitions_def=parts.daily, backfill_policy=parts.ranged_backfill, group_name="reports",
-              ins={"device_exposure": dg.AssetIn(partition_mapping=TWO_WEEKS, metadata={"allow_missing_partitions": True})})
+              ins={"device_exposure": dg.AssetIn(partition_mapping=TWO_WEEKS, metadata={"allow_missing_partitions": True}),
+                   "device_vulnerabilities": dg.AssetIn(metadata={"allow_missing_partitions": True})})
     def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device_inventory: LazyDays,
                      anomaly_scores: LazyDays, anomaly_incidents: LazyDays, feature_drift: LazyDays,
-                     device_windows: LazyDays, device_exposure: LazyDays):
-        """The day in one HTML page: inventory, anomalies on a timeline and as incidents, drift, exposure, traffic."""
+                     device_windows: LazyDays, device_exposure: LazyDays, device_vulnerabilities: LazyDays):
+        """The day in one HTML page: inventory, anomalies on a timeline and as incidents, drift, exposure, vulnerabilities, traffic."""
         paths, anomalies = [], 0
         exposures = dict(device_exposure.items())  # two weeks before the run and its days, read once
         for day in context.partition_keys:
@@ -42,8 +44,9 @@ def build(parts: Partitions) -> list:
             recent = concat_days({d: f for d, f in exposures.items() if d <= day})
             section = exposure_section_html(exposure.worklist(findings), exposure.findings_per_day(recent),
                                             exposure.line_scores(findings[findings["seen_today"].astype(bool)]))
+            vulnerabilities = vulnerability_section_html(device_vulnerabilities.get(day))
             html = daily_page(day, device_inventory[day], scores, anomaly_incidents[day], feature_drift[day],
-                              device_windows[day], [section])
+                              device_windows[day], [section, vulnerabilities])
             paths.append(reports.write_text(f"daily/{day}.html", html))
             anomalies += int(scores["anomaly"].astype(bool).sum()) if len(scores) else 0
         return dg.MaterializeResult(metadata={**reports.metadata(paths[-1]), "days": len(paths), "anomalies": anomalies})
