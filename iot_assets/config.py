@@ -7,7 +7,7 @@ partitions. Nothing else reads `IOT_ASSETS_*`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -41,6 +41,52 @@ def _parse_number(env, name: str, default: float, low: float, high: float) -> fl
     return value
 
 
+def _on_off(env, name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("on", "off"):
+        raise SettingsError(f"{name}={raw!r} is neither on nor off")
+    return raw == "on"
+
+
+def _config_home(env) -> Path:
+    """$XDG_CONFIG_HOME (from `env`, else the process environment), else ~/.config: where keys live by default."""
+    raw = env.get("XDG_CONFIG_HOME", "").strip() or os.environ.get("XDG_CONFIG_HOME", "").strip()
+    return Path(raw) if raw else Path.home() / ".config"
+
+
+def _pseudonymise_settings(env) -> dict:
+    """The IOT_ASSETS_PSEUDONYMISE_* settings checked (the key itself is read at load, not here)."""
+    from iot_assets.core.pseudonymise import ROTATIONS, PseudonymiseError, SubscriberNetworks
+
+    key_file = env.get("IOT_ASSETS_PSEUDONYMISE_KEY_FILE", "").strip()
+    key = env.get("IOT_ASSETS_PSEUDONYMISE_KEY", "").strip()
+    if key_file and key:
+        raise SettingsError("IOT_ASSETS_PSEUDONYMISE_KEY_FILE and IOT_ASSETS_PSEUDONYMISE_KEY are both set: set one")
+    rotation = env.get("IOT_ASSETS_PSEUDONYMISE_ROTATION", "").strip() or "year"
+    if rotation not in ROTATIONS:
+        raise SettingsError(f"IOT_ASSETS_PSEUDONYMISE_ROTATION={rotation!r} is not one of {', '.join(ROTATIONS)}")
+    networks = env.get("IOT_ASSETS_PSEUDONYMISE_NETWORKS", "").strip()
+    if networks:
+        try:
+            SubscriberNetworks.parse(networks.split(","))
+        except PseudonymiseError as exc:
+            raise SettingsError(f"IOT_ASSETS_PSEUDONYMISE_NETWORKS: {exc}") from None
+    config = _config_home(env) / "iot-assets"
+    audit_log = env.get("IOT_ASSETS_REVEAL_AUDIT_LOG", "").strip()
+    return dict(
+        pseudonymise=_on_off(env, "IOT_ASSETS_PSEUDONYMISE", True),
+        pseudonymise_key_file=str(Path(key_file).expanduser().resolve()) if key_file else "",
+        pseudonymise_key=key,
+        pseudonymise_default_key_file=str(config / "pseudonymise.key"),
+        pseudonymise_networks=networks,
+        pseudonymise_remote=_on_off(env, "IOT_ASSETS_PSEUDONYMISE_REMOTE", False),
+        pseudonymise_rotation=rotation,
+        reveal_audit_log=str(Path(audit_log).expanduser().resolve()) if audit_log else str(config / "reveal-audit.jsonl"),
+    )
+
+
 def _location(raw: str) -> str:
     """A local folder becomes an absolute path; an object-store URL stays as it is."""
     raw = raw or "data"
@@ -66,6 +112,16 @@ class Settings:
     acknowledgements: str = ""  # a CSV device_mac,from_day: changes an analyst accepted as the new normal
     stable_days: int = 3  # changed days in a row, at a steady score level, that make a new normal
     line_shards: int = 4  # subscriber-line shards a day of the line assets is split into
+    # Pseudonymisation at the edge (docs/pseudonymisation.md); the key is loaded at load, by
+    # iot_assets.core.pseudonymiser.Pseudonymiser.from_settings, and kept out of every repr.
+    pseudonymise: bool = True
+    pseudonymise_key_file: str = ""  # the configured key file; empty: the key value, or the default file
+    pseudonymise_key: str = field(default="", repr=False, compare=False)  # the key as hex text, if given so
+    pseudonymise_default_key_file: str = ""  # used (and created) when neither is configured
+    pseudonymise_networks: str = ""  # comma-separated subscriber-side CIDRs; empty: the core's defaults
+    pseudonymise_remote: bool = False  # Internet peers too (they are evidence: kept in clear by default)
+    pseudonymise_rotation: str = "year"  # year | month: how long a pseudonym lasts
+    reveal_audit_log: str = ""  # where `iot-assets reveal` appends its audit lines
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -97,6 +153,7 @@ class Settings:
             acknowledgements=env.get("IOT_ASSETS_ACKNOWLEDGEMENTS", "").strip(),
             stable_days=int(_parse_number(env, "IOT_ASSETS_STABLE_DAYS", 3, 1, 60)),
             line_shards=int(_parse_number(env, "IOT_ASSETS_LINE_SHARDS", 4, 1, 4096)),
+            **_pseudonymise_settings(env),
         )
 
     @property
