@@ -1,7 +1,5 @@
 """Resources, one per concern: where bytes live (IO managers, archives, reports) and the models' settings."""
 
-from __future__ import annotations
-
 import dagster as dg
 import pandas as pd
 

@@ -9,8 +9,6 @@ Decoding happens in a private work folder and the result is published whole, so 
 sees, or deletes, another run's work in progress.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import shutil
@@ -41,7 +39,9 @@ class ArchiveStore(dg.ConfigurableResource):
     base_url: str
     first_day: str
     last_day: str
-    pseudonymiser: dg.ResourceDependency[Pseudonymiser]  # applied to each block as it decodes
+    # applied to each block as it decodes (a resource dependency: this module has no postponed annotations,
+    # which Dagster would not resolve)
+    pseudonymiser: dg.ResourceDependency[Pseudonymiser]
 
     @property
     def landing(self) -> UPath:
