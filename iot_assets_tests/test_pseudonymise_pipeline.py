@@ -179,6 +179,31 @@ def test_decode_writes_pseudonyms_and_keeps_internet_peers(tmp_path):
     assert remo not in text and catalogue.GATEWAY_MAC not in text
 
 
+def test_another_key_stages_the_archive_anew(tmp_path):
+    from iot_assets.defs.resources import build_resources
+    from iot_assets_tests.conftest import flow_line, trailer
+
+    json_archive(tmp_path / "data" / "raw" / "nature_remo.tar.gz", flow_line() + trailer(1))
+
+    def stage(**env):
+        settings = Settings.from_env({"IOT_ASSETS_DATA_DIR": str(tmp_path / "data"), **env})
+        store = build_resources(settings)["archives"]
+        found, _ = store.find()
+        summary, key, decoded_now = store.stage(found[0])
+        return summary, key, decoded_now
+
+    first, key_a, decoded_a = stage(IOT_ASSETS_PSEUDONYMISE_KEY=KEY_A)
+    again, key_again, decoded_again = stage(IOT_ASSETS_PSEUDONYMISE_KEY=KEY_A)
+    other, key_b, decoded_b = stage(IOT_ASSETS_PSEUDONYMISE_KEY=KEY_B)
+    clear, key_clear, _ = stage(IOT_ASSETS_PSEUDONYMISE="off")
+    assert (decoded_a, decoded_again, decoded_b) == (True, False, True)
+    assert key_a == key_again and len({key_a, key_b, key_clear}) == 3
+    assert key_a.endswith("_p" + pseudonymiser(KEY_A).fingerprint) and "_p" not in key_clear.rsplit("_", 1)[1]
+    remo = catalogue.BY_ARCHIVE["nature_remo"].mac
+    assert (first.local_mac, other.local_mac, clear.local_mac) == (
+        pseudonymiser(KEY_A).mac(remo, "2019-06-25"), pseudonymiser(KEY_B).mac(remo, "2019-06-25"), remo)
+
+
 # ---------------------------------------------------------------- reveal
 
 
