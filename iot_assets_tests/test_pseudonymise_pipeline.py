@@ -88,6 +88,22 @@ def test_first_use_creates_a_key_outside_the_data_folder_and_says_where(tmp_path
     assert not (tmp_path / "data").exists()  # nothing of the key went near the data folder
 
 
+def test_a_key_another_process_creates_meanwhile_is_used(tmp_path, monkeypatch):
+    import iot_assets.core.pseudonymise as core
+
+    default, create = tmp_path / "config" / "pseudonymise.key", core.create_master_key_file
+
+    def another_process_first(path, data_dir):
+        create(path, data_dir)  # the other worker wins the race
+        return create(path, data_dir)
+
+    monkeypatch.setattr(core, "create_master_key_file", another_process_first)
+    keys, source = core.load_keys(None, None, tmp_path / "data", default)
+    assert source == f"pseudonymisation key: {default}"
+    assert keys.fingerprint() == core.PseudonymKeys(bytes.fromhex(default.read_text())).fingerprint()
+    assert [p.name for p in default.parent.iterdir()] == ["pseudonymise.key"]  # no temporary file left
+
+
 def test_off_is_the_identity():
     off = Pseudonymiser.from_settings(Settings.from_env({"IOT_ASSETS_PSEUDONYMISE": "off"}))
     assert not off.enabled and off.fingerprint == ""

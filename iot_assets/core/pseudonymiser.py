@@ -87,14 +87,13 @@ class Pseudonymiser:
             return cls.off(settings.first_day, settings.last_day)
         key_file = Path(settings.pseudonymise_key_file) if settings.pseudonymise_key_file else None
         default = Path(settings.pseudonymise_default_key_file)
-        creating = key_file is None and not settings.pseudonymise_key and not default.exists()
         try:
             keys, source = load_keys(key_file, settings.pseudonymise_key or None, settings.data_dir, default)
             networks = SubscriberNetworks.parse(settings.pseudonymise_networks.split(",")) \
                 if settings.pseudonymise_networks else DEFAULT_NETWORKS
         except PseudonymiseError as exc:
             raise SettingsError(str(exc)) from None
-        if creating:
+        if "none configured, created" in source:  # the first use: say once where the new key is
             print(f"iot-assets: {source}", file=sys.stderr)
         return cls(keys, settings.first_day, settings.last_day, networks, settings.pseudonymise_remote,
                    settings.pseudonymise_rotation, Path(settings.reveal_audit_log))
