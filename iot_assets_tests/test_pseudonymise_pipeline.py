@@ -331,8 +331,9 @@ def test_pipeline_outputs_hold_no_catalogue_mac_nor_home_address_and_the_same_fi
     on, off = tmp_path / "on", tmp_path / "off"
 
     # (a) Nothing past staging names a catalogue MAC or a home address; the clear run does (the scan can fail).
+    # The Dagster instance too: its run logs and metadata are what the UI shows the analysts.
     needles = [*REAL_MACS, HOME_PREFIX]
-    for folder in ("lake", "models", "reports"):
+    for folder in ("lake", "models", "reports", "dagster_home"):
         assert (on / folder).exists() and _files_holding(on / folder, needles) == {}, folder
     assert _files_holding(off / "lake", needles) and _files_holding(off / "models", REAL_MACS)
     staged = next((on / "staging" / "nature_remo").glob("*/flows.parquet"))
