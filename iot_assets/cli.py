@@ -319,7 +319,12 @@ def reveal(pseudonym: str, day, period: str | None, reason: str, operator: str, 
         candidates = _read_candidates(candidates_file) if candidates_file else []
         if use_catalogue:
             candidates += [d.mac for d in catalogue.DEVICES] + [catalogue.GATEWAY_MAC]
-        real = pseudonymiser.reveal(pseudonym, period, operator or getpass.getuser(), reason, candidates)
+        if not operator:
+            try:
+                operator = getpass.getuser()
+            except (KeyError, OSError):  # no login name (a container without a user entry)
+                raise SettingsError("the login name is unknown: give --operator for the audit log") from None
+        real = pseudonymiser.reveal(pseudonym, period, operator, reason, candidates)
     except (SettingsError, PseudonymiseError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
