@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -63,7 +64,8 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
     """Decode archives (single or split parts) to Parquet, without Dagster.
 
     Writes OUT/<archive>/flows.parquet, rejects.parquet and summary.json; records outside
-    IOT_ASSETS_START_DATE..IOT_ASSETS_END_DATE are rejected as outside_date_range. Every
+    IOT_ASSETS_START_DATE..IOT_ASSETS_END_DATE are rejected as outside_date_range. MACs and
+    home addresses are pseudonymised as in the pipeline (IOT_ASSETS_PSEUDONYMISE*). Every
     archive is decoded even if another fails; each one that fails or does not reconcile
     gets one `error:` line on stderr, and the command then exits 1.
     """
@@ -73,13 +75,14 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
 
     skip_pyarrow_pandas_check()
     settings = _settings()
+    pseudonymiser = _pseudonymiser(settings)
     found, errors = group_archives(list(archives))
     failures = [f"error: {error}" for error in errors]
     for archive in found:
         t0 = time.perf_counter()
         with _bytes_bar(archive.name) as bar:
             summary = decode_archive(archive, out_dir / archive.name, settings.first_day, settings.last_day,
-                                     on_progress=None if bar is None else bar.update)
+                                     on_progress=None if bar is None else bar.update, pseudonymiser=pseudonymiser)
         seconds = time.perf_counter() - t0
         unreadable = "unknown" if summary.unreadable is None else f"{summary.unreadable:,}"
         click.echo(
@@ -308,6 +311,89 @@ def _attack_sample(folder: Path, seed: int) -> Path:
             os.replace(path, archive.parts[0])
     click.echo(f"attack episodes for {', '.join(SAMPLE_ATTACKED)}: {out / 'episodes.csv'} (IOT_ASSETS_EPISODES)")
     return out / "episodes.csv"
+
+
+@main.command()
+@click.argument("pseudonym")
+@click.option("--day", type=click.DateTime(["%Y-%m-%d"]), help="A day the pseudonym was seen (gives its key period).")
+@click.option("--period", help="The key period instead: YYYY (rotation year) or YYYY-MM (rotation month).")
+@click.option("--reason", required=True, help="Why this subscriber is re-identified (goes into the audit log).")
+@click.option("--operator", default="", help="Who asks (goes into the audit log); default: the login name.")
+@click.option("--candidates", "candidates_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A file of real MACs, one a line, to match a MAC pseudonym against (e.g. from DHCP leases).")
+@click.option("--catalogue", "use_catalogue", is_flag=True, help="Match a MAC pseudonym against the device catalogue too.")
+def reveal(pseudonym: str, day, period: str | None, reason: str, operator: str, candidates_file: Path | None,
+           use_catalogue: bool) -> None:
+    """Turn PSEUDONYM back into the real address or MAC, with the key, and log that it was done.
+
+    An address is decrypted. A MAC pseudonym cannot be (it is a keyed hash): it is matched against
+    the candidate MACs given (--candidates, --catalogue). Every attempt appends one line to the
+    audit log (IOT_ASSETS_REVEAL_AUDIT_LOG) before anything is printed; the real value never goes there.
+    """
+    import getpass
+
+    from iot_assets.contracts import catalogue
+    from iot_assets.core.pseudonymise import PseudonymiseError
+
+    try:
+        settings = Settings.from_env()
+        if (day is None) == (period is None):
+            raise SettingsError("give exactly one of --day and --period")
+        if not (settings.pseudonymise_key_file or settings.pseudonymise_key
+                or Path(settings.pseudonymise_default_key_file).exists()):
+            raise SettingsError(f"no pseudonymisation key is configured and {settings.pseudonymise_default_key_file} "
+                                "does not exist: nothing can be revealed")
+        pseudonymiser = _pseudonymiser(settings, usage_error=False)
+        if period is None:
+            period = pseudonymiser.period(day.date())
+        elif len(period) != (4 if pseudonymiser.rotation == "year" else 7):
+            raise SettingsError(f"--period {period}: the keys rotate per {pseudonymiser.rotation} "
+                                f"({'YYYY' if pseudonymiser.rotation == 'year' else 'YYYY-MM'})")
+        candidates = _read_candidates(candidates_file) if candidates_file else []
+        if use_catalogue:
+            candidates += [d.mac for d in catalogue.DEVICES] + [catalogue.GATEWAY_MAC]
+        if not operator:
+            try:
+                operator = getpass.getuser()
+            except (KeyError, OSError):  # no login name (a container without a user entry)
+                raise SettingsError("the login name is unknown: give --operator for the audit log") from None
+        real = pseudonymiser.reveal(pseudonym, period, operator, reason, candidates)
+    except (SettingsError, PseudonymiseError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(real)
+    click.echo(f"logged to {pseudonymiser.audit_log}", err=True)
+
+
+def _read_candidates(path: Path) -> list[str]:
+    """The MACs of a candidates file: one a line; blank lines and # comments skipped."""
+    from iot_assets.contracts.schemas import MAC_PATTERN
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot read the candidate MACs ({exc})") from None
+    macs = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip().lower().rstrip(":")
+        if not text or text.startswith("#"):
+            continue
+        if not re.match(MAC_PATTERN, text):
+            raise SettingsError(f"{path} line {number}: {line.strip()!r} is not a MAC address")
+        macs.append(text)
+    return macs
+
+
+def _pseudonymiser(settings: Settings, usage_error: bool = True):
+    """The deployment's pseudonymiser (its key loaded, or created on first use)."""
+    from iot_assets.core.pseudonymiser import Pseudonymiser
+
+    try:
+        return Pseudonymiser.from_settings(settings)
+    except SettingsError as exc:
+        if usage_error:
+            raise click.UsageError(str(exc)) from exc
+        raise
 
 
 def _settings(env: dict | None = None) -> Settings:

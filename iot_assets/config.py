@@ -7,7 +7,7 @@ partitions. Nothing else reads `IOT_ASSETS_*`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -46,6 +46,50 @@ def _parse_whole_number(env, name: str, default: int, low: int, high: int) -> in
     if value != int(value):
         raise SettingsError(f"{name}={env.get(name, '').strip()} is not a whole number")
     return int(value)
+def _on_off(env, name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("on", "off"):
+        raise SettingsError(f"{name}={raw!r} is neither on nor off")
+    return raw == "on"
+
+
+def _config_home(env) -> Path:
+    """$XDG_CONFIG_HOME (from `env`, else the process environment), else ~/.config: where keys live by default."""
+    raw = env.get("XDG_CONFIG_HOME", "").strip() or os.environ.get("XDG_CONFIG_HOME", "").strip()
+    return Path(raw) if raw else Path.home() / ".config"
+
+
+def _pseudonymise_settings(env) -> dict:
+    """The IOT_ASSETS_PSEUDONYMISE_* settings checked (the key itself is read at load, not here)."""
+    from iot_assets.core.pseudonymise import ROTATIONS, PseudonymiseError, SubscriberNetworks
+
+    key_file = env.get("IOT_ASSETS_PSEUDONYMISE_KEY_FILE", "").strip()
+    key = env.get("IOT_ASSETS_PSEUDONYMISE_KEY", "").strip()
+    if key_file and key:
+        raise SettingsError("IOT_ASSETS_PSEUDONYMISE_KEY_FILE and IOT_ASSETS_PSEUDONYMISE_KEY are both set: set one")
+    rotation = env.get("IOT_ASSETS_PSEUDONYMISE_ROTATION", "").strip() or "year"
+    if rotation not in ROTATIONS:
+        raise SettingsError(f"IOT_ASSETS_PSEUDONYMISE_ROTATION={rotation!r} is not one of {', '.join(ROTATIONS)}")
+    networks = env.get("IOT_ASSETS_PSEUDONYMISE_NETWORKS", "").strip()
+    if networks:
+        try:
+            SubscriberNetworks.parse(networks.split(","))
+        except PseudonymiseError as exc:
+            raise SettingsError(f"IOT_ASSETS_PSEUDONYMISE_NETWORKS: {exc}") from None
+    config = _config_home(env) / "iot-assets"
+    audit_log = env.get("IOT_ASSETS_REVEAL_AUDIT_LOG", "").strip()
+    return dict(
+        pseudonymise=_on_off(env, "IOT_ASSETS_PSEUDONYMISE", True),
+        pseudonymise_key_file=str(Path(key_file).expanduser().resolve()) if key_file else "",
+        pseudonymise_key=key,
+        pseudonymise_default_key_file=str(config / "pseudonymise.key"),
+        pseudonymise_networks=networks,
+        pseudonymise_remote=_on_off(env, "IOT_ASSETS_PSEUDONYMISE_REMOTE", False),
+        pseudonymise_rotation=rotation,
+        reveal_audit_log=str(Path(audit_log).expanduser().resolve()) if audit_log else str(config / "reveal-audit.jsonl"),
+    )
 
 
 def _location(raw: str) -> str:
@@ -75,6 +119,16 @@ class Settings:
     line_shards: int = 4  # subscriber-line shards a day of the line assets is split into
     feeds_dir: str = ""  # where an operator drops the NVD, KEV and EPSS files; empty: `<data_dir>/feeds`
     feed_max_age_days: int = 7  # a feed older than this (against today) fails the WARN check feeds_fresh
+    # Pseudonymisation at the edge (docs/pseudonymisation.md); the key is loaded at load, by
+    # iot_assets.core.pseudonymiser.Pseudonymiser.from_settings, and kept out of every repr.
+    pseudonymise: bool = True
+    pseudonymise_key_file: str = ""  # the configured key file; empty: the key value, or the default file
+    pseudonymise_key: str = field(default="", repr=False, compare=False)  # the key as hex text, if given so
+    pseudonymise_default_key_file: str = ""  # used (and created) when neither is configured
+    pseudonymise_networks: str = ""  # comma-separated subscriber-side CIDRs; empty: the core's defaults
+    pseudonymise_remote: bool = False  # Internet peers too (they are evidence: kept in clear by default)
+    pseudonymise_rotation: str = "year"  # year | month: how long a pseudonym lasts
+    reveal_audit_log: str = ""  # where `iot-assets reveal` appends its audit lines
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -108,6 +162,7 @@ class Settings:
             line_shards=int(_parse_number(env, "IOT_ASSETS_LINE_SHARDS", 4, 1, 4096)),
             feeds_dir=_location(env.get("IOT_ASSETS_FEEDS_DIR", "").strip() or f"{data_dir}/feeds"),
             feed_max_age_days=_parse_whole_number(env, "IOT_ASSETS_FEED_MAX_AGE_DAYS", 7, 0, 3650),
+            **_pseudonymise_settings(env),
         )
 
     @property

@@ -8,6 +8,15 @@ from iot_assets.synthetic import sample
 from iot_assets_tests.support.records import FIRST_DAY, REAL_DATA
 
 
+@pytest.fixture(autouse=True)
+def _pseudonymisation_key_outside_home(tmp_path_factory, monkeypatch):
+    """No test writes a key (or an audit log) into the real home: the default key folder is a
+    temporary one, for this process and the subprocesses it starts."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+    for name in ("IOT_ASSETS_PSEUDONYMISE_KEY_FILE", "IOT_ASSETS_PSEUDONYMISE_KEY", "IOT_ASSETS_REVEAL_AUDIT_LOG"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """Two days of sample archives for four devices (two of them one OEM's cameras)."""

@@ -54,6 +54,7 @@ DEVICES: tuple[Device, ...] = (
 
 BY_MAC: dict[str, Device] = {d.mac: d for d in DEVICES}
 BY_ARCHIVE: dict[str, Device] = {d.archive_name: d for d in DEVICES}
+BY_NAME: dict[str, Device] = {d.name: d for d in DEVICES}
 
 _ARCHIVE_SUFFIX = re.compile(r"\.tar\.gz(\d{2})?$")
 

@@ -131,6 +131,9 @@ def fit(train: pd.DataFrame, labels_column: str, features: list[str], seed: int,
     labels = sorted(train[labels_column].unique())
     if len(labels) < 2:
         return None, labels
+    # Rows in an order that does not depend on how MACs are named (in clear or pseudonymised):
+    # the booster's row subsampling follows the row order.
+    train = train.sort_values([labels_column, "window_start"], kind="stable") if "window_start" in train else train
     y = train[labels_column].map({label: i for i, label in enumerate(labels)}).to_numpy()
     # Each device counts the same, however many windows it has.
     counts = np.bincount(y, minlength=len(labels))

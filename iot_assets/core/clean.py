@@ -3,6 +3,9 @@
 A record belongs to the device whose MAC is on either side. Whichever side YAF took as
 the source, after cleaning `*_out` is what left the device and `*_in` what reached it,
 and `device_initiated` says whether the device's side sent the first packet.
+
+The catalogue and the home network (gateway, LAN) come as a `HomeCatalogue`: in clear, or
+as the pseudonymised flows of the day name them (`Pseudonymiser.catalogue(day)`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from iot_assets.contracts import catalogue
+from iot_assets.core.pseudonymiser import CLEAR_CATALOGUE, HomeCatalogue
 
 _HEX_OCTETS = {f"{i:02x}": i for i in range(256)}
 from iot_assets.contracts.vocabulary import REMOTE_SCOPES  # noqa: F401 (cleaning assigns these)
@@ -31,7 +35,7 @@ DECODED_COLUMNS = [
 ]
 
 
-def remote_scope(ip: pd.Series, mac: pd.Series) -> np.ndarray:
+def remote_scope(ip: pd.Series, mac: pd.Series, home: HomeCatalogue = CLEAR_CATALOGUE) -> np.ndarray:
     """Where the peer is: the gateway, the LAN, the internet, or a broadcast/multicast group.
 
     Decided once per distinct (address, MAC) pair: a day's 190,000 flows of 25 devices have a few
@@ -41,11 +45,11 @@ def remote_scope(ip: pd.Series, mac: pd.Series) -> np.ndarray:
     mac_codes, macs = pd.factorize(mac.astype(str))
     _, first, inverse = np.unique(ip_codes.astype(np.int64) * max(len(macs), 1) + mac_codes,
                                       return_index=True, return_inverse=True)
-    scope = _scope_of_each(pd.Series(ips.take(ip_codes[first])), pd.Series(macs.take(mac_codes[first])))
+    scope = _scope_of_each(pd.Series(ips.take(ip_codes[first])), pd.Series(macs.take(mac_codes[first])), home)
     return scope[inverse.reshape(-1)]
 
 
-def _scope_of_each(ip: pd.Series, mac: pd.Series) -> np.ndarray:
+def _scope_of_each(ip: pd.Series, mac: pd.Series, home: HomeCatalogue) -> np.ndarray:
     ip = ip.astype(str)
     mac = mac.astype(str)
     first_octet = mac.str.slice(0, 2).map(_HEX_OCTETS).fillna(0).astype(int)
@@ -57,8 +61,8 @@ def _scope_of_each(ip: pd.Series, mac: pd.Series) -> np.ndarray:
         ((first_octet.to_numpy() & 1).astype(bool) | ip.str.match(r"^(22[4-9]|23\d)\.|^ff", na=False).to_numpy(), "multicast"),
         (is_v6 & ip.str.startswith("fe80").to_numpy(), "link_local"),
         (ip.str.match(r"^169\.254\.", na=False).to_numpy(), "link_local"),
-        ((ip == catalogue.GATEWAY_IP).to_numpy(), "gateway"),
-        ((mac == catalogue.GATEWAY_MAC).to_numpy() & ~ip.str.startswith(catalogue.LAN_PREFIX).to_numpy() & ~is_v6, "internet"),
+        (ip.isin(home.gateway_ips).to_numpy(), "gateway"),
+        (mac.isin(home.gateway_macs).to_numpy() & ~ip.str.startswith(home.lan_prefixes).to_numpy() & ~is_v6, "internet"),
         (ip.str.match(r"^(10\.|192\.168\.|172\.(1[6-9]|2\d|3[01])\.)", na=False).to_numpy(), "lan"),
     ]
     decided = np.zeros(len(ip), dtype=bool)
@@ -69,11 +73,13 @@ def _scope_of_each(ip: pd.Series, mac: pd.Series) -> np.ndarray:
     return scope
 
 
-def to_device_centric(decoded: pd.DataFrame, local_macs: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def to_device_centric(decoded: pd.DataFrame, local_macs: dict[str, str],
+                      home: HomeCatalogue = CLEAR_CATALOGUE) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(clean rows, rejected rows with a reason) for decoded flows of any archives.
 
     `local_macs` maps an archive to the MAC of its device (catalogue MAC, or the dominant
-    MAC of an archive that is not in the catalogue).
+    MAC of an archive that is not in the catalogue), named as in `decoded`; `home` names the
+    catalogue and the home network the same way.
     """
     local_mac = decoded["archive"].map(local_macs)
     src_is_device = (decoded["src_mac"] == local_mac).to_numpy()
@@ -91,8 +97,8 @@ def to_device_centric(decoded: pd.DataFrame, local_macs: dict[str, str]) -> tupl
         return a.where(out_is_fwd, b)
 
     device_mac = local_mac[present].reset_index(drop=True)
-    names = {mac: d.name for mac, d in catalogue.BY_MAC.items()}
-    categories = {mac: d.category for mac, d in catalogue.BY_MAC.items()}
+    names = {mac: d.name for mac, d in home.by_mac.items()}
+    categories = {mac: d.category for mac, d in home.by_mac.items()}
     in_catalogue = device_mac.isin(names)
     clean = pd.DataFrame(
         {
@@ -121,5 +127,5 @@ def to_device_centric(decoded: pd.DataFrame, local_macs: dict[str, str]) -> tupl
     for name in _DIRECTIONAL:
         clean[f"{name}_out"] = pick(name, f"reverse_{name}", out=True)
         clean[f"{name}_in"] = pick(name, f"reverse_{name}", out=False)
-    clean["remote_scope"] = remote_scope(clean["remote_ip"], clean["remote_mac"])
+    clean["remote_scope"] = remote_scope(clean["remote_ip"], clean["remote_mac"], home)
     return clean, rejects.reset_index(drop=True)

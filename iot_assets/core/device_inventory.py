@@ -108,9 +108,11 @@ def verdicts_from(proba: pd.DataFrame, novelty_model: NoveltyModel | None, windo
         nearest = np.full(len(per_mac), None, dtype=object)
         novelty = np.zeros(len(per_mac))
     categories = {d.name: d.category for d in catalogue.DEVICES}
+    # The catalogue device as cleaning named it (through the same mapping as the MACs, pseudonymised or not).
+    catalogue_names = windows.dropna(subset=["device_name"]).groupby("device_mac")["device_name"].first()
     rows = []
     for i, (mac, day) in enumerate(per_mac.index):
-        known = catalogue.BY_MAC.get(mac)
+        known = catalogue.BY_NAME.get(catalogue_names.get(mac))
         unknown = bool(novelty[i] > 1.0)
         predicted = None if unknown else labels[best[i]]
         rows.append({

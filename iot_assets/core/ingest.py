@@ -14,6 +14,12 @@ record was read (it is the archive's last lines, so usually it is lost with the 
 then it is `stats_exported - flow_records`; otherwise it is None (unknown), `error` says
 where the damage is, `member_bytes - member_bytes_read` says how many bytes were lost, and
 the archive does not reconcile.
+
+Pseudonymisation happens here, at the edge: each block is pseudonymised right after it
+decodes (`Pseudonymiser.flows`), before it is written, so that nothing past this point holds
+a subscriber's MAC or home address. The real MACs are counted in memory to tell the archive's
+device; the summary names MACs by their pseudonyms (`local_macs` per key period; the other
+MAC fields in the archive's last period).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -55,6 +61,9 @@ from iot_assets.core.decode import (
     iter_blocks,
     long_line_block,
 )
+
+if TYPE_CHECKING:
+    from iot_assets.core.pseudonymiser import Pseudonymiser
 
 # Dictionary pages for the text columns only (MACs, addresses, names: few values), LZ4.
 # Writing the three real archives' flows: 0.26 CPU s and 14.8 MB, against 0.35 s and
@@ -89,6 +98,7 @@ class ArchiveSummary:
     mac_counts: dict[str, int] = field(default_factory=dict)
     local_mac: str | None = None
     dominant_mac: str | None = None
+    local_macs: dict[str, str] = field(default_factory=dict)  # key period -> the device's pseudonym; {} in clear
     unknown_fields: list[str] = field(default_factory=list)
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -249,6 +259,7 @@ def decode_archive(
     max_inflated_bytes: int | None = MAX_INFLATED_BYTES,
     max_inflation_ratio: float | None = MAX_INFLATION_RATIO,
     max_line_bytes: int = MAX_LINE_BYTES,
+    pseudonymiser: Pseudonymiser | None = None,
 ) -> ArchiveSummary:
     """Decode `archive` into the local `out_dir` (replaced atomically): flows.parquet,
     rejects.parquet, summary.json.
@@ -257,14 +268,14 @@ def decode_archive(
     gzip stream or the tar container reports, or inflation past the caps, see
     `iot_assets.core.archive`) ends the archive with `error` set and `damaged_at_line`, and
     every line read before it is decoded and counted. Errors writing `out_dir` (a full
-    disk) are raised.
+    disk) are raised. With an enabled `pseudonymiser` the files hold pseudonyms only.
     """
     device = catalogue.BY_ARCHIVE.get(archive.name)
     summary = ArchiveSummary(archive=archive.name, device=device.name if device else None, parts=len(archive.parts))
     tmp = _new_staging_dir(out_dir)
     try:
         _decode_into(archive, tmp, summary, first_day, last_day, sha256, on_progress,
-                     max_inflated_bytes, max_inflation_ratio, max_line_bytes)
+                     max_inflated_bytes, max_inflation_ratio, max_line_bytes, pseudonymiser)
         (tmp / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
         _replace_dir(tmp, out_dir)
     except BaseException:
@@ -274,7 +285,8 @@ def decode_archive(
 
 
 def _decode_into(archive: ArchiveFile, tmp: Path, summary: ArchiveSummary, first_day: date, last_day: date,
-                 sha256: str | None, on_progress, max_inflated_bytes, max_inflation_ratio, max_line_bytes) -> None:
+                 sha256: str | None, on_progress, max_inflated_bytes, max_inflation_ratio, max_line_bytes,
+                 pseudonymiser: Pseudonymiser | None = None) -> None:
     flows = _FlowWriter(tmp / "flows.parquet")
     rejects = _RejectWriter(tmp / "rejects.parquet")
     macs: Counter[str] = Counter()
@@ -287,7 +299,7 @@ def _decode_into(archive: ArchiveFile, tmp: Path, summary: ArchiveSummary, first
         with open_json_member(archive, max_inflated_bytes, max_inflation_ratio) as member:
             summary.member_bytes = member.size
             for block in _decode_blocks(member, archive.name, first_day, last_day, max_line_bytes):
-                _add_block(summary, block, flows, rejects, macs, unknown, stats_problems)
+                _add_block(summary, block, flows, rejects, macs, unknown, stats_problems, pseudonymiser)
                 if on_progress:
                     on_progress(block.size_bytes)
     except _WriteFailed as exc:
@@ -319,18 +331,33 @@ def _decode_into(archive: ArchiveFile, tmp: Path, summary: ArchiveSummary, first
     summary.days = dict(sorted(flows.rows_per_day.items()))
     summary.unknown_fields = sorted(unknown)
     hosts = Counter({mac: n for mac, n in macs.items() if _is_host_mac(mac)})
-    summary.mac_counts = dict(hosts.most_common(20))
-    summary.dominant_mac = hosts.most_common(1)[0][0] if hosts else None
+    dominant = hosts.most_common(1)[0][0] if hosts else None
     device = catalogue.BY_ARCHIVE.get(archive.name)
-    summary.local_mac = device.mac if device else summary.dominant_mac
-    if device and summary.dominant_mac and summary.dominant_mac != device.mac:
+    local = device.mac if device else dominant
+    # Real MACs are named by their pseudonyms from here on (the last period's; `local_macs` per period).
+    name = _mac_names(pseudonymiser, summary.days, last_day)
+    summary.mac_counts = {name(mac): n for mac, n in hosts.most_common(20)}
+    summary.dominant_mac = name(dominant)
+    summary.local_mac = name(local)
+    if pseudonymiser is not None and pseudonymiser.enabled and local is not None:
+        periods = sorted({pseudonymiser.period(day) for day in summary.days} or {pseudonymiser.period(last_day)})
+        summary.local_macs = {p: pseudonymiser.mac_in_period(local, p) for p in periods}
+    if device and dominant and dominant != device.mac:
         summary.warnings.append(
-            f"the dominant MAC {summary.dominant_mac} is not {device.name}'s catalogue MAC {device.mac}"
+            f"the dominant MAC {name(dominant)} is not {device.name}'s catalogue MAC {name(device.mac)}"
         )
 
 
+def _mac_names(pseudonymiser: Pseudonymiser | None, days: dict[str, int], last_day: date):
+    """How the summary names a real MAC: itself in clear, else its pseudonym in the archive's last period."""
+    if pseudonymiser is None or not pseudonymiser.enabled:
+        return lambda mac: mac
+    period = pseudonymiser.period(max(days) if days else last_day)
+    return lambda mac: None if mac is None else pseudonymiser.mac_in_period(mac, period)
+
+
 def _add_block(summary: ArchiveSummary, block: Block, flows: _FlowWriter, rejects: _RejectWriter, macs: Counter,
-               unknown: set[str], stats_problems: list[str]) -> None:
+               unknown: set[str], stats_problems: list[str], pseudonymiser: Pseudonymiser | None = None) -> None:
     summary.lines += block.lines
     summary.member_bytes_read += block.size_bytes
     summary.tombstone_lines += block.tombstones
@@ -342,10 +369,11 @@ def _add_block(summary: ArchiveSummary, block: Block, flows: _FlowWriter, reject
     summary.decoded += block.flows.num_rows
     if len(unknown) < 100:
         unknown |= block.unknown_fields
-    _count_macs(block.flows, macs)
+    _count_macs(block.flows, macs)  # real MACs, in memory only: they tell the archive's device
+    decoded = block.flows if pseudonymiser is None else pseudonymiser.flows(block.flows)
     try:
         rejects.add(block.rejects)
-        flows.add(block.flows)
+        flows.add(decoded)
     except Exception as exc:
         raise _WriteFailed() from exc
 

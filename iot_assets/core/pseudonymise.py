@@ -57,6 +57,7 @@ import json
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -187,17 +188,27 @@ def create_master_key_file(path: Path, data_dir: Path) -> Path:
     path = path.expanduser()
     if _is_inside(path, data_dir):
         raise PseudonymiseError(f"{path}: the pseudonymisation key must not be inside the data folder {data_dir}")
+    if path.exists():
+        raise PseudonymiseError(f"{path}: a key file is already there; it is never overwritten")
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, written = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    except OSError as exc:
+        raise PseudonymiseError(f"{path}: cannot create the pseudonymisation key ({exc})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(secrets.token_hex(MASTER_KEY_BYTES) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        # A hard link appears whole or not at all and never replaces a file: two processes loading at
+        # once (Celery workers on a first run) never read half a key, and only one key is made.
+        os.link(written, path)
     except FileExistsError:
         raise PseudonymiseError(f"{path}: a key file is already there; it is never overwritten") from None
     except OSError as exc:
         raise PseudonymiseError(f"{path}: cannot create the pseudonymisation key ({exc})") from None
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(secrets.token_hex(MASTER_KEY_BYTES) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
+    finally:
+        os.unlink(written)
     return path.resolve()
 
 
@@ -215,7 +226,14 @@ def load_keys(key_file: Path | None, key_value: str | None, data_dir: Path,
     if default_key_file.expanduser().exists():
         return PseudonymKeys(read_master_key_file(default_key_file.expanduser(), data_dir)), \
             f"pseudonymisation key: {default_key_file}"
-    created = create_master_key_file(default_key_file, data_dir)
+    try:
+        created = create_master_key_file(default_key_file, data_dir)
+    except PseudonymiseError:
+        if not default_key_file.expanduser().exists():
+            raise
+        # Another process created it since the check above: use that one.
+        return PseudonymKeys(read_master_key_file(default_key_file.expanduser(), data_dir)), \
+            f"pseudonymisation key: {default_key_file}"
     return PseudonymKeys(read_master_key_file(created, data_dir)), \
         f"pseudonymisation key: none configured, created {created} (mode 0600); keep it apart from the data"
 

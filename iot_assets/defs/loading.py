@@ -10,6 +10,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from iot_assets.config import Settings
+from iot_assets.core.pseudonymiser import Pseudonymiser
 from iot_assets.defs.partitions import Partitions
 
 
@@ -17,10 +18,11 @@ from iot_assets.defs.partitions import Partitions
 class Deployment:
     settings: Settings
     partitions: Partitions
+    pseudonymiser: Pseudonymiser  # its key loaded here, once per load
 
     @classmethod
     def of(cls, settings: Settings) -> "Deployment":
-        return cls(settings, Partitions.from_settings(settings))
+        return cls(settings, Partitions.from_settings(settings), Pseudonymiser.from_settings(settings))
 
 
 LOADING: ContextVar[Deployment | None] = ContextVar("iot_assets_loading", default=None)

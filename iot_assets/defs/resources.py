@@ -1,11 +1,10 @@
 """Resources, one per concern: where bytes live (IO managers, archives, reports) and the models' settings."""
 
-from __future__ import annotations
-
 import dagster as dg
 import pandas as pd
 
 from iot_assets.config import Settings
+from iot_assets.core.pseudonymiser import Pseudonymiser
 from iot_assets.defs.loading import current_deployment
 from iot_assets.io.lake import LakeIOManager
 from iot_assets.io.location import base_path
@@ -24,6 +23,7 @@ class ModelSettings(dg.ConfigurableResource):
     episodes: str = ""  # an episodes.csv with ground truth for the anomaly metrics, if any
     acknowledgements: str = ""  # a CSV device_mac,from_day: changes an analyst accepted (re-baselined at once)
     stable_days: int = 3  # changed days in a row at a steady score level before a device is re-baselined
+    pseudonymiser: dg.ResourceDependency[Pseudonymiser]  # names the MACs of episodes and acknowledgements as the flows do
 
     def read_episodes(self, types: tuple[str, ...] | None = None) -> pd.DataFrame | None:
         """The ground-truth episodes of `types` (default: the anomaly episodes), or None without a file."""
@@ -32,7 +32,7 @@ class ModelSettings(dg.ConfigurableResource):
         if not self.episodes:
             return None
         with base_path(self.episodes).open("rb") as handle:
-            return read_episodes(handle, types or EPISODE_TYPES)
+            return self.pseudonymiser.episodes(read_episodes(handle, types or EPISODE_TYPES))
 
     def read_acknowledgements(self) -> pd.DataFrame | None:
         """The analyst's acknowledged changes (device_mac, from_day), or None without a file."""
@@ -43,7 +43,7 @@ class ModelSettings(dg.ConfigurableResource):
         missing = {"device_mac", "from_day"} - set(table.columns)
         if missing:
             raise ValueError(f"{self.acknowledgements}: acknowledgements need column(s) {', '.join(sorted(missing))}")
-        return table
+        return self.pseudonymiser.acknowledgements(table, self.acknowledgements)
 
 
 class ExposureSettings(dg.ConfigurableResource):
@@ -97,15 +97,19 @@ class LakeIOManagerFactory(dg.ConfigurableIOManagerFactory):
         return LakeIOManager(self.base_url)
 
 
-def build_resources(settings: Settings) -> dict:
+def build_resources(settings: Settings, pseudonymiser: Pseudonymiser | None = None) -> dict:
+    """The resources of `settings`; `pseudonymiser` (built from the settings when not given) holds the loaded key."""
     base = settings.data_dir
+    pseudonymiser = pseudonymiser or Pseudonymiser.from_settings(settings)
     return {
+        "pseudonymiser": pseudonymiser,
         "archives": ArchiveStore(base_url=base, first_day=settings.first_day.isoformat(),
-                                 last_day=settings.last_day.isoformat()),
+                                 last_day=settings.last_day.isoformat(), pseudonymiser=pseudonymiser),
         "reports": ReportFiles(base_url=base),
         "model_settings": ModelSettings(window_minutes=settings.window_minutes, train_fraction=settings.train_fraction,
                                         target_fpr=settings.target_fpr, seed=settings.seed, episodes=settings.episodes,
-                                        acknowledgements=settings.acknowledgements, stable_days=settings.stable_days),
+                                        acknowledgements=settings.acknowledgements, stable_days=settings.stable_days,
+                                        pseudonymiser=pseudonymiser),
         "exposure_settings": ExposureSettings(advisories=settings.advisories),
         "vulnerability_settings": VulnerabilitySettings(feeds_dir=settings.feeds_dir,
                                                         max_age_days=settings.feed_max_age_days),
@@ -118,4 +122,5 @@ def build_resources(settings: Settings) -> dict:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(resources=build_resources(current_deployment().settings))
+    deployment = current_deployment()
+    return dg.Definitions(resources=build_resources(deployment.settings, deployment.pseudonymiser))

@@ -3,11 +3,11 @@
 An archive spans every day, so it is decoded once per content hash (and date range, which
 decides what is rejected as outside it) into `<base>/staging/<archive>/<sha16>_<first>_<last>/`
 (flows.parquet, rejects.parquet, summary.json); the daily assets read their day from there.
+With pseudonymisation on, the staged flows already hold pseudonyms and the folder name ends in
+`_p<fingerprint>` of the key and its settings, so another key stages the archive anew.
 Decoding happens in a private work folder and the result is published whole, so a run never
 sees, or deletes, another run's work in progress.
 """
-
-from __future__ import annotations
 
 import hashlib
 import json
@@ -25,6 +25,7 @@ from upath import UPath
 from iot_assets.core.archive import ArchiveError, ArchiveFile, find_archives
 from iot_assets.core.decode import DECODED_SCHEMA
 from iot_assets.core.ingest import ArchiveSummary, decode_archive
+from iot_assets.core.pseudonymiser import Pseudonymiser
 from iot_assets.io.lake import read_parquet
 from iot_assets.io.location import base_path, local_path, put_directory, remove_tree
 
@@ -38,6 +39,9 @@ class ArchiveStore(dg.ConfigurableResource):
     base_url: str
     first_day: str
     last_day: str
+    # applied to each block as it decodes (a resource dependency: this module has no postponed annotations,
+    # which Dagster would not resolve)
+    pseudonymiser: dg.ResourceDependency[Pseudonymiser]
 
     @property
     def landing(self) -> UPath:
@@ -65,7 +69,9 @@ class ArchiveStore(dg.ConfigurableResource):
         return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:20] if entries else ""
 
     def staged_key(self, archive: ArchiveFile, sha256: str) -> str:
-        return f"{archive.name}/{sha256[:16]}_{self.first_day}_{self.last_day}"
+        key = f"{archive.name}/{sha256[:16]}_{self.first_day}_{self.last_day}"
+        fingerprint = self.pseudonymiser.fingerprint
+        return f"{key}_p{fingerprint}" if fingerprint else key
 
     def read_summary(self, key: str) -> ArchiveSummary | None:
         path = self.staging / key / "summary.json"
@@ -86,7 +92,7 @@ class ArchiveStore(dg.ConfigurableResource):
         work = work_root / uuid.uuid4().hex
         work.mkdir(parents=True)
         try:
-            summary = decode_archive(archive, work / "staged", first, last, sha256=sha)
+            summary = decode_archive(archive, work / "staged", first, last, sha256=sha, pseudonymiser=self.pseudonymiser)
             put_directory(work / "staged", self.staging / key)
         finally:
             shutil.rmtree(work, ignore_errors=True)

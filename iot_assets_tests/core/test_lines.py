@@ -16,7 +16,7 @@ from iot_assets.core import subscriber_lines as lines
 from iot_assets.reports.lines import metrics_fragment_html, metrics_table_markdown
 from iot_assets.synthetic import sample
 from iot_assets_tests.support.days import clean_days
-from iot_assets_tests.support.definitions import assets_for
+from iot_assets_tests.support.definitions import assets_for, pseudonymiser_for
 from iot_assets_tests.support.records import FIRST_DAY
 
 DEVICES = ["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "jvc_kenwood_hdtv_ip_camera", "qrio_hub"]
@@ -512,8 +512,10 @@ def test_line_assets_materialize_on_a_generated_sample(tmp_path):
     run = line_runner(data, 0.05, 6, [line_assets.line_first_detected, line_assets.line_metrics])
     run(["raw_archives", "line_membership"])
     membership = pd.read_parquet(data / "lake" / "line_membership" / "part-0.parquet")
+    pseudonyms = pseudonymiser_for(data)  # the outputs name catalogue MACs by their pseudonyms
     assert membership["line_id"].nunique() == 6 and set(membership["device_mac"]) <= {
-        catalogue.BY_ARCHIVE[n].mac for n in ["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "qrio_hub"]}
+        pseudonyms.mac(catalogue.BY_ARCHIVE[n].mac, FIRST_DAY)
+        for n in ["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "qrio_hub"]}
     days = [(FIRST_DAY + timedelta(days=i)).isoformat() for i in range(4)]
     for day in days:
         result = run(["decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "line_views", "line_truth"], day)
@@ -534,7 +536,7 @@ def test_line_assets_materialize_on_a_generated_sample(tmp_path):
     detected = inventory[inventory["detected"] & (inventory["sampling_rate"] == 1)]
     assert len(detected) >= membership["line_id"].nunique()
     # Every detection at 1:1 names a device of its line (the sample's endpoints are each device's own).
-    names = {d.mac: d.name for d in catalogue.DEVICES}
+    names = {mac: d.name for mac, d in pseudonyms.catalogue_by_mac(FIRST_DAY).items()}
     on_line = set(zip(membership["line_id"], membership["device_mac"].map(names)))
     assert set(zip(detected["line_id"], detected["label"])) <= on_line
     # The check flags the lines whose 1:1 inventory names a model yesterday's did not.

@@ -15,7 +15,7 @@ import pytest
 from iot_assets.io.models import ModelStore
 from iot_assets.materialize import Outcome, materialize_missing
 from iot_assets.synthetic import sample
-from iot_assets_tests.support.definitions import definitions_for
+from iot_assets_tests.support.definitions import definitions_for, pseudonymiser_for
 
 DAYS = [f"2019-06-{d}" for d in range(25, 29)]
 
@@ -206,11 +206,13 @@ def test_an_acknowledged_change_re_baselines_the_device_and_only_it(tmp_path):
     days = [f"2019-06-{d}" for d in range(25, 31)]
     sample.generate(data / "raw", date(2019, 6, 25), 6, scale=0.03, seed=3,
                     devices=["nature_remo", "qrio_hub", "xiaomi_mijia_led"])
-    qrio = "80:c5:f2:0b:aa:a9"
+    real_qrio = "80:c5:f2:0b:aa:a9"  # the analyst writes the real MAC; the outputs name its pseudonym
     acknowledgements = tmp_path / "acknowledgements.csv"
-    acknowledgements.write_text(f"device_mac,from_day\n{qrio},2019-06-29\n")
+    acknowledgements.write_text(f"device_mac,from_day\n{real_qrio},2019-06-29\n")
     defs, instance, outcome = build(data, days, IOT_ASSETS_END_DATE=days[-1],
                                     IOT_ASSETS_ACKNOWLEDGEMENTS=str(acknowledgements))
+    qrio = pseudonymiser_for(data).mac(real_qrio, "2019-06-29")
+    assert qrio != real_qrio
     assert outcome.problems == []
     decisions = pd.read_parquet(data / "lake" / "rebaseline_decisions" / "part-0.parquet")
     assert decisions[["device_mac", "device_name", "from_day", "reason"]].to_dict("records") == [

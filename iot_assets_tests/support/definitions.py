@@ -13,6 +13,13 @@ def settings_for(data: Path, **env) -> Settings:
     return Settings.from_env({"IOT_ASSETS_DATA_DIR": str(data), **env})
 
 
+def pseudonymiser_for(data: Path, **env):
+    """The mapping the deployment of `data` applies (its key: the test's default key file, or one in `env`)."""
+    from iot_assets.core.pseudonymiser import Pseudonymiser
+
+    return Pseudonymiser.from_settings(settings_for(data, **env))
+
+
 def resources_for(data: Path, **env) -> dict:
     return build_resources(settings_for(data, **env))
 

@@ -18,6 +18,7 @@ from iot_assets.contracts.schemas import (
 from iot_assets.core.clean import DECODED_COLUMNS, to_device_centric
 from iot_assets.core.decode import DECODED_SCHEMA
 from iot_assets.core.ingest import ArchiveSummary
+from iot_assets.core.pseudonymiser import Pseudonymiser
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.io.lake import DaysBuilt, LazyDays, prune_outside
@@ -27,7 +28,7 @@ from iot_assets.io.staging import ArchiveStore
 MANIFEST_COLUMNS = [
     "archive", "device", "category", "sha256", "size_bytes", "parts", "staged_key", "local_mac",
     "dominant_mac", "lines", "flow_records", "stats_exported", "decoded", "rejected", "reconciled",
-    "first_day", "last_day", "rows_per_day", "error", "warnings",
+    "first_day", "last_day", "rows_per_day", "error", "warnings", "local_macs",
 ]
 BASELINE_FLOWS_PER_DEVICE_DAY = 400
 
@@ -68,6 +69,7 @@ def manifest_of(summaries: list[ArchiveSummary], staged: dict[str, str]) -> pd.D
             "rejected": s.rejected, "reconciled": s.reconciled, "first_day": days[0] if days else None,
             "last_day": days[-1] if days else None, "rows_per_day": json.dumps(s.days),
             "error": s.error, "warnings": "; ".join(s.warnings) or None,
+            "local_macs": json.dumps(s.local_macs) if s.local_macs else None,
         })
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
@@ -132,6 +134,16 @@ def _previous_archive_days(context: dg.AssetExecutionContext) -> dict[str, dict]
     event = context.instance.get_latest_materialization_event(context.asset_key)
     entry = event.asset_materialization.metadata.get("archive_days") if event and event.asset_materialization else None
     return entry.value if entry else {}
+
+
+def local_macs_of_day(manifest: pd.DataFrame, pseudonymiser: Pseudonymiser, day: str) -> dict[str, str]:
+    """Each archive's device MAC as the flows of `day` name it (its pseudonym of the day's key period)."""
+    period = pseudonymiser.period(day)
+    out = {}
+    for row in manifest.itertuples():
+        by_period = json.loads(row.local_macs) if isinstance(getattr(row, "local_macs", None), str) else {}
+        out[row.archive] = by_period.get(period, row.local_mac)
+    return out
 
 
 def read_day(manifest: pd.DataFrame, archives: ArchiveStore, day: str) -> tuple[pa_arrow.Table, dict[str, int]]:
@@ -298,9 +310,9 @@ def build(parts: Partitions) -> list:
             dg.AssetCheckSpec("clean_schema", asset="clean_flows", description="pandera CleanFlows on the partition."),
         ],
     )
-    def clean_flows(context: dg.AssetExecutionContext, decoded_flows: LazyDays, raw_archives: pd.DataFrame):
+    def clean_flows(context: dg.AssetExecutionContext, decoded_flows: LazyDays, raw_archives: pd.DataFrame,
+                    pseudonymiser: dg.ResourceParam[Pseudonymiser]):
         """Device-centric flows of the day: normalised, labelled with the catalogue device, validated."""
-        local_macs = dict(zip(raw_archives["archive"], raw_archives["local_mac"]))
         rejects_by_day, samples, rows_by_day, devices_by_day = {}, {}, {}, {}
         unbalanced, schema_notes, by_reason, decoded_rows = {}, {}, {}, 0
         for day in context.partition_keys:
@@ -313,7 +325,8 @@ def build(parts: Partitions) -> list:
             decoded = decoded_flows[day]
             decoded_day = len(decoded)
             decoded_rows += decoded_day
-            clean, rejects = to_device_centric(decoded, local_macs)
+            clean, rejects = to_device_centric(decoded, local_macs_of_day(raw_archives, pseudonymiser, day),
+                                               pseudonymiser.catalogue(day))
             del decoded
             clean, schema_rejects, failures = _split_schema_failures(clean)
             rejects = FlowRejects.validate(pd.concat([rejects, schema_rejects], ignore_index=True))

@@ -1,5 +1,6 @@
 """Behind the NAT: subscriber lines as the ISP edge sees them, endpoint signatures, line inventories."""
 
+import json
 import warnings
 from collections.abc import Iterable, Mapping
 from datetime import date
@@ -33,6 +34,17 @@ def _frames(value) -> pd.DataFrame:
         frames = [f for f in value.values() if f is not None and len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return value
+
+
+def _named_in_every_period(membership: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Synthetic members under each pseudonym their archive's flows have (one per key period; as is in clear)."""
+    names = {row.local_mac: list(json.loads(row.local_macs).values()) for row in manifest.itertuples()
+             if isinstance(getattr(row, "local_macs", None), str)}
+    if not names:
+        return membership
+    rows = [{**record, "device_mac": name} for record in membership.to_dict("records")
+            for name in names.get(record["device_mac"], [record["device_mac"]])]
+    return pd.DataFrame(rows, columns=membership.columns).astype(membership.dtypes.to_dict())
 
 
 def _inventories(views: Iterable[pd.DataFrame], endpoint_signatures: pd.DataFrame, days: list[str],
@@ -124,6 +136,7 @@ def build(parts: Partitions) -> list:
                 raise lines.LinesInputError(f"IOT_ASSETS_LINES={path}: no such file")
             with path.open("rb") as handle:
                 membership = lines.parse_membership(pd.read_csv(handle, dtype=str, keep_default_na=False), str(path))
+            membership = model_settings.pseudonymiser.membership(membership)  # the real MACs named as the flows name them
             source = str(path)
         else:
             devices = raw_archives.dropna(subset=["local_mac", "first_day"])
@@ -131,6 +144,7 @@ def build(parts: Partitions) -> list:
                 devices["local_mac"].tolist(), date.fromisoformat(devices["first_day"].min()),
                 date.fromisoformat(devices["last_day"].max()), lines=line_settings.synthetic_lines,
                 max_devices=line_settings.max_devices_per_line, joining_share=line_settings.joining_share, seed=model_settings.seed)
+            membership = _named_in_every_period(membership, raw_archives)
             source = f"synthetic (seed {model_settings.seed})"
         per_line = membership.groupby("line_id").size()
         return dg.Output(membership, metadata={
