@@ -15,7 +15,7 @@ from iot_assets.contracts.schemas import (
     FlowRejects,
     column_schema,
 )
-from iot_assets.core.clean import DECODED_COLUMNS, to_device_centric
+from iot_assets.core.clean import COLLECTOR_COLUMNS, DECODED_COLUMNS, to_device_centric
 from iot_assets.core.decode import DECODED_SCHEMA
 from iot_assets.core.ingest import ArchiveSummary
 from iot_assets.defs.loading import current_deployment
@@ -291,14 +291,18 @@ def build(parts: Partitions) -> list:
                                        description="Up to 400 clean flows per device and day, for the per-flow baseline."),
         },
         # Each day read once, and only the columns cleaning reads.
-        ins={"decoded_flows": dg.AssetIn(metadata={"columns": DECODED_COLUMNS, "keep_days": 0})},
+        ins={"decoded_flows": dg.AssetIn(metadata={"columns": DECODED_COLUMNS, "keep_days": 0}),
+             # The collector files' biflows of the day (defs/ingest/collectors.py), when they were built.
+             "collector_flows": dg.AssetIn(metadata={"columns": DECODED_COLUMNS + COLLECTOR_COLUMNS, "keep_days": 0,
+                                                     "allow_missing_partitions": True})},
         check_specs=[
             dg.AssetCheckSpec("day_reconciles", asset="clean_flows", blocking=True,
                               description="Decoded rows of the day = clean rows + rejected rows."),
             dg.AssetCheckSpec("clean_schema", asset="clean_flows", description="pandera CleanFlows on the partition."),
         ],
     )
-    def clean_flows(context: dg.AssetExecutionContext, decoded_flows: LazyDays, raw_archives: pd.DataFrame):
+    def clean_flows(context: dg.AssetExecutionContext, decoded_flows: LazyDays, raw_archives: pd.DataFrame,
+                    collector_flows: LazyDays):
         """Device-centric flows of the day: normalised, labelled with the catalogue device, validated."""
         local_macs = dict(zip(raw_archives["archive"], raw_archives["local_mac"]))
         rejects_by_day, samples, rows_by_day, devices_by_day = {}, {}, {}, {}
@@ -311,6 +315,9 @@ def build(parts: Partitions) -> list:
             """The day's clean flows, as the lake writes them (a ranged run holds one day's); its rejects and sample are kept."""
             nonlocal decoded_rows
             decoded = decoded_flows[day]
+            collected = collector_flows[day] if day in collector_flows else None
+            if collected is not None and len(collected):
+                decoded = pd.concat([decoded, collected], ignore_index=True)
             decoded_day = len(decoded)
             decoded_rows += decoded_day
             clean, rejects = to_device_centric(decoded, local_macs)
