@@ -118,6 +118,9 @@ def _by_archive_mac(decoded: pd.DataFrame, local_macs: dict[str, str]) -> tuple[
 
 def _by_identity(flows: pd.DataFrame) -> pd.DataFrame:
     d = flows.reset_index(drop=True).copy()
+    for name in DECODED_COLUMNS:
+        if name not in d.columns:  # a contract column the exporter has no counterpart of: unknown
+            d[name] = None
     for name in ("line_number", "duration_ms", "protocol", "src_port", "dst_port", "packets", "bytes",
                  "reverse_packets", "reverse_bytes", "ip_version"):
         d[name] = d[name].astype("int64")  # required by the readers: never null, nullable-typed in the lake
