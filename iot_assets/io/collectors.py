@@ -16,7 +16,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -130,7 +130,7 @@ class CollectorStore:
 def day_window(day: str, margin_ms: int) -> tuple[datetime, datetime]:
     """The UTC bounds of `day` widened by `margin_ms` on both sides (a biflow's two records can
     straddle midnight: the stitching needs the records just before and just after the day)."""
-    start = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+    start = datetime.fromisoformat(day).replace(tzinfo=UTC)
     margin = timedelta(milliseconds=margin_ms)
     return start - margin, start + timedelta(days=1) + margin
 

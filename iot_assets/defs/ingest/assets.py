@@ -315,7 +315,7 @@ def build(parts: Partitions) -> list:
             """The day's clean flows, as the lake writes them (a ranged run holds one day's); its rejects and sample are kept."""
             nonlocal decoded_rows
             decoded = decoded_flows[day]
-            collected = collector_flows[day] if day in collector_flows else None
+            collected = collector_flows.get(day)
             if collected is not None and len(collected):
                 decoded = pd.concat([decoded, collected], ignore_index=True)
             decoded_day = len(decoded)
@@ -332,7 +332,7 @@ def build(parts: Partitions) -> list:
             for reason, n in rejects["reason"].value_counts().items():
                 by_reason[reason] = by_reason.get(reason, 0) + int(n)
             rejects_by_day[day], samples[day], rows_by_day[day] = rejects, flow_sample(clean, seed=0), len(clean)
-            devices_by_day[day] = clean["device_name"].fillna(clean["device_mac"]).value_counts()
+            devices_by_day[day] = clean["device_name"].fillna(clean["device_mac"]).fillna(clean["device_ip"]).value_counts()
             return clean
 
         def clean_metadata() -> dict:
