@@ -122,7 +122,7 @@ def line_views(clean: pd.DataFrame, membership: pd.DataFrame, day: str,
     keys["stated_rate"] = base["stated_rate"]
     base = base.take(np.lexsort([keys[c].astype(np.int64).to_numpy() for c in reversed(keys.columns)])).reset_index(drop=True)
     stated = base["stated_rate"].to_numpy()
-    rates = tuple(sorted(set(rates) | set(np.unique(stated).tolist())))
+    rates = tuple(sorted(set(rates) | set(np.unique(stated[stated > 1]).tolist())))
     frames = []
     day_number = date.fromisoformat(day).toordinal()
     ids = base["line_id"].to_numpy()
