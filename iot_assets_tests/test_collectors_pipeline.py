@@ -23,7 +23,7 @@ from iot_assets.core.clean import DECODED_COLUMNS, to_device_centric
 from iot_assets.core.subscriber_lines import line_views
 from iot_assets.synthetic.pcap import write_pcap
 from iot_assets_tests.test_definitions import assets_for, resources_for
-from iot_assets_tests.test_sources import NFDUMP_TOOLS, _Nfcapd, _skip_without, _softflowd
+from iot_assets_tests.test_sources import NFDUMP_TOOLS, _fictional_ipfix_file, _Nfcapd, _skip_without, _softflowd
 
 DAY = date(2019, 6, 25)
 DAY_KEY = DAY.isoformat()
@@ -188,26 +188,32 @@ def test_a_truncated_and_a_foreign_file_are_named_while_the_good_one_lands(nfpca
     (landing / "nfcapd.201906251210").write_bytes(np.random.default_rng(3).bytes(5000))
     (data / "raw" / "capture").mkdir()
     (data / "raw" / "capture" / "not-ipfix.ipfix").write_bytes(b"GIF89a" + bytes(100))
+    (data / "raw" / "capture" / "home.ipfix").write_bytes(_fictional_ipfix_file(3))  # sampled 1 in 10, with MACs
     files, day = _ingest(data)
     assert files.success and day.success  # bad files fail their check, not the run
 
     ledger = _lake(data, "collector_files").set_index("file")
     bad = ["capture/not-ipfix.ipfix", "router-1/nfcapd.201906251205", "router-1/nfcapd.201906251210"]
     assert sorted(ledger.index[ledger["error"].notna()]) == bad
-    assert ledger.loc["router-1/nfcapd.201906251200", "reconciled"]
+    assert ledger.loc["router-1/nfcapd.201906251200", "reconciled"] and ledger.loc["capture/home.ipfix", "reconciled"]
+    assert json.loads(ledger.loc["capture/home.ipfix", "sampling_rates"]) == {"10": 3}
     check = _checks(files)["collector_files_reconcile"]
     assert not check.passed and all(name in check.description for name in bad)
-    assert "router-1/nfcapd.201906251200" not in check.description
+    assert "router-1/nfcapd.201906251200" not in check.description and "home.ipfix" not in check.description
     assert "bad magic" in ledger.loc["router-1/nfcapd.201906251210", "error"]
     assert ledger.loc["capture/not-ipfix.ipfix", "error"].startswith("not an IPFIX file")
     report = json.loads((data / "reports" / "collector_reconciliation.json").read_text())
     assert {f["file"]: f["reconciled"] for f in report["files"]}["router-1/nfcapd.201906251200"] is True
 
     clean = _lake(data, "clean_flows", DAY_KEY)
-    assert set(clean["archive"]) == {"router-1/nfcapd.201906251200"}
-    good_records = _nfdump_counts(good)["Flows"]
+    assert set(clean["archive"]) == {"router-1/nfcapd.201906251200", "capture/home.ipfix"}
+    good_records = _nfdump_counts(good)["Flows"] + 3
     collector = _lake(data, "collector_flows", DAY_KEY)
     assert len(collector) + int((collector["reverse_packets"] > 0).sum()) == good_records
+    home = clean[clean["archive"] == "capture/home.ipfix"]
+    assert home["sampling_rate"].tolist() == [10, 10, 10] and set(home["identity"]) == {"mac"}
+    assert set(home["device_mac"]) == {"78:11:dc:55:76:4c"} and set(home["device_ip"]) == {"192.168.1.20"}
+    assert home["packets_out"].tolist() == [1, 2, 3]  # the exporter's counts; the rate says what they stand for
 
 
 @pytest.mark.slow
