@@ -257,3 +257,26 @@ def test_line_views_honour_the_sampling_rate_the_exporter_stated():
     assert (stated["packets_out"].iloc[0], stated["bytes_out"].iloc[0]) == (2000, 200_000)
     unsampled = views[(views["flow_start"] == flows[0]["flow_start"]) & (views["sampling_rate"] == 1)]
     assert unsampled["packets_out"].tolist() == [10]
+
+
+def test_the_landing_zone_sensor_notices_a_new_collector_file(tmp_path):
+    from iot_assets_tests.test_definitions import definitions_for
+
+    resources = {"archives": resources_for(tmp_path)["archives"]}
+    archive_sensor = definitions_for(tmp_path).get_sensor_def("archive_sensor")
+    folder = tmp_path / "raw" / "router-1"
+    folder.mkdir(parents=True)
+    (folder / "nfcapd.current.4242").write_bytes(b"being written")  # not a collector file until nfcapd renames it
+    with dg.build_sensor_context(resources=resources) as context:
+        assert isinstance(archive_sensor(context), dg.SkipReason)
+    (folder / "nfcapd.201906251200").write_bytes(b"rotated")
+    with dg.build_sensor_context(resources=resources) as context:
+        first = archive_sensor(context)
+        assert isinstance(first, dg.RunRequest)
+        cursor = context.cursor
+    with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
+        assert isinstance(archive_sensor(context), dg.SkipReason)
+    (folder / "nfcapd.201906251205").write_bytes(b"the next one")
+    with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
+        second = archive_sensor(context)
+        assert isinstance(second, dg.RunRequest) and second.run_key != first.run_key

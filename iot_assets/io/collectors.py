@@ -75,6 +75,11 @@ class CollectorStore:
                  for source, p in found]
         return sorted(files, key=lambda f: f.name)
 
+    def fingerprint(self) -> str:
+        """Names, sizes and modification times of the collector files: cheap, no reading ("" when none)."""
+        entries = sorted((f.name, f.path.stat().st_size, int(f.path.stat().st_mtime)) for f in self.find())
+        return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:20] if entries else ""
+
     def stage(self, found: CollectorFile, log=None) -> StagedFile:
         """Read `found` unless this content is staged already; a file the reader cannot read is staged
         as a failed ledger (the same bytes fail the same way). `ToolMissing` propagates: it is not the file's fault."""
