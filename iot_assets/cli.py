@@ -173,6 +173,7 @@ def run(data_dir: str | None, start: str | None, end: str | None, sample_days: i
     ERROR-level checks are printed as ALERT lines and, with --strict, fail the command too. Every
     other setting is an environment variable: see the README's configuration table.
     """
+    from iot_assets.io.collectors import CollectorStore
     from iot_assets.io.location import base_path
     from iot_assets.io.lock import DataLocationLock, LocationBusy
 
@@ -190,7 +191,9 @@ def run(data_dir: str | None, start: str | None, end: str | None, sample_days: i
     lock_folder = Path(settings.data_dir) if settings.is_local else home
     try:
         with DataLocationLock(lock_folder, settings.data_dir):
-            if not landing.exists() or not any(".tar.gz" in p.name for p in landing.iterdir()):
+            # Empty: neither archives nor collector files (nfcapd, IPFIX) anywhere under raw/.
+            if not landing.exists() or not (any(".tar.gz" in p.name for p in landing.iterdir())
+                                            or CollectorStore(settings.data_dir).find()):
                 days = min(sample_days, (settings.last_day - settings.first_day).days + 1)
                 click.echo(f"{landing} is empty: writing a {days}-day sample at scale {sample_scale}")
                 _sample_landing_zone(settings, days, sample_scale, seed)

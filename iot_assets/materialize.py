@@ -32,7 +32,8 @@ from iot_assets.io.lock import process_alive
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}  # failures are summarised at the end
 STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scoring_job", "reports_job")
 # A failed check of these means a record may be lost: the run fails, with --strict or without.
-INTEGRITY_CHECKS = {"archives_reconcile", "decoded_matches_staging", "day_reconciles", "decoded_schema"}
+INTEGRITY_CHECKS = {"archives_reconcile", "decoded_matches_staging", "day_reconciles", "decoded_schema",
+                    "collector_files_reconcile", "collector_flows_match_staging"}
 IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
@@ -149,11 +150,14 @@ def materialize_missing(defs: dg.Definitions, instance: dg.DagsterInstance, days
 
 
 def _changed_days(result: dg.ExecuteInProcessResult) -> set[str]:
-    """The days the landing zone's new, changed or removed archives touch (raw_archives says)."""
-    for materialization in result.asset_materializations_for_node("raw_archives"):
-        changed = materialization.metadata.get("changed_days")
-        return set(changed.value) if changed else set()
-    return set()
+    """The days the landing zone's new, changed or removed archives and collector files touch (raw_archives
+    and collector_files say)."""
+    days: set[str] = set()
+    for node in ("raw_archives", "collector_files"):
+        for materialization in result.asset_materializations_for_node(node):
+            changed = materialization.metadata.get("changed_days")
+            days |= set(changed.value) if changed else set()
+    return days
 
 
 def _unbuilt_days(instance: dg.DagsterInstance, job_name: str, days: list[str]) -> set[str]:

@@ -103,21 +103,28 @@ class CleanFlows(pa.DataFrameModel):
     flow_end: Series[UtcMs] = pa.Field(description="last packet, UTC")
     duration_ms: Series[int] = pa.Field(ge=0, le=86_400_000)
     rtt_ms: Series[int] = pa.Field(ge=0, description="delay of the first reverse packet")
-    device_mac: Series[Text] = pa.Field(matches={"pattern": MAC_PATTERN}, description="the local device")
+    device_mac: Series[Text] = pa.Field(matches={"pattern": MAC_PATTERN}, nullable=True,
+                                        description="the local device; null for a collector flow without MACs")
     device_name: Series[Text] = pa.Field(nullable=True, description="catalogue device, null if not in the catalogue")
     device_category: Series[Text] = pa.Field(nullable=True)
     in_catalogue: Series[bool] = pa.Field()
+    identity: Series[Text] = pa.Field(isin=["mac", "private_ip", "line"],
+                                      description="how the device is known: its MAC, its private address (no MAC), "
+                                                  "or only the subscriber line")
     device_ip: Series[Text] = pa.Field()
     device_port: Series[int] = pa.Field(ge=0, le=65535)
     remote_ip: Series[Text] = pa.Field()
-    remote_mac: Series[Text] = pa.Field(matches={"pattern": MAC_PATTERN})
+    remote_mac: Series[Text] = pa.Field(matches={"pattern": MAC_PATTERN}, nullable=True,
+                                        description="null for a collector flow without MACs")
     remote_port: Series[int] = pa.Field(ge=0, le=65535)
     remote_scope: Series[Text] = pa.Field(isin=list(REMOTE_SCOPES))
     device_initiated: Series[bool] = pa.Field(description="the device sent the first packet YAF saw")
     protocol: Series[int] = pa.Field(ge=0, le=255)
     ip_version: Series[int] = pa.Field(isin=[4, 6])
-    end_reason: Series[Text] = pa.Field(isin=sorted(set(END_REASONS.values())))
-    has_flow_stats: Series[bool] = pa.Field()
+    end_reason: Series[Text] = pa.Field(isin=sorted(set(END_REASONS.values())), nullable=True,
+                                        description="null when the exporter does not say (nfcapd files)")
+    has_flow_stats: Series[bool] = pa.Field(description="payload statistics are real (YAF); when False they are 0")
+    sampling_rate: Series[int] = pa.Field(ge=1, description="packets each counted packet stands for (1: unsampled)")
     bytes_out: Series[int] = pa.Field(ge=0, description="bytes sent by the device")
     bytes_in: Series[int] = pa.Field(ge=0, description="bytes received by the device")
     packets_out: Series[int] = pa.Field(ge=0)

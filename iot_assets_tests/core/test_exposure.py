@@ -39,7 +39,7 @@ def flow(**overrides) -> dict:
         "device_mac": REMO.mac, "device_name": REMO.name, "device_category": REMO.category, "in_catalogue": True,
         "device_ip": "192.168.1.225", "device_port": 40000, "remote_ip": "52.1.2.3",
         "remote_mac": catalogue.GATEWAY_MAC, "remote_port": 443, "remote_scope": "internet", "device_initiated": True,
-        "protocol": 6, "ip_version": 4, "end_reason": "idle", "has_flow_stats": True,
+        "protocol": 6, "ip_version": 4, "end_reason": "idle", "has_flow_stats": True, "identity": "mac", "sampling_rate": 1,
         "bytes_out": 600, "bytes_in": 1500, "packets_out": 6, "packets_in": 5,
         "initial_tcp_flags_out": S, "initial_tcp_flags_in": SA, "union_tcp_flags_out": AP | S,
         "union_tcp_flags_in": AP | S,

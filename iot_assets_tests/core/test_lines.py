@@ -490,7 +490,8 @@ def line_runner(data, scale: float, synthetic_lines: int, more_assets: list):
                     devices=["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "qrio_hub"])
     resources = {**resources_for(data), "line_settings": LineSettings(sampling="1,100", synthetic_lines=synthetic_lines)}
     instance = dg.DagsterInstance.ephemeral()
-    everything = [flows.raw_archives, flows.decoded_flows, flows.clean_flows, line_assets.line_membership,
+    everything = [flows.raw_archives, flows.decoded_flows, flows.collector_files, flows.collector_flows,
+                  flows.clean_flows, line_assets.line_membership,
                   line_assets.line_views, line_assets.endpoint_signatures, line_assets.line_inventory, *more_assets]
 
     def run(selection, partition_key=None):

@@ -94,8 +94,8 @@ def test_materialize_on_a_sample(sample_dir, tmp_path):
     assert again.asset_materializations_for_node("raw_archives")[0].metadata["decoded_now"].value == []
 
     day = "2019-06-26"
-    result = dg.materialize([flows.raw_archives, flows.decoded_flows, flows.clean_flows], resources=resources,
-                            instance=instance, partition_key=day,
+    result = dg.materialize([flows.raw_archives, flows.decoded_flows, flows.collector_files, flows.collector_flows,
+                             flows.clean_flows], resources=resources, instance=instance, partition_key=day,
                             selection=["decoded_flows", "clean_flows", "clean_rejects", "flow_sample"])
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}

@@ -9,15 +9,12 @@ by hand here are FICTIONAL test records.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import threading
-import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -43,25 +40,23 @@ from iot_assets.sources.ipfix_file import read_ipfix_file
 from iot_assets.sources.landing import read_landing_zone
 from iot_assets.synthetic import profiles as sample
 from iot_assets.synthetic.pcap import DEFAULT_DEVICES, write_pcap
+from iot_assets_tests.support.collectors import (
+    NFDUMP_TOOLS,
+    Nfcapd,
+    _ms,
+    fictional_ipfix_file,
+    skip_without,
+    softflowd,
+)
 
 DAY = date(2019, 6, 25)
 LAN_PEERS = {sample.PHONE[1], sample.PC[1], sample.TABLET[1]}
-NFDUMP_TOOLS = ("nfdump", "nfpcapd", "nfcapd")
 
 
-def _program(name: str) -> str | None:
-    """A program on PATH, or in /usr/sbin where Debian puts softflowd (not on every user's PATH)."""
-    return shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
 
 
-def _skip_without(*programs: str):
-    missing = [p for p in programs if _program(p) is None]
-    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (Debian packages nfdump, "
-                                                    f"softflowd, libfixbuf-tools; .ci/run installs them)")
 
 
-def _ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp() * 1000)
 
 
 def _records(rows: list[dict]) -> pa.Table:
@@ -266,37 +261,17 @@ def test_nfdump_missing_says_which_package_to_install(monkeypatch, tmp_path):
 # ---------------------------------------------------------------- IPFIX files built by hand
 
 
-def _ipfix_message(sets: list[bytes], sequence: int = 0, domain: int = 0) -> bytes:
-    body = b"".join(sets)
-    return struct.pack("!HHIII", 10, 16 + len(body), 1_561_420_800, sequence, domain) + body
 
 
-def _ipfix_set(set_id: int, body: bytes) -> bytes:
-    return struct.pack("!HH", set_id, 4 + len(body)) + body
 
 
-_FLOW_TEMPLATE = [(8, 4), (12, 4), (152, 8), (153, 8), (1, 8), (2, 8), (7, 2), (11, 2), (4, 1), (6, 1), (56, 6),
-                  (57, 6)]
 
 
-def _fictional_ipfix_file(flows: int = 3) -> bytes:
-    """FICTIONAL: a softflowd-like file with a sampling options record (1 in 10) and `flows` flows."""
-    template = struct.pack("!HH", 1024, len(_FLOW_TEMPLATE)) + b"".join(struct.pack("!HH", *f) for f in _FLOW_TEMPLATE)
-    options_template = struct.pack("!HHH", 256, 3, 1) + struct.pack("!HHHHHH", 143, 4, 305, 4, 306, 4)
-    start = _ms("2019-06-25 08:00:00")
-    records = b"".join(
-        struct.pack("!4s4sQQQQHHBB6s6s", bytes([192, 168, 1, 20]), bytes([47, 74, 1, i]), start + i * 1000,
-                    start + i * 1000 + 500, 100 * (i + 1), i + 1, 40000 + i, 443, 6, 0x1B,
-                    bytes.fromhex("7811dc55764c"), bytes.fromhex("38d5470c25d4"))
-        for i in range(flows))
-    first = _ipfix_message([_ipfix_set(2, template), _ipfix_set(3, options_template),
-                            _ipfix_set(256, struct.pack("!III", 7, 1, 9))])
-    return first + _ipfix_message([_ipfix_set(1024, records)], sequence=1)
 
 
 def test_ipfix_file_decodes_flows_with_the_stated_sampling_rate(tmp_path):
     path = tmp_path / "fictional.ipfix"
-    path.write_bytes(_fictional_ipfix_file(3))
+    path.write_bytes(fictional_ipfix_file(3))
     read = read_ipfix_file(path)
     assert read.messages == 2 and read.data_records_by_template == {256: 1, 1024: 3}
     assert read.ledger.reconciled and read.ledger.collector_records == 3 and read.ledger.other_records == 1
@@ -310,7 +285,7 @@ def test_ipfix_file_decodes_flows_with_the_stated_sampling_rate(tmp_path):
 
 
 def test_ipfix_damage_names_the_file_and_keeps_what_came_before(tmp_path):
-    data = _fictional_ipfix_file(3)
+    data = fictional_ipfix_file(3)
     cut = tmp_path / "cut.ipfix"
     cut.write_bytes(data[:-10])
     read = read_ipfix_file(cut)
@@ -347,7 +322,7 @@ def nfpcapd_dir(pcap, tmp_path_factory):
 
 
 @pytest.mark.slow
-@_skip_without(*NFDUMP_TOOLS)
+@skip_without(*NFDUMP_TOOLS)
 def test_pcap_through_nfpcapd_is_read_record_for_record(pcap, nfpcapd_dir):
     files = nfcapd.find_nfcapd_files(nfpcapd_dir)
     assert len(files) > 100 and all(f.name.startswith("nfcapd.20190625") for f in files)
@@ -376,7 +351,7 @@ def test_pcap_through_nfpcapd_is_read_record_for_record(pcap, nfpcapd_dir):
     assert set(pcap.device_by_ip) <= keys <= set(pcap.device_by_ip) | LAN_PEERS
 
 
-@_skip_without(*NFDUMP_TOOLS)
+@skip_without(*NFDUMP_TOOLS)
 def test_bad_truncated_and_foreign_files_are_named_while_a_good_one_decodes(nfpcapd_dir, tmp_path):
     sizes = {f: f.stat().st_size for f in nfcapd.find_nfcapd_files(nfpcapd_dir)}
     good = max(sizes, key=sizes.get)
@@ -393,7 +368,7 @@ def test_bad_truncated_and_foreign_files_are_named_while_a_good_one_decodes(nfpc
     assert "not a readable nfcapd file" in str(errors[0]) and "bad magic" in str(errors[1])
 
 
-@_skip_without(*NFDUMP_TOOLS)
+@skip_without(*NFDUMP_TOOLS)
 def test_the_landing_zone_reads_every_collector_file_under_raw(nfpcapd_dir, tmp_path):
     by_size = sorted(nfcapd.find_nfcapd_files(nfpcapd_dir), key=lambda f: -f.stat().st_size)
     raw = tmp_path / "raw"
@@ -403,7 +378,7 @@ def test_the_landing_zone_reads_every_collector_file_under_raw(nfpcapd_dir, tmp_
     shutil.copy(by_size[1], raw / "router-2/2019/06" / "nfcapd.201906251200")  # the same name, another router
     (raw / "router-2/2019/06" / "nfcapd.201906251205").write_bytes(np.random.default_rng(5).bytes(4000))
     (raw / "router-2/2019/06" / "nfcapd.current.12345").write_bytes(b"being written")  # not a collector file yet
-    (raw / "capture" / "home.ipfix").write_bytes(_fictional_ipfix_file(4))
+    (raw / "capture" / "home.ipfix").write_bytes(fictional_ipfix_file(4))
     (raw / "capture" / "junk.ipfix").write_bytes(b"GIF89a" + bytes(100))
     landed = read_landing_zone(raw)
     ledgers = {ledger.file: ledger for ledger in landed.ledgers}
@@ -422,57 +397,16 @@ def test_the_landing_zone_reads_every_collector_file_under_raw(nfpcapd_dir, tmp_
         pc.sum(landed.records.column("packets")).as_py()
 
 
-class _Nfcapd:
-    """nfcapd on a free loopback port, writing into a directory; stopped (files closed) on exit."""
-
-    def __init__(self, directory: Path, *extra: str):
-        self.directory = directory
-        self.extra = extra
-
-    def __enter__(self) -> _Nfcapd:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.log = open(self.directory.parent / f"{self.directory.name}.log", "w+")
-        self.process = subprocess.Popen(["nfcapd", "-p", str(self.port), "-b", "127.0.0.1", "-w", str(self.directory),
-                                         *self.extra], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while "Startup" not in Path(self.log.name).read_text():
-            assert self.process.poll() is None and time.monotonic() < deadline, Path(self.log.name).read_text()
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        time.sleep(0.5)  # the last datagrams in the socket buffer
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=20)
-        self.log.close()
 
 
-def _softflowd(pcap_path: Path, port: int, *extra: str) -> tuple[int, int, int]:
-    """Run softflowd over a pcap file, exporting IPFIX to 127.0.0.1:port; (flows, records, packets) it reports.
-
-    `-c none`: softflowd 1.1.0 reading a file with a control socket blocks in accept() forever.
-    `-p` a file of its own beside the pcap: softflowd deletes its pid file when it exits (given
-    /dev/null, as root, it deletes /dev/null).
-    """
-    pid_file = pcap_path.parent / f"softflowd-{port}.pid"
-    out = subprocess.run([_program("softflowd"), "-d", "-r", str(pcap_path), "-v", "10", "-n", f"127.0.0.1:{port}",
-                          "-A", "milli", "-T", "ether", "-c", "none", "-p", str(pid_file), *extra],
-                         capture_output=True, text=True, timeout=120, check=True)
-    report = out.stdout + out.stderr
-    exported = re.search(r"Flows exported: (\d+) \((\d+) records\)", report)
-    processed = re.search(r"Packets processed: (\d+)", report)
-    assert exported and processed, report
-    return int(exported[1]), int(exported[2]), int(processed[1])
 
 
-@_skip_without("nfcapd", "nfdump", "softflowd")
-def test_softflowd_live_into_nfcapd_loses_nothing(pcap, tmp_path):
+@skip_without("nfcapd", "nfdump", "softflowd")
+def testsoftflowd_live_into_nfcapd_loses_nothing(pcap, tmp_path):
     directory = tmp_path / "live"
     directory.mkdir()
-    with _Nfcapd(directory) as collector:
-        flows, exported_records, packets = _softflowd(pcap.path, collector.port)
+    with Nfcapd(directory) as collector:
+        flows, exported_records, packets = softflowd(pcap.path, collector.port)
     read, errors = nfcapd.read_nfcapd_files(nfcapd.find_nfcapd_files(directory))
     assert errors == [] and all(r.ledger.reconciled for r in read)
     records = pa.concat_tables([r.records for r in read])
@@ -532,11 +466,11 @@ def _ipfix_dump_stats(path: Path) -> tuple[int, int, dict[int, int]]:
     return int(header[1]), int(header[2]), {t: n for t, n in per_template.items() if n}
 
 
-@_skip_without("softflowd", "ipfixDump")
-def test_softflowd_ipfix_file_matches_ipfixdump(pcap, tmp_path):
+@skip_without("softflowd", "ipfixDump")
+def testsoftflowd_ipfix_file_matches_ipfixdump(pcap, tmp_path):
     path = tmp_path / "softflowd.ipfix"
     with _UdpFile(path) as listener:
-        flows, exported_records, packets = _softflowd(pcap.path, listener.port)
+        flows, exported_records, packets = softflowd(pcap.path, listener.port)
     read = read_ipfix_file(path)
     messages, data_records, per_template = _ipfix_dump_stats(path)
     assert read.messages == messages == listener.datagrams
@@ -584,11 +518,11 @@ def _as_netflow_gives(row: dict) -> tuple:
             row["dst_ip"], row["dst_port"], row["packets"], row["bytes"], row["src_mac"], row["dst_mac"])
 
 
-@_skip_without("softflowd", "ipfixDump", "nfcapd", "nfdump")
+@skip_without("softflowd", "ipfixDump", "nfcapd", "nfdump")
 def test_sampling_rate_travels_with_the_records(pcap, tmp_path):
     path = tmp_path / "sampled.ipfix"
     with _UdpFile(path) as listener:
-        _, exported_records, sampled_packets = _softflowd(pcap.path, listener.port, "-s", "10")
+        _, exported_records, sampled_packets = softflowd(pcap.path, listener.port, "-s", "10")
     read = read_ipfix_file(path)
     assert read.ledger.reconciled and read.ledger.decoded == exported_records
     assert set(read.records.column("sampling_rate").to_pylist()) == {10}
@@ -596,16 +530,16 @@ def test_sampling_rate_travels_with_the_records(pcap, tmp_path):
     # nfcapd 1.7.1 drops the options record stating the rate: its files say nothing of it ...
     plain = tmp_path / "plain"
     plain.mkdir()
-    with _Nfcapd(plain) as collector:
-        _softflowd(pcap.path, collector.port, "-s", "10")
+    with Nfcapd(plain) as collector:
+        softflowd(pcap.path, collector.port, "-s", "10")
     read_plain, _ = nfcapd.read_nfcapd_files(nfcapd.find_nfcapd_files(plain))
     records = pa.concat_tables([r.records for r in read_plain])
     assert records.num_rows == exported_records and set(records.column("sampling_rate").to_pylist()) == {1}
     # ... unless nfcapd is told the rate (-s): it scales the counts and keeps a sampler that nfdump -E shows.
     told = tmp_path / "told"
     told.mkdir()
-    with _Nfcapd(told, "-s", "10") as collector:
-        _softflowd(pcap.path, collector.port, "-s", "10")
+    with Nfcapd(told, "-s", "10") as collector:
+        softflowd(pcap.path, collector.port, "-s", "10")
     read_told, _ = nfcapd.read_nfcapd_files(nfcapd.find_nfcapd_files(told))
     records = pa.concat_tables([r.records for r in read_told])
     assert set(records.column("sampling_rate").to_pylist()) == {10}

@@ -72,13 +72,14 @@ VIEW_SOURCE_COLUMNS = ["flow_start", "flow_end", "remote_ip", "remote_port", "pr
 
 
 # The columns of the clean flows `line_views` and `line_truth` read.
-CLEAN_COLUMNS = ["device_mac", "device_name", "remote_scope", *VIEW_SOURCE_COLUMNS]
+CLEAN_COLUMNS = ["device_mac", "device_name", "remote_scope", "sampling_rate", *VIEW_SOURCE_COLUMNS]
 
 
 def _on_lines(clean: pd.DataFrame, membership: pd.DataFrame) -> pd.DataFrame:
     """Internet-bound flows copied into every line their device sits on, from its `since`."""
     # Only the columns a view keeps: a day of clean flows has many more, and the join copies its rows.
-    internet = clean.loc[clean["remote_scope"] == "internet", ["device_mac", *VIEW_SOURCE_COLUMNS]]
+    stated = ["sampling_rate"] if "sampling_rate" in clean.columns else []
+    internet = clean.loc[clean["remote_scope"] == "internet", ["device_mac", *stated, *VIEW_SOURCE_COLUMNS]]
     joined = internet.merge(membership[["device_mac", "line_id", "since"]], on="device_mac", how="inner")
     return joined[joined["since"].isna() | (joined["flow_start"] >= joined["since"])]
 
@@ -94,6 +95,11 @@ def line_views(clean: pd.DataFrame, membership: pd.DataFrame, day: str,
     Deterministic for (seed, day, rate, line): each line draws from its own stream, so the
     views of a shard of the lines (`shard_membership`) are exactly those lines' rows of the
     views of every line.
+
+    A flow its exporter sampled already (`sampling_rate` S > 1 in the clean flows: a collector
+    flow whose counts are the sampled packets) is in the views at rates N >= S only: each of its
+    packets is kept with probability S/N and stands for N. The views are made at every rate in
+    `rates` and at every rate an exporter stated, so a stated rate needs no setting.
     """
     if not rates:
         raise LinesInputError("no sampling rate: give at least one (1 for unsampled)")
@@ -111,7 +117,12 @@ def line_views(clean: pd.DataFrame, membership: pd.DataFrame, day: str,
                  "packets_out", "packets_in", "bytes_out", "bytes_in"]].copy()
     for column in ("line_id", "remote_ip"):
         keys[column] = pd.factorize(keys[column], sort=True)[0]
+    base["stated_rate"] = (on_lines["sampling_rate"].fillna(1).astype(np.int64).to_numpy()
+                           if "sampling_rate" in on_lines else np.ones(len(on_lines), np.int64))
+    keys["stated_rate"] = base["stated_rate"]
     base = base.take(np.lexsort([keys[c].astype(np.int64).to_numpy() for c in reversed(keys.columns)])).reset_index(drop=True)
+    stated = base["stated_rate"].to_numpy()
+    rates = tuple(sorted(set(rates) | set(np.unique(stated[stated > 1]).tolist())))
     frames = []
     day_number = date.fromisoformat(day).toordinal()
     ids = base["line_id"].to_numpy()
@@ -122,16 +133,22 @@ def line_views(clean: pd.DataFrame, membership: pd.DataFrame, day: str,
         if rate > 1:
             sampled_out, sampled_in = (np.empty(len(view), np.int64) for _ in range(2))
             packets_out, packets_in = view["packets_out"].to_numpy(), view["packets_in"].to_numpy()
+            # The share of the packets in the flow this view keeps: 1/N of every packet, S/N of the packets an
+            # exporter sampled 1:S already, none of a flow sampled more coarsely than the view.
+            keep = 1.0 / rate if (stated == 1).all() else np.where(stated <= rate, stated / rate, 0.0)
             for key, a, b in blocks:
                 rng = np.random.default_rng([seed, rate, day_number, key])
-                sampled_out[a:b] = rng.binomial(packets_out[a:b], 1.0 / rate)
-                sampled_in[a:b] = rng.binomial(packets_in[a:b], 1.0 / rate)
+                share = keep if np.isscalar(keep) else keep[a:b]
+                sampled_out[a:b] = rng.binomial(packets_out[a:b], share)
+                sampled_in[a:b] = rng.binomial(packets_in[a:b], share)
             for direction, sampled in (("out", sampled_out), ("in", sampled_in)):
                 packets = view[f"packets_{direction}"].to_numpy()
                 mean_size = np.where(packets > 0, view[f"bytes_{direction}"].to_numpy() / np.maximum(packets, 1), 0.0)
                 view[f"bytes_{direction}"] = np.round(mean_size * sampled * rate).astype(np.int64)
                 view[f"packets_{direction}"] = (sampled * rate).astype(np.int64)
             view = view[(sampled_out + sampled_in) > 0]
+        else:
+            view = view[stated <= rate]
         frames.append(view.assign(sampling_rate=rate))
     return pd.concat(frames, ignore_index=True)[VIEW_COLUMNS]
 

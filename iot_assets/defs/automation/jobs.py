@@ -8,8 +8,8 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 LOCATION_TAG = "iot_assets/data_location"
 PID_TAG = "iot_assets/pid"  # the process a CLI run executes in: a dead one makes the run an orphan
 
-FLOW_ASSETS = ("decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "device_windows", "line_views",
-               "line_truth")
+FLOW_ASSETS = ("decoded_flows", "collector_flows", "clean_flows", "clean_rejects", "flow_sample", "device_windows",
+               "line_views", "line_truth")
 MODEL_ASSETS = ("device_classifier", "anomaly_detector", "drift_reference", "endpoint_signatures")
 SCORING_ASSETS = ("device_inventory", "anomaly_scores", "anomaly_incidents", "feature_drift", "device_exposure",
                   "line_inventory", "device_vulnerabilities", "daily_report")
@@ -18,7 +18,7 @@ REPORT_ASSETS = ("rebaseline_decisions", "model_report", "exposure_report", "lin
 # Imported with the landing zone: every daily run after it reads them, so they are there (empty without files).
 FEED_ASSETS = ("nvd_feed", "nvd_cpe_matches", "kev_feed", "epss_feed")
 STAGE_ASSETS = {
-    "ingest_archives_job": ("raw_archives", "line_membership", *FEED_ASSETS),
+    "ingest_archives_job": ("raw_archives", "collector_files", "line_membership", *FEED_ASSETS),
     "daily_flows_job": FLOW_ASSETS,
     "training_job": MODEL_ASSETS,
     "daily_scoring_job": SCORING_ASSETS,
@@ -36,7 +36,8 @@ def build_jobs(location: str) -> dict[str, UnresolvedAssetJobDefinition]:
 
     jobs = [
         job("ingest_archives_job", STAGE_ASSETS["ingest_archives_job"],
-            "Checksum the landing zone, decode new or changed archives, import the vulnerability feeds."),
+            "Checksum the landing zone, decode new or changed archives and collector files, import the "
+            "vulnerability feeds."),
         job("daily_flows_job", FLOW_ASSETS, "Build days of flow tables and device windows from the staged archives."),
         job("training_job", MODEL_ASSETS, "Train and evaluate the device classifier, the anomaly detector and the "
                                           "drift reference on a time split."),

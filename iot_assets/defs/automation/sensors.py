@@ -8,6 +8,7 @@ import dagster as dg
 from iot_assets.defs.automation.jobs import build_jobs
 from iot_assets.defs.loading import Deployment, current_deployment
 from iot_assets.defs.partitions import Partitions
+from iot_assets.io.collectors import CollectorStore
 from iot_assets.io.staging import ArchiveStore
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -75,10 +76,11 @@ def build(deployment: Deployment) -> dg.Definitions:
     @dg.sensor(job=jobs["ingest_archives_job"], minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.RUNNING)
     def archive_sensor(context: dg.SensorEvaluationContext, archives: ArchiveStore):
-        """Requests a landing-zone scan when archives appear or change."""
-        fingerprint = archives.fingerprint()
+        """Requests a landing-zone scan when archives or collector files (nfcapd, IPFIX) appear or change."""
+        collector_files = CollectorStore(archives.base_url).fingerprint()
+        fingerprint = f"{archives.fingerprint()}+{collector_files}" if collector_files else archives.fingerprint()
         if not fingerprint or fingerprint == context.cursor:
-            return dg.SkipReason("no new or changed archives")
+            return dg.SkipReason("no new or changed archives or collector files")
         context.update_cursor(fingerprint)
         return dg.RunRequest(run_key=f"landing-zone-{fingerprint}")
 

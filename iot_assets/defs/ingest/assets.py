@@ -15,7 +15,7 @@ from iot_assets.contracts.schemas import (
     FlowRejects,
     column_schema,
 )
-from iot_assets.core.clean import DECODED_COLUMNS, to_device_centric
+from iot_assets.core.clean import COLLECTOR_COLUMNS, DECODED_COLUMNS, to_device_centric
 from iot_assets.core.decode import DECODED_SCHEMA
 from iot_assets.core.ingest import ArchiveSummary
 from iot_assets.core.pseudonymiser import Pseudonymiser
@@ -303,7 +303,10 @@ def build(parts: Partitions) -> list:
                                        description="Up to 400 clean flows per device and day, for the per-flow baseline."),
         },
         # Each day read once, and only the columns cleaning reads.
-        ins={"decoded_flows": dg.AssetIn(metadata={"columns": DECODED_COLUMNS, "keep_days": 0})},
+        ins={"decoded_flows": dg.AssetIn(metadata={"columns": DECODED_COLUMNS, "keep_days": 0}),
+             # The collector files' biflows of the day (defs/ingest/collectors.py), when they were built.
+             "collector_flows": dg.AssetIn(metadata={"columns": DECODED_COLUMNS + COLLECTOR_COLUMNS, "keep_days": 0,
+                                                     "allow_missing_partitions": True})},
         check_specs=[
             dg.AssetCheckSpec("day_reconciles", asset="clean_flows", blocking=True,
                               description="Decoded rows of the day = clean rows + rejected rows."),
@@ -311,7 +314,7 @@ def build(parts: Partitions) -> list:
         ],
     )
     def clean_flows(context: dg.AssetExecutionContext, decoded_flows: LazyDays, raw_archives: pd.DataFrame,
-                    pseudonymiser: dg.ResourceParam[Pseudonymiser]):
+                    collector_flows: LazyDays, pseudonymiser: dg.ResourceParam[Pseudonymiser]):
         """Device-centric flows of the day: normalised, labelled with the catalogue device, validated."""
         rejects_by_day, samples, rows_by_day, devices_by_day = {}, {}, {}, {}
         unbalanced, schema_notes, by_reason, decoded_rows = {}, {}, {}, 0
@@ -323,6 +326,9 @@ def build(parts: Partitions) -> list:
             """The day's clean flows, as the lake writes them (a ranged run holds one day's); its rejects and sample are kept."""
             nonlocal decoded_rows
             decoded = decoded_flows[day]
+            collected = collector_flows.get(day)
+            if collected is not None and len(collected):
+                decoded = pd.concat([decoded, collected], ignore_index=True)
             decoded_day = len(decoded)
             decoded_rows += decoded_day
             clean, rejects = to_device_centric(decoded, local_macs_of_day(raw_archives, pseudonymiser, day),
@@ -338,7 +344,7 @@ def build(parts: Partitions) -> list:
             for reason, n in rejects["reason"].value_counts().items():
                 by_reason[reason] = by_reason.get(reason, 0) + int(n)
             rejects_by_day[day], samples[day], rows_by_day[day] = rejects, flow_sample(clean, seed=0), len(clean)
-            devices_by_day[day] = clean["device_name"].fillna(clean["device_mac"]).value_counts()
+            devices_by_day[day] = clean["device_name"].fillna(clean["device_mac"]).fillna(clean["device_ip"]).value_counts()
             return clean
 
         def clean_metadata() -> dict:
