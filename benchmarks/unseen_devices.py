@@ -138,7 +138,10 @@ def daily_incidents(scores: pd.DataFrame, deviations: pd.DataFrame, days: list[s
     for i, day in enumerate(days):
         keep = start_day.isin(days[max(0, i - 1):i + 1])
         found = incidents.day_incidents(scores[keep], deviations[keep], day, WINDOW_MINUTES)
-        out.append(found.assign(listed_on=day))
+        if len(found):
+            out.append(found.assign(listed_on=day))
+    if not out:
+        return pd.DataFrame(columns=incidents.INCIDENT_COLUMNS + ["listed_on"])
     return pd.concat(out, ignore_index=True)
 
 
