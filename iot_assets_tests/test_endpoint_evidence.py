@@ -116,3 +116,17 @@ def test_windows_moved_only_by_the_24_hour_context_do_not_extend_an_incident():
     assert len(found) == 1
     assert found.loc[0, "end"] == pd.Timestamp("2019-07-01 12:00", tz="UTC")
     assert found.loc[0, "windows_flagged"] == 2 and found.loc[0, "kind"] == "scan-like"
+
+
+def test_classifier_keeps_its_endpoints_through_its_files():
+    from iot_assets.core.features import FEATURES
+    endpoints = novelty.EndpointModel({"lamp": {"198.51.100.0/24:443/6", "203.0.113.0/24:8883/6"}}, 0.25,
+                                      {"endpoint_own_low": 0.5})
+    files = classifier.DeviceClassifier(None, ["lamp"], list(FEATURES), endpoints=endpoints).to_files()
+    assert "endpoints.json" in files
+    back = classifier.DeviceClassifier.from_files(files).endpoints
+    assert back.services == endpoints.services and back.threshold == 0.25
+    assert back.calibration == {"endpoint_own_low": 0.5}
+    files["endpoints.json"] = b"\x80not json"
+    with pytest.raises(ValueError, match="endpoints.json"):
+        classifier.DeviceClassifier.from_files(files)
