@@ -20,6 +20,7 @@ split is the pipeline's time split (`--train-fraction`, 0.7 of the days train).
     matched by an incident, how far the incidents reach beyond their episode, ids and kinds
     per episode across days; and the incidents listed on the same days of the archives
     without episodes (all false), per device per 30 device-days.
+(d) with `--parts d`: the firmware change seen by endpoint evidence (`firmware_coverage`).
 Not a test.
 """
 
@@ -184,6 +185,34 @@ def incidents_in_time(listed: pd.DataFrame, episodes: pd.DataFrame, evaluation: 
     return pd.DataFrame(rows), overall
 
 
+# ---------------------------------------------------------------- (d) the firmware change, seen by endpoints
+
+
+def firmware_coverage(windows: pd.DataFrame, episodes: pd.DataFrame, flows: pd.DataFrame, split: splits.TimeSplit,
+                      labels: pd.Series, seed: int) -> tuple[pd.DataFrame, float]:
+    """Per device with a firmware change: the share of each evaluation day's Internet flows that went to
+    its own model's training services, lowest before the change and highest after it; the threshold."""
+    model, _, _ = classifier.train_and_evaluate(windows, split, seed, labels.notna(), endpoint_flows=flows)
+    # The short episodes' flows out; the firmware change's kept: it is what is looked at.
+    kept = classifier.flows_outside_attacks(flows, windows, labels.notna() & (labels != "firmware_change"))
+    kept = kept[kept["flow_start"].dt.strftime("%Y-%m-%d").isin(split.eval_days)]
+    coverage = model.endpoints.coverage(kept, 1)
+    names = windows.groupby("device_mac")["device_name"].first()
+    rows = []
+    for ep in episodes[episodes["type"] == "firmware_change"].itertuples():
+        change_day = ep.start.strftime("%Y-%m-%d")
+        for mac in names.index[names == ep.device]:
+            if mac not in coverage.index.get_level_values("device_mac") or ep.device not in coverage.columns:
+                continue
+            own = coverage.loc[mac]
+            before = own.loc[own.index < change_day]
+            after = own.loc[own.index >= change_day]
+            rows.append({"device": ep.device, "change_day": change_day,
+                         "days_before": len(before), "own_before_min": before[ep.device].min() if len(before) else np.nan,
+                         "days_after": len(after), "own_after_max": after[ep.device].max() if len(after) else np.nan})
+    return pd.DataFrame(rows), model.endpoints.threshold
+
+
 # ---------------------------------------------------------------- printing
 
 
@@ -192,7 +221,7 @@ def table(frame: pd.DataFrame) -> str:
 
 
 def evaluate_source(name: str, injected: tuple, clean: tuple, train_fraction: float, target_fpr: float, seed: int,
-                    endpoints: bool) -> None:
+                    endpoints: bool, parts: str = "abcd") -> None:
     """Print (a), (b) and (c) for one source: `injected` and `clean` are `unseen_data.load` with and without episodes."""
     windows, episodes, _ = injected
     clean_windows, _, clean_flows = clean
@@ -201,6 +230,18 @@ def evaluate_source(name: str, injected: tuple, clean: tuple, train_fraction: fl
     print(f"\n=== {name}: {windows['device_name'].nunique()} devices, {len(split.train_days) + len(split.eval_days)} days; "
           f"time split ({train_fraction:g} of the days train): train {split.train_range[0]}..{split.train_range[1]}, "
           f"evaluate {split.eval_range[0]}..{split.eval_range[1]}; {len(episodes)} injected episodes")
+    if "d" in parts:
+        table_d, threshold = firmware_coverage(windows, episodes, injected[2], split, labels, seed)
+        print(f"\n(d) the firmware change seen by endpoints: per evaluation day, the share of the device's Internet "
+              f"flows to its own model's training services (days with Internet flows; the inventory's threshold "
+              f"{threshold:.3f} applies to 7 pooled days)")
+        print(table(table_d))
+        if len(table_d):
+            print(f"overall: {int((table_d['own_after_max'] < threshold).sum())} of {len(table_d)} devices under the "
+                  f"threshold on every day after the change; {int((table_d['own_before_min'] >= threshold).sum())} "
+                  f"at or over it on every day before")
+    if not set(parts) & set("abc"):  # a, b and c are printed together
+        return
     started = time.monotonic()
     clean_split = splits.TimeSplit.of(clean_windows, train_fraction)
     no_attack = pd.Series(False, index=clean_windows.index)
@@ -241,6 +282,7 @@ def main() -> None:
     parser.add_argument("--target-fpr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-endpoints", action="store_true", help="open set from the window features alone")
+    parser.add_argument("--parts", default="abc", help="which parts to print: a, b, c (together), d")
     args = parser.parse_args()
     for source in args.sources.split(","):
         if source == "real" and not unseen_data.REAL_ARCHIVES.exists():
@@ -251,7 +293,8 @@ def main() -> None:
         clean = unseen_data.load(source, args.work, args.days, args.scale, with_episodes=False)
         label = f"sample ({args.days} days, scale {args.scale:g})" if source == "sample" else "real archives"
         print(f"\n[{source}: windows ready in {time.monotonic() - started:.0f} s]")
-        evaluate_source(label, injected, clean, args.train_fraction, args.target_fpr, args.seed, not args.no_endpoints)
+        evaluate_source(label, injected, clean, args.train_fraction, args.target_fpr, args.seed, not args.no_endpoints,
+                        args.parts)
 
 
 if __name__ == "__main__":
