@@ -25,7 +25,7 @@ from sklearn.metrics import (
 
 from iot_assets.core.device_inventory import INVENTORY_DAYS, day_level_scores, day_verdicts, verdicts_from
 from iot_assets.core.features import FEATURES
-from iot_assets.core.novelty import NoveltyModel, fit_novelty
+from iot_assets.core.novelty import EndpointModel, NoveltyModel, fit_endpoints, fit_novelty
 from iot_assets.core.splits import TimeSplit, window_days
 
 
@@ -47,10 +47,12 @@ class DeviceClassifier:
     # Anything else worth keeping beside the model (window_minutes, train_range): JSON values.
     info: dict = field(default_factory=dict)
     novelty: NoveltyModel | None = None
+    endpoints: EndpointModel | None = None
 
     MODEL_FILE = "model.json"
     META_FILE = "meta.json"
     NOVELTY_FILE = "novelty.npz"
+    ENDPOINTS_FILE = "endpoints.json"
 
     def predict_proba(self, windows: pd.DataFrame) -> np.ndarray:
         if self.booster is None:  # one known model: every window is it, as far as the booster can say
@@ -73,6 +75,8 @@ class DeviceClassifier:
             buffer = io.BytesIO()
             np.savez_compressed(buffer, **arrays)
             files[self.NOVELTY_FILE] = buffer.getvalue()
+        if self.endpoints is not None:
+            files[self.ENDPOINTS_FILE] = json.dumps(self.endpoints.to_json()).encode()
         files[self.META_FILE] = json.dumps(meta, indent=2).encode()
         return files
 
@@ -93,18 +97,22 @@ class DeviceClassifier:
                 raise ValueError(f"device classifier: meta describes a novelty model but {cls.NOVELTY_FILE!r} is missing")
             novelty = NoveltyModel.from_arrays(novelty_meta, load_npz(files[cls.NOVELTY_FILE], "device classifier",
                                                                       cls.NOVELTY_FILE))
-        return cls(booster, labels, features, meta, novelty)
+        endpoints = None
+        if cls.ENDPOINTS_FILE in files:
+            endpoints = EndpointModel.from_json(_json_file(files, cls.ENDPOINTS_FILE, "device classifier"))
+        return cls(booster, labels, features, meta, novelty, endpoints)
 
     def save(self, path: Path, extra: dict) -> None:
         """The files of `to_files` beside each other: `path` (the model), `.meta.json`, `.novelty.npz`."""
-        files = DeviceClassifier(self.booster, self.labels, self.features, {**self.info, **extra}, self.novelty).to_files()
+        files = DeviceClassifier(self.booster, self.labels, self.features, {**self.info, **extra}, self.novelty,
+                                 self.endpoints).to_files()
         path.parent.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             (path if name == self.MODEL_FILE else path.with_suffix("." + name)).write_bytes(data)
 
     @classmethod
     def load(cls, path: Path) -> "DeviceClassifier":
-        names = [cls.MODEL_FILE, cls.META_FILE, cls.NOVELTY_FILE]
+        names = [cls.MODEL_FILE, cls.META_FILE, cls.NOVELTY_FILE, cls.ENDPOINTS_FILE]
         paths = {name: path if name == cls.MODEL_FILE else path.with_suffix("." + name) for name in names}
         return cls.from_files({name: p.read_bytes() for name, p in paths.items() if p.exists()})
 
@@ -168,13 +176,29 @@ def labelled_windows(windows: pd.DataFrame, attacked: pd.Series | None) -> pd.Da
     return windows[windows["device_name"].notna()]
 
 
+def flows_outside_attacks(flows: pd.DataFrame, windows: pd.DataFrame, attacked: pd.Series | None) -> pd.DataFrame:
+    """The clean flows outside the `attacked` windows of their device (a scan's thousands of
+    peers are not the product's backend); windows are hourly or longer, keyed by their start."""
+    if attacked is None or not attacked.any() or flows.empty:
+        return flows
+    step = windows["window_start"].sort_values().diff().dropna()
+    window = step[step > pd.Timedelta(0)].min() if len(step) else pd.Timedelta(hours=1)
+    bad = windows.loc[attacked.to_numpy(), ["device_mac", "window_start"]]
+    bad_keys = pd.MultiIndex.from_frame(bad)
+    keys = pd.MultiIndex.from_arrays([flows["device_mac"], flows["flow_start"].dt.floor(window)])
+    return flows[~keys.isin(bad_keys)]
+
+
 def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
-                       attacked: pd.Series | None = None) -> tuple[DeviceClassifier, dict, pd.DataFrame]:
+                       attacked: pd.Series | None = None,
+                       endpoint_flows: pd.DataFrame | None = None) -> tuple[DeviceClassifier, dict, pd.DataFrame]:
     """Fit on the earlier days' windows, score the later days'. Returns model, metrics, eval predictions.
 
     Windows inside injected attack episodes (`attacked`) are left out of both sides: the
     classifier learns and is judged on devices behaving as themselves. The model carries
-    its novelty model (open set); `metrics["day_level"]` judges the day-level inventory.
+    its novelty model (open set) and, given the clean flows (`endpoint_flows`, columns
+    `novelty.ENDPOINT_FLOW_COLUMNS`), its endpoint model fitted on the training days' flows;
+    `metrics["day_level"]` judges the day-level inventory.
     """
     excluded = int(attacked.sum()) if attacked is not None else 0
     labelled = labelled_windows(windows, attacked)
@@ -182,6 +206,10 @@ def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
     train, evaluation = labelled[in_train], labelled[~in_train]
     booster, labels = fit(train, "device_name", FEATURES, seed)
     model = DeviceClassifier(booster, labels, list(FEATURES), novelty=fit_novelty(train, "device_name", FEATURES))
+    if endpoint_flows is not None:
+        endpoint_flows = flows_outside_attacks(endpoint_flows, windows, attacked)
+        train_flows = endpoint_flows[endpoint_flows["flow_start"].dt.strftime("%Y-%m-%d").isin(split.train_days)]
+        model.endpoints = fit_endpoints(train_flows, INVENTORY_DAYS)
     known = evaluation[evaluation["device_name"].isin(labels)]
     predicted = [labels[i] for i in model.predict_proba(known).argmax(axis=1)] if len(known) else []
     metrics = evaluate(known["device_name"].tolist(), predicted, labels)
@@ -194,12 +222,16 @@ def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
         "eval_windows": int(len(known)),
         "eval_windows_of_devices_unseen_in_training": int(len(evaluation) - len(known)),
         "windows_excluded_as_attack_episodes": excluded,
-        "day_level": day_level_scores(day_verdicts(model, known), known),
+        "day_level": day_level_scores(day_verdicts(model, known, endpoint_flows=endpoint_flows), known),
         # The same with each day on its own: what pooling a MAC's week (INVENTORY_DAYS) changes.
-        "day_level_single_day": day_level_scores(day_verdicts(model, known, pool_days=1), known),
+        "day_level_single_day": day_level_scores(day_verdicts(model, known, pool_days=1,
+                                                              endpoint_flows=endpoint_flows), known),
         "inventory_days": INVENTORY_DAYS,
         "novelty": {k: v for k, v in model.novelty.calibration.items() if k != "distances"}
                    | {"threshold": model.novelty.threshold, "models": len(model.novelty.labels)},
+        "endpoints": None if model.endpoints is None else
+                     {k: v for k, v in model.endpoints.calibration.items() if k not in ("coverage", "truth")}
+                     | {"threshold": model.endpoints.threshold},
         "features": list(FEATURES),
         "feature_importance": dict(sorted(((names.get(k, k), float(v)) for k, v in importance.items()),
                                           key=lambda kv: -kv[1])),
@@ -212,7 +244,8 @@ def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
 
 
 def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, attacked: pd.Series | None = None,
-                        booster_params: dict | None = None, model: DeviceClassifier | None = None) -> dict:
+                        booster_params: dict | None = None, model: DeviceClassifier | None = None,
+                        endpoint_flows: pd.DataFrame | None = None) -> dict:
     """Leave one device out: for each device, train without it and score the later days of every device.
 
     Per left-out device: the share of its evaluation days called `unknown`, and the model
@@ -223,6 +256,8 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
     `booster_params`), or, given the full `model`, from its probabilities with the left-out
     model's column removed and the rest renormalised: no refits (what the pipeline does,
     25 refits cost minutes), a close approximation of the refit that `method` names.
+    Given the clean flows (`endpoint_flows`), endpoint evidence joins the verdicts: each
+    model's services are its own, so dropping one equals a refit too (`EndpointModel.without`).
     """
     labelled = labelled_windows(windows, attacked)
     in_train = split.is_train(labelled)
@@ -237,6 +272,15 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
     left_out, known_days, known_right = {}, 0, 0
     trained = sorted(train["device_name"].unique())
     profiles = novelty.day_profiles(evaluation, INVENTORY_DAYS)  # the same in every round
+    endpoints = coverage = None
+    if endpoint_flows is not None:
+        endpoint_flows = flows_outside_attacks(endpoint_flows, windows, attacked)
+        flow_days = endpoint_flows["flow_start"].dt.strftime("%Y-%m-%d")
+        fresh_endpoints = model is not None and model.endpoints is not None \
+            and model.endpoints.calibration.get("coverage") is not None
+        endpoints = model.endpoints if fresh_endpoints else \
+            fit_endpoints(endpoint_flows[flow_days.isin(split.train_days)], INVENTORY_DAYS)
+        coverage = endpoints.coverage(endpoint_flows[flow_days.isin(split.eval_days)], INVENTORY_DAYS)
     for device in trained:
         # With one trained model there is nothing left to name when it is left out.
         if len(trained) < 2 or not (evaluation["device_name"] == device).any():
@@ -251,7 +295,10 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
             proba = proba.div(proba.sum(axis=1).clip(lower=1e-12), axis=0)
             labels = list(proba.columns)
         without = novelty.without(device)
-        verdicts = verdicts_from(proba, without, evaluation, INVENTORY_DAYS, profiles=profiles)
+        endpoints_without = endpoints.without(device) if endpoints is not None else None
+        verdicts = verdicts_from(proba, without, evaluation, INVENTORY_DAYS, profiles=profiles,
+                                 endpoints=endpoints_without,
+                                 coverage=coverage.drop(columns=[device], errors="ignore") if coverage is not None else None)
         true_name = truth.reindex(pd.MultiIndex.from_frame(verdicts[["device_mac", "day"]])).to_numpy()
         mine = verdicts[true_name == device]
         hints = Counter(mine["nearest_known"].dropna())
@@ -261,6 +308,7 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
             "nearest_known": hints.most_common(1)[0][0] if hints else None,
             "novelty_median": float(mine["novelty"].median()),
             "threshold": without.threshold,
+            "endpoint_threshold": endpoints_without.threshold if endpoints_without is not None else None,
         }
         others = verdicts[(true_name != device) & np.isin(true_name, labels)]
         others_truth = true_name[(true_name != device) & np.isin(true_name, labels)]
@@ -273,7 +321,9 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
                   f"{INVENTORY_DAYS} evaluation days (mean of its window probabilities, median feature profile "
                   f"for novelty); names of known devices from "
                   + ("the full model with the left-out column removed" if model is not None
-                     else "one refit booster per left-out device"),
+                     else "one refit booster per left-out device")
+                  + ("; unknown also when the named model's training services carry too little of the MAC's "
+                     "Internet flows (endpoint evidence)" if endpoints is not None else ""),
         "lodo_booster": None if model is not None else booster_params or LODO_BOOSTER,
         "left_out": left_out,
         "left_out_device_days": days_out,

@@ -17,7 +17,7 @@ from iot_assets.core.splits import window_days
 
 if TYPE_CHECKING:
     from iot_assets.core.classifier import DeviceClassifier
-    from iot_assets.core.novelty import NoveltyModel
+    from iot_assets.core.novelty import EndpointModel, NoveltyModel
 
 INVENTORY_COLUMNS = ["day", "device_mac", "windows", "predicted_device", "predicted_category", "confidence",
                      "runner_up", "runner_up_confidence", "catalogue_device", "in_catalogue", "disagrees",
@@ -63,7 +63,7 @@ def pooled_days(windows: pd.DataFrame, pool_days: int, days: list[str] | None = 
 
 
 def day_verdicts(model: DeviceClassifier, windows: pd.DataFrame, pool_days: int | None = None,
-                 days: list[str] | None = None) -> pd.DataFrame:
+                 days: list[str] | None = None, endpoint_flows: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per MAC and day (INVENTORY_COLUMNS), for `days` (all days of `windows` when None).
 
     The model behind a MAC does not change from one day to the next, so a MAC's verdict of
@@ -75,19 +75,26 @@ def day_verdicts(model: DeviceClassifier, windows: pd.DataFrame, pool_days: int 
     novelty threshold: above 1 the status is `unknown`, the predicted device and category
     are empty and `nearest_known` is the hint. A model without a novelty model (or one not
     calibrated) calls everything known. `windows` counts the day's own windows.
-    `pool_days` is INVENTORY_DAYS unless given.
+    `pool_days` is INVENTORY_DAYS unless given. Given the MACs' clean flows of the same days
+    (`endpoint_flows`) and a model with endpoints, a day is also `unknown` when the named
+    model's backend services carry too little of its Internet flows (`novelty.EndpointModel`).
     """
     if windows.empty:
         return pd.DataFrame(columns=INVENTORY_COLUMNS)
     proba = pd.DataFrame(model.predict_proba(windows), columns=model.labels, index=windows.index)
-    return verdicts_from(proba, model.novelty, windows, pool_days, days)
+    endpoints = model.endpoints if endpoint_flows is not None else None
+    coverage = endpoints.coverage(endpoint_flows, pool_days or INVENTORY_DAYS, days) if endpoints is not None else None
+    return verdicts_from(proba, model.novelty, windows, pool_days, days, endpoints=endpoints, coverage=coverage)
 
 
 def verdicts_from(proba: pd.DataFrame, novelty_model: NoveltyModel | None, windows: pd.DataFrame,
                   pool_days: int | None = None, days: list[str] | None = None,
-                  profiles: pd.DataFrame | None = None) -> pd.DataFrame:
+                  profiles: pd.DataFrame | None = None, endpoints: EndpointModel | None = None,
+                  coverage: pd.DataFrame | None = None) -> pd.DataFrame:
     """`day_verdicts` from window probabilities (one column per known model, rows as `windows`);
-    `profiles` are the novelty model's pooled day profiles when already computed."""
+    `profiles` are the novelty model's pooled day profiles when already computed; `coverage`
+    is `endpoints.coverage(...)` of the same MACs and days (a MAC-day without flows in it has
+    no endpoint evidence)."""
     if windows.empty:
         return pd.DataFrame(columns=INVENTORY_COLUMNS)
     labels = list(proba.columns)
@@ -107,13 +114,17 @@ def verdicts_from(proba: pd.DataFrame, novelty_model: NoveltyModel | None, windo
     else:
         nearest = np.full(len(per_mac), None, dtype=object)
         novelty = np.zeros(len(per_mac))
+    if endpoints is not None and coverage is not None:
+        far_from_backend = endpoints.unknown(coverage.reindex(per_mac.index), np.asarray(labels, dtype=object)[best])
+    else:
+        far_from_backend = np.zeros(len(per_mac), dtype=bool)
     categories = {d.name: d.category for d in catalogue.DEVICES}
     # The catalogue device as cleaning named it (through the same mapping as the MACs, pseudonymised or not).
     catalogue_names = windows.dropna(subset=["device_name"]).groupby("device_mac")["device_name"].first()
     rows = []
     for i, (mac, day) in enumerate(per_mac.index):
         known = catalogue.BY_NAME.get(catalogue_names.get(mac))
-        unknown = bool(novelty[i] > 1.0)
+        unknown = bool(novelty[i] > 1.0 or far_from_backend[i])
         predicted = None if unknown else labels[best[i]]
         rows.append({
             "day": day, "device_mac": mac, "windows": int(counts.iat[i]),

@@ -76,13 +76,31 @@ def guess_kind(mean_deviation: dict[str, float]) -> tuple[str, str]:
     return "other", "largest moves: " + ", ".join(_moved(mean_deviation, top))
 
 
+# Features over the trailing 24 hours (`c_`) carry an hour's scan or flood for a day: a window
+# flagged while none of its own hourly features (`w_`) moved is the aftermath of what
+# happened, not more of it. On the sample, a one-hour scan became an incident of 22 windows.
+LINGERING_ENDS_INCIDENT = True
+
+
+def lingering(deviations: pd.DataFrame) -> np.ndarray:
+    """Per window (rows of `AnomalyDetector.deviations`): moved by the 24-hour context only,
+    some context feature (`c_`) and none of its hourly features (`w_`) MOVED spreads beyond the band."""
+    moved = deviations.abs().fillna(0.0) >= MOVED
+    hourly = [c for c in deviations.columns if str(c).startswith("w_")]
+    context = [c for c in deviations.columns if str(c).startswith("c_")]
+    if not context:
+        return np.zeros(len(deviations), dtype=bool)
+    return (moved[context].any(axis=1) & ~moved[hourly].any(axis=1)).to_numpy()
+
+
 def group_incidents(scores: pd.DataFrame, deviations: pd.DataFrame, window_minutes: int,
                     gap_windows: int = GAP_WINDOWS, top: int = 5,
                     single_window_min_ratio: float = SINGLE_WINDOW_MIN_RATIO) -> pd.DataFrame:
     """Incidents (INCIDENT_COLUMNS) from anomaly scores and the detector's deviations.
 
     A group of a single flagged window whose score is under `single_window_min_ratio`
-    times the threshold is left out (the window stays flagged in the scores).
+    times the threshold is left out (the window stays flagged in the scores), and so are
+    flagged windows that only the 24-hour context moved (`lingering`).
 
     `scores` is `AnomalyDetector.score(...)` (device_mac, window_start, anomaly, score_ratio,
     optionally device_name); `deviations` is `AnomalyDetector.deviations(...)` of the same
@@ -92,6 +110,8 @@ def group_incidents(scores: pd.DataFrame, deviations: pd.DataFrame, window_minut
     if missing:
         raise ValueError(f"anomaly scores lack column(s) {', '.join(sorted(missing))}")
     flagged = scores[scores["anomaly"].fillna(False).astype(bool)]
+    if LINGERING_ENDS_INCIDENT:
+        flagged = flagged[~lingering(deviations.loc[flagged.index])]
     window = pd.Timedelta(minutes=window_minutes)
     rows = []
     for mac, part in flagged.sort_values("window_start").groupby("device_mac", sort=True):

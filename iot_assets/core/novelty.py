@@ -194,3 +194,177 @@ def fit_novelty(train: pd.DataFrame, labels_column: str, features: list[str],
     threshold, figures = calibrate_threshold(distances)
     labels, center, spread = _profile_stats(train, labels_column, features)
     return NoveltyModel(labels, list(features), center, spread, threshold, {**figures, "distances": distances})
+
+
+# ---------------------------------------------------------------- endpoint evidence (Haystack-style)
+
+# DNS, NTP and DNS over TLS go to public resolvers and pools, never a product's own backend.
+ENDPOINT_IGNORED_PORTS = (53, 123, 853)
+# Pooled Internet flows (INVENTORY_DAYS of a MAC) below which endpoints say nothing: the
+# window features alone decide.
+MIN_ENDPOINT_FLOWS = 20
+# Known devices' calibration days must all pass: the threshold is at most this share of
+# the lowest coverage a known device had of its own model's services.
+ENDPOINT_OWN_MARGIN = 0.5
+ENDPOINT_FLOW_COLUMNS = ["device_mac", "device_name", "flow_start", "remote_ip", "remote_port", "device_port",
+                         "remote_scope", "protocol"]
+
+
+class EndpointInputError(ValueError):
+    """Flows handed to the endpoint evidence lack a column it needs."""
+
+
+def service_flows(flows: pd.DataFrame) -> pd.DataFrame:
+    """Internet flows per MAC, day and backend service: remote /24 (IPv6 /48), server port, protocol.
+
+    Returns columns device_mac, device_name, day, service, flows. Infrastructure ports
+    (ENDPOINT_IGNORED_PORTS) are left out.
+    """
+    missing = set(ENDPOINT_FLOW_COLUMNS) - set(flows.columns)
+    if missing:
+        raise EndpointInputError(f"endpoint evidence: flows lack column(s) {', '.join(sorted(missing))}")
+    from iot_assets.core.subscriber_lines.signatures import day_strings, remote_prefix
+    internet = flows[flows["remote_scope"] == "internet"]
+    server_port = np.minimum(internet["remote_port"].to_numpy(), internet["device_port"].to_numpy()).astype(np.int64)
+    internet = internet[~np.isin(server_port, ENDPOINT_IGNORED_PORTS)]
+    server_port = server_port[~np.isin(server_port, ENDPOINT_IGNORED_PORTS)]
+    keyed = pd.DataFrame({
+        "device_mac": internet["device_mac"].to_numpy(),
+        "device_name": internet["device_name"].astype(object).to_numpy(),
+        "day": day_strings(internet["flow_start"]),
+        "service": (remote_prefix(internet["remote_ip"]).to_numpy().astype(object) + ":" + server_port.astype(str)
+                    + "/" + internet["protocol"].astype(np.int64).astype(str).to_numpy()),
+    }).dropna(subset=["service", "day"])
+    return keyed.groupby(["device_mac", "device_name", "day", "service"], dropna=False, as_index=False).size() \
+        .rename(columns={"size": "flows"})
+
+
+def endpoint_coverage(services: pd.DataFrame, known: dict[str, set[str]], pool_days: int,
+                      days: list[str] | None = None) -> pd.DataFrame:
+    """Per MAC and day (pooled with the `pool_days - 1` days before it): the share of its
+    Internet flows that went to services each known model used in training.
+
+    `services` is `service_flows(...)`; `known` maps a model to its services. Indexed by
+    (device_mac, day); one column per model plus `endpoint_flows` (the pooled flow count).
+    Verdicts are made for the (MAC, day) pairs with flows, and only for `days` when given.
+    """
+    models = sorted(known)
+    if services.empty:
+        return pd.DataFrame(columns=models + ["endpoint_flows"],
+                            index=pd.MultiIndex.from_arrays([[], []], names=["device_mac", "day"]))
+    day = pd.to_datetime(services["day"])
+    present = services[["device_mac", "day"]].drop_duplicates()
+    if days is not None:
+        present = present[present["day"].isin(days)]
+    pooled = []
+    for back in range(pool_days):
+        pooled.append(services.assign(day=(day + pd.Timedelta(days=back)).dt.strftime("%Y-%m-%d")))
+    pooled = pd.concat(pooled, ignore_index=True).merge(present, on=["device_mac", "day"])
+    totals = pooled.groupby(["device_mac", "day"])["flows"].sum()
+    membership = pd.DataFrame([(service, model) for model in models for service in known[model]],
+                              columns=["service", "model"])
+    covered = pooled.merge(membership, on="service").groupby(["device_mac", "day", "model"])["flows"].sum() \
+        .unstack("model").reindex(index=totals.index, columns=models).fillna(0.0)
+    out = covered.div(totals, axis=0)
+    out["endpoint_flows"] = totals
+    return out
+
+
+def calibrate_endpoints(coverage: pd.DataFrame | None, truth: pd.Series | None,
+                        exclude: str | None = None) -> tuple[float, dict]:
+    """The coverage under which a MAC's days are `unknown`, from calibration days of known devices.
+
+    `coverage` is `endpoint_coverage` of the later training days against the services of the
+    earlier ones, `truth` the model of each of its rows. Own: each known device's coverage
+    by its own model (all must pass: ENDPOINT_OWN_MARGIN of the lowest); other: its best
+    coverage by any other model, as if it were unknown (the 90th percentile). The threshold
+    sits halfway between when they separate, else at the margin under the lowest own.
+    """
+    if coverage is None or truth is None or coverage.empty:
+        return 0.0, {"endpoint_rule": "not calibrated: too few training days or flows"}
+    models = [c for c in coverage.columns if c not in ("endpoint_flows", exclude)]
+    keep = (coverage["endpoint_flows"] >= MIN_ENDPOINT_FLOWS).to_numpy() & truth.isin(models).to_numpy()
+    coverage, truth = coverage[keep], truth[keep]
+    if coverage.empty:
+        return 0.0, {"endpoint_rule": "not calibrated: no calibration day with enough Internet flows"}
+    values = coverage[models].to_numpy(dtype=float)
+    column = np.array([models.index(t) for t in truth])
+    own = values[np.arange(len(values)), column]
+    others = values.copy()
+    others[np.arange(len(values)), column] = -np.inf
+    other = others.max(axis=1) if len(models) > 1 else np.zeros(len(values))
+    own_low = float(own.min())
+    other_high = float(np.quantile(other, 1 - HELD_OUT_QUANTILE))
+    ceiling = ENDPOINT_OWN_MARGIN * own_low
+    threshold = min((own_low + other_high) / 2, ceiling) if other_high < own_low else min(other_high, ceiling)
+    return float(threshold), {
+        "endpoint_rule": "halfway between the lowest own coverage and the 90th percentile of the best other "
+                         f"coverage on calibration days, at most {ENDPOINT_OWN_MARGIN} of the lowest own",
+        "endpoint_calibration_days": int(len(own)), "endpoint_own_low": own_low, "endpoint_other_q90": other_high,
+    }
+
+
+@dataclass
+class EndpointModel:
+    """Which backend services each known model talks to, and the coverage a known device keeps.
+
+    A MAC's days are `unknown` when, over its pooled days, fewer than `threshold` of its
+    Internet flows went to services the model the classifier named used in training
+    (Haystack, IMC'20: devices are told apart by the backends they talk to). An unseen
+    device that moves like a known model still talks to its own vendor's cloud.
+    """
+
+    services: dict[str, set[str]]
+    threshold: float
+    calibration: dict = field(default_factory=dict)
+
+    def coverage(self, flows: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> pd.DataFrame:
+        """`endpoint_coverage` of clean flows (ENDPOINT_FLOW_COLUMNS) against this model's services."""
+        return endpoint_coverage(service_flows(flows), self.services, pool_days, days)
+
+    def unknown(self, coverage: pd.DataFrame, named: np.ndarray) -> np.ndarray:
+        """Per row of `coverage`: too little of its traffic went to the named model's services."""
+        if coverage.empty or not self.threshold:
+            return np.zeros(len(coverage), dtype=bool)
+        columns = {model: i for i, model in enumerate(coverage.columns)}
+        values = coverage.to_numpy(dtype=float)
+        own = np.array([values[i, columns[m]] if m in columns else np.nan for i, m in enumerate(named)])
+        return (coverage["endpoint_flows"].fillna(0).to_numpy() >= MIN_ENDPOINT_FLOWS) & (own < self.threshold)
+
+    def without(self, label: str) -> "EndpointModel":
+        """As if `label` had never been trained: its services dropped, the threshold recalibrated."""
+        coverage, truth = self.calibration.get("coverage"), self.calibration.get("truth")
+        threshold, figures = calibrate_endpoints(coverage, truth, exclude=label)
+        return EndpointModel({m: s for m, s in self.services.items() if m != label}, threshold,
+                             {**self.calibration, **figures})
+
+    def to_json(self) -> dict:
+        figures = {k: v for k, v in self.calibration.items() if k not in ("coverage", "truth")}
+        return {"threshold": self.threshold, "calibration": figures,
+                "services": {model: sorted(keys) for model, keys in sorted(self.services.items())}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EndpointModel":
+        return cls({model: set(keys) for model, keys in data["services"].items()}, float(data["threshold"]),
+                   data.get("calibration", {}))
+
+
+def fit_endpoints(train_flows: pd.DataFrame, pool_days: int,
+                  calibration_fraction: float = CALIBRATION_FRACTION) -> EndpointModel:
+    """Each model's services over its training flows; the threshold from the later training days
+    scored against the services of the earlier ones (`calibrate_endpoints`)."""
+    services = service_flows(train_flows[train_flows["device_name"].notna()])
+    days = sorted(services["day"].unique())
+    coverage = truth = None
+    if len(days) >= 2:
+        cut = min(max(1, round(len(days) * (1 - calibration_fraction))), len(days) - 1)
+        early = services[services["day"].isin(days[:cut])]
+        later = services[services["day"].isin(days[cut:])]
+        known = {m: set(part["service"]) for m, part in early.groupby("device_name")}
+        if known and len(later):
+            coverage = endpoint_coverage(later, known, pool_days)
+            names = later.groupby("device_mac")["device_name"].first()
+            truth = pd.Series(names.reindex(coverage.index.get_level_values("device_mac")).to_numpy(), index=coverage.index)
+    threshold, figures = calibrate_endpoints(coverage, truth)
+    known = {m: set(part["service"]) for m, part in services.groupby("device_name")}
+    return EndpointModel(known, threshold, {**figures, "coverage": coverage, "truth": truth})
