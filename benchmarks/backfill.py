@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from iot_assets.config import Settings  # noqa: E402
 from iot_assets.contracts.calendar import day_bounds  # noqa: E402
+from iot_assets.contracts.flows import DECODED_SCHEMA  # noqa: E402
 from iot_assets.contracts.schemas import CleanFlows, DecodedFlows  # noqa: E402
 from iot_assets.core import (
     anomaly,  # noqa: E402
@@ -55,7 +56,6 @@ from iot_assets.core import (
 from iot_assets.core import subscriber_lines as lines  # noqa: E402
 from iot_assets.core.archive import find_archives  # noqa: E402
 from iot_assets.core.clean import to_device_centric  # noqa: E402
-from iot_assets.core.decode import DECODED_SCHEMA  # noqa: E402
 from iot_assets.core.exploration import exploration  # noqa: E402
 from iot_assets.core.features import CONTEXT_HOURS, build_windows  # noqa: E402
 from iot_assets.core.ingest import decode_archive  # noqa: E402

@@ -36,7 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from iot_assets.core.decode import BLOCK_BYTES, RECORD_SCHEMA  # noqa: E402
+from iot_assets.contracts.flows import RECORD_SCHEMA
+from iot_assets.core.line_blocks import BLOCK_BYTES  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "kddi-iot-2019" / "nature_remo.tar.gz"
 

@@ -70,7 +70,7 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
     gets one `error:` line on stderr, and the command then exits 1.
     """
     from iot_assets.core.archive import group_archives
-    from iot_assets.core.decode import skip_pyarrow_pandas_check
+    from iot_assets.core.decode_values import skip_pyarrow_pandas_check
     from iot_assets.core.ingest import decode_archive
 
     skip_pyarrow_pandas_check()

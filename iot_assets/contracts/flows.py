@@ -117,7 +117,7 @@ def bound_rules() -> list[tuple[str, str, Bounds]]:
     return sorted(bounded, key=lambda rule: rule[2].rank)
 
 
-# Times are read as text and parsed strictly (`core.decode._parse_times`), the same way on the fast
+# Times are read as text and parsed strictly (`core.decode_values._parse_times`), the same way on the fast
 # and the slow path: pyarrow's own parser would also take `2019-06-25`, `T` and zone offsets.
 JSON_TYPES: dict[str, pa.DataType] = {
     "time": pa.string(), "seconds": pa.float64(), "int": pa.int64(), "ip": pa.string(), "mac": pa.string(),

@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from iot_assets.contracts import catalogue
+from iot_assets.contracts.flows import DECODED_SCHEMA, REJECTS_SCHEMA
 from iot_assets.core.archive import (
     MAX_INFLATED_BYTES,
     MAX_INFLATION_RATIO,
@@ -52,15 +53,11 @@ from iot_assets.core.archive import (
     open_json_member,
 )
 from iot_assets.core.decode import (
-    DECODED_SCHEMA,
-    MAX_LINE_BYTES,
-    REJECTS_SCHEMA,
     Block,
-    LongLine,
     decode_block,
-    iter_blocks,
     long_line_block,
 )
+from iot_assets.core.line_blocks import MAX_LINE_BYTES, LongLine, iter_blocks
 
 if TYPE_CHECKING:
     from iot_assets.core.pseudonymiser import Pseudonymiser

@@ -505,7 +505,7 @@ def _map_columns(flows: pa.Table, columns: tuple[str, ...], periods: list[str], 
 
 def pseudonymise_flows(flows: pa.Table, keys: PseudonymKeys, networks: SubscriberNetworks = DEFAULT_NETWORKS,
                        pseudonymise_remote: bool = False, rotation: str = "month") -> pa.Table:
-    """A decoded-flow pyarrow Table (decode.DECODED_SCHEMA) with src/dst addresses and MACs
+    """A decoded-flow pyarrow Table (contracts.flows.DECODED_SCHEMA) with src/dst addresses and MACs
     pseudonymised under the keys of each row's `flow_start` period; other columns untouched."""
     missing = [c for c in ("flow_start", *IP_COLUMNS, *MAC_COLUMNS) if c not in flows.column_names]
     if missing:

@@ -22,8 +22,8 @@ import dagster as dg
 import pyarrow as pa
 from upath import UPath
 
+from iot_assets.contracts.flows import DECODED_SCHEMA
 from iot_assets.core.archive import ArchiveError, ArchiveFile, find_archives
-from iot_assets.core.decode import DECODED_SCHEMA
 from iot_assets.core.ingest import ArchiveSummary, decode_archive
 from iot_assets.core.pseudonymiser import Pseudonymiser
 from iot_assets.io.lake import read_parquet

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from iot_assets.cli import main
 from iot_assets.core import archive as archive_module
 from iot_assets.core import decode as decode_module
+from iot_assets.core import line_blocks
 from iot_assets.core.archive import (
     ArchiveError,
     ArchiveFile,
@@ -22,8 +23,9 @@ from iot_assets.core.archive import (
     group_archives,
     open_json_member,
 )
-from iot_assets.core.decode import MAX_LINE_BYTES, decode_block
+from iot_assets.core.decode import decode_block
 from iot_assets.core.ingest import decode_archive, read_summary
+from iot_assets.core.line_blocks import MAX_LINE_BYTES
 from iot_assets_tests.support.archives import complete_lines_in_readable_prefix
 from iot_assets_tests.support.records import (
     FIRST_DAY,
@@ -535,7 +537,7 @@ def test_group_archives_takes_any_part_paths(tmp_path):
 
 
 def test_blocks_of_nothing_but_blank_lines(tmp_path, monkeypatch):
-    monkeypatch.setattr(decode_module, "BLOCK_BYTES", 4096)  # many blocks, most of them blank
+    monkeypatch.setattr(line_blocks, "BLOCK_BYTES", 4096)  # many blocks, most of them blank
     body = numbered_line(1) + b"\n" * 20_000 + b"  \n" * 5_000 + numbered_line(25_002) + trailer(25_002)
     summary = decode_one(json_archive(tmp_path / "raw" / "nature_remo.tar.gz", body), tmp_path)
     assert summary.rejects_by_reason == {"empty_line": 25_000} and summary.decoded == 2

@@ -2,7 +2,8 @@
 
 from datetime import datetime, timezone
 
-from iot_assets.core.decode import TCP_FLAG_BITS, decode_block
+from iot_assets.contracts.flows import TCP_FLAG_BITS
+from iot_assets.core.decode import decode_block
 from iot_assets_tests.support.records import FIRST_DAY, LAST_DAY, flow_line, trailer
 
 
@@ -95,7 +96,7 @@ def test_times_of_23_characters_are_checked_as_the_regular_expression_checks_the
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from iot_assets.core.decode import _TIME_FORMAT, _time_digits
+    from iot_assets.core.decode_values import _TIME_FORMAT, _time_digits
 
     times = ["2019-06-25 08:36:47.096", "2019-13-45 25:61:61.000", "2019-06-25T08:36:47.096",
              "2019-06-25 08:36:47,096", "2019-06-25 08:36:47.09a", "2019-06-2a 08:36:47.096",

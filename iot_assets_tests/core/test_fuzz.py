@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from iot_assets.core import decode as decode_module
+from iot_assets.core import line_blocks
 from iot_assets.core.archive import find_archives
 from iot_assets.core.ingest import decode_archive, read_summary
 from iot_assets.synthetic import sample
@@ -111,7 +111,7 @@ def run_case(case: Case, bases: list[Base], clean: dict, tmp_path: Path, monkeyp
     archives, errors = find_archives(tmp_path / "raw")
     assert not errors and len(archives) == 1
     if case.block_bytes:
-        monkeypatch.setattr(decode_module, "BLOCK_BYTES", case.block_bytes)
+        monkeypatch.setattr(line_blocks, "BLOCK_BYTES", case.block_bytes)
     out = tmp_path / "out"
     with time_limit(CASE_SECONDS):
         summary = decode_archive(archives[0], out, FIRST_DAY, LAST_DAY)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from isal import isal_zlib
 
-from iot_assets.core.decode import FIELDS, MAX_LINE_BYTES
+from iot_assets.contracts.flows import FIELDS
+from iot_assets.core.line_blocks import MAX_LINE_BYTES
 
 KIND = {f.source: f.kind for f in FIELDS}
 COLUMN = {f.source: f.name for f in FIELDS}

@@ -9,6 +9,7 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 
 from iot_assets.contracts import catalogue
+from iot_assets.contracts.flows import DECODED_SCHEMA
 from iot_assets.contracts.schemas import (
     CleanFlows,
     DecodedFlows,
@@ -16,7 +17,6 @@ from iot_assets.contracts.schemas import (
     column_schema,
 )
 from iot_assets.core.clean import COLLECTOR_COLUMNS, DECODED_COLUMNS, to_device_centric
-from iot_assets.core.decode import DECODED_SCHEMA
 from iot_assets.core.ingest import ArchiveSummary
 from iot_assets.core.pseudonymiser import Pseudonymiser
 from iot_assets.defs.loading import current_deployment
