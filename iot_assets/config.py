@@ -47,6 +47,20 @@ def _location(raw: str) -> str:
     return raw if "://" in raw and not raw.startswith("file://") else str(Path(raw.removeprefix("file://")).resolve())
 
 
+DEFAULT_REPORTS_PORT = 8765
+
+
+def _reports_url(env, data_dir: str) -> str:
+    """IOT_ASSETS_REPORTS_URL; for a local data folder by default where `iot-assets ui` serves its reports.
+    An object store's reports need a static web endpoint of their own: no default."""
+    raw = env.get("IOT_ASSETS_REPORTS_URL", "").strip().rstrip("/")
+    if not raw:
+        return "" if "://" in data_dir else f"http://127.0.0.1:{DEFAULT_REPORTS_PORT}"
+    if not raw.startswith(("http://", "https://")):
+        raise SettingsError(f"IOT_ASSETS_REPORTS_URL={raw!r} is not an http(s) address")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: str  # the base location: an absolute local path or an object-store URL (s3://bucket/prefix)
@@ -66,6 +80,7 @@ class Settings:
     acknowledgements: str = ""  # a CSV device_mac,from_day: changes an analyst accepted as the new normal
     stable_days: int = 3  # changed days in a row, at a steady score level, that make a new normal
     line_shards: int = 4  # subscriber-line shards a day of the line assets is split into
+    reports_url: str = ""  # where a browser reaches the reports folder over http (`iot-assets ui` serves it)
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -97,6 +112,7 @@ class Settings:
             acknowledgements=env.get("IOT_ASSETS_ACKNOWLEDGEMENTS", "").strip(),
             stable_days=int(_parse_number(env, "IOT_ASSETS_STABLE_DAYS", 3, 1, 60)),
             line_shards=int(_parse_number(env, "IOT_ASSETS_LINE_SHARDS", 4, 1, 4096)),
+            reports_url=_reports_url(env, data_dir),
         )
 
     @property

@@ -19,6 +19,7 @@ from iot_assets.core.features import (
     build_windows,
 )
 from iot_assets.defs.automation.sensors import AFTER_ITS_INPUTS
+from iot_assets.defs.day_metadata import attach, incidents_metadata, inventory_metadata
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.defs.resources import ModelSettings
@@ -230,7 +231,9 @@ def build(parts: Partitions) -> list:
         # lake that starts later: a verdict pools the days there are. Each is read once.
         ins={"device_windows": dg.AssetIn(partition_mapping=INVENTORY_WEEK,
                                           metadata={"allow_missing_partitions": True,
-                                                    "keep_days": classifier.INVENTORY_DAYS})},
+                                                    "keep_days": classifier.INVENTORY_DAYS}),
+             # Only for the UI's table: which subscriber line each MAC sits on.
+             "line_membership": dg.AssetIn()},
         check_specs=[
             dg.AssetCheckSpec("inventory_agrees_with_catalogue", asset="device_inventory",
                               description="At least 90% of the catalogue MACs seen get their catalogue device."),
@@ -241,7 +244,7 @@ def build(parts: Partitions) -> list:
         ],
     )
     def device_inventory(context: dg.AssetExecutionContext, device_windows: LazyDays,
-                         device_classifier: classifier.DeviceClassifier):
+                         device_classifier: classifier.DeviceClassifier, line_membership: pd.DataFrame):
         """Per MAC seen that day: the predicted device (or `unknown`) and category with confidence,
         from its windows of the last week (`classifier.INVENTORY_DAYS`), against the catalogue."""
         model = device_classifier
@@ -252,6 +255,7 @@ def build(parts: Partitions) -> list:
             week = [d for d in classifier.inventory_days(day) if d in device_windows]
             frames = {d: frames[d] if d in frames else device_windows[d] for d in week}
             out[day] = classifier.predict_inventory(model, concat_days(frames), day).assign(model_version=model.version)
+            attach(context, "device_inventory", day, inventory_metadata(out[day], day, line_membership))
         inventory = concat_days(out)
         known = inventory[inventory["in_catalogue"].astype(bool)] if len(inventory) else inventory
         agreement = float((~known["disagrees"].astype(bool)).mean()) if len(known) else None
@@ -411,15 +415,10 @@ def build(parts: Partitions) -> list:
             flows = concat_days({d: clean_flows[d] for d in days if d in clean_flows})
             found = incidents.incident_evidence(found, flows)
             out[day] = AnomalyIncidents.validate(found.assign(model_version=anomaly_detector.version))
-        table = concat_days(out)
-        shown = ["device_name", "device_mac", "start", "end", "windows_flagged", "peak_score_ratio", "kind", "kind_reason",
-                 "evidence_ports", "new_peers"]
+            attach(context, "anomaly_incidents", day, incidents_metadata(out[day], day))
+        # Each day's table and counts are on its own partition (`attach`); the run's are the days'.
         return dg.Output(out, metadata={
-            "incidents": len(table), "model_version": anomaly_detector.version,
-            "per_kind": dg.MetadataValue.json(table["kind"].value_counts().to_dict() if len(table) else {}),
-            "incidents_table": dg.MetadataValue.md(table[shown].sort_values("peak_score_ratio", ascending=False)
-                                                   .head(30).to_markdown(index=False, floatfmt=".1f")
-                                                   if len(table) else "no incident"),
+            "model_version": anomaly_detector.version, "days_in_run": len(out),
             "dagster/column_schema": column_schema(AnomalyIncidents),
         })
 

@@ -229,6 +229,7 @@ def build(parts: Partitions) -> list:
                 "archive_days": dg.MetadataValue.json(now),
                 "pruned_outside_range": dg.MetadataValue.json(pruned),
                 "reconciliation": dg.MetadataValue.path(str(report_path)),
+                "reconciliation_url": dg.MetadataValue.url(reports.url(report_path)),
                 "manifest": dg.MetadataValue.md(manifest.drop(columns=["sha256", "staged_key", "rows_per_day"])
                                                 .to_markdown(index=False)),
             },

@@ -10,6 +10,7 @@ from iot_assets.core.anomaly import AnomalyDetector
 from iot_assets.core.classifier import DeviceClassifier
 from iot_assets.defs.automation.sensors import AFTER_ITS_INPUTS
 from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY, concat_days
+from iot_assets.defs.day_metadata import attach
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.defs.resources import ModelSettings
@@ -45,8 +46,12 @@ def build(parts: Partitions) -> list:
             html = daily_page(day, device_inventory[day], scores, anomaly_incidents[day], feature_drift[day],
                               device_windows[day], [section])
             paths.append(reports.write_text(f"daily/{day}.html", html))
-            anomalies += int(scores["anomaly"].astype(bool).sum()) if len(scores) else 0
-        return dg.MaterializeResult(metadata={**reports.metadata(paths[-1]), "days": len(paths), "anomalies": anomalies})
+            flagged = int(scores["anomaly"].astype(bool).sum()) if len(scores) else 0
+            anomalies += flagged
+            # Each day links its own report (a ranged run would otherwise give every day the last one's).
+            attach(context, "daily_report", day, {**reports.metadata(paths[-1]), "anomalies": flagged,
+                                                  "incidents": len(anomaly_incidents[day])})
+        return dg.MaterializeResult(metadata={"days_in_run": len(paths), "anomalies_in_run": anomalies})
 
 
     @dg.asset(

@@ -13,6 +13,7 @@ from iot_assets.contracts.schemas import column_schema
 from iot_assets.core import subscriber_lines as lines
 from iot_assets.core.classifier import time_split
 from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY
+from iot_assets.defs.day_metadata import attach, line_metadata
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.defs.resources import LineSettings, ModelSettings
@@ -249,6 +250,8 @@ def build(parts: Partitions) -> list:
         """Per line: the device models (or manufacturers) present over the sliding window, with evidence."""
         out, new, rate = _inventories(line_views.values(), endpoint_signatures, list(context.partition_keys), line_settings,
                                      parts.line_window_days)
+        for day, table in out.items():
+            attach(context, "line_inventory", day, line_metadata(table, day))
         yield dg.Output(out, metadata=_inventory_metadata(out, endpoint_signatures, parts.line_window_days))
         yield _changed_check("line_inventory_changed", "line_inventory", new, rate)
 
