@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import textwrap
 
-import pandas as pd
-
 from iot_assets.contracts.calendar import previous_day
 from iot_assets.io.lake import built_days, read_day, read_whole
 from iot_assets.reports.day_tables import DayTable, exposure_table, incidents_table, inventory_table

@@ -154,7 +154,7 @@ def serve(env: dict[str, str], reports_folder: Path, ui_port: int, reports_port:
             if not served:
                 served = _answers(f"{ui.ui_url}/server_info")
                 if served:
-                    echo(f"Dagster UI: {ui.ui_url}   reports: {ui.reports_url}/   (Ctrl-C stops both)")
+                    echo(f"Dagster UI: {ui.ui_url}   reports: {ui.reports_url}/   (Ctrl-C stops all three)")
                 elif time.monotonic() > deadline:
                     echo(f"the Dagster webserver did not answer on {ui.ui_url} within 180 s: stopping the UI")
                     return 1
