@@ -28,6 +28,7 @@ COLUMN_LEGEND = {
     "windows": "the MAC's windows (hours) the verdict pools",
     "disagrees": "the named model is not the catalogue's device (highlighted)",
     "device": "the catalogue device, or the MAC",
+    "device_name": "the catalogue device of the MAC (empty: not in the catalogue)",
     "start": "start of the first flagged window (UTC; a date when it began the day before)",
     "end": "end of the last flagged window (UTC; 24:00 when it runs into the next day)",
     "windows_flagged": "windows (hours) above the device's threshold in the incident",
