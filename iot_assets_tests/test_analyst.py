@@ -262,3 +262,34 @@ def test_show_prints_a_days_tables_from_the_lake(tmp_path, monkeypatch):
     other_day = runner.invoke(main, ["show", "inventory", "--day", "2019-07-09"])
     assert other_day.exit_code == 1 and f"has no day 2019-07-09 in {data}/lake (built: {DAY} .. {DAY}, 1 days)" in \
         other_day.output
+
+
+def test_a_ranged_run_of_a_days_built_asset_gives_each_day_its_rows(tmp_path):
+    import dagster as dg
+
+    from iot_assets.defs.automation.sensors import range_tags
+    from iot_assets.defs.day_metadata import attach
+    from iot_assets.io.lake import DaysBuilt, LakeIOManager
+
+    daily = dg.DailyPartitionsDefinition(start_date="2019-07-01", end_date="2019-07-04")
+    rows_of = {"2019-07-01": 2, "2019-07-02": 5, "2019-07-03": 1}
+
+    @dg.asset(partitions_def=daily, backfill_policy=dg.BackfillPolicy.single_run(), io_manager_key="lake_io_manager")
+    def counts(context: dg.AssetExecutionContext):
+        def build(day: str) -> pd.DataFrame:
+            frame = pd.DataFrame({"n": range(rows_of[day])})
+            attach(context, "counts", day, {"built": f"{day} with {len(frame)} rows"})
+            return frame
+
+        return dg.Output(DaysBuilt(context.partition_keys, build, lambda: {"total": 99}))
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([counts], instance=instance, resources={"lake_io_manager": LakeIOManager(str(tmp_path))},
+                            tags=range_tags("2019-07-01", "2019-07-02"))
+    assert result.success
+    for day in ("2019-07-01", "2019-07-02"):
+        (record,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("counts"), asset_partitions=[day]), limit=1).records
+        metadata = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+        assert metadata["dagster/row_count"] == rows_of[day] and metadata["day"] == day
+        assert metadata["built"] == f"{day} with {rows_of[day]} rows" and metadata["total"] == 99

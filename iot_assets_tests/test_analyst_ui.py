@@ -184,7 +184,7 @@ def test_iot_assets_ui_links_each_days_report_and_names_every_device(sample_lake
         _wait_for(f"{base}/server_info", ui, log)
         _wait_for(f"{reports}/daily/{day}.html", ui, log)
         processes = _descendants(ui.pid)
-        names = {" ".join(Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[:3]).strip().decode(errors="replace")
+        names = {b" ".join(Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[:3]).decode(errors="replace")
                  for p in processes if Path(f"/proc/{p}/cmdline").exists()}
         assert any("dagster-webserver" in n for n in names) and any("dagster-daemon" in n for n in names), names
         devices = sorted(set(pd.read_parquet(Path(data, "lake", "clean_flows", f"day={day}"))["device_name"].dropna()))

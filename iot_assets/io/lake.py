@@ -9,7 +9,9 @@ A run may cover a range of days (a single-run backfill): daily assets then retur
 
 A daily asset may instead return `DaysBuilt(days, build)`: the IO manager then builds each day
 when it writes it, so that a run over many days holds one day's table at a time, and hands the
-memory back between days (`iot_assets.core.memory`).
+memory back between days (`iot_assets.core.memory`). The run's output metadata is every day's of
+the run: what belongs to one day is attached to that day's partition explicitly, by the asset
+(`iot_assets.defs.day_metadata.attach`, also from inside a `build`) and, for the row count, here.
 
 The day is the partition, in the path: a `day` column of a daily table is not written into the
 file (a hive reader would see two `day` fields) and is restored from the path on load.

@@ -158,6 +158,7 @@ def build(parts: Partitions) -> list:
         def build(day: str) -> pd.DataFrame:  # each day as the lake writes it: a ranged run holds one day's flows
             frame = build_windows(clean_flows[day], clean_flows.get(previous_day(day)), day, minutes)
             windows.append(len(frame))
+            attach(context, "device_windows", day, {"windows": len(frame), "devices": int(frame["device_mac"].nunique())})
             return frame
 
         return dg.Output(DaysBuilt(context.partition_keys, build, lambda: {"windows": sum(windows)}),

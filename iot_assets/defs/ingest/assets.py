@@ -18,6 +18,7 @@ from iot_assets.contracts.schemas import (
 from iot_assets.core.clean import DECODED_COLUMNS, to_device_centric
 from iot_assets.core.decode import DECODED_SCHEMA
 from iot_assets.core.ingest import ArchiveSummary
+from iot_assets.defs.day_metadata import attach
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.io.lake import DaysBuilt, LazyDays, prune_outside
@@ -268,6 +269,7 @@ def build(parts: Partitions) -> list:
             if failures is not None:
                 schema_bad[day] = f"{int(failures['rows'].sum())} failures"
             rows.append(len(df))
+            attach(context, "decoded_flows", day, {"rows": len(df), "archives": len(actual)})
             return df
 
         days = context.partition_keys
@@ -325,6 +327,12 @@ def build(parts: Partitions) -> list:
                 by_reason[reason] = by_reason.get(reason, 0) + int(n)
             rejects_by_day[day], samples[day], rows_by_day[day] = rejects, flow_sample(clean, seed=0), len(clean)
             devices_by_day[day] = clean["device_name"].fillna(clean["device_mac"]).value_counts()
+            attach(context, "clean_flows", day, {
+                "rows": len(clean), "devices": len(devices_by_day[day]),
+                "rows_per_device": dg.MetadataValue.json({k: int(v) for k, v in devices_by_day[day].items()})})
+            attach(context, "clean_rejects", day, {"rows": len(rejects), "by_reason": dg.MetadataValue.json(
+                {reason: int(n) for reason, n in rejects["reason"].value_counts().items()})})
+            attach(context, "flow_sample", day, {"rows": len(samples[day])})
             return clean
 
         def clean_metadata() -> dict:

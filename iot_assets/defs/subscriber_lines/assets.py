@@ -180,6 +180,14 @@ def build(parts: Partitions) -> list:
             per_rate = per_rate.add(view.groupby("sampling_rate").size(), fill_value=0)
             line_ids.update(view["line_id"].unique())
             view_rows.append(len(view))
+            day_rates = view.groupby("sampling_rate").size()
+            day_base = int(day_rates.get(rates[0], 0))
+            attach(context, "line_views", day, {
+                "rows": len(view), "lines": int(view["line_id"].nunique()),
+                "flows_per_rate": dg.MetadataValue.json({f"1:{r}": int(day_rates.get(r, 0)) for r in rates}),
+                "surviving_share": dg.MetadataValue.json({f"1:{r}": round(int(day_rates.get(r, 0)) / day_base, 4)
+                                                          if day_base else None for r in rates})})
+            attach(context, "line_truth", day, {"rows": len(truth[day])})
             return view
 
         def views_metadata() -> dict:
