@@ -293,3 +293,19 @@ def test_a_ranged_run_of_a_days_built_asset_gives_each_day_its_rows(tmp_path):
         metadata = {k: v.value for k, v in record.asset_materialization.metadata.items()}
         assert metadata["dagster/row_count"] == rows_of[day] and metadata["day"] == day
         assert metadata["built"] == f"{day} with {rows_of[day]} rows" and metadata["total"] == 99
+
+
+def test_ui_refuses_a_taken_port_and_an_object_store(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("IOT_ASSETS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = CliRunner().invoke(main, ["ui", "--port", str(port), "--reports-port", "0"])
+    assert refused.exit_code == 1 and f"port {port} on 127.0.0.1 is taken: choose another with --port" in refused.output
+    monkeypatch.setenv("IOT_ASSETS_DATA_DIR", "s3://bucket/iot")
+    remote = CliRunner().invoke(main, ["ui"])
+    assert remote.exit_code == 2 and "static web endpoint (IOT_ASSETS_REPORTS_URL)" in remote.output

@@ -298,8 +298,8 @@ def model_page(metrics: dict, anomaly_metrics: dict, versions: dict[str, str], s
                extra_sections: list[str] = ()) -> str:
     """The models in one HTML page: exploration, confusion matrix, scores, importance, ROC curves, drift."""
     body = [f"<p class='note'>Trained on {metrics['train_range'][0]} .. {metrics['train_range'][1]}, evaluated on "
-            f"{metrics['eval_range'][0]} .. {metrics['eval_range'][1]} ({metrics['window']} windows). Model versions: "
-            + ", ".join(f"{html.escape(a)} <b>{html.escape(v)}</b>" for a, v in versions.items()) + ".</p>"]
+            f"{metrics['eval_range'][0]} .. {metrics['eval_range'][1]} ({metrics['window']} windows). Model versions:"
+            + "</p><ul class='note'>" + "".join(f"<li>{html.escape(v)}</li>" for v in versions.values()) + "</ul>"]
     for served in (metrics, anomaly_metrics):
         challenge = served.get("challenge")
         if challenge:

@@ -92,7 +92,9 @@ def build(parts: Partitions) -> list:
                     "drift_reference": drift_reference.version}
         drifts = concat_days(feature_drift)
         fleet = fleet_view_html(*exposure.fleet_view(concat_days(device_exposure), concat_days(device_inventory)))
-        html = model_page(device_classifier.metrics, anomaly_detector.metrics, versions, concat_days(anomaly_scores),
+        # The page names each version with its training range, date and headline metric; the metadata keeps the ids.
+        named = {asset: model_labels(reports.base_url, {asset: [version]})[version] for asset, version in versions.items()}
+        html = model_page(device_classifier.metrics, anomaly_detector.metrics, named, concat_days(anomaly_scores),
                           model_settings.read_episodes(), drifts, model_settings.window_minutes, model_settings.target_fpr,
                           [fleet, metrics_fragment_html(line_metrics)])
         path = reports.write_text("model_report.html", html)
