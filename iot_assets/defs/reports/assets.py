@@ -33,6 +33,15 @@ def _versions_of(*frames) -> list[str]:
     return sorted({str(v) for f in frames if "model_version" in f for v in f["model_version"].dropna().unique()})
 
 
+def _named_devices(lines, findings):
+    """The lines' devices by name (and MAC), not by MAC alone."""
+    if lines.empty:
+        return lines
+    names = findings.drop_duplicates("device_mac").set_index("device_mac")["device"].to_dict()
+    return lines.assign(devices=[[f"{names[m]} ({m})" if isinstance(names.get(m), str) else m for m in macs]
+                                 for macs in lines["devices"]])
+
+
 def _advisories_of(findings, advisories) -> list[dict]:
     """The advisories behind the day's `known_advisory` findings, each with its device."""
     seen = findings[findings["seen_today"].astype(bool) & (findings["kind"] == "known_advisory")] if len(findings) \
@@ -60,7 +69,8 @@ def build(parts: Partitions) -> list:
             inventory, incidents, drifts = device_inventory[day], anomaly_incidents[day], feature_drift[day]
             recent = concat_days({d: f for d, f in exposures.items() if d <= day})
             section = exposure_section_html(exposure.worklist(findings), exposure.findings_per_day(recent),
-                                            exposure.line_scores(findings[findings["seen_today"].astype(bool)]))
+                                            _named_devices(exposure.line_scores(findings[findings["seen_today"].astype(bool)]),
+                                                           findings))
             labels = model_labels(served_models.base_url, {
                 "device_classifier": _versions_of(inventory), "anomaly_detector": _versions_of(scores, incidents),
                 "drift_reference": _versions_of(drifts)})
