@@ -309,3 +309,24 @@ def test_ui_refuses_a_taken_port_and_an_object_store(tmp_path, monkeypatch):
     monkeypatch.setenv("IOT_ASSETS_DATA_DIR", "s3://bucket/iot")
     remote = CliRunner().invoke(main, ["ui"])
     assert remote.exit_code == 2 and "static web endpoint (IOT_ASSETS_REPORTS_URL)" in remote.output
+
+
+def test_an_input_allowed_missing_is_none_until_built(tmp_path):
+    import dagster as dg
+
+    from iot_assets.io.lake import LakeIOManager
+
+    seen = []
+
+    @dg.asset(io_manager_key="lake_io_manager", ins={"line_membership": dg.AssetIn(metadata={"allow_missing": True})})
+    def reader(line_membership) -> pd.DataFrame:
+        seen.append(line_membership)
+        return pd.DataFrame({"n": [0 if line_membership is None else len(line_membership)]})
+
+    source = dg.AssetSpec("line_membership").with_io_manager_key("lake_io_manager")
+    resources = {"lake_io_manager": LakeIOManager(str(tmp_path))}
+    assert dg.materialize([reader, source], resources=resources, selection=["reader"]).success
+    (tmp_path / "lake" / "line_membership").mkdir(parents=True)
+    (tmp_path / "lake" / "line_membership" / "part-0.parquet").write_bytes(parquet_bytes(membership()))
+    assert dg.materialize([reader, source], resources=resources, selection=["reader"]).success
+    assert seen[0] is None and len(seen[1]) == len(membership())

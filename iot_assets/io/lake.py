@@ -142,6 +142,10 @@ class LakeIOManager(dg.UPathIOManager):
 
     def load_input(self, context: dg.InputContext):
         if not context.has_asset_partitions:
+            # An input the asset can do without (`allow_missing` in its metadata) is None until it is built.
+            if (context.definition_metadata or {}).get("allow_missing") and not self._get_path(context).exists():
+                context.log.info(f"{context.asset_key.to_user_string()}: not built yet")
+                return None
             return super().load_input(context)
         paths = self._get_paths_for_partitions(context)
         present = {key: path for key, path in paths.items() if path.exists()}

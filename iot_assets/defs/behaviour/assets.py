@@ -233,8 +233,8 @@ def build(parts: Partitions) -> list:
         ins={"device_windows": dg.AssetIn(partition_mapping=INVENTORY_WEEK,
                                           metadata={"allow_missing_partitions": True,
                                                     "keep_days": classifier.INVENTORY_DAYS}),
-             # Only for the UI's table: which subscriber line each MAC sits on.
-             "line_membership": dg.AssetIn()},
+             # Only for the UI's table: which subscriber line each MAC sits on (none while it is not built).
+             "line_membership": dg.AssetIn(metadata={"allow_missing": True})},
         check_specs=[
             dg.AssetCheckSpec("inventory_agrees_with_catalogue", asset="device_inventory",
                               description="At least 90% of the catalogue MACs seen get their catalogue device."),
@@ -245,7 +245,7 @@ def build(parts: Partitions) -> list:
         ],
     )
     def device_inventory(context: dg.AssetExecutionContext, device_windows: LazyDays,
-                         device_classifier: classifier.DeviceClassifier, line_membership: pd.DataFrame):
+                         device_classifier: classifier.DeviceClassifier, line_membership: pd.DataFrame | None):
         """Per MAC seen that day: the predicted device (or `unknown`) and category with confidence,
         from its windows of the last week (`classifier.INVENTORY_DAYS`), against the catalogue."""
         model = device_classifier
