@@ -96,6 +96,15 @@ def test_a_ranged_run_gives_each_day_its_own_tables(sample_lake):
         assert _rows(lines["lines"]) == day_tables.line_table(lake_lines, day).rows
         assert lines["dagster/row_count"].value == len(lake_lines)
 
+        scores = _latest(instance, "anomaly_scores", day)
+        lake_scores = pd.read_parquet(Path(data, "lake", "anomaly_scores", f"day={day}", "part-0.parquet"))
+        assert scores["windows"].value == len(lake_scores) == scores["dagster/row_count"].value
+        assert scores["anomalies"].value == int(lake_scores["anomaly"].sum())
+        drift = _latest(instance, "feature_drift", day)
+        lake_drift = pd.read_parquet(Path(data, "lake", "feature_drift", f"day={day}", "part-0.parquet"))
+        assert drift["drifted_features"].value == int(lake_drift["drifted"].sum())
+        assert drift["devices"].value == lake_drift["device_mac"].nunique()
+
         report = _latest(instance, "daily_report", day)
         assert report["url"].value == f"http://127.0.0.1:{sample_lake['reports_port']}/daily/{day}.html"
         assert report["report"].value.endswith(f"/reports/daily/{day}.html")

@@ -127,6 +127,25 @@ SCORE_COLUMNS = ["device_mac", "window_start", "score", "threshold", "top_featur
                  "anomaly", "score_ratio", "device_name", "model_version"]
 
 
+def _scores_metadata(scores: pd.DataFrame) -> dict:
+    """anomaly_scores' figures of one day."""
+    modelled = scores[scores["has_model"].astype(bool)] if len(scores) else scores
+    flagged = scores[scores["anomaly"].astype(bool)] if len(scores) else scores
+    network = anomaly.network_windows(scores)
+    return {
+        "windows": len(scores), "anomalies": len(flagged),
+        "anomaly_rate": float(modelled["anomaly"].astype(bool).mean()) if len(modelled) else 0.0,
+        "without_model": int((~scores["has_model"].astype(bool)).sum()) if len(scores) else 0,
+        "flagged": dg.MetadataValue.md(flagged[["device_name", "device_mac", "window_start", "score_ratio",
+                                                "top_features"]].head(20).to_markdown(index=False)
+                                       if len(flagged) else "none"),
+        "network_windows": len(network),
+        "network_moves": dg.MetadataValue.md(
+            network.groupby("window_start").agg(devices=("device_mac", "size"), features=("network_features", "first"))
+            .reset_index().head(20).to_markdown(index=False) if len(network) else "none"),
+    }
+
+
 def _aligned_deviations(detector: anomaly.AnomalyDetector, windows: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     """The detector's deviations of `windows`, on the rows of `scores` (matched by device and window)."""
     deviations = detector.deviations(windows)
@@ -368,6 +387,8 @@ def build(parts: Partitions) -> list:
         over = {day: rate for day, rate in rates.items() if rate > bound}
         flagged = scores[scores["anomaly"].astype(bool)] if len(scores) else scores
         network = anomaly.network_windows(scores)
+        for day, table in out.items():
+            attach(context, "anomaly_scores", day, _scores_metadata(table))
         yield dg.Output(out, metadata={
             "windows": len(scores), "anomalies": len(flagged), "model_version": detector.version,
             "anomaly_rate": float(modelled["anomaly"].astype(bool).mean()) if len(modelled) else 0.0,
@@ -498,6 +519,14 @@ def build(parts: Partitions) -> list:
             out[day] = table
             summaries.append(drift.summarize(table).assign(day=day))
         summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
+        for day_summary in summaries:
+            day = day_summary["day"].iloc[0] if len(day_summary) else None
+            if day is not None:
+                attach(context, "feature_drift", day, {
+                    "devices": len(day_summary), "drifted_devices": int((day_summary["level"] != "none").sum()),
+                    "drifted_features": int(out[day]["drifted"].sum()),
+                    "summary": dg.MetadataValue.md(day_summary.drop(columns="day").to_markdown(index=False,
+                                                                                              floatfmt=".2f"))})
         major = summary[summary["level"] == "major"] if len(summary) else summary
         moderate = summary[summary["level"] == "moderate"] if len(summary) else summary
         per_day = {day: {"devices": int(len(part)), "drifted": int((part["level"] != "none").sum())}
