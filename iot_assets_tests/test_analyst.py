@@ -58,6 +58,11 @@ def test_inventory_table_names_each_mac_with_its_line_of_that_day():
     assert all(c.description for c in table.columns)
 
 
+def test_the_first_day_of_exposure_history_is_the_baseline():
+    first = _exposure_day(BEFORE, None, [(REMO.mac, "Nature Remo", ("cleartext_http", "low"))])
+    assert [r["change"] for r in day_tables.exposure_table(first, BEFORE, None).rows] == ["baseline"]
+
+
 def _exposure_day(day: str, previous: pd.DataFrame | None, findings: list[tuple[str, str, tuple[str, str]]]):
     """A day of device_exposure from (MAC, device, (kind, severity)) findings."""
     today = pd.DataFrame([{"device_mac": mac, "device": name, "predicted_device": name, "kind": kind,

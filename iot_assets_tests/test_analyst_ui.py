@@ -118,7 +118,8 @@ def test_a_ranged_run_gives_each_day_its_own_tables(sample_lake):
     first_lines, second_lines = _rows(tables[first][2]["lines"]), _rows(tables[second][2]["lines"])
     first_work, second_work = _rows(tables[first][1]["worklist"]), _rows(tables[second][1]["worklist"])
     assert (first_lines, first_work) != (second_lines, second_work)
-    assert {r["change"] for r in first_work} == {"new"}  # the first day of history: every finding is new
+    assert {r["change"] for r in first_work} == {"baseline"}  # the first day of history: nothing to compare with
+    assert tables[first][1]["baseline"].value == len(first_work) and tables[first][1]["new"].value == 0
 
 
 def _descendants(pid: int) -> set[int]:

@@ -142,7 +142,8 @@ EXPOSURE_COLUMNS = (
     Column("severity", "string", "high: reachable or abusable from the Internet; medium: credentials, commands or "
                                  "video in cleartext; low: metadata leaks; info: not a fault"),
     Column("since", "string", "the first day this device had this finding"),
-    Column("change", "string", "new: first seen today; worse: more severe than the day before; ongoing"),
+    Column("change", "string", "new: first seen today; worse: more severe than the day before; ongoing; "
+                               "baseline: the first day of history (nothing to compare with)"),
     Column("what it means", "string", "the finding in plain words"),
     Column("what to do", "string", "the remediation"),
     Column("evidence", "string", "examples of the flows' peers (peer:port), or the advisories for known_advisory"),
@@ -151,9 +152,10 @@ EXPOSURE_COLUMNS = (
 
 
 def exposure_changes(today: pd.DataFrame, previous: pd.DataFrame | None) -> pd.Series:
-    """Per finding seen today: `new` (never before), `worse` (more severe than the day before) or `ongoing`."""
+    """Per finding seen today: `new` (never before), `worse` (more severe than the day before) or `ongoing`;
+    `baseline` without a day before (`previous` None): the first day of history."""
     change = pd.Series("ongoing", index=today.index, dtype=object)
-    change[today["new_today"].astype(bool)] = "new"
+    change[today["new_today"].astype(bool)] = "new" if previous is not None else "baseline"
     if previous is not None and len(previous):
         before = previous.drop_duplicates(["device_mac", "kind"]).set_index(["device_mac", "kind"])["severity"]
         prior = before.reindex(pd.MultiIndex.from_frame(today[["device_mac", "kind"]]))

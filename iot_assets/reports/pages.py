@@ -101,6 +101,10 @@ def needs_attention(day: str, inventory: pd.DataFrame, incidents: pd.DataFrame, 
         items.append(("incidents", f"{name}: {r.kind} incident {since} to {pd.Timestamp(r.end):%H:%M}, "
                                    f"peak {r.peak_score_ratio:.1f}x its threshold"))
     if exposure_changes is not None and len(exposure_changes):
+        baseline = int((exposure_changes["change"] == "baseline").sum())
+        if baseline:
+            items.append(("exposure", f"the first day of exposure history: {baseline} finding(s) are the baseline, "
+                                      "later days report what changes"))
         for r in exposure_changes[exposure_changes["change"].isin(["new", "worse"])].itertuples():
             what = "new" if r.change == "new" else "worse"
             items.append(("exposure", f"{r.device}: {what} {r.severity} exposure finding {r.finding} "
