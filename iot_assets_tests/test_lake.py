@@ -154,7 +154,9 @@ def test_an_injected_scan_is_an_incident_of_its_device_on_its_day(tmp_path):
     for name in ("Qrio Hub", "Xiaomi Mijia LED"):
         assert metrics["per_device"][name]["clean_windows"] == 48 and metrics["per_device"][name]["fpr_clean"] <= 0.05
     page = (data / "reports" / "daily" / f"{day}.html").read_text()
-    assert "<h3>Incidents</h3>" in page and "scan-like" in page
+    assert "<h2>Incidents</h2>" in page and "scan-like" in page
+    attention = page[page.index("Needs attention"):page.index("</section>")]
+    assert "Nature Remo: scan-like incident" in attention
 
 
 @pytest.mark.slow
