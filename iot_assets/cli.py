@@ -269,6 +269,69 @@ def _sample_landing_zone(settings: Settings, days: int, scale: float, seed: int)
         return remembered.get("IOT_ASSETS_EPISODES")
 
 
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True,
+              help="Port of the Dagster UI on 127.0.0.1.")
+@click.option("--reports-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of the reports' http server on 127.0.0.1; default the port of IOT_ASSETS_REPORTS_URL "
+                   "(8765) when it is free, else a free one; 0: a free one.")
+def ui(port: int, reports_port: int | None) -> None:
+    """Open the Dagster UI: the webserver, the daemon and an http server for the reports, on localhost.
+
+    Uses the Dagster instance `iot-assets run` uses ($DAGSTER_HOME, default
+    $IOT_ASSETS_DATA_DIR/dagster_home) and the same IOT_ASSETS_* settings (set IOT_ASSETS_END_DATE
+    as for the run). Reports are linked from the UI at IOT_ASSETS_REPORTS_URL (default
+    http://127.0.0.1:8765), which this command serves for a local data folder. SIGTERM or Ctrl-C
+    stops all three.
+    """
+    from urllib.parse import urlparse
+
+    from iot_assets.config import DEFAULT_REPORTS_PORT
+    from iot_assets.ui import UiError, free_port, port_is_free, serve
+
+    settings = _settings()
+    if not settings.is_local:
+        raise click.UsageError("`iot-assets ui` serves the reports of a local data folder; with an object store, "
+                               "start `dagster-webserver` and `dagster-daemon` yourself and serve the reports from a "
+                               "static web endpoint (IOT_ASSETS_REPORTS_URL), see docs/dagster-ui.md")
+    env = dict(os.environ)
+    home = Path(env.setdefault("DAGSTER_HOME", str(Path(settings.data_dir) / "dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    configured = urlparse(settings.reports_url).port or DEFAULT_REPORTS_PORT
+    if reports_port is None:
+        reports_port = configured if port_is_free(configured) else free_port()
+        if reports_port != configured:
+            click.echo(f"port {configured} is taken: serving the reports on {reports_port}; the links of reports "
+                       f"built before point at {configured}: rebuild them, or set IOT_ASSETS_REPORTS_URL and "
+                       f"--reports-port alike", err=True)
+    elif reports_port == 0:
+        reports_port = free_port()
+    try:
+        code = serve(env, Path(settings.data_dir) / "reports", port, reports_port, click.echo)
+    except UiError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("product", type=click.Choice(["inventory", "incidents", "exposure"]))
+@click.option("--day", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="The day to show; default the last day built.")
+@click.option("--width", type=click.IntRange(20, 400), default=60, show_default=True,
+              help="Cut cells longer than this many characters.")
+def show(product: str, day, width: int) -> None:
+    """Print a day's device inventory, incidents or exposure worklist: the tables the UI shows."""
+    from iot_assets.show import ShowError, render_day
+
+    try:
+        text = render_day(_settings().data_dir, product, day.date().isoformat() if day else None, width)
+    except ShowError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(text)
+
+
 @main.group()
 def models() -> None:
     """Model versions: list them, or choose the one in use (roll back)."""

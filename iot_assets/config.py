@@ -98,6 +98,20 @@ def _location(raw: str) -> str:
     return raw if "://" in raw and not raw.startswith("file://") else str(Path(raw.removeprefix("file://")).resolve())
 
 
+DEFAULT_REPORTS_PORT = 8765
+
+
+def _reports_url(env, data_dir: str) -> str:
+    """IOT_ASSETS_REPORTS_URL; for a local data folder by default where `iot-assets ui` serves its reports.
+    An object store's reports need a static web endpoint of their own: no default."""
+    raw = env.get("IOT_ASSETS_REPORTS_URL", "").strip().rstrip("/")
+    if not raw:
+        return "" if "://" in data_dir else f"http://127.0.0.1:{DEFAULT_REPORTS_PORT}"
+    if not raw.startswith(("http://", "https://")):
+        raise SettingsError(f"IOT_ASSETS_REPORTS_URL={raw!r} is not an http(s) address")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: str  # the base location: an absolute local path or an object-store URL (s3://bucket/prefix)
@@ -129,6 +143,7 @@ class Settings:
     pseudonymise_remote: bool = False  # Internet peers too (they are evidence: kept in clear by default)
     pseudonymise_rotation: str = "year"  # year | month: how long a pseudonym lasts
     reveal_audit_log: str = ""  # where `iot-assets reveal` appends its audit lines
+    reports_url: str = ""  # where a browser reaches the reports folder over http (`iot-assets ui` serves it)
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -163,6 +178,7 @@ class Settings:
             feeds_dir=_location(env.get("IOT_ASSETS_FEEDS_DIR", "").strip() or f"{data_dir}/feeds"),
             feed_max_age_days=_parse_whole_number(env, "IOT_ASSETS_FEED_MAX_AGE_DAYS", 7, 0, 3650),
             **_pseudonymise_settings(env),
+            reports_url=_reports_url(env, data_dir),
         )
 
     @property

@@ -191,9 +191,9 @@ class AnomalyIncidents(pa.DataFrameModel):
     kind: Series[Text] = pa.Field(isin=list(KIND_RULES), description="guessed from the deviations (core/incidents.py)")
     kind_reason: Series[Text] = pa.Field(description="the rule that named the kind, with the deviations behind it")
     evidence_peers: Series[Text] = pa.Field(description="top remote peers during the incident")
-    evidence_ports: Series[Text] = pa.Field(description="top server ports during the incident")
+    evidence_ports: Series[Text] = pa.Field(description="top services (protocol/server port; ICMP has no port) during the incident")
     usual_peers: Series[Text] = pa.Field(description="top remote peers of the device's other flows that day")
-    usual_ports: Series[Text] = pa.Field()
+    usual_ports: Series[Text] = pa.Field(description="top services of the device's other flows that day")
     new_peers: Series[int] = pa.Field(ge=0, description="peers during the incident never seen outside it that day")
     model_version: Series[Text] = pa.Field(description="the anomaly detector's version")
 

@@ -66,29 +66,69 @@ class Rule:
     ports: tuple[int, ...]  # the service's ports; empty: any port
     port_side: str  # "remote": the peer's port (the device is the client); "device": the device's; "either"
     evidence: str  # one of EVIDENCE
-    why: str
+    why: str  # what the flows showed, in flow terms
+    meaning: str = ""  # what it means for the subscriber, in plain words
+    remediation: str = ""  # what to do about it
 
 
 # Every flow rule, one per kind. `known_advisory` is not a flow rule (see `advisory_findings`).
 RULES: tuple[Rule, ...] = (
     Rule("cleartext_http", "low", (TCP,), HTTP_PORTS, "remote", "answered",
-         "HTTP without TLS to an Internet server"),
+         "HTTP without TLS to an Internet server",
+         "Anyone on the path (Wi-Fi, ISP, transit) can read and alter what the device exchanges with its server, "
+         "including commands and firmware it downloads.",
+         "Check the vendor for firmware that uses HTTPS; if the device fetches updates over HTTP, keep it on a "
+         "separate network segment. If this traffic started with an incident, follow the incident first."),
     Rule("cleartext_mqtt", "medium", (TCP,), (1883,), "either", "answered",
-         "MQTT without TLS: device commands and credentials in cleartext"),
+         "MQTT without TLS: device commands and credentials in cleartext",
+         "The device's control channel and its login travel unencrypted: someone on the path can read them and "
+         "send the device commands.",
+         "Ask the vendor for MQTT over TLS (port 8883) or firmware that uses it; tell the subscriber to change "
+         "the device's cloud password."),
     Rule("telnet", "high", (TCP,), (23, 2323), "either", "answered",
-         "a telnet session with an Internet peer, either direction"),
-    Rule("ftp", "medium", (TCP,), (20, 21), "either", "answered", "FTP: credentials and files in cleartext"),
-    Rule("rtsp", "medium", (TCP, UDP), (554, 8554), "either", "answered", "RTSP video control in cleartext"),
-    Rule("tftp", "medium", (UDP,), (69,), "either", "device_sent", "TFTP: unauthenticated transfers"),
+         "a telnet session with an Internet peer, either direction",
+         "A remote login without encryption is open between the device and the Internet: the way Mirai-style "
+         "botnets take over IoT devices.",
+         "Contact the subscriber today: disable telnet or block TCP 23/2323 inbound, change the device's default "
+         "password, update its firmware; check the device's incidents for signs it is already taken over."),
+    Rule("ftp", "medium", (TCP,), (20, 21), "either", "answered", "FTP: credentials and files in cleartext",
+         "Files and the password that protects them cross the Internet unencrypted.",
+         "Switch the device to SFTP/FTPS or turn the FTP feature off; change the FTP password."),
+    Rule("rtsp", "medium", (TCP, UDP), (554, 8554), "either", "answered", "RTSP video control in cleartext",
+         "A camera's video stream control is reachable or sent in cleartext: others may watch the stream.",
+         "Turn off direct RTSP access from the Internet (router port forwarding, UPnP); use the vendor's "
+         "encrypted app or a VPN for remote viewing."),
+    Rule("tftp", "medium", (UDP,), (69,), "either", "device_sent", "TFTP: unauthenticated transfers",
+         "Files move with no login and no encryption: an attacker on the path can swap a firmware or "
+         "configuration file.",
+         "Find out what the device fetches over TFTP; ask the vendor for an authenticated update channel and keep "
+         "TFTP inside the home network."),
     Rule("upnp_ssdp_internet", "medium", (UDP,), (1900,), "either", "device_sent",
-         "SSDP (UPnP discovery) exchanged with an Internet peer"),
+         "SSDP (UPnP discovery) exchanged with an Internet peer",
+         "UPnP discovery, meant for the home network, reaches the Internet: the device can be found by scanners "
+         "and used to amplify attacks on others.",
+         "Turn UPnP off on the home router or the device, or block UDP 1900 at the line's edge."),
     Rule("hardcoded_dns", "low", (UDP, TCP), (53,), "remote", "device_sent",
-         "DNS sent to a public resolver instead of the home gateway"),
-    Rule("dns_over_tls", "info", (TCP,), (853,), "remote", "device_sent", "DNS over TLS (information, not a fault)"),
+         "DNS sent to a public resolver instead of the home gateway",
+         "The device ignores the network's resolver: the ISP's DNS protection does not cover it, and its lookups "
+         "cross the Internet unencrypted (or an attacker may have changed its DNS server).",
+         "If it is new, check whether the device's DNS setting was changed (DNS hijacking); otherwise note it: "
+         "blocking outbound DNS except to the ISP resolver brings the device back under protection."),
+    Rule("dns_over_tls", "info", (TCP,), (853,), "remote", "device_sent", "DNS over TLS (information, not a fault)",
+         "The device encrypts its DNS lookups: not a fault, but the ISP's DNS filtering does not see them.",
+         "Nothing to fix; note it when a DNS-based protection does not seem to apply to this device."),
     Rule("inbound_from_internet", "high", (TCP,), (), "device", "peer_opened",
-         "an Internet peer opened a TCP connection to the device and it answered"),
+         "an Internet peer opened a TCP connection to the device and it answered",
+         "The device accepts connections from the Internet: anyone who finds it can try to log in or attack the "
+         "service it offers.",
+         "Contact the subscriber: remove the router's port forwarding or UPnP mapping to the device, or block "
+         "inbound connections at the line; update the device's firmware."),
     Rule("udp_reflector", "high", (UDP,), AMPLIFICATION_PORTS, "device", "device_answered",
-         "the device answers UDP requests from Internet peers on an amplification port"),
+         "the device answers UDP requests from Internet peers on an amplification port",
+         "The device answers spoofed requests from the Internet with larger replies: it can be used in "
+         "denial-of-service attacks against others, and it is reachable from outside.",
+         "Block the UDP port inbound at the line or turn the service off on the device (UPnP/SSDP, discovery "
+         "protocols); contact the subscriber if it keeps answering."),
 )
 RULES_BY_KIND = {rule.kind: rule for rule in RULES}
 
@@ -101,6 +141,21 @@ VENDOR_CLOUD_PORTS = {
     (UDP, 8053): "Xiaomi Mijia LED: the miIO cloud protocol",
 }
 KINDS = tuple(rule.kind for rule in RULES) + ("known_advisory",)
+# `known_advisory` is not a flow rule, but is explained and remedied like one.
+ADVISORY_MEANING = ("The device model has published security advisories (listed with the finding): a firmware older "
+                    "than the fixed version can be attacked as the advisory describes.")
+ADVISORY_REMEDIATION = ("Ask the subscriber to update the device to the fixed firmware (or newer); where no fix "
+                        "exists, follow the advisory's mitigation or replace the device.")
+
+
+def finding_meaning(kind: str) -> str:
+    """What a finding kind means for the subscriber, in plain words."""
+    return ADVISORY_MEANING if kind == "known_advisory" else RULES_BY_KIND[kind].meaning
+
+
+def finding_remediation(kind: str) -> str:
+    """What to do about a finding kind."""
+    return ADVISORY_REMEDIATION if kind == "known_advisory" else RULES_BY_KIND[kind].remediation
 
 
 FINDING_COLUMNS = ["device_mac", "device", "predicted_device", "kind", "severity", "flows", "bytes",
@@ -206,6 +261,8 @@ def flow_findings(flows: pd.DataFrame, isp_resolvers: frozenset[str] = frozenset
 # ---------------------------------------------------------------- advisories
 
 ADVISORY_COLUMNS = ["vendor", "model", "advisory_id", "severity", "title", "url", "checked_date"]
+# Optional: files written before these columns existed still load (the fields are then empty).
+ADVISORY_VERSION_COLUMNS = ["affected_versions", "fixed_version"]
 ADVISORY_SEVERITIES = {"low": "low", "medium": "medium", "high": "high", "critical": "high"}
 DEFAULT_ADVISORIES = Path(__file__).parents[1] / "contracts" / "advisories.csv"
 
@@ -225,7 +282,7 @@ def read_advisories(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
                 raise ValueError(f"{path}: advisories file lacks column(s) {', '.join(missing)}")
             rows, problems = [], []
             for line, record in enumerate(reader, start=2):
-                values = {c: (record.get(c) or "").strip() for c in ADVISORY_COLUMNS}
+                values = {c: (record.get(c) or "").strip() for c in ADVISORY_COLUMNS + ADVISORY_VERSION_COLUMNS}
                 reason = _advisory_problem(values)
                 if reason:
                     problems.append(f"{path} line {line}: {reason}")
@@ -234,7 +291,26 @@ def read_advisories(path: Path | str) -> tuple[pd.DataFrame, list[str]]:
                     rows.append(values)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ValueError(f"{path}: cannot read the advisories file ({exc})") from exc
-    return pd.DataFrame(rows, columns=ADVISORY_COLUMNS), problems
+    return pd.DataFrame(rows, columns=ADVISORY_COLUMNS + ADVISORY_VERSION_COLUMNS), problems
+
+
+def advisory_details(evidence: list[str], advisories: pd.DataFrame) -> list[dict]:
+    """The advisories a `known_advisory` finding names (its evidence: `ID URL` each), as fields of their own.
+
+    An advisory no longer in the file keeps its id and link, with the other fields empty.
+    """
+    by_id = advisories.drop_duplicates("advisory_id").set_index("advisory_id") if len(advisories) else None
+    details = []
+    for item in evidence:
+        advisory_id, _, url = str(item).partition(" ")
+        known = by_id is not None and advisory_id in by_id.index
+        row = by_id.loc[advisory_id] if known else {}
+        details.append({"advisory_id": advisory_id, "title": row.get("title", "") if known else "",
+                        "severity": row.get("severity", "") if known else "",
+                        "affected_versions": row.get("affected_versions", "") if known else "",
+                        "fixed_version": row.get("fixed_version", "") if known else "",
+                        "url": url or (row.get("url", "") if known else "")})
+    return details
 
 
 def _advisory_problem(values: dict[str, str]) -> str | None:
@@ -437,10 +513,12 @@ def rules_coverage(flows: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- exposure.json and ground truth
 
 
-def exposure_json(exposure: pd.DataFrame, days: list[str] | None = None) -> dict:
+def exposure_json(exposure: pd.DataFrame, days: list[str] | None = None, advisories: pd.DataFrame | None = None) -> dict:
     """`reports/exposure.json`: the findings in `exposure` (device_exposure partitions, concatenated).
 
     `days`: the days evaluated (the materialized partitions); by default the days with rows.
+    Each finding says what it means and what to do; a `known_advisory` lists its advisories
+    (`advisory_details`, from `advisories`) instead of example peers.
     """
     seen = exposure[exposure["seen_today"]] if len(exposure) else exposure
     days = sorted(days if days is not None else (exposure["day"].unique() if len(exposure) else []))
@@ -462,13 +540,22 @@ def exposure_json(exposure: pd.DataFrame, days: list[str] | None = None) -> dict
         result["devices"].append({
             "device_mac": mac, "device": _none(identity.at[mac, "device"]),
             "predicted_device": _none(identity.at[mac, "predicted_device"]), "score": float(scores.at[mac, "score"]),
-            "findings": [{"kind": r.kind, "severity": r.severity, "first_seen": r.first_seen, "last_seen": r.last_seen,
-                          "days": int(r.days), "flows": int(r.flows), "example_peers": list(r.example_peers)}
-                         for r in rows.itertuples()],
+            "findings": [_finding_json(r, advisories) for r in rows.itertuples()],
         })
     result["lines"] = [{"line": r.line, "score": float(r.score), "devices": list(r.devices)}
                        for r in line_scores(latest).itertuples()]
     return result
+
+
+def _finding_json(r, advisories: pd.DataFrame | None) -> dict:
+    advisory = r.kind == "known_advisory"
+    finding = {"kind": r.kind, "severity": r.severity, "first_seen": r.first_seen, "last_seen": r.last_seen,
+               "days": int(r.days), "flows": int(r.flows), "example_peers": [] if advisory else list(r.example_peers),
+               "meaning": finding_meaning(r.kind), "remediation": finding_remediation(r.kind)}
+    if advisory:
+        finding["advisories"] = advisory_details(list(r.example_peers), advisories if advisories is not None
+                                                 else pd.DataFrame(columns=["advisory_id"]))
+    return finding
 
 
 def _none(value):

@@ -148,9 +148,18 @@ def day_incidents(scores: pd.DataFrame, deviations: pd.DataFrame, day: str, wind
     return found[found["end"] > pd.Timestamp(day, tz="UTC")].reset_index(drop=True)
 
 
-def _server_port(flows: pd.DataFrame) -> pd.Series:
-    # The server's port is the lower of the two, as in the features.
-    return np.minimum(flows["remote_port"], flows["device_port"]).astype(int)
+PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+
+
+def service_labels(flows: pd.DataFrame) -> pd.Series:
+    """The service of each flow: `tcp/443`, `udp/53`; `icmp` alone, since the numbers YAF puts in an ICMP
+    flow's port fields are its type and code, not ports. The server's port is the lower of the two, as in
+    the features."""
+    port = np.minimum(flows["remote_port"], flows["device_port"]).astype(int).astype(str)
+    protocol = flows["protocol"].astype(int)
+    names = protocol.map(PROTOCOL_NAMES).fillna("ip" + protocol.astype(str))
+    no_port = protocol.isin([1, 58])
+    return pd.Series(np.where(no_port, names, names + "/" + port), index=flows.index)
 
 
 def _top(flows: pd.DataFrame, key: pd.Series, top: int) -> str:
@@ -164,12 +173,13 @@ def _top(flows: pd.DataFrame, key: pd.Series, top: int) -> str:
 
 
 # The columns of the clean flows `incident_evidence` reads.
-FLOW_COLUMNS = ["device_mac", "flow_start", "remote_ip", "remote_port", "device_port", "bytes_out", "bytes_in"]
+FLOW_COLUMNS = ["device_mac", "flow_start", "remote_ip", "remote_port", "device_port", "protocol", "bytes_out",
+                "bytes_in"]
 
 
 def incident_evidence(incidents: pd.DataFrame, clean_flows: pd.DataFrame, top: int = 3) -> pd.DataFrame:
     """The incidents with the flows behind them: the top remote peers and server ports during
-    the incident against the device's usual ones (its other flows in `clean_flows`, which
+    (`service_labels`) the incident against the device's usual ones (its other flows in `clean_flows`, which
     should hold the incident's day), and how many peers during it were never seen outside it."""
     out = incidents.copy()
     for column in EVIDENCE_COLUMNS:
@@ -185,9 +195,9 @@ def incident_evidence(incidents: pd.DataFrame, clean_flows: pd.DataFrame, top: i
         during_mask = (flows["flow_start"] >= incident["start"]) & (flows["flow_start"] < incident["end"])
         during, usual = flows[during_mask], flows[~during_mask]
         out.at[i, "evidence_peers"] = _top(during, during["remote_ip"], top)
-        out.at[i, "evidence_ports"] = _top(during, _server_port(during), top)
+        out.at[i, "evidence_ports"] = _top(during, service_labels(during), top)
         out.at[i, "usual_peers"] = _top(usual, usual["remote_ip"], top)
-        out.at[i, "usual_ports"] = _top(usual, _server_port(usual), top)
+        out.at[i, "usual_ports"] = _top(usual, service_labels(usual), top)
         out.at[i, "new_peers"] = int(len(set(during["remote_ip"]) - set(usual["remote_ip"])))
     return out
 

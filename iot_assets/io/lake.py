@@ -14,6 +14,9 @@ runs inside its IO manager, and it is explicit: what `build` gathers (counts, ch
 ready only once the days are written, so the asset yields the output first and then calls
 `written()` on it before it reads what was gathered; `written()` raises if the IO manager has not
 written the days yet (a reordered `yield`), instead of letting a check pass on nothing.
+The run's output metadata is every day's of
+the run: what belongs to one day is attached to that day's partition explicitly, by the asset
+(`iot_assets.defs.day_metadata.attach`, also from inside a `build`) and, for the row count, here.
 
 The day is the partition, in the path: a `day` column of a daily table is not written into the
 file (a hive reader would see two `day` fields) and is restored from the path on load.
@@ -143,6 +146,7 @@ class LakeIOManager(dg.UPathIOManager):
                     raise ValueError(f"{context.asset_key.to_user_string()}: rows of {day} hold another `day`")
                 frame = frame.drop(columns="day")
             write_bytes_atomic(paths[day], parquet_bytes(frame))
+            _day_row_count(context, day, len(frame))
             if built:  # the day is written and dropped: give its memory back before the next is built
                 del frame
                 release_unused_memory()
@@ -176,6 +180,16 @@ class LakeIOManager(dg.UPathIOManager):
         return LazyDays(present, lambda path, table=None: self.load_from_path(context, path, table),
                         read=read_parquet if columns is None else lambda path: read_parquet(path, columns=list(columns)),
                         keep=metadata.get("keep_days", LazyDays.KEEP))
+
+
+def _day_row_count(context: dg.OutputContext, day: str, rows: int) -> None:
+    """The day's own row count on its partition: the output metadata is the whole run's (all its days)."""
+    try:
+        step = context.step_context
+    except dg.DagsterInvariantViolationError:
+        return  # an output context built outside a run (a test of the IO manager alone)
+    if len(context.asset_partition_keys) > 1:
+        step.add_asset_metadata({"dagster/row_count": rows}, asset_key=context.asset_key, partition_key=day)
 
 
 class LazyDays(Mapping):
@@ -232,3 +246,23 @@ def prune_outside(base_url: str, keep: set[str]) -> dict[str, list[str]]:
                 remove_tree(child)
                 removed.setdefault(asset_dir.name, []).append(child.name.removeprefix("day="))
     return {asset: sorted(days) for asset, days in removed.items()}
+
+
+def built_days(base_url: str, asset: str) -> list[str]:
+    """The days of a daily asset that are in the lake, in order."""
+    root = base_path(base_url) / "lake" / asset
+    if not root.exists():
+        return []
+    return sorted(child.name.removeprefix("day=") for child in root.iterdir()
+                  if child.name.startswith("day=") and (child / f"{PART}.parquet").exists())
+
+
+def read_day(base_url: str, asset: str, day: str) -> pd.DataFrame:
+    """One day of a daily asset as the assets read it (with its `day` column)."""
+    path = base_path(base_url) / "lake" / asset / f"day={day}" / f"{PART}.parquet"
+    return read_parquet(path).to_pandas().assign(day=day)
+
+
+def read_whole(base_url: str, asset: str) -> pd.DataFrame:
+    """An asset that is not partitioned by day."""
+    return read_parquet(base_path(base_url) / "lake" / asset / f"{PART}.parquet").to_pandas()

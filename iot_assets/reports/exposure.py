@@ -26,7 +26,9 @@ def _worklist_rows(worklist: pd.DataFrame, limit: int) -> list[list[str]]:
     for row in worklist.head(limit).itertuples():
         rows.append([f"{row.score:g}", _label(row), row.kind, row.severity, str(row.first_seen),
                      "new" if row.new_today else "", f"{row.flows:,}", f"{row.remote_peers:,}",
-                     ", ".join(row.evidence[:3])])
+                     # An advisory's link and versions are in a table of their own; its id names it here.
+                     ", ".join(str(e).split(" ")[0] if row.kind == "known_advisory" else str(e)
+                               for e in row.evidence[:3])])
     return rows
 
 

@@ -19,6 +19,10 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 table { border-collapse: collapse; font-size: 0.85em; } td, th { border: 1px solid #ddd; padding: 3px 8px; }
 th { background: #f4f4f4; } tr.flag td { background: #fde2e2; } img { max-width: 100%; }
 .note { color: #666; font-size: 0.9em; }
+#attention { background: #fff7e6; border: 1px solid #f2c94c; padding: 0.5em 1em; }
+#attention h2 { margin-top: 0.3em; border: none; }
+.legend { font-size: 0.85em; color: #444; margin: 0.4em 0 1em; }
+.legend dt { font-weight: bold; float: left; clear: left; margin-right: 0.5em; } .legend dd { margin: 0 0 0.2em 0; }
 """
 
 

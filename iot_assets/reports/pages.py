@@ -13,20 +13,205 @@ from iot_assets.core.features import CONTEXT_HOURS
 from iot_assets.core.incidents import GAP_WINDOWS, SINGLE_WINDOW_MIN_RATIO
 from iot_assets.reports.html import heatmap, page, plt, png, svg_heatmap, table
 
+# Every column the daily report shows, explained once (the legend under each table).
+COLUMN_LEGEND = {
+    "device_mac": "the device's MAC address",
+    "catalogue_device": "the catalogue's device for the MAC (empty: not in the catalogue)",
+    "status": "known: the classifier names a model it was trained on; unknown: the MAC resembles none of them",
+    "predicted_device": "the model the classifier names from the MAC's windows of the last week",
+    "predicted_category": "the named model's kind of device",
+    "confidence": "the classifier's probability for the named model, 0..1",
+    "nearest_known": "the trained model the MAC's traffic is closest to (named even when the status is unknown)",
+    "novelty": "how unlike every trained model the traffic is: 0 typical, 1 or more as far as the left-out devices "
+               "of the open-set test; above the threshold the MAC is unknown",
+    "runner_up": "the second most probable model",
+    "windows": "the MAC's windows (hours) the verdict pools",
+    "disagrees": "the named model is not the catalogue's device (highlighted)",
+    "device": "the catalogue device, or the MAC",
+    "device_name": "the catalogue device of the MAC (empty: not in the catalogue)",
+    "start": "start of the first flagged window (UTC; a date when it began the day before)",
+    "end": "end of the last flagged window (UTC; 24:00 when it runs into the next day)",
+    "windows_flagged": "windows (hours) above the device's threshold in the incident",
+    "peak_score_ratio": "the highest anomaly score over the device's threshold (1 = at the threshold)",
+    "kind": "what the deviations look like (scan-like, flood-like, service-mix, new-endpoint, volume, other)",
+    "kind_reason": "the rule that named the kind, with the deviations behind it",
+    "top_features": "the features that moved most in the peak window, in the device's usual spreads",
+    "evidence_peers": "remote peers of the device's flows during the incident (flows, MB out, MB in)",
+    "evidence_ports": "services (protocol/server port) during the incident; ICMP carries a type and code, not a port",
+    "usual_ports": "the device's services outside the incident that day",
+    "new_peers": "peers during the incident never seen outside it that day",
+    "drifted_share": "share of the device's behaviour features whose distribution moved past the drift limit "
+                     "(Jensen-Shannon distance to the training reference)",
+    "mix_ratio": "how far the device's most moved mix (services, ports, endpoints) is from the reference, in "
+                 "multiples of its limit (above 1: moved)",
+    "level": "major: 30% or more of the features drifted, or the services mix moved twice its limit; moderate: "
+             "10% or more, or a mix past its limit; none",
+    "why": "what made the level",
+    "top_drifted": "the features that moved most, with their distance",
+    "window": "the window (UTC hour) the move happened in",
+    "devices": "the devices that moved together (exposure: the line's devices)",
+    "features": "the features they moved",
+    "score": "the device's exposure score: the sum over its findings of high 10, medium 3, low 1, info 0",
+    "severity": "high: reachable or abusable from the Internet; medium: credentials, commands or video in "
+                "cleartext; low: metadata leaks; info: not a fault",
+    "first_seen": "the first day the device had this finding",
+    "new_today": "new: the device never had this finding before today (highlighted when high)",
+    "flows": "the device's flows that day that prove the finding (0 for an advisory: it follows from the model)",
+    "remote_peers": "distinct Internet peers in those flows",
+    "evidence": "examples of those flows (peer:port, or peer -> device:port when the peer opened it), or the "
+                "advisories of the device's model",
+    "line": "the subscriber line (by default the home gateway the device's traffic goes through)",
+}
+EXPOSURE_LEGEND = ["score", "device", "kind", "severity", "first_seen", "new_today", "flows", "remote_peers",
+                   "evidence", "line", "devices"]
+
+
+def legend(columns) -> str:
+    """The columns' explanations, under a table."""
+    items = "".join(f"<dt>{html.escape(c)}</dt><dd>{html.escape(COLUMN_LEGEND[c])}</dd>"
+                    for c in columns if c in COLUMN_LEGEND)
+    return f"<details class='legend'><summary>columns explained</summary><dl>{items}</dl></details>" if items else ""
+
+
+def drift_reason(summary: pd.DataFrame) -> pd.Series:
+    """Why each device's drift level is what it is: the drifted share or the mix that moved."""
+    def reason(row) -> str:
+        if row.level == "none":
+            return ""
+        if row.drifted_share >= drift.MODERATE:
+            return f"{row.drifted_share:.0%} of features drifted"
+        return f"a traffic mix moved {row.mix_ratio:.1f}x its limit ({row.drifted_share:.0%} of features drifted)"
+    return pd.Series([reason(r) for r in summary.itertuples()], index=summary.index, dtype=object)
+
+
+def model_line(version: str, labels: dict[str, str]) -> str:
+    return labels.get(version, version)
+
+
+def needs_attention(day: str, inventory: pd.DataFrame, incidents: pd.DataFrame, drift_summary: pd.DataFrame,
+                    exposure_changes: pd.DataFrame | None) -> list[tuple[str, str]]:
+    """(section anchor, sentence) per thing an analyst should look at today: incidents, new or worse exposure
+    findings, drift, unknown devices; in that order."""
+    items = []
+    midnight = pd.Timestamp(day, tz="UTC")
+    for r in incidents.sort_values("start").itertuples() if len(incidents) else ():
+        start = pd.Timestamp(r.start)
+        since = f"since {start:%m-%d %H:%M}" if start < midnight else f"from {start:%H:%M}"
+        name = r.device_name if isinstance(r.device_name, str) else r.device_mac
+        items.append(("incidents", f"{name}: {r.kind} incident {since} to {pd.Timestamp(r.end):%H:%M}, "
+                                   f"peak {r.peak_score_ratio:.1f}x its threshold"))
+    if exposure_changes is not None and len(exposure_changes):
+        baseline = int((exposure_changes["change"] == "baseline").sum())
+        if baseline:
+            items.append(("exposure", f"the first day of exposure history: {baseline} finding(s) are the baseline, "
+                                      "later days report what changes"))
+        for r in exposure_changes[exposure_changes["change"].isin(["new", "worse"])].itertuples():
+            what = "new" if r.change == "new" else "worse"
+            items.append(("exposure", f"{r.device}: {what} {r.severity} exposure finding {r.finding} "
+                                      f"({r.meaning})"))
+    for r in drift_summary[drift_summary["level"] != "none"].itertuples() if len(drift_summary) else ():
+        name = r.device_name if isinstance(r.device_name, str) else r.device_mac
+        items.append(("drift", f"{name}: {r.level} drift, {r.why}"))
+    unknown = inventory[(inventory["status"] == "unknown") | ~inventory["in_catalogue"].astype(bool)] \
+        if len(inventory) else inventory
+    for r in unknown.itertuples():
+        items.append(("inventory", f"{r.device_mac}: "
+                                   + ("not in the catalogue" if not r.in_catalogue else "an unknown model")
+                                   + f", nearest known model {r.nearest_known} (novelty {r.novelty:.2f})"))
+    return items
+
+
+def _attention_html(items: list[tuple[str, str]]) -> str:
+    if not items:
+        return ("<section id='attention'><h2>Needs attention</h2><p>Nothing today: no incident, no new or worse "
+                "exposure finding, no drift, every device a known model.</p></section>")
+    rows = "".join(f"<li><a href='#{anchor}'>{html.escape(anchor)}</a>: {html.escape(text)}</li>" for anchor, text in items)
+    return f"<section id='attention'><h2>Needs attention</h2><ul>{rows}</ul></section>"
+
+
+def _advisories_html(advisories: list[dict]) -> str:
+    """The advisories as a table of their own fields, each linked."""
+    head = "".join(f"<th>{c}</th>" for c in ("device", "advisory", "severity", "title", "affected versions",
+                                              "fixed version"))
+    rows = "".join(
+        "<tr>" + f"<td>{html.escape(str(a.get('device', '')))}</td>"
+        + f"<td><a href='{html.escape(a['url'], quote=True)}'>{html.escape(a['advisory_id'])}</a></td>"
+        + "".join(f"<td>{html.escape(str(a.get(k) or ''))}</td>" for k in ("severity", "title", "affected_versions"))
+        + f"<td>{html.escape(a.get('fixed_version') or 'none published')}</td></tr>"
+        for a in advisories)
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
 
 def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incidents: pd.DataFrame,
-               feature_drift: pd.DataFrame, windows: pd.DataFrame, extra_sections: list[str] = ()) -> str:
-    """The day in one HTML page: inventory, anomalies on a timeline and as incidents, drift, each device's traffic."""
-    body = [f"<p class='note'>{len(inventory)} MACs, {len(windows)} device-windows; model versions: "
-            f"{html.escape(', '.join(_versions(inventory, scores, feature_drift)))}.</p>"]
-    body.append("<h2>Inventory</h2>")
-    shown = inventory[[c for c in ("device_mac", "catalogue_device", "status", "predicted_device", "predicted_category",
-                                   "confidence", "nearest_known", "novelty", "runner_up", "windows", "disagrees")
-                       if c in inventory]]
-    body.append(table(shown, flag=inventory["disagrees"].astype(bool) | inventory["catalogue_device"].isna()
-                      if len(inventory) else None))
+               feature_drift: pd.DataFrame, windows: pd.DataFrame, extra_sections: list[str] = (),
+               exposure_section: str = "", exposure_changes: pd.DataFrame | None = None,
+               model_labels: dict[str, str] | None = None, advisories: list[dict] = ()) -> str:
+    """The day in one HTML page: what needs attention first, then incidents, exposure, drift, inventory,
+    the anomaly timeline and each device's traffic.
 
-    body.append("<h2>Anomalies</h2>")
+    `exposure_changes`: the day's exposure worklist as `day_tables.exposure_table` rows (finding, severity,
+    change, meaning); `model_labels`: version -> a name with its training range, date and metric;
+    `advisories`: the advisories behind the day's `known_advisory` findings (`exposure.advisory_details`, with
+    the `device`).
+    """
+    labels = model_labels or {}
+    if exposure_changes is not None:
+        exposure_changes = exposure_changes.rename(columns={"what it means": "meaning", "what to do": "remedy"})
+    summary = drift.summarize(feature_drift)
+    summary = summary.assign(why=drift_reason(summary)) if len(summary) else summary.assign(why=pd.Series(dtype=object))
+    versions = _versions(inventory, scores, feature_drift)
+    body = [_attention_html(needs_attention(day, inventory, incidents, summary, exposure_changes))]
+    body.append(f"<p class='note'>{len(inventory)} MACs, {len(windows)} device-windows. Models that scored this "
+                "day:</p><ul class='note'>" + "".join(f"<li>{html.escape(model_line(v, labels))}</li>" for v in versions)
+                + "</ul>")
+
+    body.append("<section id='incidents'><h2>Incidents</h2>")
+    flagged_count = int(scores["anomaly"].astype(bool).sum()) if len(scores) else 0
+    body.append(f"<p class='note'>{flagged_count} flagged windows make {len(incidents)} incidents (flagged windows "
+                f"of a device with at most {GAP_WINDOWS} quiet windows between them; a lone window under "
+                f"{SINGLE_WINDOW_MIN_RATIO:g}x the threshold is none).</p>")
+    incident_columns = ["device", "start", "end", "windows_flagged", "peak_score_ratio", "kind", "kind_reason",
+                        "top_features", "evidence_peers", "evidence_ports", "usual_ports", "new_peers"]
+    if len(incidents):
+        start, end = pd.to_datetime(incidents["start"], utc=True), pd.to_datetime(incidents["end"], utc=True)
+        midnight = pd.Timestamp(day, tz="UTC")
+        # An incident going on since the day before shows that day; one ending at the next midnight, 24:00.
+        shown = incidents.assign(device=incidents["device_name"].fillna(incidents["device_mac"]),
+                                 start=start.dt.strftime("%H:%M").where(start >= midnight, start.dt.strftime("%m-%d %H:%M")),
+                                 end=end.dt.strftime("%H:%M").where(end < midnight + pd.Timedelta(days=1), "24:00"))
+        body.append(table(shown[incident_columns], digits=1))
+        body.append(legend(incident_columns))
+    else:
+        body.append("<p class='note'>no incident</p>")
+    body.append("</section>")
+
+    body.append(f"<section id='exposure'>{exposure_section or '<h2>Exposure</h2><p class=note>not built</p>'}")
+    if exposure_changes is not None and len(exposure_changes):
+        kinds = exposure_changes.drop_duplicates("finding")
+        body.append("<h3>What the findings mean and what to do</h3>")
+        body.append(table(kinds[["finding", "meaning", "remedy"]].rename(
+            columns={"meaning": "what it means", "remedy": "what to do"})))
+    if advisories:
+        body.append("<h3>Advisories of the devices' models</h3>" + _advisories_html(advisories))
+    if exposure_section:
+        body.append(legend(EXPOSURE_LEGEND))
+    body.append("</section>")
+
+    body.append("<section id='drift'><h2>Drift against the training reference</h2>")
+    drift_columns = ["device_mac", "device_name", "level", "why", "drifted_share", "mix_ratio", "top_drifted"]
+    body.append(table(summary[[c for c in drift_columns if c in summary]],
+                      flag=summary["level"] == "major" if len(summary) else None))
+    body.append(legend(drift_columns) + "</section>")
+
+    body.append("<section id='inventory'><h2>Inventory</h2>")
+    inventory_columns = [c for c in ("device_mac", "catalogue_device", "status", "predicted_device",
+                                     "predicted_category", "confidence", "nearest_known", "novelty", "runner_up",
+                                     "windows", "disagrees") if c in inventory]
+    body.append(table(inventory[inventory_columns], flag=inventory["disagrees"].astype(bool)
+                      | inventory["catalogue_device"].isna() if len(inventory) else None))
+    body.append(legend(inventory_columns) + "</section>")
+
+    body.append("<section id='anomalies'><h2>Anomaly scores</h2>")
     if len(scores) and scores["has_model"].astype(bool).any():
         scores = scores.assign(label=scores["device_name"].fillna(scores["device_mac"]),
                                window=scores["window_start"].dt.strftime("%H:%M"))
@@ -35,18 +220,6 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
         body.append(svg_heatmap(np.log2(timeline.clip(lower=1e-3)), "anomaly score / device threshold per window, "
                                 "x = flagged", "log2", cmap="coolwarm", vmin=-3, vmax=3,
                                 marks=set(zip(flagged["label"], flagged["window"]))))
-        body.append(f"<h3>Incidents</h3><p class='note'>{len(flagged)} flagged windows make {len(incidents)} "
-                    f"incidents (flagged windows of a device with at most {GAP_WINDOWS} quiet windows between them; "
-                    f"a lone window under {SINGLE_WINDOW_MIN_RATIO:g}x the threshold is none).</p>")
-        start, end = pd.to_datetime(incidents["start"], utc=True), pd.to_datetime(incidents["end"], utc=True)
-        midnight = pd.Timestamp(day, tz="UTC")
-        # An incident going on since the day before shows that day; one ending at the next midnight, 24:00.
-        shown = incidents.assign(device=incidents["device_name"].fillna(incidents["device_mac"]),
-                                 start=start.dt.strftime("%H:%M").where(start >= midnight, start.dt.strftime("%m-%d %H:%M")),
-                                 end=end.dt.strftime("%H:%M").where(end < midnight + pd.Timedelta(days=1), "24:00"))
-        body.append(table(shown[["device", "start", "end", "windows_flagged", "peak_score_ratio", "kind", "kind_reason",
-                                 "top_features", "evidence_peers", "evidence_ports", "usual_ports", "new_peers"]],
-                          digits=1))
         network = anomaly.network_windows(scores)
         if len(network):
             body.append("<h3>Moves of the whole network</h3><p class='note'>Most devices moved these features the same "
@@ -54,15 +227,12 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
                         "device's score.</p>")
             moves = network.groupby("window").agg(devices=("label", lambda names: ", ".join(sorted(set(names)))),
                                                   features=("network_features", "first")).reset_index()
-            body.append(table(moves))
+            body.append(table(moves) + legend(["window", "devices", "features"]))
     else:
         body.append("<p class='note'>no anomaly model for these devices yet</p>")
+    body.append("</section>")
 
-    body.append("<h2>Drift against the training reference</h2>")
-    summary = drift.summarize(feature_drift)
-    body.append(table(summary, flag=summary["level"] == "major" if len(summary) else None))
-
-    body.append("<h2>Traffic profile</h2>")
+    body.append("<section id='traffic'><h2>Traffic profile</h2>")
     if len(windows):
         profile = windows.assign(label=windows["device_name"].fillna(windows["device_mac"]),
                                  hour=windows["window_start"].dt.hour)
@@ -70,6 +240,7 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
                                 "own flows per hour (gateway probes left out)", "log(1 + flows)"))
         body.append(svg_heatmap(profile.pivot_table(index="label", columns="hour", values="w_log_bytes_out"),
                                 "bytes out of the device per hour", "log(1 + bytes)", cmap="magma"))
+    body.append("</section>")
     body.extend(extra_sections)
     return page(f"iot-assets daily report {day}", body)
 
@@ -131,8 +302,8 @@ def model_page(metrics: dict, anomaly_metrics: dict, versions: dict[str, str], s
                extra_sections: list[str] = ()) -> str:
     """The models in one HTML page: exploration, confusion matrix, scores, importance, ROC curves, drift."""
     body = [f"<p class='note'>Trained on {metrics['train_range'][0]} .. {metrics['train_range'][1]}, evaluated on "
-            f"{metrics['eval_range'][0]} .. {metrics['eval_range'][1]} ({metrics['window']} windows). Model versions: "
-            + ", ".join(f"{html.escape(a)} <b>{html.escape(v)}</b>" for a, v in versions.items()) + ".</p>"]
+            f"{metrics['eval_range'][0]} .. {metrics['eval_range'][1]} ({metrics['window']} windows). Model versions:"
+            + "</p><ul class='note'>" + "".join(f"<li>{html.escape(v)}</li>" for v in versions.values()) + "</ul>"]
     for served in (metrics, anomaly_metrics):
         challenge = served.get("challenge")
         if challenge:

@@ -278,16 +278,16 @@ def test_kind_rules(moved, kind):
 def test_incident_evidence_sets_the_incident_flows_against_the_usual_ones():
     start = pd.Timestamp("2019-07-01 03:00", tz="UTC")
     usual = pd.DataFrame({"device_mac": "m1", "flow_start": pd.date_range("2019-07-01", periods=20, freq="h", tz="UTC"),
-                          "remote_ip": "52.1.2.3", "remote_port": 443, "device_port": 40000,
+                          "remote_ip": "52.1.2.3", "remote_port": 443, "device_port": 40000, "protocol": 6,
                           "bytes_out": 1000, "bytes_in": 5000})
     usual = usual[(usual["flow_start"] < start) | (usual["flow_start"] >= start + pd.Timedelta(hours=2))]
     attack = pd.DataFrame({"device_mac": "m1", "flow_start": start + pd.to_timedelta(np.arange(50), unit="min"),
-                           "remote_ip": "203.0.113.9", "remote_port": 8080, "device_port": 50000,
+                           "remote_ip": "203.0.113.9", "remote_port": 8080, "device_port": 50000, "protocol": 6,
                            "bytes_out": 2_000_000, "bytes_in": 0})
     found = pd.DataFrame([{"device_mac": "m1", "start": start, "end": start + pd.Timedelta(hours=2)}])
     evidence = incidents.incident_evidence(found, pd.concat([usual, attack], ignore_index=True)).iloc[0]
     assert evidence["evidence_peers"] == "203.0.113.9 (50 flows, 100.00 MB out, 0.00 MB in)"
-    assert evidence["evidence_ports"].startswith("8080 (50 flows")
+    assert evidence["evidence_ports"].startswith("tcp/8080 (50 flows")
     assert evidence["usual_peers"] == "52.1.2.3 (18 flows, 0.02 MB out, 0.09 MB in)"
     assert evidence["new_peers"] == 1
 

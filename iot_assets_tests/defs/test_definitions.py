@@ -164,7 +164,8 @@ def test_iot_assets_run_from_an_empty_landing_zone(tmp_path):
     assert detector["incidents"]["clean_device_days"] > 0
     assert len(detector["per_device"]) >= detector["devices_modelled"] - len(attacked)
     assert all(d["clean_windows"] > 0 and 0 <= d["fpr_clean"] <= 0.1 for d in detector["per_device"].values())
-    assert "<h3>Incidents</h3>" in (reports / "daily" / "2019-07-02.html").read_text()
+    daily = (reports / "daily" / "2019-07-02.html").read_text()
+    assert "<h2>Incidents</h2>" in daily and daily.index("Needs attention") < daily.index("<h2>Incidents</h2>")
     # Every scored row names the model version that produced it, and that version is stored.
     scores = pd.read_parquet(data / "lake" / "anomaly_scores")
     inventory = pd.read_parquet(data / "lake" / "device_inventory")

@@ -154,7 +154,9 @@ def test_an_injected_scan_is_an_incident_of_its_device_on_its_day(tmp_path):
     for name in ("Qrio Hub", "Xiaomi Mijia LED"):
         assert metrics["per_device"][name]["clean_windows"] == 48 and metrics["per_device"][name]["fpr_clean"] <= 0.05
     page = (data / "reports" / "daily" / f"{day}.html").read_text()
-    assert "<h3>Incidents</h3>" in page and "scan-like" in page
+    assert "<h2>Incidents</h2>" in page and "scan-like" in page
+    attention = page[page.index("Needs attention"):page.index("</section>")]
+    assert "Nature Remo: scan-like incident" in attention
 
 
 @pytest.mark.slow
@@ -267,7 +269,8 @@ def test_a_ranged_run_writes_each_day_as_single_day_runs_do(tmp_path):
         if mode == "ranged":
             result = flows.execute_in_process(instance=instance, tags=range_tags(days[0], days[-1]))
             assert result.success
-            results["windows_metadata"] = result.asset_materializations_for_node("device_windows")[0].metadata
+            results["windows_metadata"] = {m.partition: m.metadata
+                                           for m in result.asset_materializations_for_node("device_windows")}
         else:
             for day in days:  # in order: a day's windows take the day before as context
                 assert flows.execute_in_process(instance=instance, partition_key=day).success
@@ -279,6 +282,9 @@ def test_a_ranged_run_writes_each_day_as_single_day_runs_do(tmp_path):
             pd.testing.assert_frame_equal(ranged, single, check_exact=True, obj=f"{asset} {day}")
             if asset == "device_windows":
                 assert len(ranged) > 0 and ranged["window_start"].min() >= pd.Timestamp(day, tz="UTC")
-    windows = sum(len(pd.read_parquet(tmp_path / "ranged" / "lake" / "device_windows" / f"day={d}")) for d in days)
-    assert results["windows_metadata"]["windows"].value == windows
-    assert results["windows_metadata"]["days"].value == len(days)
+    # Each day's materialization carries that day's figures; `days` is the run's.
+    for day in days:
+        windows = len(pd.read_parquet(tmp_path / "ranged" / "lake" / "device_windows" / f"day={day}"))
+        metadata = results["windows_metadata"][day]
+        assert metadata["windows"].value == metadata["dagster/row_count"].value == windows
+        assert metadata["days"].value == len(days)

@@ -20,6 +20,7 @@ from iot_assets.core.features import (
     build_windows,
 )
 from iot_assets.defs.automation.sensors import AFTER_ITS_INPUTS
+from iot_assets.defs.day_metadata import attach, incidents_metadata, inventory_metadata
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.defs.resources import ModelSettings
@@ -127,6 +128,25 @@ SCORE_COLUMNS = ["device_mac", "window_start", "score", "threshold", "top_featur
                  "anomaly", "score_ratio", "device_name", "model_version"]
 
 
+def _scores_metadata(scores: pd.DataFrame) -> dict:
+    """anomaly_scores' figures of one day."""
+    modelled = scores[scores["has_model"].astype(bool)] if len(scores) else scores
+    flagged = scores[scores["anomaly"].astype(bool)] if len(scores) else scores
+    network = anomaly.network_windows(scores)
+    return {
+        "windows": len(scores), "anomalies": len(flagged),
+        "anomaly_rate": float(modelled["anomaly"].astype(bool).mean()) if len(modelled) else 0.0,
+        "without_model": int((~scores["has_model"].astype(bool)).sum()) if len(scores) else 0,
+        "flagged": dg.MetadataValue.md(flagged[["device_name", "device_mac", "window_start", "score_ratio",
+                                                "top_features"]].head(20).to_markdown(index=False)
+                                       if len(flagged) else "none"),
+        "network_windows": len(network),
+        "network_moves": dg.MetadataValue.md(
+            network.groupby("window_start").agg(devices=("device_mac", "size"), features=("network_features", "first"))
+            .reset_index().head(20).to_markdown(index=False) if len(network) else "none"),
+    }
+
+
 def _aligned_deviations(detector: anomaly.AnomalyDetector, windows: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     """The detector's deviations of `windows`, on the rows of `scores` (matched by device and window)."""
     deviations = detector.deviations(windows)
@@ -158,6 +178,7 @@ def build(parts: Partitions) -> list:
         def build(day: str) -> pd.DataFrame:  # each day as the lake writes it: a ranged run holds one day's flows
             frame = build_windows(clean_flows[day], clean_flows.get(previous_day(day)), day, minutes)
             windows.append(len(frame))
+            attach(context, "device_windows", day, {"windows": len(frame), "devices": int(frame["device_mac"].nunique())})
             return frame
 
         return dg.Output(DaysBuilt(context.partition_keys, build, lambda: {"windows": sum(windows)}),
@@ -231,7 +252,9 @@ def build(parts: Partitions) -> list:
         # lake that starts later: a verdict pools the days there are. Each is read once.
         ins={"device_windows": dg.AssetIn(partition_mapping=INVENTORY_WEEK,
                                           metadata={"allow_missing_partitions": True,
-                                                    "keep_days": INVENTORY_DAYS})},
+                                                    "keep_days": INVENTORY_DAYS}),
+             # Only for the UI's table: which subscriber line each MAC sits on (none while it is not built).
+             "line_membership": dg.AssetIn(metadata={"allow_missing": True})},
         check_specs=[
             dg.AssetCheckSpec("inventory_agrees_with_catalogue", asset="device_inventory",
                               description="At least 90% of the catalogue MACs seen get their catalogue device."),
@@ -242,7 +265,7 @@ def build(parts: Partitions) -> list:
         ],
     )
     def device_inventory(context: dg.AssetExecutionContext, device_windows: LazyDays,
-                         device_classifier: classifier.DeviceClassifier):
+                         device_classifier: classifier.DeviceClassifier, line_membership: pd.DataFrame | None):
         """Per MAC seen that day: the predicted device (or `unknown`) and category with confidence,
         from its windows of the last week (`INVENTORY_DAYS`), against the catalogue."""
         model = device_classifier
@@ -253,6 +276,7 @@ def build(parts: Partitions) -> list:
             week = [d for d in inventory_days(day) if d in device_windows]
             frames = {d: frames[d] if d in frames else device_windows[d] for d in week}
             out[day] = predict_inventory(model, concat_days(frames), day).assign(model_version=model.version)
+            attach(context, "device_inventory", day, inventory_metadata(out[day], day, line_membership))
         inventory = concat_days(out)
         known = inventory[inventory["in_catalogue"].astype(bool)] if len(inventory) else inventory
         agreement = float((~known["disagrees"].astype(bool)).mean()) if len(known) else None
@@ -364,6 +388,8 @@ def build(parts: Partitions) -> list:
         over = {day: rate for day, rate in rates.items() if rate > bound}
         flagged = scores[scores["anomaly"].astype(bool)] if len(scores) else scores
         network = anomaly.network_windows(scores)
+        for day, table in out.items():
+            attach(context, "anomaly_scores", day, _scores_metadata(table))
         yield dg.Output(out, metadata={
             "windows": len(scores), "anomalies": len(flagged), "model_version": detector.version,
             "anomaly_rate": float(modelled["anomaly"].astype(bool).mean()) if len(modelled) else 0.0,
@@ -412,15 +438,10 @@ def build(parts: Partitions) -> list:
             flows = concat_days({d: clean_flows[d] for d in days if d in clean_flows})
             found = incidents.incident_evidence(found, flows)
             out[day] = AnomalyIncidents.validate(found.assign(model_version=anomaly_detector.version))
-        table = concat_days(out)
-        shown = ["device_name", "device_mac", "start", "end", "windows_flagged", "peak_score_ratio", "kind", "kind_reason",
-                 "evidence_ports", "new_peers"]
+            attach(context, "anomaly_incidents", day, incidents_metadata(out[day], day))
+        # Each day's table and counts are on its own partition (`attach`); the run's are the days'.
         return dg.Output(out, metadata={
-            "incidents": len(table), "model_version": anomaly_detector.version,
-            "per_kind": dg.MetadataValue.json(table["kind"].value_counts().to_dict() if len(table) else {}),
-            "incidents_table": dg.MetadataValue.md(table[shown].sort_values("peak_score_ratio", ascending=False)
-                                                   .head(30).to_markdown(index=False, floatfmt=".1f")
-                                                   if len(table) else "no incident"),
+            "model_version": anomaly_detector.version, "days_in_run": len(out),
             "dagster/column_schema": column_schema(AnomalyIncidents),
         })
 
@@ -499,6 +520,14 @@ def build(parts: Partitions) -> list:
             out[day] = table
             summaries.append(drift.summarize(table).assign(day=day))
         summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
+        for day_summary in summaries:
+            day = day_summary["day"].iloc[0] if len(day_summary) else None
+            if day is not None:
+                attach(context, "feature_drift", day, {
+                    "devices": len(day_summary), "drifted_devices": int((day_summary["level"] != "none").sum()),
+                    "drifted_features": int(out[day]["drifted"].sum()),
+                    "summary": dg.MetadataValue.md(day_summary.drop(columns="day").to_markdown(index=False,
+                                                                                              floatfmt=".2f"))})
         major = summary[summary["level"] == "major"] if len(summary) else summary
         moderate = summary[summary["level"] == "moderate"] if len(summary) else summary
         per_day = {day: {"devices": int(len(part)), "drifted": int((part["level"] != "none").sum())}

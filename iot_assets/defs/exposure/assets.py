@@ -8,12 +8,12 @@ import pandas as pd
 from iot_assets.contracts.calendar import previous_day
 from iot_assets.core import exposure
 from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY, concat_days
+from iot_assets.defs.day_metadata import attach, exposure_metadata
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.defs.resources import ExposureSettings, ModelSettings
 from iot_assets.io.lake import LazyDays
 from iot_assets.io.reports import ReportFiles
-from iot_assets.reports.exposure import worklist_markdown
 from iot_assets.synthetic.inject import EXPOSURE_EPISODE_TYPES
 
 # A device whose Internet flows are mostly on ports the rules and the known-service table
@@ -65,7 +65,7 @@ def build(parts: Partitions) -> list:
         for problem in problems:
             context.log.warning(f"advisory left out: {problem}")
         partitions = set(parts.daily.get_partition_keys())
-        out, worklists, new_high, uncovered, baseline_days = {}, [], [], [], []
+        out, new_high, uncovered, baseline_days = {}, [], [], []
         for day in context.partition_keys:
             before = previous_day(day)
             previous = out.get(before, previous_exposure.get(before))
@@ -76,20 +76,17 @@ def build(parts: Partitions) -> list:
             today = exposure.day_findings(flows, inventory, advisories)
             table = exposure.carry_history(previous, today, day, exposure.device_lines(flows) if len(flows) else {})
             out[day] = table
-            worklists.append(exposure.worklist(table))
+            attach(context, "device_exposure", day, exposure_metadata(table, day, previous))
             if previous is None:
                 baseline_days.append(day)  # the first day of history: its findings are the baseline
             else:
                 new_high.append(exposure.new_high_findings(table).assign(day=day))
             uncovered.append(_coverage_note(exposure.rules_coverage(flows)).assign(day=day))
-        work = concat_days(dict(enumerate(worklists)))
         fresh = pd.concat(new_high, ignore_index=True) if new_high else pd.DataFrame(columns=["day", "device_mac", "kind"])
         unexplained = pd.concat(uncovered, ignore_index=True)
+        # Each day's worklist and counts are on its own partition (`attach`).
         yield dg.Output(out, metadata={
-            "findings": len(work), "devices_with_findings": int(work["device_mac"].nunique()) if len(work) else 0,
-            "new": int(work["new_today"].sum()) if len(work) else 0,
-            "high": int((work["severity"] == "high").sum()) if len(work) else 0,
-            "worklist": dg.MetadataValue.md(worklist_markdown(worklists[-1])),  # the last day's, for the UI
+            "days_in_run": len(out),
             "advisories": dg.MetadataValue.path(exposure_settings.advisories_path),
             "advisories_left_out": dg.MetadataValue.json(problems),
         })
@@ -112,14 +109,14 @@ def build(parts: Partitions) -> list:
 
     @dg.asset(group_name="exposure", ins={"device_exposure": EVERY_BUILT_DAY})
     def exposure_report(context: dg.AssetExecutionContext, device_exposure: LazyDays,
-                        model_settings: ModelSettings, reports: ReportFiles):
+                        model_settings: ModelSettings, reports: ReportFiles, exposure_settings: ExposureSettings):
         """reports/exposure.json over every built day, and reports/exposure_metrics.json against injected exposure episodes."""
         table = concat_days(device_exposure)
         days = sorted(device_exposure)  # a day without any finding has no rows, but it was evaluated
-        report = exposure.exposure_json(table, days)
+        report = exposure.exposure_json(table, days, exposure.read_advisories(exposure_settings.advisories_path)[0])
         path = reports.write_json("exposure.json", report)
         metadata = {"devices": len(report["devices"]), "lines": len(report["lines"]),
-                    "day_range": dg.MetadataValue.json(report["day_range"]), "report": dg.MetadataValue.path(str(path))}
+                    "day_range": dg.MetadataValue.json(report["day_range"]), **reports.metadata(path)}
         episodes = model_settings.read_episodes(EXPOSURE_EPISODE_TYPES)
         if episodes is not None and len(episodes):
             metrics = exposure.exposure_metrics(table, episodes, days=days)

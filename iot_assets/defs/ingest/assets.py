@@ -19,6 +19,7 @@ from iot_assets.contracts.schemas import (
 from iot_assets.core.clean import COLLECTOR_COLUMNS, DECODED_COLUMNS, to_device_centric
 from iot_assets.core.ingest import ArchiveSummary
 from iot_assets.core.pseudonymiser import Pseudonymiser
+from iot_assets.defs.day_metadata import attach
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.io.lake import DaysBuilt, LazyDays, prune_outside
@@ -241,6 +242,7 @@ def build(parts: Partitions) -> list:
                 "archive_days": dg.MetadataValue.json(now),
                 "pruned_outside_range": dg.MetadataValue.json(pruned),
                 "reconciliation": dg.MetadataValue.path(str(report_path)),
+                "reconciliation_url": dg.MetadataValue.url(reports.url(report_path)),
                 "manifest": dg.MetadataValue.md(manifest.drop(columns=["sha256", "staged_key", "rows_per_day"])
                                                 .to_markdown(index=False)),
             },
@@ -279,6 +281,7 @@ def build(parts: Partitions) -> list:
             if failures is not None:
                 schema_bad[day] = f"{int(failures['rows'].sum())} failures"
             rows.append(len(df))
+            attach(context, "decoded_flows", day, {"rows": len(df), "archives": len(actual)})
             return df
 
         days = context.partition_keys
@@ -345,6 +348,12 @@ def build(parts: Partitions) -> list:
                 by_reason[reason] = by_reason.get(reason, 0) + int(n)
             rejects_by_day[day], samples[day], rows_by_day[day] = rejects, flow_sample(clean, seed=0), len(clean)
             devices_by_day[day] = clean["device_name"].fillna(clean["device_mac"]).fillna(clean["device_ip"]).value_counts()
+            attach(context, "clean_flows", day, {
+                "rows": len(clean), "devices": len(devices_by_day[day]),
+                "rows_per_device": dg.MetadataValue.json({k: int(v) for k, v in devices_by_day[day].items()})})
+            attach(context, "clean_rejects", day, {"rows": len(rejects), "by_reason": dg.MetadataValue.json(
+                {reason: int(n) for reason, n in rejects["reason"].value_counts().items()})})
+            attach(context, "flow_sample", day, {"rows": len(samples[day])})
             return clean
 
         def clean_metadata() -> dict:

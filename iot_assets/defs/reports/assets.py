@@ -5,17 +5,21 @@ import warnings
 
 import dagster as dg
 
+from iot_assets.contracts.calendar import previous_day
 from iot_assets.core import exposure
 from iot_assets.core.anomaly import AnomalyDetector
 from iot_assets.core.classifier import DeviceClassifier
 from iot_assets.defs.automation.sensors import AFTER_ITS_INPUTS
 from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY, concat_days
+from iot_assets.defs.day_metadata import attach
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
-from iot_assets.defs.resources import ModelSettings
+from iot_assets.defs.resources import ExposureSettings, ModelSettings
 from iot_assets.io.lake import LazyDays
-from iot_assets.io.models import JsonDocument
+from iot_assets.io.model_labels import model_labels
+from iot_assets.io.models import JsonDocument, ServedModels
 from iot_assets.io.reports import ReportFiles
+from iot_assets.reports.day_tables import exposure_table
 from iot_assets.reports.exposure import exposure_section_html, fleet_view_html
 from iot_assets.reports.lines import metrics_fragment_html
 from iot_assets.reports.pages import daily_page, model_page
@@ -26,6 +30,27 @@ with warnings.catch_warnings():
     TWO_WEEKS = dg.TimeWindowPartitionMapping(start_offset=-13, allow_nonexistent_upstream_partitions=True)
 
 
+def _versions_of(*frames) -> list[str]:
+    return sorted({str(v) for f in frames if "model_version" in f for v in f["model_version"].dropna().unique()})
+
+
+def _named_devices(lines, findings):
+    """The lines' devices by name (and MAC), not by MAC alone."""
+    if lines.empty:
+        return lines
+    names = findings.drop_duplicates("device_mac").set_index("device_mac")["device"].to_dict()
+    return lines.assign(devices=[[f"{names[m]} ({m})" if isinstance(names.get(m), str) else m for m in macs]
+                                 for macs in lines["devices"]])
+
+
+def _advisories_of(findings, advisories) -> list[dict]:
+    """The advisories behind the day's `known_advisory` findings, each with its device."""
+    seen = findings[findings["seen_today"].astype(bool) & (findings["kind"] == "known_advisory")] if len(findings) \
+        else findings
+    return [{"device": r.device if isinstance(r.device, str) else r.device_mac, **details}
+            for r in seen.itertuples() for details in exposure.advisory_details(list(r.evidence), advisories)]
+
+
 def build(parts: Partitions) -> list:
     """This group's definitions over the partitions resolved at load."""
 
@@ -34,22 +59,34 @@ def build(parts: Partitions) -> list:
                    "device_vulnerabilities": dg.AssetIn(metadata={"allow_missing_partitions": True})})
     def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device_inventory: LazyDays,
                      anomaly_scores: LazyDays, anomaly_incidents: LazyDays, feature_drift: LazyDays,
-                     device_windows: LazyDays, device_exposure: LazyDays, device_vulnerabilities: LazyDays):
-        """The day in one HTML page: inventory, anomalies on a timeline and as incidents, drift, exposure, vulnerabilities, traffic."""
+                     device_windows: LazyDays, device_exposure: LazyDays, device_vulnerabilities: LazyDays,
+                     exposure_settings: ExposureSettings, served_models: ServedModels):
+        """The day in one HTML page: what needs attention, incidents, exposure, vulnerabilities, drift, inventory, anomalies, traffic."""
         paths, anomalies = [], 0
         exposures = dict(device_exposure.items())  # two weeks before the run and its days, read once
+        advisories, _ = exposure.read_advisories(exposure_settings.advisories_path)
         for day in context.partition_keys:
             scores = anomaly_scores[day]
             findings = exposures[day]
+            inventory, incidents, drifts = device_inventory[day], anomaly_incidents[day], feature_drift[day]
             recent = concat_days({d: f for d, f in exposures.items() if d <= day})
             section = exposure_section_html(exposure.worklist(findings), exposure.findings_per_day(recent),
-                                            exposure.line_scores(findings[findings["seen_today"].astype(bool)]))
-            vulnerabilities = vulnerability_section_html(device_vulnerabilities.get(day))
-            html = daily_page(day, device_inventory[day], scores, anomaly_incidents[day], feature_drift[day],
-                              device_windows[day], [section, vulnerabilities])
+                                            _named_devices(exposure.line_scores(findings[findings["seen_today"].astype(bool)]),
+                                                           findings))
+            labels = model_labels(served_models.base_url, {
+                "device_classifier": _versions_of(inventory), "anomaly_detector": _versions_of(scores, incidents),
+                "drift_reference": _versions_of(drifts)})
+            html = daily_page(day, inventory, scores, incidents, drifts, device_windows[day], [vulnerability_section_html(device_vulnerabilities.get(day))],
+                              exposure_section=section,
+                              exposure_changes=exposure_table(findings, day, exposures.get(previous_day(day))).frame(),
+                              model_labels=labels, advisories=_advisories_of(findings, advisories))
             paths.append(reports.write_text(f"daily/{day}.html", html))
-            anomalies += int(scores["anomaly"].astype(bool).sum()) if len(scores) else 0
-        return dg.MaterializeResult(metadata={**reports.metadata(paths[-1]), "days": len(paths), "anomalies": anomalies})
+            flagged = int(scores["anomaly"].astype(bool).sum()) if len(scores) else 0
+            anomalies += flagged
+            # Each day links its own report (a ranged run would otherwise give every day the last one's).
+            attach(context, "daily_report", day, {**reports.metadata(paths[-1]), "anomalies": flagged,
+                                                  "incidents": len(anomaly_incidents[day])})
+        return dg.MaterializeResult(metadata={"days_in_run": len(paths), "anomalies_in_run": anomalies})
 
 
     @dg.asset(
@@ -67,7 +104,9 @@ def build(parts: Partitions) -> list:
                     "drift_reference": drift_reference.version}
         drifts = concat_days(feature_drift)
         fleet = fleet_view_html(*exposure.fleet_view(concat_days(device_exposure), concat_days(device_inventory)))
-        html = model_page(device_classifier.metrics, anomaly_detector.metrics, versions, concat_days(anomaly_scores),
+        # The page names each version with its training range, date and headline metric; the metadata keeps the ids.
+        named = {asset: model_labels(reports.base_url, {asset: [version]})[version] for asset, version in versions.items()}
+        html = model_page(device_classifier.metrics, anomaly_detector.metrics, named, concat_days(anomaly_scores),
                           model_settings.read_episodes(), drifts, model_settings.window_minutes, model_settings.target_fpr,
                           [fleet, metrics_fragment_html(line_metrics)])
         path = reports.write_text("model_report.html", html)

@@ -14,6 +14,7 @@ from iot_assets.contracts.schemas import column_schema
 from iot_assets.core import subscriber_lines as lines
 from iot_assets.core.splits import time_split
 from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY
+from iot_assets.defs.day_metadata import attach, line_metadata
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.defs.resources import LineSettings, ModelSettings
@@ -193,6 +194,14 @@ def build(parts: Partitions) -> list:
             per_rate = per_rate.add(view.groupby("sampling_rate").size(), fill_value=0)
             line_ids.update(view["line_id"].unique())
             view_rows.append(len(view))
+            day_rates = view.groupby("sampling_rate").size()
+            day_base = int(day_rates.get(rates[0], 0))
+            attach(context, "line_views", day, {
+                "rows": len(view), "lines": int(view["line_id"].nunique()),
+                "flows_per_rate": dg.MetadataValue.json({f"1:{r}": int(day_rates.get(r, 0)) for r in rates}),
+                "surviving_share": dg.MetadataValue.json({f"1:{r}": round(int(day_rates.get(r, 0)) / day_base, 4)
+                                                          if day_base else None for r in rates})})
+            attach(context, "line_truth", day, {"rows": len(truth[day])})
             return view
 
         def views_metadata() -> dict:
@@ -265,6 +274,8 @@ def build(parts: Partitions) -> list:
         """Per line: the device models (or manufacturers) present over the sliding window, with evidence."""
         out, new, rate = _inventories(line_views.values(), endpoint_signatures, list(context.partition_keys), line_settings,
                                      parts.line_window_days)
+        for day, table in out.items():
+            attach(context, "line_inventory", day, line_metadata(table, day))
         yield dg.Output(out, metadata=_inventory_metadata(out, endpoint_signatures, parts.line_window_days))
         yield _changed_check("line_inventory_changed", "line_inventory", new, rate)
 
