@@ -171,7 +171,9 @@ def run(data_dir: str | None, start: str | None, end: str | None, sample_days: i
     instance at DAGSTER_HOME (default <data dir>/dagster_home), the one the UI shows; one run at a
     time per data location. Exits non-zero if any run failed or a record may be lost; failed
     ERROR-level checks are printed as ALERT lines and, with --strict, fail the command too. Every
-    other setting is an environment variable: see the README's configuration table.
+    other setting is an environment variable (IOT_ASSETS_DAYS_PER_RUN, IOT_ASSETS_EPISODES,
+    IOT_ASSETS_PSEUDONYMISE*, IOT_ASSETS_FEEDS_DIR, IOT_ASSETS_REPORTS_URL, ...): see the README's
+    configuration table.
     """
     from iot_assets.io.collectors import CollectorStore
     from iot_assets.io.location import base_path
@@ -245,6 +247,8 @@ def _materialize(settings: Settings, home: Path, strict: bool) -> bool:
         click.echo(f"ALERT {alert}")
     for problem in outcome.problems:
         click.echo(f"FAILED {problem}")
+    click.echo(f"the UI: DAGSTER_HOME={home} {Path(sys.executable).parent / 'iot-assets'} ui  "
+               f"(then http://127.0.0.1:3000; reports at {settings.reports_url})")
     return not outcome.problems
 
 
