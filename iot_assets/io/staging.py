@@ -22,7 +22,7 @@ import dagster as dg
 import pyarrow as pa
 from upath import UPath
 
-from iot_assets.core.archive import ArchiveError, ArchiveFile, find_archives
+from iot_assets.core.archive import ArchiveError, ArchiveFile, find_archives, is_plain_name
 from iot_assets.core.decode import DECODED_SCHEMA
 from iot_assets.core.ingest import ArchiveSummary, decode_archive
 from iot_assets.io.lake import read_parquet
@@ -65,6 +65,9 @@ class ArchiveStore(dg.ConfigurableResource):
         return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:20] if entries else ""
 
     def staged_key(self, archive: ArchiveFile, sha256: str) -> str:
+        """`<archive>/<version>`: one folder inside staging/ (a name that would leave it raises)."""
+        if not is_plain_name(archive.name):
+            raise ValueError(f"{archive.name!r} is not a plain device name: it cannot be staged")
         return f"{archive.name}/{sha256[:16]}_{self.first_day}_{self.last_day}"
 
     def read_summary(self, key: str) -> ArchiveSummary | None:
