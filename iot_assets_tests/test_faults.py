@@ -77,3 +77,57 @@ def test_a_model_file_added_or_removed_is_refused(tmp_path):
     (Path(directory.path) / "document.json").unlink()
     with pytest.raises(ModelTampered, match=r"document\.json"):
         store.load("drift_reference", version)
+
+
+# ---------------------------------------------------------------- stale reports and work folders
+
+
+def ingest(data: Path, **env):
+    """raw_archives alone, on an ephemeral instance: (its metadata, the run result)."""
+    import dagster as dg
+
+    from iot_assets_tests.test_definitions import definitions_for
+
+    defs = definitions_for(data, **env)
+    result = defs.resolve_job_def("ingest_archives_job").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    (materialization,) = result.asset_materializations_for_node("raw_archives")
+    return materialization.metadata, result
+
+
+def test_daily_reports_outside_a_shrunk_range_are_removed_with_their_partitions(tmp_path):
+    from iot_assets.synthetic import sample
+
+    data = tmp_path / "data"
+    sample.generate(data / "raw", date(2019, 6, 25), 2, scale=0.01, seed=3, devices=["nature_remo"])
+    for day in ("2019-06-25", "2019-06-26", "2019-06-27"):
+        (data / "reports" / "daily").mkdir(parents=True, exist_ok=True)
+        (data / "reports" / "daily" / f"{day}.html").write_text("<html>old</html>")
+        (data / "lake" / "clean_flows" / f"day={day}").mkdir(parents=True)
+    (data / "reports" / "model_report.html").write_text("<html>models</html>")
+    metadata, _ = ingest(data, IOT_ASSETS_END_DATE="2019-06-26")
+    assert sorted(p.name for p in (data / "reports" / "daily").iterdir()) == ["2019-06-25.html", "2019-06-26.html"]
+    assert sorted(p.name for p in (data / "lake" / "clean_flows").iterdir()) == ["day=2019-06-25", "day=2019-06-26"]
+    assert (data / "reports" / "model_report.html").exists()
+    pruned = metadata["pruned_outside_range"].value
+    assert pruned["clean_flows"] == ["2019-06-27"] and pruned["daily_report"] == ["2019-06-27"]
+
+
+def test_a_killed_runs_work_folder_is_collected_on_the_next_run_a_live_ones_is_not(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from iot_assets.io.staging import work_folder_name
+    from iot_assets.synthetic import sample
+
+    data = tmp_path / "data"
+    sample.generate(data / "raw", date(2019, 6, 25), 1, scale=0.01, seed=3, devices=["nature_remo"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    work = data / "staging" / ".work"
+    (work / work_folder_name(dead.pid) / "staged").mkdir(parents=True)
+    (work / work_folder_name(dead.pid) / "staged" / "flows.parquet").write_bytes(b"half")
+    (work / work_folder_name(os.getppid())).mkdir()  # a live process's (pytest's parent): still working
+    ingest(data, IOT_ASSETS_END_DATE="2019-06-25")
+    assert sorted(p.name for p in work.iterdir()) == [work_folder_name(os.getppid())]

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -29,7 +32,23 @@ from iot_assets.io.lake import read_parquet
 from iot_assets.io.location import base_path, local_path, put_directory, remove_tree
 
 WORK = ".work"
-STALE_WORK_SECONDS = 24 * 3600  # a work folder this old belongs to a run that died
+STALE_WORK_SECONDS = 24 * 3600  # a work folder of another host this old belongs to a run that died
+_WORK_NAME = re.compile(r"^(?P<host>[^~]+)~(?P<pid>\d+)(~[0-9a-f]+)?$")
+
+
+def work_folder_name(pid: int) -> str:
+    """`<host>~<pid>`: whose work a folder under `.work` is, so that a dead process's is known as such."""
+    return f"{socket.gethostname()}~{pid}"
+
+
+def work_is_abandoned(name: str, age_seconds: float) -> bool:
+    """A work folder whose process (on this host) is gone; of another host, or unnamed, once it is a day old."""
+    from iot_assets.io.lock import process_alive
+
+    match = _WORK_NAME.match(name)
+    if match and match["host"] == socket.gethostname():
+        return not process_alive(int(match["pid"]))
+    return age_seconds > STALE_WORK_SECONDS
 
 
 class ArchiveStore(dg.ConfigurableResource):
@@ -86,7 +105,7 @@ class ArchiveStore(dg.ConfigurableResource):
         first, last = self.days
         local = local_path(self.staging)
         work_root = local / WORK if local is not None else Path(tempfile.gettempdir()) / "iot-assets-work"
-        work = work_root / uuid.uuid4().hex
+        work = work_root / f"{work_folder_name(os.getpid())}~{uuid.uuid4().hex}"
         work.mkdir(parents=True)
         try:
             summary = decode_archive(archive, work / "staged", first, last, sha256=sha)
@@ -103,7 +122,7 @@ class ArchiveStore(dg.ConfigurableResource):
         for archive_dir in self.staging.iterdir():
             if archive_dir.name == WORK:
                 for work in archive_dir.iterdir():
-                    if time.time() - work.stat().st_mtime > STALE_WORK_SECONDS:
+                    if work_is_abandoned(work.name, time.time() - work.stat().st_mtime):
                         remove_tree(work)
                 continue
             for version in archive_dir.iterdir():

@@ -217,6 +217,8 @@ def build(parts: Partitions) -> list:
         # (a day no archive covers any more becomes an empty day, not a stale one).
         rebuild = changed_days(_previous_archive_days(context), now)
         pruned = prune_outside(archives.base_url, in_range)
+        if stale_reports := reports.prune_daily_outside(in_range):
+            pruned["daily_report"] = stale_reports
         yield dg.Output(
             manifest,
             metadata={
