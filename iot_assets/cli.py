@@ -182,6 +182,7 @@ def run(data_dir: str | None, start: str | None, end: str | None, sample_days: i
     if not settings.is_local and not env.get("DAGSTER_HOME"):
         raise click.UsageError("with an object-store IOT_ASSETS_DATA_DIR, set DAGSTER_HOME to the Dagster instance "
                                "folder (or a dagster.yaml for PostgreSQL, see deploy/)")
+    _check_folders(settings, env)
     home = _instance_home(settings, env)
     landing = base_path(settings.raw_url)
     lock_folder = Path(settings.data_dir) if settings.is_local else home
@@ -195,7 +196,33 @@ def run(data_dir: str | None, start: str | None, end: str | None, sample_days: i
             ok = _materialize(_settings(env), home, strict)
     except LocationBusy as exc:
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        from iot_assets.io.preflight import environment_problem
+
+        problem = environment_problem(exc)
+        if problem is None:
+            raise
+        click.echo(f"error: {problem}, under {settings.data_dir}: free some space (or make the folder writable) "
+                   f"and run again", err=True)
+        sys.exit(2)
     sys.exit(0 if ok else 1)
+
+
+def _check_folders(settings: Settings, env: dict) -> None:
+    """The data folder (and a DAGSTER_HOME of its own) exist, are writable and have room: else one line each, exit 2."""
+    from iot_assets.io.preflight import FIX_LOCATION, folder_problems
+
+    problems = []
+    if settings.is_local:
+        problems += folder_problems(Path(settings.data_dir), "data folder", FIX_LOCATION, settings.min_free_gb)
+    home = env.get("DAGSTER_HOME")
+    if home and "://" not in home and not problems:
+        problems += folder_problems(Path(home), "Dagster instance folder (DAGSTER_HOME)",
+                                    "set DAGSTER_HOME to a folder you can write")
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(2)
 
 
 def _instance_home(settings: Settings, env: dict) -> Path:

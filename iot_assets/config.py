@@ -66,6 +66,8 @@ class Settings:
     acknowledgements: str = ""  # a CSV device_mac,from_day: changes an analyst accepted as the new normal
     stable_days: int = 3  # changed days in a row, at a steady score level, that make a new normal
     line_shards: int = 4  # subscriber-line shards a day of the line assets is split into
+    min_free_gb: float = 1.0  # free space `iot-assets run` asks of the data folder before it starts (0: no check)
+    max_reject_share: float = 0.5  # an archive rejecting more of its flow lines than this fails (a changed format?)
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -97,6 +99,8 @@ class Settings:
             acknowledgements=env.get("IOT_ASSETS_ACKNOWLEDGEMENTS", "").strip(),
             stable_days=int(_parse_number(env, "IOT_ASSETS_STABLE_DAYS", 3, 1, 60)),
             line_shards=int(_parse_number(env, "IOT_ASSETS_LINE_SHARDS", 4, 1, 4096)),
+            min_free_gb=_parse_number(env, "IOT_ASSETS_MIN_FREE_GB", 1.0, 0, 1e6),
+            max_reject_share=_parse_number(env, "IOT_ASSETS_MAX_REJECT_SHARE", 0.5, 0, 1),
         )
 
     @property

@@ -131,3 +131,84 @@ def test_a_killed_runs_work_folder_is_collected_on_the_next_run_a_live_ones_is_n
     (work / work_folder_name(os.getppid())).mkdir()  # a live process's (pytest's parent): still working
     ingest(data, IOT_ASSETS_END_DATE="2019-06-25")
     assert sorted(p.name for p in work.iterdir()) == [work_folder_name(os.getppid())]
+
+
+# ---------------------------------------------------------------- the data folder, checked before any work
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder this process cannot write into: chmod for a user, the immutable attribute for root."""
+    import os
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("root without chattr +i: no way to make a folder unwritable here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def run_command(tmp_path, *args, env=None):
+    env = {"DAGSTER_HOME": "", "IOT_ASSETS_MIN_FREE_GB": "", **(env or {})}
+    return CliRunner().invoke(main, ["run", *args], env=env)
+
+
+def test_run_stops_with_one_line_when_the_data_folder_cannot_be_created(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    result = run_command(tmp_path, "--data-dir", str(tmp_path / "a-file" / "data"))
+    assert result.exit_code == 2, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: the data folder {tmp_path / 'a-file' / 'data'} cannot be created")
+    assert "IOT_ASSETS_DATA_DIR" in line and "Traceback" not in result.output
+
+
+def test_run_stops_with_one_line_when_the_data_folder_is_not_writable(tmp_path, unwritable_folder):
+    result = run_command(tmp_path, "--data-dir", str(unwritable_folder))
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: the data folder {unwritable_folder} is not writable")
+    assert "IOT_ASSETS_DATA_DIR" in line
+    assert list(unwritable_folder.iterdir()) == []  # nothing was started
+
+
+def test_run_stops_with_one_line_when_the_disk_is_nearly_full(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100 << 30, (100 << 30) - (300 << 20), 300 << 20))
+    result = run_command(tmp_path, "--data-dir", str(tmp_path / "data"), env={"IOT_ASSETS_MIN_FREE_GB": "0.5"})
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line == (f"error: the data folder {tmp_path / 'data'} has 0.31 GB free, IOT_ASSETS_MIN_FREE_GB=0.5 "
+                    f"asks for 0.5 GB: free some space, or lower IOT_ASSETS_MIN_FREE_GB")
+    assert not (tmp_path / "data" / "raw").exists()
+
+
+def test_a_full_disk_during_the_run_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    import sqlite3
+
+    import iot_assets.cli as cli
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(cli, "_materialize", full)
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "nature_remo.tar.gz").write_bytes(b"x")
+    result = run_command(tmp_path, "--data-dir", str(tmp_path / "data"))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: database or disk is full (sqlite3.OperationalError), under {tmp_path / 'data'}: "
+        f"free some space (or make the folder writable) and run again")
