@@ -64,12 +64,14 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
 
     Writes OUT/<archive>/flows.parquet, rejects.parquet and summary.json; records outside
     IOT_ASSETS_START_DATE..IOT_ASSETS_END_DATE are rejected as outside_date_range. Every
-    archive is decoded even if another fails; each one that fails or does not reconcile
-    gets one `error:` line on stderr, and the command then exits 1.
+    archive is decoded even if another fails; each one that fails, does not reconcile, or
+    rejects every record or more than IOT_ASSETS_MAX_REJECT_SHARE of them gets one `error:`
+    line on stderr, and the command then exits 1.
     """
     from iot_assets.core.archive import group_archives
     from iot_assets.core.decode import skip_pyarrow_pandas_check
     from iot_assets.core.ingest import decode_archive
+    from iot_assets.core.reject_share import first_reject, reject_share_problem
 
     skip_pyarrow_pandas_check()
     settings = _settings()
@@ -91,6 +93,12 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
             click.echo(f"  rejected {count:,} x {reason}")
         for warning in summary.warnings:
             click.echo(f"  warning: {warning}")
+        problem = None
+        if summary.rejected and summary.error is None:
+            problem = reject_share_problem(summary, settings.max_reject_share,
+                                           first_reject(out_dir / archive.name / "rejects.parquet"))
+        if problem:
+            failures.append(f"error: {archive.name}: {problem}")
         if not summary.reconciled:
             failures.append(f"error: {archive.name}: " + (summary.error or (
                 f"{summary.decoded:,} decoded + {summary.rejected:,} rejected = {summary.flow_records:,} flow lines, "

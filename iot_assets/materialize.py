@@ -33,6 +33,8 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}  # failures
 STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scoring_job", "reports_job")
 # A failed check of these means a record may be lost: the run fails, with --strict or without.
 INTEGRITY_CHECKS = {"archives_reconcile", "decoded_matches_staging", "day_reconciles", "decoded_schema"}
+# A failed check of these is an archive that did not land: an ALERT naming why, and the run fails.
+FAILING_ALERTS = {"archives_decode"}
 IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
@@ -74,7 +76,11 @@ class Outcome:
                     f"failed ({evaluation.severity.value}): "
                     + (description if len(description) <= 400 else description[:400] + " ... (more in the UI)"))
             error = evaluation.severity == dg.AssetCheckSeverity.ERROR
-            if evaluation.check_name in INTEGRITY_CHECKS or (self.strict and error):
+            if evaluation.check_name in FAILING_ALERTS:
+                self.alerts.append(note)
+                self.problems.append(f"{label}: check {evaluation.check_name} failed: an archive did not land "
+                                     f"(the ALERT above says why)")
+            elif evaluation.check_name in INTEGRITY_CHECKS or (self.strict and error):
                 self.problems.append(note)
             elif error:
                 self.alerts.append(note)

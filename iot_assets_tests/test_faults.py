@@ -212,3 +212,72 @@ def test_a_full_disk_during_the_run_is_one_line_not_a_traceback(tmp_path, monkey
     assert result.output.strip().splitlines()[-1] == (
         f"error: database or disk is full (sqlite3.OperationalError), under {tmp_path / 'data'}: "
         f"free some space (or make the folder writable) and run again")
+
+
+# ---------------------------------------------------------------- archives rejected wholesale
+
+
+def renamed_field_archive(path: Path, lines: int = 5) -> Path:
+    """A changed format: every record's flowStartMilliseconds renamed (FICTIONAL records)."""
+    body = b"".join(flow_line(flowStartMilliseconds=..., flowStartMs="2019-06-25 08:36:47.096",
+                              sourceTransportPort=40000 + i) for i in range(lines))
+    return json_archive(path, body + trailer(lines))
+
+
+def test_decode_fails_an_archive_whose_every_record_is_rejected_naming_the_cause(tmp_path):
+    path = renamed_field_archive(tmp_path / "in" / "qrio_hub.tar.gz", lines=7)
+    result = CliRunner().invoke(main, ["decode", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert ("error: qrio_hub: all 7 flow lines rejected, first reason missing_field:flowStartMilliseconds (line 1): "
+            "a changed format (a field renamed, removed or re-nested)?") in result.output
+
+
+def test_reject_share_counts_past_the_threshold_and_not_the_days_outside_the_range():
+    from iot_assets.core.ingest import ArchiveSummary
+    from iot_assets.core.reject_share import reject_share_problem
+
+    def summary(**counts):
+        return ArchiveSummary(archive="qrio_hub", flow_records=100, **counts)
+
+    first = {"line_number": 3, "reason": "bad_timestamp:flowStartMilliseconds", "detail": "1561451807096"}
+    assert reject_share_problem(summary(decoded=50, rejected=50, rejects_by_reason={"bad_timestamp:x": 50}),
+                                0.5, first) is None
+    problem = reject_share_problem(summary(decoded=40, rejected=60, rejects_by_reason={"bad_timestamp:x": 60}),
+                                   0.5, first)
+    assert problem == ("60 of 100 flow lines rejected (60% > IOT_ASSETS_MAX_REJECT_SHARE 0.5), first reason "
+                       "bad_timestamp:flowStartMilliseconds (line 3, '1561451807096'): a changed time format "
+                       "(epoch numbers, another layout)?")
+    # Days outside the configured range are not the archive's fault: they are not counted.
+    assert reject_share_problem(summary(decoded=10, rejected=90, rejects_by_reason={"outside_date_range": 90}),
+                                0.5, first) is None
+    # Every record rejected fails whatever the threshold.
+    assert reject_share_problem(summary(decoded=0, rejected=100, rejects_by_reason={"bad_timestamp:x": 100}),
+                                1.0, first).startswith("all 100 flow lines rejected")
+
+
+def test_an_archive_rejected_wholesale_fails_with_an_alert_and_the_others_land(tmp_path):
+    from iot_assets.defs.ingest.assets import read_day
+    from iot_assets.materialize import Outcome
+    from iot_assets.synthetic import sample
+
+    data = tmp_path / "data"
+    sample.generate(data / "raw", date(2019, 6, 25), 1, scale=0.01, seed=3, devices=["nature_remo"])
+    renamed_field_archive(data / "raw" / "qrio_hub.tar.gz")
+    _, result = ingest(data, IOT_ASSETS_END_DATE="2019-06-25")
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "archives_decode"]
+    assert not check.passed and check.severity.value == "ERROR"
+    assert check.description == ("qrio_hub: all 5 flow lines rejected, first reason "
+                                 "missing_field:flowStartMilliseconds (line 1): a changed format (a field renamed, "
+                                 "removed or re-nested)?")
+    messages = []
+    outcome = Outcome(messages.append, strict=False)
+    outcome.record("ingest_archives_job", result)
+    assert len(outcome.alerts) == 1 and "qrio_hub: all 5 flow lines rejected" in outcome.alerts[0]
+    assert outcome.problems  # `iot-assets run` exits 1
+    manifest = result.output_for_node("raw_archives")
+    failed = manifest.set_index("archive").loc["qrio_hub"]
+    assert failed["staged_key"] is None and "all 5 flow lines rejected" in failed["error"]
+    store = ArchiveStore(base_url=str(data), first_day="2019-06-25", last_day="2019-06-25")
+    table, expected = read_day(manifest, store, "2019-06-25")
+    assert set(table.column("archive").to_pylist()) == {"nature_remo"} and list(expected) == ["nature_remo"]
+    assert table.num_rows == manifest.set_index("archive").loc["nature_remo", "decoded"] > 0

@@ -88,7 +88,7 @@ def build_resources(settings: Settings) -> dict:
     base = settings.data_dir
     return {
         "archives": ArchiveStore(base_url=base, first_day=settings.first_day.isoformat(),
-                                 last_day=settings.last_day.isoformat()),
+                                 last_day=settings.last_day.isoformat(), max_reject_share=settings.max_reject_share),
         "reports": ReportFiles(base_url=base),
         "model_settings": ModelSettings(window_minutes=settings.window_minutes, train_fraction=settings.train_fraction,
                                         target_fpr=settings.target_fpr, seed=settings.seed, episodes=settings.episodes,

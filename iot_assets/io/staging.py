@@ -57,6 +57,7 @@ class ArchiveStore(dg.ConfigurableResource):
     base_url: str
     first_day: str
     last_day: str
+    max_reject_share: float = 0.5  # IOT_ASSETS_MAX_REJECT_SHARE
 
     @property
     def landing(self) -> UPath:

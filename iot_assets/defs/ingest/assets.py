@@ -18,6 +18,7 @@ from iot_assets.contracts.schemas import (
 from iot_assets.core.clean import DECODED_COLUMNS, to_device_centric
 from iot_assets.core.decode import DECODED_SCHEMA
 from iot_assets.core.ingest import ArchiveSummary
+from iot_assets.core.reject_share import first_reject, reject_share_problem
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.io.lake import DaysBuilt, LazyDays, prune_outside
@@ -32,15 +33,18 @@ MANIFEST_COLUMNS = [
 BASELINE_FLOWS_PER_DEVICE_DAY = 400
 
 
-def stage_archives(archives: ArchiveStore, log=None) -> tuple[list[ArchiveSummary], dict[str, str], list[str]]:
+def stage_archives(archives: ArchiveStore, log=None) -> tuple[list[ArchiveSummary], dict[str, str], list[str], dict[str, str]]:
     """Stage every archive of the landing zone; one that fails is recorded, the others go on.
 
-    Returns the summaries, the staged key per archive and the archives decoded now (new or changed).
+    Returns the summaries, the staged key per archive that lands, the archives decoded now (new or
+    changed) and the archives rejected wholesale (`reject_share_problem`) with the reason: those stay
+    staged, for a look at their rejects, but do not land.
     """
     found, errors = archives.find()
     summaries = [ArchiveSummary(archive=e.archive, error=e.message) for e in errors]
     staged: dict[str, str] = {}
     changed: list[str] = []
+    rejected_wholesale: dict[str, str] = {}
     for archive in found:
         try:
             summary, key, decoded_now = archives.stage(archive, log)
@@ -51,11 +55,20 @@ def stage_archives(archives: ArchiveStore, log=None) -> tuple[list[ArchiveSummar
         staged[archive.name] = key
         if decoded_now:
             changed.append(archive.name)
+        if summary.rejected:
+            with (archives.staging / key / "rejects.parquet").open("rb") as rejects:
+                problem = reject_share_problem(summary, archives.max_reject_share, first_reject(rejects))
+            if problem:
+                rejected_wholesale[archive.name] = problem
     archives.collect_garbage(set(staged.values()))
-    return summaries, staged, changed
+    for name in rejected_wholesale:
+        del staged[name]
+    return summaries, staged, changed, rejected_wholesale
 
 
-def manifest_of(summaries: list[ArchiveSummary], staged: dict[str, str]) -> pd.DataFrame:
+def manifest_of(summaries: list[ArchiveSummary], staged: dict[str, str], failed: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per archive; `failed` (archive: why) marks archives that are staged but do not land."""
+    failed = failed or {}
     rows = []
     for s in summaries:
         device = catalogue.BY_ARCHIVE.get(s.archive)
@@ -67,7 +80,7 @@ def manifest_of(summaries: list[ArchiveSummary], staged: dict[str, str]) -> pd.D
             "flow_records": s.flow_records, "stats_exported": s.stats_exported, "decoded": s.decoded,
             "rejected": s.rejected, "reconciled": s.reconciled, "first_day": days[0] if days else None,
             "last_day": days[-1] if days else None, "rows_per_day": json.dumps(s.days),
-            "error": s.error, "warnings": "; ".join(s.warnings) or None,
+            "error": s.error or failed.get(s.archive), "warnings": "; ".join(s.warnings) or None,
         })
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
@@ -93,6 +106,18 @@ def reconciliation_check(summaries: list[ArchiveSummary]) -> dg.AssetCheckResult
             "decoded": sum(s.decoded for s in summaries),
             "rejected": sum(s.rejected for s in summaries),
         },
+    )
+
+
+def reject_share_check(rejected_wholesale: dict[str, str], max_share: float) -> dg.AssetCheckResult:
+    """ERROR when an archive was rejected wholesale: it does not land, and `iot-assets run` exits 1 with an ALERT."""
+    return dg.AssetCheckResult(
+        check_name="archives_decode",
+        passed=not rejected_wholesale,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(f"{k}: {v}" for k, v in rejected_wholesale.items())
+        or f"no archive rejects every record or more than {max_share:g} of them",
+        metadata={"failed": dg.MetadataValue.json(rejected_wholesale), "max_reject_share": max_share},
     )
 
 
@@ -201,6 +226,9 @@ def build(parts: Partitions) -> list:
         check_specs=[
             dg.AssetCheckSpec("archives_reconcile", asset="raw_archives",
                               description="Flow lines = decoded + rejected = the archive's stats.exportedFlowTotalCount."),
+            dg.AssetCheckSpec("archives_decode", asset="raw_archives",
+                              description="No archive rejects every record, or more than IOT_ASSETS_MAX_REJECT_SHARE "
+                                          "of them (a changed format): such an archive does not land."),
             dg.AssetCheckSpec("archives_match_catalogue", asset="raw_archives",
                               description="Each archive is a catalogue device and its dominant MAC is that device's."),
         ],
@@ -208,8 +236,8 @@ def build(parts: Partitions) -> list:
     )
     def raw_archives(context: dg.AssetExecutionContext, archives: ArchiveStore, reports: ReportFiles):
         """The landing zone: archives with checksums and devices, each decoded once per content hash."""
-        summaries, staged, changed = stage_archives(archives, context.log)
-        manifest = manifest_of(summaries, staged)
+        summaries, staged, changed, rejected_wholesale = stage_archives(archives, context.log)
+        manifest = manifest_of(summaries, staged, rejected_wholesale)
         report_path = reports.write_json("reconciliation.json", reconciliation_report(summaries))
         now = archive_days(manifest)
         in_range = set(parts.daily.get_partition_keys())
@@ -236,6 +264,7 @@ def build(parts: Partitions) -> list:
             },
         )
         yield reconciliation_check(summaries)
+        yield reject_share_check(rejected_wholesale, archives.max_reject_share)
         yield device_check(summaries)
 
 
