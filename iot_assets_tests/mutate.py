@@ -3,7 +3,8 @@
 A case is the bytes of a damaged or doctored archive and what the decoder must report,
 worked out here without the decoder:
 - content mutations (a field given a wrong type, an impossible date, a non-ASCII character,
-  a huge or negative number, NaN; lines duplicated, swapped, deleted, joined, blank, too
+  a huge or negative number, NaN; lines duplicated (with or without a stats count raised to
+  match: the repeat is a `duplicate_record` reject), swapped, deleted, joined, blank, too
   long, garbage; stats missing, wrong, duplicated or moved) keep a valid tar.gz and say,
   line by line, what must be rejected and why, and what must be decoded;
 - byte damage (flips in the gzip stream, truncation, parts duplicated, swapped or
@@ -242,9 +243,21 @@ def line_mutation(base: Base, rng: random.Random, how: str) -> Case:
     flows = base.flow_indexes
     k = rng.choice(flows)
     note = f"line {k + 1}"
-    if how == "duplicate":
-        copy = Line(base.lines[k], "decode")
-        lines.insert(rng.choice([k + 1, rng.randrange(len(lines) + 1)]), copy)
+    if how == "duplicate":  # the later of the two is a duplicate_record reject (issue 23)
+        at = rng.choice([k + 1, rng.randrange(len(lines) + 1)])
+        lines.insert(at, Line(base.lines[k], "decode"))
+        later = at if at > k else k + 1
+        lines[later] = Line(base.lines[k], "reject", frozenset({"duplicate_record"}))
+        note += f" again at {at + 1}"
+    elif how == "duplicate_adjusted_stats":  # repeats hidden by a stats count raised to match: still rejected
+        repeats = sorted(rng.sample(flows, rng.randint(1, min(5, len(flows)))))
+        (at,) = [i for i, line in enumerate(base.lines) if line.startswith(b'{"stats"')]
+        stats = json.loads(base.lines[at])["stats"]
+        stats["exportedFlowTotalCount"] += len(repeats)
+        lines[at] = Line(json.dumps({"stats": stats}).encode() + b"\n", "stats", stats=stats["exportedFlowTotalCount"])
+        for i in reversed(repeats):  # each copy right after a later line, so that line numbers shift predictably
+            lines.insert(rng.randrange(i + 1, at + 1), Line(base.lines[i], "reject", frozenset({"duplicate_record"})))
+        note = f"lines {[i + 1 for i in repeats]} repeated, stats raised by {len(repeats)}"
     elif how == "swap":
         j = rng.randrange(len(lines))
         lines[k], lines[j] = lines[j], lines[k]
@@ -433,7 +446,7 @@ def tar_trick(base: Base, rng: random.Random, how: str) -> Case:
 
 FIELD_KINDS = ("wrong_type", "impossible_date", "non_ascii", "huge_number", "negative", "nan", "missing", "null",
                "unknown_field")
-LINE_KINDS = ("duplicate", "swap", "delete", "join", "blank", "garbage", "random_bytes", "long_line",
+LINE_KINDS = ("duplicate", "duplicate_adjusted_stats", "swap", "delete", "join", "blank", "garbage", "random_bytes", "long_line",
               "no_final_newline", "crlf")
 STATS_KINDS = ("missing", "wrong_count", "unusable_count", "not_an_object", "duplicated", "moved")
 BYTE_KINDS = ("flip", "flip", "flip", "truncate", "truncate", "trailing", "duplicate_part", "swap_parts",

@@ -281,3 +281,47 @@ def test_an_archive_rejected_wholesale_fails_with_an_alert_and_the_others_land(t
     table, expected = read_day(manifest, store, "2019-06-25")
     assert set(table.column("archive").to_pylist()) == {"nature_remo"} and list(expected) == ["nature_remo"]
     assert table.num_rows == manifest.set_index("archive").loc["nature_remo", "decoded"] > 0
+
+
+# ---------------------------------------------------------------- duplicated lines inside one archive
+
+
+def test_repeated_records_inside_an_archive_are_rejected_even_with_an_adjusted_stats_count(tmp_path):
+    import pyarrow.parquet as pq
+
+    from iot_assets.core.ingest import decode_archive
+
+    lines = [flow_line(sourceTransportPort=40001), flow_line(sourceTransportPort=40002),
+             flow_line(sourceTransportPort=40003), flow_line(sourceTransportPort=40004, octetTotalCount=999)]
+    record = json.loads(lines[1])["flows"]
+    reordered = json.dumps({"flows": dict(reversed(list(record.items())))}).encode() + b"\n"
+    # Line 2 again twice (once as it was, once re-serialised), line 3 again much later; stats say 7.
+    body = lines[0] + lines[1] + lines[1] + lines[2] + reordered + lines[3] + lines[2]
+    (archive,), _ = group_archives([json_archive(tmp_path / "raw" / "nature_remo.tar.gz", body + trailer(7))])
+    summary = decode_archive(archive, tmp_path / "out", date(2019, 6, 25), date(2019, 10, 10))
+    assert summary.reconciled  # the ledger holds, and the repeats are in it as rejects
+    assert (summary.decoded, summary.rejected, summary.rejects_by_reason) == (4, 3, {"duplicate_record": 3})
+    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    assert sorted((r["line_number"], r["reason"], r["detail"]) for r in rejects) == [
+        (3, "duplicate_record", "the same record as line 2"),
+        (5, "duplicate_record", "the same record as line 2"),
+        (7, "duplicate_record", "the same record as line 4")]
+    kept = pq.read_table(tmp_path / "out" / "flows.parquet").column("line_number").to_pylist()
+    assert sorted(kept) == [1, 2, 4, 6]
+
+
+def test_repeated_records_are_found_across_decoding_blocks(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from iot_assets.core import decode as decode_module
+    from iot_assets.core.ingest import decode_archive
+
+    monkeypatch.setattr(decode_module, "BLOCK_BYTES", 4096)
+    lines = [flow_line(sourceTransportPort=30000 + i) for i in range(60)]
+    body = b"".join(lines) + b"".join(lines[:10])  # the first ten again, blocks later
+    (archive,), _ = group_archives([json_archive(tmp_path / "raw" / "nature_remo.tar.gz", body + trailer(70))])
+    summary = decode_archive(archive, tmp_path / "out", date(2019, 6, 25), date(2019, 10, 10))
+    assert (summary.decoded, summary.rejected) == (60, 10)
+    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    assert sorted((r["line_number"], r["detail"]) for r in rejects) == [
+        (61 + i, f"the same record as line {1 + i}") for i in range(10)]
