@@ -325,3 +325,65 @@ def test_repeated_records_are_found_across_decoding_blocks(tmp_path, monkeypatch
     rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
     assert sorted((r["line_number"], r["detail"]) for r in rejects) == [
         (61 + i, f"the same record as line {1 + i}") for i in range(10)]
+
+
+# ---------------------------------------------------------------- one flow in two archives
+
+
+def test_cross_archive_duplicates_keep_the_canonical_archive_and_name_it():
+    import pandas as pd
+
+    from iot_assets.core.duplicates import cross_archive_duplicates
+
+    start = pd.Timestamp("2019-06-25 08:00:00")
+
+    def rows(archive, ports, mac="60:01:94:54:6b:e8"):
+        return [{"archive": archive, "line_number": i + 1, "device_mac": mac, "protocol": 6,
+                 "device_ip": "192.168.1.225", "device_port": p, "remote_ip": "203.0.113.9", "remote_port": 443,
+                 "flow_start": start} for i, p in enumerate(ports)]
+
+    clean = pd.DataFrame(rows("nature_remo_copy", [2, 3, 4]) + rows("nature_remo", [1, 2, 3])
+                         + rows("qrio_hub", [2], mac="aa:bb:cc:00:00:01"))
+    duplicate_of = cross_archive_duplicates(clean, {"nature_remo": 0, "nature_remo_copy": 1, "qrio_hub": 2})
+    assert duplicate_of.tolist() == [("nature_remo", 2), ("nature_remo", 3), None, None, None, None, None]
+
+
+def test_the_same_flows_in_two_archives_are_counted_once_and_the_overlap_reported(tmp_path):
+    import shutil
+
+    import dagster as dg
+    import pandas as pd
+
+    from iot_assets.synthetic import sample
+    from iot_assets_tests.test_definitions import definitions_for
+
+    data = tmp_path / "data"
+    sample.generate(data / "raw", date(2019, 6, 25), 2, scale=0.01, seed=3, devices=["nature_remo", "qrio_hub"])
+    shutil.copy(data / "raw" / "nature_remo.tar.gz", data / "raw" / "nature_remo_reexport.tar.gz")
+    defs = definitions_for(data, IOT_ASSETS_END_DATE="2019-06-26")
+    instance = dg.DagsterInstance.ephemeral()
+    ingest_run = defs.resolve_job_def("ingest_archives_job").execute_in_process(instance=instance)
+    manifest = ingest_run.output_for_node("raw_archives").set_index("archive")
+    per_day = json.loads(manifest.loc["nature_remo", "rows_per_day"])
+    (overlap,) = json.loads((data / "reports" / "reconciliation.json").read_text())["overlaps"]
+    assert overlap == {"device_mac": "60:01:94:54:6b:e8", "kept": "nature_remo", "dropped": "nature_remo_reexport",
+                       "records": int(manifest.loc["nature_remo", "decoded"]), "days": sorted(per_day)}
+
+    day = "2019-06-25"
+    flows_run = defs.resolve_job_def("daily_flows_job").execute_in_process(instance=instance, partition_key=day)
+    clean = pd.read_parquet(data / "lake" / "clean_flows" / f"day={day}")
+    rejects = pd.read_parquet(data / "lake" / "clean_rejects" / f"day={day}")
+    decoded = pd.read_parquet(data / "lake" / "decoded_flows" / f"day={day}")
+    assert set(clean["archive"]) == {"nature_remo", "qrio_hub"}
+    remo = clean[clean["archive"] == "nature_remo"]
+    assert len(remo) == per_day[day] - int((rejects["archive"] == "nature_remo").sum())
+    copies = rejects[rejects["archive"] == "nature_remo_reexport"]
+    assert len(copies) == per_day[day] - int((rejects["archive"] == "nature_remo").sum())
+    assert set(copies["reason"]) == {"duplicate_of:nature_remo"}
+    assert len(decoded) == len(clean) + len(rejects)  # the ledger of the day holds
+    checks = {c.check_name: c for c in flows_run.get_asset_check_evaluations()}
+    assert checks["day_reconciles"].passed
+    overlap_check = checks["flows_counted_once"]
+    assert not overlap_check.passed and overlap_check.severity.value == "WARN"
+    assert overlap_check.description == (f"{day}: {len(copies):,} records of nature_remo_reexport are "
+                                         f"nature_remo's, counted once")

@@ -97,3 +97,68 @@ class RepeatedRecords:
             "detail": pa.array([f"the same record as line {n}" for n in originals], pa.string()),
         }, schema=REJECTS_SCHEMA)
         return flows.filter(pa.array(~mask)), rejects
+
+
+# ---------------------------------------------------------------- one flow in two archives
+
+# A flow as its device saw it: the same capture exported twice has the same key in both exports.
+FLOW_KEY = ["device_mac", "protocol", "device_ip", "device_port", "remote_ip", "remote_port", "flow_start"]
+
+
+def archive_rank(archives: list[str], local_macs: dict[str, str | None]) -> dict[str, int]:
+    """Which archive's copy of a flow is kept: the archive the catalogue names for its device, then by name."""
+    from iot_assets.contracts import catalogue
+
+    def canonical(archive: str) -> bool:
+        device = catalogue.BY_ARCHIVE.get(archive)
+        return device is not None and device.mac == local_macs.get(archive)
+
+    return {a: i for i, a in enumerate(sorted(archives, key=lambda a: (not canonical(a), a)))}
+
+
+def cross_archive_duplicates(clean: pd.DataFrame, rank: dict[str, int]) -> pd.Series:
+    """Per row of device-centric flows: (kept archive, its line) when a better-ranked archive holds the same flow, else None.
+
+    Rows of one archive are never duplicates of each other here (see `RepeatedRecords`): only a
+    device MAC that several archives of the day carry is looked at, so the usual day costs one groupby.
+    """
+    out = pd.Series([None] * len(clean), index=clean.index, dtype=object)
+    if clean.empty:
+        return out
+    archives_per_mac = clean.groupby("device_mac", sort=False)["archive"].nunique()
+    shared = clean["device_mac"].isin(archives_per_mac.index[archives_per_mac > 1])
+    if not shared.any():
+        return out
+    rows = clean.loc[shared, FLOW_KEY + ["archive", "line_number"]].assign(_rank=clean.loc[shared, "archive"].map(rank))
+    rows = rows.sort_values(["_rank", "line_number"], kind="stable")
+    first = rows.groupby(FLOW_KEY, sort=False, dropna=False)[["archive", "line_number", "_rank"]].transform("first")
+    duplicate = rows["_rank"] > first["_rank"]
+    kept = first.loc[duplicate]
+    out.loc[kept.index] = list(zip(kept["archive"], kept["line_number"].astype(int)))
+    return out
+
+
+def archive_overlaps(keys_of: dict[str, pd.DataFrame], local_macs: dict[str, str | None],
+                     rank: dict[str, int]) -> list[dict]:
+    """Archives that share a device MAC, and how many flows of each the better-ranked one holds already.
+
+    `keys_of(archive)` gives an archive's flows with FLOW_KEY's columns (device-centric) and `day`.
+    """
+    by_mac: dict[str, list[str]] = {}
+    for archive, mac in local_macs.items():
+        if mac:
+            by_mac.setdefault(mac, []).append(archive)
+    overlaps = []
+    for mac, archives in sorted(by_mac.items()):
+        if len(archives) < 2:
+            continue
+        archives = sorted(archives, key=rank.get)
+        seen = keys_of(archives[0]).drop_duplicates(FLOW_KEY)
+        for i, archive in enumerate(archives[1:], start=1):
+            flows = keys_of(archive)
+            shared = flows.merge(seen[FLOW_KEY], on=FLOW_KEY, how="inner")
+            if len(shared):
+                overlaps.append({"device_mac": mac, "kept": " + ".join(archives[:i]), "dropped": archive,
+                                 "records": len(shared), "days": sorted(shared["day"].astype(str).unique())})
+            seen = pd.concat([seen, flows]).drop_duplicates(FLOW_KEY)
+    return overlaps
