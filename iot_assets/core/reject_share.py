@@ -19,6 +19,8 @@ NOT_THE_ARCHIVES_FAULT = ("outside_date_range",)
 # What a reason says about the export, by the reason's prefix; the first that matches.
 LIKELY_CAUSES = (
     ("missing_field:", "a changed format (a field renamed, removed or re-nested)?"),
+    ("wrong_type:flowStartMilliseconds", "a changed time format (epoch numbers, another layout)?"),
+    ("wrong_type:flowEndMilliseconds", "a changed time format (epoch numbers, another layout)?"),
     ("wrong_type:", "a changed format (fields of another JSON type)?"),
     ("bad_timestamp:", "a changed time format (epoch numbers, another layout)?"),
     ("bad_ip:", "a changed address format (IPv6-only, or other address fields)?"),
