@@ -387,3 +387,23 @@ def test_the_same_flows_in_two_archives_are_counted_once_and_the_overlap_reporte
     assert not overlap_check.passed and overlap_check.severity.value == "WARN"
     assert overlap_check.description == (f"{day}: {len(copies):,} records of nature_remo_reexport are "
                                          f"nature_remo's, counted once")
+
+
+# ---------------------------------------------------------------- a short soak
+
+
+@pytest.mark.slow
+def test_a_short_soak_with_killed_runs_and_reexports_loses_nothing(tmp_path):
+    """benchmarks/soak.py, short: two days of history, two simulated days, runs killed and a re-export landing."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "soak.py"), "--days", "2", "--history", "2",
+                           "--devices", "2", "--kill-chance", "0.5", "--reexport-chance", "1", "--seed", "1",
+                           "--work", str(tmp_path)], capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "records lost: 0;" in done.stdout
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    assert result["days_missing"] == [] and result["duplicate_flows"] == 0 and result["reexport_rows_clean"] == 0
+    assert result["reexport_rows_rejected_as_copies"] > 0
