@@ -21,10 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from iot_assets.core import ingest  # noqa: E402
-from iot_assets.core.archive import find_archives  # noqa: E402
-from iot_assets.core.decode import REJECTS_SCHEMA  # noqa: E402
-from iot_assets.core.duplicates import RepeatedRecords  # noqa: E402
+from iot_assets.core import ingest
+from iot_assets.core.archive import find_archives
+from iot_assets.core.decode import REJECTS_SCHEMA
+from iot_assets.core.duplicates import RepeatedRecords
 
 REAL = ROOT.parent / "shared" / "data" / "kddi-iot-2019" / "nature_remo.tar.gz"
 

@@ -281,6 +281,7 @@ def test_fuzz_a_partial_reexport_is_counted_once(seed, bases, tmp_path):
     (raw / f"{base.name}.tar.gz").write_bytes(base.gz)
     (raw / f"{base.name}_reexport.tar.gz").write_bytes(archive_bytes(base.member, body + stats))
     archives, errors = find_archives(raw)
+    assert not errors and len(archives) == 2
     decoded = []
     for archive in archives:
         decode_archive(archive, tmp_path / archive.name, FIRST_DAY, LAST_DAY)

@@ -30,8 +30,8 @@ def folder_problems(folder: Path, what: str, fix: str, min_free_gb: float | None
     if min_free_gb:
         free_gb = shutil.disk_usage(folder).free / GB
         if free_gb < min_free_gb:
-            return [f"the {what} {folder} has {free_gb:.2f} GB free, IOT_ASSETS_MIN_FREE_GB={min_free_gb:g} asks for "
-                    f"{min_free_gb:g} GB: free some space, or lower IOT_ASSETS_MIN_FREE_GB"]
+            return [(f"the {what} {folder} has {free_gb:.2f} GB free, IOT_ASSETS_MIN_FREE_GB={min_free_gb:g} asks "
+                     f"for {min_free_gb:g} GB: free some space, or lower IOT_ASSETS_MIN_FREE_GB")]
     return []
 
 

@@ -17,7 +17,7 @@ from iot_assets.contracts.schemas import (
 )
 from iot_assets.core.clean import DECODED_COLUMNS, to_device_centric
 from iot_assets.core.decode import DECODED_SCHEMA
-from iot_assets.core.duplicates import FLOW_KEY, archive_overlaps, archive_rank, cross_archive_duplicates
+from iot_assets.core.duplicates import archive_overlaps, archive_rank, cross_archive_duplicates
 from iot_assets.core.ingest import ArchiveSummary
 from iot_assets.core.reject_share import first_reject, reject_share_problem
 from iot_assets.defs.loading import current_deployment
