@@ -406,3 +406,24 @@ def test_a_short_soak_with_killed_runs_and_reexports_loses_nothing(tmp_path):
     result = json.loads(done.stdout[done.stdout.index("{"):])
     assert result["days_missing"] == [] and result["duplicate_flows"] == 0 and result["reexport_rows_clean"] == 0
     assert result["reexport_rows_rejected_as_copies"] > 0
+
+
+def test_overlaps_read_only_archives_of_one_device_whose_days_meet():
+    import pandas as pd
+
+    from iot_assets.core.duplicates import FLOW_KEY, archive_overlaps
+
+    def keys(ports, day):
+        return pd.DataFrame({"device_mac": "m", "protocol": 6, "device_ip": "192.168.1.2", "device_port": ports,
+                             "remote_ip": "203.0.113.1", "remote_port": 443,
+                             "flow_start": pd.Timestamp(f"{day} 01:00"), "day": day})[FLOW_KEY + ["day"]]
+
+    flows = {"x_0625": keys([1, 2], "2019-06-25"), "x_0626": keys([1, 2], "2019-06-26"),
+             "x_0625_copy": keys([2, 3], "2019-06-25")}
+    read = []
+    days = {"x_0625": {"2019-06-25"}, "x_0626": {"2019-06-26"}, "x_0625_copy": {"2019-06-25"}}
+    overlaps = archive_overlaps(lambda a: read.append(a) or flows[a], dict.fromkeys(flows, "m"),
+                                {"x_0625": 0, "x_0625_copy": 1, "x_0626": 2}, days)
+    assert overlaps == [{"device_mac": "m", "kept": "x_0625", "dropped": "x_0625_copy", "records": 1,
+                         "days": ["2019-06-25"]}]
+    assert sorted(read) == ["x_0625", "x_0625_copy"]  # the other day's archive is never read

@@ -138,11 +138,13 @@ def cross_archive_duplicates(clean: pd.DataFrame, rank: dict[str, int]) -> pd.Se
     return out
 
 
-def archive_overlaps(keys_of: dict[str, pd.DataFrame], local_macs: dict[str, str | None],
-                     rank: dict[str, int]) -> list[dict]:
-    """Archives that share a device MAC, and how many flows of each the better-ranked one holds already.
+def archive_overlaps(keys_of, local_macs: dict[str, str | None], rank: dict[str, int],
+                     days_of: dict[str, set[str]]) -> list[dict]:
+    """Archives that share a device MAC and days, and how many flows of each better-ranked ones hold already.
 
-    `keys_of(archive)` gives an archive's flows with FLOW_KEY's columns (device-centric) and `day`.
+    `keys_of(archive)` gives an archive's flows with FLOW_KEY's columns (device-centric) and `day`; it is
+    called only for archives whose days (`days_of`) meet another's of the same device, so daily archives
+    of one device (`x_20190625`, `x_20190626` ...) cost nothing.
     """
     by_mac: dict[str, list[str]] = {}
     for archive, mac in local_macs.items():
@@ -150,15 +152,18 @@ def archive_overlaps(keys_of: dict[str, pd.DataFrame], local_macs: dict[str, str
             by_mac.setdefault(mac, []).append(archive)
     overlaps = []
     for mac, archives in sorted(by_mac.items()):
-        if len(archives) < 2:
-            continue
         archives = sorted(archives, key=rank.get)
-        seen = keys_of(archives[0]).drop_duplicates(FLOW_KEY)
-        for i, archive in enumerate(archives[1:], start=1):
-            flows = keys_of(archive)
-            shared = flows.merge(seen[FLOW_KEY], on=FLOW_KEY, how="inner")
+        loaded: dict[str, pd.DataFrame] = {}
+        for i, archive in enumerate(archives):
+            better = [a for a in archives[:i] if days_of.get(a, set()) & days_of.get(archive, set())]
+            if not better:
+                continue
+            for name in [archive, *better]:
+                if name not in loaded:
+                    loaded[name] = keys_of(name)
+            seen = pd.concat([loaded[a][FLOW_KEY] for a in better]).drop_duplicates()
+            shared = loaded[archive].merge(seen, on=FLOW_KEY, how="inner")
             if len(shared):
-                overlaps.append({"device_mac": mac, "kept": " + ".join(archives[:i]), "dropped": archive,
+                overlaps.append({"device_mac": mac, "kept": " + ".join(better), "dropped": archive,
                                  "records": len(shared), "days": sorted(shared["day"].astype(str).unique())})
-            seen = pd.concat([seen, flows]).drop_duplicates(FLOW_KEY)
     return overlaps

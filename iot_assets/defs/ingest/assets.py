@@ -115,8 +115,9 @@ def overlaps_of(manifest: pd.DataFrame, archives: ArchiveStore) -> list[dict]:
     landing = manifest[manifest["staged_key"].notna()]
     local_macs = dict(zip(landing["archive"], landing["local_mac"]))
     keys = dict(zip(landing["archive"], landing["staged_key"]))
+    days = {row.archive: set(json.loads(row.rows_per_day or "{}")) for row in landing.itertuples()}
     return archive_overlaps(lambda a: flow_keys(archives, keys[a], local_macs[a]), local_macs,
-                            archive_rank(list(local_macs), local_macs))
+                            archive_rank(list(local_macs), local_macs), days)
 
 
 def reconciliation_check(summaries: list[ArchiveSummary]) -> dg.AssetCheckResult:
