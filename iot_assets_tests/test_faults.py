@@ -403,7 +403,7 @@ def test_a_short_soak_with_killed_runs_and_reexports_loses_nothing(tmp_path):
                            "--work", str(tmp_path)], capture_output=True, text=True, timeout=1800, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "records lost: 0;" in done.stdout
-    result = json.loads(done.stdout[done.stdout.index("{"):])
+    result = json.loads(done.stdout[done.stdout.index("\n{\n"):])
     assert result["days_missing"] == [] and result["duplicate_flows"] == 0 and result["reexport_rows_clean"] == 0
     assert result["reexport_rows_rejected_as_copies"] > 0
 
