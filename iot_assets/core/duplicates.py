@@ -3,8 +3,8 @@
 Inside one archive (`RepeatedRecords`): a decoded flow record equal in every field to an earlier
 line's is a `duplicate_record` reject naming that line, so a duplicated line with an adjusted stats
 count still reconciles, but visibly. Records are compared by a 64-bit hash of their values (the
-archive and line number aside): 8 bytes per record kept, about 50 MB for the largest archive's
-6.1 million records.
+archive and line number aside): 16 bytes per record kept (the hash and its first line), about
+100 MB for the largest archive's 6.1 million records (twice that for a moment while a block is merged in).
 
 Across archives (`cross_archive_duplicates`): the same flow (the archive's device MAC, protocol,
 addresses, ports and start) in two archives (a re-export, a renamed copy) is counted once.
