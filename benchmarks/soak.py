@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -143,13 +144,20 @@ def main() -> int:
                 shutil.copy(data / "raw" / original, data / "raw" / copy)
                 reexports[copy.split(".tar.gz")[0]] = original
                 faults["re-export"] += 1
-        while rng.random() < args.kill_chance and run_seconds:  # killed once or more at a random point
-            status, killed = run(data, day, kill_after_s=rng.uniform(1.0, max(run_seconds) * 0.9))
+        worked = False  # whether a run of this day completed (then later runs find nothing to do)
+        while rng.random() < args.kill_chance and run_seconds:  # killed once or more at a random point of a day's run
+            started = time.perf_counter()
+            status, killed = run(data, day, kill_after_s=rng.uniform(1.0, statistics.median(run_seconds) * 0.9))
             faults["kill -9"] += killed
+            if not killed and not worked:
+                run_seconds.append(time.perf_counter() - started)
+                worked = True
         started = time.perf_counter()
         status, _ = run(data, day, kill_after_s=None)
-        run_seconds.append(time.perf_counter() - started)
-        print(f"{day}: run exited {status} in {run_seconds[-1]:.0f} s; faults so far {faults}", flush=True)
+        if not worked:
+            run_seconds.append(time.perf_counter() - started)
+        print(f"{day}: run exited {status}; a day's run takes {statistics.median(run_seconds):.0f} s (median); "
+              f"faults so far {faults}", flush=True)
     result = check(data, days, reexports)
     print(f"days simulated: {args.days} (after {args.history} of history); faults injected: {sum(faults.values())} ({faults}); "
           f"records lost: {result['records_lost']}; {time.perf_counter() - t0:.0f} s; work folder {work}")
