@@ -66,12 +66,14 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
     Writes OUT/<archive>/flows.parquet, rejects.parquet and summary.json; records outside
     IOT_ASSETS_START_DATE..IOT_ASSETS_END_DATE are rejected as outside_date_range. MACs and
     home addresses are pseudonymised as in the pipeline (IOT_ASSETS_PSEUDONYMISE*). Every
-    archive is decoded even if another fails; each one that fails or does not reconcile
-    gets one `error:` line on stderr, and the command then exits 1.
+    archive is decoded even if another fails; each one that fails, does not reconcile, or
+    rejects every record or more than IOT_ASSETS_MAX_REJECT_SHARE of them gets one `error:`
+    line on stderr, and the command then exits 1.
     """
     from iot_assets.core.archive import group_archives
     from iot_assets.core.decode_values import skip_pyarrow_pandas_check
     from iot_assets.core.ingest import decode_archive
+    from iot_assets.core.reject_share import first_reject, reject_share_problem
 
     skip_pyarrow_pandas_check()
     settings = _settings()
@@ -94,6 +96,12 @@ def decode(archives: tuple[Path, ...], out_dir: Path) -> None:
             click.echo(f"  rejected {count:,} x {reason}")
         for warning in summary.warnings:
             click.echo(f"  warning: {warning}")
+        problem = None
+        if summary.rejected and summary.error is None:
+            problem = reject_share_problem(summary, settings.max_reject_share,
+                                           first_reject(out_dir / archive.name / "rejects.parquet"))
+        if problem:
+            failures.append(f"error: {archive.name}: {problem}")
         if not summary.reconciled:
             failures.append(f"error: {archive.name}: " + (summary.error or (
                 f"{summary.decoded:,} decoded + {summary.rejected:,} rejected = {summary.flow_records:,} flow lines, "
@@ -188,6 +196,7 @@ def run(data_dir: str | None, start: str | None, end: str | None, sample_days: i
     if not settings.is_local and not env.get("DAGSTER_HOME"):
         raise click.UsageError("with an object-store IOT_ASSETS_DATA_DIR, set DAGSTER_HOME to the Dagster instance "
                                "folder (or a dagster.yaml for PostgreSQL, see deploy/)")
+    _check_folders(settings, env)
     home = _instance_home(settings, env)
     landing = base_path(settings.raw_url)
     lock_folder = Path(settings.data_dir) if settings.is_local else home
@@ -203,7 +212,33 @@ def run(data_dir: str | None, start: str | None, end: str | None, sample_days: i
             ok = _materialize(_settings(env), home, strict)
     except LocationBusy as exc:
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        from iot_assets.io.preflight import environment_problem
+
+        problem = environment_problem(exc)
+        if problem is None:
+            raise
+        click.echo(f"error: {problem}, under {settings.data_dir}: free some space (or make the folder writable) "
+                   f"and run again", err=True)
+        sys.exit(2)
     sys.exit(0 if ok else 1)
+
+
+def _check_folders(settings: Settings, env: dict) -> None:
+    """The data folder (and a DAGSTER_HOME of its own) exist, are writable and have room: else one line each, exit 2."""
+    from iot_assets.io.preflight import FIX_LOCATION, folder_problems
+
+    problems = []
+    if settings.is_local:
+        problems += folder_problems(Path(settings.data_dir), "data folder", FIX_LOCATION, settings.min_free_gb)
+    home = env.get("DAGSTER_HOME")
+    if home and "://" not in home and not problems:
+        problems += folder_problems(Path(home), "Dagster instance folder (DAGSTER_HOME)",
+                                    "set DAGSTER_HOME to a folder you can write")
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(2)
 
 
 def _instance_home(settings: Settings, env: dict) -> Path:

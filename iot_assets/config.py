@@ -144,6 +144,8 @@ class Settings:
     pseudonymise_rotation: str = "year"  # year | month: how long a pseudonym lasts
     reveal_audit_log: str = ""  # where `iot-assets reveal` appends its audit lines
     reports_url: str = ""  # where a browser reaches the reports folder over http (`iot-assets ui` serves it)
+    min_free_gb: float = 1.0  # free space `iot-assets run` asks of the data folder before it starts (0: no check)
+    max_reject_share: float = 0.5  # an archive rejecting more of its flow lines than this fails (a changed format?)
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -179,6 +181,8 @@ class Settings:
             feed_max_age_days=_parse_whole_number(env, "IOT_ASSETS_FEED_MAX_AGE_DAYS", 7, 0, 3650),
             **_pseudonymise_settings(env),
             reports_url=_reports_url(env, data_dir),
+            min_free_gb=_parse_number(env, "IOT_ASSETS_MIN_FREE_GB", 1.0, 0, 1e6),
+            max_reject_share=_parse_number(env, "IOT_ASSETS_MAX_REJECT_SHARE", 0.5, 0, 1),
         )
 
     @property

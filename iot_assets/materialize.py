@@ -34,6 +34,8 @@ STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scori
 # A failed check of these means a record may be lost: the run fails, with --strict or without.
 INTEGRITY_CHECKS = {"archives_reconcile", "decoded_matches_staging", "day_reconciles", "decoded_schema",
                     "collector_files_reconcile", "collector_flows_match_staging"}
+# A failed check of these is an archive that did not land: an ALERT naming why, and the run fails.
+FAILING_ALERTS = {"archives_decode"}
 IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
@@ -75,7 +77,11 @@ class Outcome:
                     f"failed ({evaluation.severity.value}): "
                     + (description if len(description) <= 400 else description[:400] + " ... (more in the UI)"))
             error = evaluation.severity == dg.AssetCheckSeverity.ERROR
-            if evaluation.check_name in INTEGRITY_CHECKS or (self.strict and error):
+            if evaluation.check_name in FAILING_ALERTS:
+                self.alerts.append(note)
+                self.problems.append(f"{label}: check {evaluation.check_name} failed: an archive did not land "
+                                     f"(the ALERT above says why)")
+            elif evaluation.check_name in INTEGRITY_CHECKS or (self.strict and error):
                 self.problems.append(note)
             elif error:
                 self.alerts.append(note)

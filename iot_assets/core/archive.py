@@ -93,6 +93,11 @@ def find_archives(directory) -> tuple[list[ArchiveFile], list[ArchiveError]]:
     return group_archives(paths)
 
 
+def is_plain_name(stem: str) -> bool:
+    """A device name that is one plain folder name: not `.`/`..`, not hidden (`.work`), no separator."""
+    return bool(stem) and not stem.startswith(".") and not any(c in stem for c in "/\\\0")
+
+
 def group_archives(paths: list[PartPath]) -> tuple[list[ArchiveFile], list[ArchiveError]]:
     """Archives from file paths: `x.tar.gz`, or the parts `x.tar.gz00`, `x.tar.gz01`, ..."""
     groups: dict[str, dict[str | None, PartPath]] = defaultdict(dict)
@@ -101,6 +106,11 @@ def group_archives(paths: list[PartPath]) -> tuple[list[ArchiveFile], list[Archi
         match = _PART.match(path.name)
         if not match:
             errors.append(ArchiveError(path.name, "not an archive name (<device>.tar.gz or <device>.tar.gzNN)"))
+            continue
+        if not is_plain_name(match["stem"]):
+            # `...tar.gz` has the stem `..`: staged under it, it would land beside staging/, not in it.
+            errors.append(ArchiveError(path.name, f"{match['stem']!r} is not a plain device name (it starts with a "
+                                                  f"dot or holds a separator): rename the file"))
             continue
         groups[match["stem"]][match["part"]] = path
     archives: list[ArchiveFile] = []

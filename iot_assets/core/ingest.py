@@ -57,6 +57,7 @@ from iot_assets.core.decode import (
     decode_block,
     long_line_block,
 )
+from iot_assets.core.duplicates import RepeatedRecords
 from iot_assets.core.line_blocks import MAX_LINE_BYTES, LongLine, iter_blocks
 
 if TYPE_CHECKING:
@@ -290,13 +291,14 @@ def _decode_into(archive: ArchiveFile, tmp: Path, summary: ArchiveSummary, first
     unknown: set[str] = set()
     stats_problems: list[str] = []
     member: JsonMember | None = None
+    repeated = RepeatedRecords()
     try:
         summary.size_bytes = archive.size_bytes
         summary.sha256 = sha256 or archive.sha256()
         with open_json_member(archive, max_inflated_bytes, max_inflation_ratio) as member:
             summary.member_bytes = member.size
             for block in _decode_blocks(member, archive.name, first_day, last_day, max_line_bytes):
-                _add_block(summary, block, flows, rejects, macs, unknown, stats_problems, pseudonymiser)
+                _add_block(summary, block, flows, rejects, macs, unknown, stats_problems, repeated, pseudonymiser)
                 if on_progress:
                     on_progress(block.size_bytes)
     except _WriteFailed as exc:
@@ -354,7 +356,8 @@ def _mac_names(pseudonymiser: Pseudonymiser | None, days: dict[str, int], last_d
 
 
 def _add_block(summary: ArchiveSummary, block: Block, flows: _FlowWriter, rejects: _RejectWriter, macs: Counter,
-               unknown: set[str], stats_problems: list[str], pseudonymiser: Pseudonymiser | None = None) -> None:
+               unknown: set[str], stats_problems: list[str], repeated: RepeatedRecords,
+               pseudonymiser: Pseudonymiser | None = None) -> None:
     summary.lines += block.lines
     summary.member_bytes_read += block.size_bytes
     summary.tombstone_lines += block.tombstones
@@ -363,13 +366,16 @@ def _add_block(summary: ArchiveSummary, block: Block, flows: _FlowWriter, reject
         summary.stats_exported = block.stats_exported
     if len(stats_problems) < 10:
         stats_problems.extend((block.stats_problems + block.warnings)[: 10 - len(stats_problems)])
-    summary.decoded += block.flows.num_rows
+    # A record equal to an earlier line's is a reject naming that line, not a second flow.
+    new_flows, repeats = repeated.split(block.flows, summary.archive)
+    summary.decoded += new_flows.num_rows
     if len(unknown) < 100:
         unknown |= block.unknown_fields
-    _count_macs(block.flows, macs)  # real MACs, in memory only: they tell the archive's device
-    decoded = block.flows if pseudonymiser is None else pseudonymiser.flows(block.flows)
+    _count_macs(new_flows, macs)  # real MACs, in memory only: they tell the archive's device
+    decoded = new_flows if pseudonymiser is None else pseudonymiser.flows(new_flows)
     try:
         rejects.add(block.rejects)
+        rejects.add(repeats)
         flows.add(decoded)
     except Exception as exc:
         raise _WriteFailed() from exc

@@ -104,7 +104,8 @@ def build_resources(settings: Settings, pseudonymiser: Pseudonymiser | None = No
     return {
         "pseudonymiser": pseudonymiser,
         "archives": ArchiveStore(base_url=base, first_day=settings.first_day.isoformat(),
-                                 last_day=settings.last_day.isoformat(), pseudonymiser=pseudonymiser),
+                                 last_day=settings.last_day.isoformat(), pseudonymiser=pseudonymiser,
+                                 max_reject_share=settings.max_reject_share),
         "reports": ReportFiles(base_url=base, public_url=settings.reports_url),
         "model_settings": ModelSettings(window_minutes=settings.window_minutes, train_fraction=settings.train_fraction,
                                         target_fpr=settings.target_fpr, seed=settings.seed, episodes=settings.episodes,

@@ -22,6 +22,11 @@ from upath import UPath
 from iot_assets.io.location import base_path, write_bytes_atomic, write_text_atomic
 
 CURRENT = "current.json"
+HASHES = "sha256.json"  # in each version folder: the SHA-256 of every other file, checked on load
+
+
+class ModelTampered(Exception):
+    """A saved model version whose files no longer hash to its version: it is not served."""
 
 
 class JsonDocument(dict):
@@ -54,10 +59,49 @@ def model_files(model) -> dict[str, bytes]:
 
 def model_version(model) -> str:
     """Content hash of the model's files: its immutable version."""
+    return version_of(file_hashes(model_files(model)))
+
+
+def file_hashes(files: dict[str, bytes]) -> dict[str, str]:
+    """The SHA-256 of each file, by name."""
+    return {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+
+
+def version_of(hashes: dict[str, str]) -> str:
+    """The version the files with these hashes make: the hash of names and hashes."""
     digest = hashlib.sha256()
-    for name, data in sorted(model_files(model).items()):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    for name, hexdigest in sorted(hashes.items()):
+        digest.update(name.encode() + b"\0" + bytes.fromhex(hexdigest))
     return digest.hexdigest()[:12]
+
+
+def verify_files(asset: str, version: str, files: dict[str, bytes], recorded: dict[str, str] | None) -> None:
+    """Raise ModelTampered unless `files` are what version `version` was saved as; names the file that differs.
+
+    `recorded` is the version's HASHES manifest (None for a version saved before manifests):
+    it must itself hash to the version, and each file to its entry.
+    """
+    where = f"{asset} version {version}"
+    if recorded is not None and version_of(recorded) != version:
+        raise ModelTampered(f"{where}: {HASHES} changed since it was saved: the version is not served")
+    if recorded is None:
+        if version_of(file_hashes(files)) != version:
+            raise ModelTampered(f"{where}: its files changed since it was saved (no {HASHES} to say which): "
+                                f"the version is not served")
+        return
+    actual = file_hashes(files)
+    for name in sorted(set(recorded) | set(actual)):
+        if name not in actual:
+            problem = "is missing"
+        elif name not in recorded:
+            problem = "was added"
+        elif actual[name] != recorded[name]:
+            problem = "changed since it was saved"
+        else:
+            continue
+        raise ModelTampered(f"{where}: {name} {problem} (sha256 {actual.get(name, 'none')[:16]}, saved "
+                            f"{recorded.get(name, 'none')[:16]}): the version is not served; retrain or "
+                            f"`iot-assets models use {asset} <another version>`")
 
 
 def parse_pins(text: str) -> dict[str, str]:
@@ -80,6 +124,7 @@ class ModelStore:
         directory = self.root / asset / version
         for name, data in files.items():
             write_bytes_atomic(directory / name, data)
+        write_text_atomic(directory / HASHES, json.dumps(file_hashes(files), indent=2))
         self.use(asset, version)
         return version, directory
 
@@ -103,6 +148,8 @@ class ModelStore:
         if not directory.exists():
             raise FileNotFoundError(f"{asset} version {version} not found under {self.root / asset}")
         files = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+        recorded = json.loads(files.pop(HASHES)) if HASHES in files else None
+        verify_files(asset, version, files, recorded)
         kind = json.loads(files.pop("kind.json"))["kind"]
         metrics = files.pop("metrics.json", None)
         loaders = _loaders()

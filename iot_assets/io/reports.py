@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from urllib.parse import quote
 
 import dagster as dg
 from upath import UPath
 
 from iot_assets.io.location import base_path, local_path, write_text_atomic
+
+
+def _is_day(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+        return len(text) == 10
+    except ValueError:
+        return False
 
 
 class ReportFiles(dg.ConfigurableResource):
@@ -40,6 +49,16 @@ class ReportFiles(dg.ConfigurableResource):
             return f"{self.public_url.rstrip('/')}/{quote(str(path.path)[len(root):])}"
         local = local_path(path)
         return local.as_uri() if local else str(path)
+    def prune_daily_outside(self, keep: set[str]) -> list[str]:
+        """Remove the daily reports (`daily/<day>...`) of days not in `keep`; returns those days."""
+        folder = base_path(self.base_url) / "reports" / "daily"
+        removed = set()
+        for path in folder.iterdir() if folder.exists() else []:
+            day = path.name[:10]
+            if _is_day(day) and day not in keep:
+                path.unlink()
+                removed.add(day)
+        return sorted(removed)
 
     def metadata(self, path: UPath) -> dict:
         """Where a report is, as asset metadata: a path, and a URL a browser opens."""

@@ -11,7 +11,10 @@ sees, or deletes, another run's work in progress.
 
 import hashlib
 import json
+import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -23,14 +26,30 @@ import pyarrow as pa
 from upath import UPath
 
 from iot_assets.contracts.flows import DECODED_SCHEMA
-from iot_assets.core.archive import ArchiveError, ArchiveFile, find_archives
+from iot_assets.core.archive import ArchiveError, ArchiveFile, find_archives, is_plain_name
 from iot_assets.core.ingest import ArchiveSummary, decode_archive
 from iot_assets.core.pseudonymiser import Pseudonymiser
 from iot_assets.io.lake import read_parquet
 from iot_assets.io.location import base_path, local_path, put_directory, remove_tree
 
 WORK = ".work"
-STALE_WORK_SECONDS = 24 * 3600  # a work folder this old belongs to a run that died
+STALE_WORK_SECONDS = 24 * 3600  # a work folder of another host this old belongs to a run that died
+_WORK_NAME = re.compile(r"^(?P<host>[^~]+)~(?P<pid>\d+)(~[0-9a-f]+)?$")
+
+
+def work_folder_name(pid: int) -> str:
+    """`<host>~<pid>`: whose work a folder under `.work` is, so that a dead process's is known as such."""
+    return f"{socket.gethostname()}~{pid}"
+
+
+def work_is_abandoned(name: str, age_seconds: float) -> bool:
+    """A work folder whose process (on this host) is gone; of another host, or unnamed, once it is a day old."""
+    from iot_assets.io.lock import process_alive
+
+    match = _WORK_NAME.match(name)
+    if match and match["host"] == socket.gethostname():
+        return not process_alive(int(match["pid"]))
+    return age_seconds > STALE_WORK_SECONDS
 
 
 class ArchiveStore(dg.ConfigurableResource):
@@ -42,6 +61,7 @@ class ArchiveStore(dg.ConfigurableResource):
     # applied to each block as it decodes (a resource dependency: this module has no postponed annotations,
     # which Dagster would not resolve)
     pseudonymiser: dg.ResourceDependency[Pseudonymiser]
+    max_reject_share: float = 0.5  # IOT_ASSETS_MAX_REJECT_SHARE
 
     @property
     def landing(self) -> UPath:
@@ -69,8 +89,11 @@ class ArchiveStore(dg.ConfigurableResource):
         return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:20] if entries else ""
 
     def staged_key(self, archive: ArchiveFile, sha256: str) -> str:
+        """`<archive>/<version>`: one folder inside staging/ (a name that would leave it raises)."""
+        if not is_plain_name(archive.name):
+            raise ValueError(f"{archive.name!r} is not a plain device name: it cannot be staged")
         key = f"{archive.name}/{sha256[:16]}_{self.first_day}_{self.last_day}"
-        fingerprint = self.pseudonymiser.fingerprint
+        fingerprint = self.pseudonymiser.fingerprint if self.pseudonymiser is not None else ""
         return f"{key}_p{fingerprint}" if fingerprint else key
 
     def read_summary(self, key: str) -> ArchiveSummary | None:
@@ -89,7 +112,7 @@ class ArchiveStore(dg.ConfigurableResource):
         first, last = self.days
         local = local_path(self.staging)
         work_root = local / WORK if local is not None else Path(tempfile.gettempdir()) / "iot-assets-work"
-        work = work_root / uuid.uuid4().hex
+        work = work_root / f"{work_folder_name(os.getpid())}~{uuid.uuid4().hex}"
         work.mkdir(parents=True)
         try:
             summary = decode_archive(archive, work / "staged", first, last, sha256=sha, pseudonymiser=self.pseudonymiser)
@@ -106,7 +129,7 @@ class ArchiveStore(dg.ConfigurableResource):
         for archive_dir in self.staging.iterdir():
             if archive_dir.name == WORK:
                 for work in archive_dir.iterdir():
-                    if time.time() - work.stat().st_mtime > STALE_WORK_SECONDS:
+                    if work_is_abandoned(work.name, time.time() - work.stat().st_mtime):
                         remove_tree(work)
                 continue
             for version in archive_dir.iterdir():

@@ -57,7 +57,7 @@ def good_body(n: int = 3) -> bytes:
     return b"".join(flow_line() for _ in range(n)) + trailer(n)
 
 
-_TEMPLATE = flow_line(sourceTransportPort=987654).split(b"987654")
+_TEMPLATE = flow_line(sourceTransportPort=987654, tcpSequenceNumber="0x00000000").split(b"987654")
 
 
 def numbered_line(k: int) -> bytes:
@@ -186,7 +186,7 @@ def test_a_block_that_pyarrow_takes_keeps_line_numbers_with_blank_lines(tmp_path
 def test_stats_disagreeing_with_the_lines_does_not_reconcile(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
-    summary = decode_one(json_archive(raw / "nature_remo.tar.gz", b"".join([flow_line()] * 3) + trailer(5)), tmp_path)
+    summary = decode_one(json_archive(raw / "nature_remo.tar.gz", b"".join(flow_line() for _ in range(3)) + trailer(5)), tmp_path)
     assert summary.decoded == 3 and summary.stats_exported == 5 and summary.unreadable == 0
     assert not summary.reconciled
 

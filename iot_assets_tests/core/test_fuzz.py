@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tarfile
 import threading
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -31,6 +31,7 @@ import pytest
 from iot_assets.core import line_blocks
 from iot_assets.core.archive import find_archives
 from iot_assets.core.ingest import decode_archive, read_summary
+from iot_assets.core.reject_share import first_reject, reject_share_problem
 from iot_assets.synthetic import sample
 from iot_assets_tests.support.mutate import (
     INTACT,
@@ -44,7 +45,7 @@ from iot_assets_tests.support.mutate import (
 from iot_assets_tests.support.records import FIRST_DAY, LAST_DAY
 
 FAST_CASES = len(KINDS)  # one of every kind, on the first base
-ALL_CASES = 6 * len(KINDS)  # 294: every kind six times, on both bases, with different choices
+ALL_CASES = 6 * len(KINDS)  # 336: every kind six times, on both bases, with different choices
 CASE_SECONDS = 60
 MAX_RSS_BYTES = 1 << 30
 REPO = Path(__file__).resolve().parents[2]
@@ -106,9 +107,13 @@ def flow_start_ms(text: str) -> int:
 
 
 def run_case(case: Case, bases: list[Base], clean: dict, tmp_path: Path, monkeypatch) -> None:
-    base = next(b for b in bases if b.name == case.name)
     write_parts(case, tmp_path / "raw")
     archives, errors = find_archives(tmp_path / "raw")
+    if case.kind.startswith("name:"):  # never staged: one error naming the file
+        (error,) = errors
+        assert archives == [] and str(error).startswith(f"{case.name}.tar.gz: ") and case.error[0] in str(error)
+        return
+    base = next(b for b in bases if b.name == case.name)
     assert not errors and len(archives) == 1
     if case.block_bytes:
         monkeypatch.setattr(line_blocks, "BLOCK_BYTES", case.block_bytes)
@@ -134,6 +139,13 @@ def run_case(case: Case, bases: list[Base], clean: dict, tmp_path: Path, monkeyp
     assert summary.reconciled == (summary.error is None and summary.stats_exported == summary.flow_records)
     if summary.error is None:
         assert summary.unreadable == 0 and summary.damaged_at_line is None
+
+    # An archive fails for its rejects only when its format changed (every record rejected).
+    problem = reject_share_problem(summary, 0.5, first_reject(out / "rejects.parquet")) if summary.rejected else None
+    if case.fails_as:
+        assert problem.startswith(f"all {summary.flow_records:,} flow lines rejected") and case.fails_as in problem, problem
+    elif case.lines is not None:
+        assert problem is None, problem
 
     if case.lines is not None:
         check_content(case, base, summary, flows, rejected)
@@ -233,6 +245,62 @@ def test_fuzz_every_kind_once(seed, bases, clean, tmp_path, monkeypatch):
 @pytest.mark.parametrize("seed", range(FAST_CASES, ALL_CASES))
 def test_fuzz(seed, bases, clean, tmp_path, monkeypatch):
     run_case(make_case(bases, seed), bases, clean, tmp_path, monkeypatch)
+
+
+# ---------------------------------------------------------------- a re-export beside its original (issue 23)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fuzz_a_partial_reexport_is_counted_once(seed, bases, tmp_path):
+    """A second archive of the same device holding a random subset of its flow lines (and a few of
+    its own): after cleaning, every shared flow is a copy of the original's, the rest are kept."""
+    import random
+
+    from iot_assets.core.clean import to_device_centric
+    from iot_assets.core.duplicates import archive_rank, cross_archive_duplicates
+    from iot_assets_tests.support.mutate import archive_bytes
+
+    rng = random.Random(seed)
+    base = bases[seed % len(bases)]
+    flows = base.flow_indexes
+    shared = sorted(rng.sample(flows, rng.randint(1, len(flows))))
+    def later(text: str, ms: int) -> str:
+        moment = datetime.strptime(text + ("" if "." in text else ".0"), "%Y-%m-%d %H:%M:%S.%f") + timedelta(milliseconds=ms)
+        return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+    own = []  # FICTIONAL flows only the re-export has: an original's, started a few ms later
+    for n, i in enumerate(rng.sample(flows, 3)):
+        record = json.loads(base.lines[i])["flows"]
+        for name in ("flowStartMilliseconds", "flowEndMilliseconds"):
+            record[name] = later(record[name], 3 + n)
+        own.append(json.dumps({"flows": record}).encode() + b"\n")
+    body = b"".join(base.lines[i] for i in shared) + b"".join(own)
+    stats = json.dumps({"stats": {"exportedFlowTotalCount": len(shared) + len(own)}}).encode() + b"\n"
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / f"{base.name}.tar.gz").write_bytes(base.gz)
+    (raw / f"{base.name}_reexport.tar.gz").write_bytes(archive_bytes(base.member, body + stats))
+    archives, errors = find_archives(raw)
+    assert not errors and len(archives) == 2
+    decoded = []
+    for archive in archives:
+        decode_archive(archive, tmp_path / archive.name, FIRST_DAY, LAST_DAY)
+        decoded.append(pq.read_table(tmp_path / archive.name / "flows.parquet").to_pandas())
+    from iot_assets.contracts import catalogue
+
+    mac = catalogue.BY_ARCHIVE[base.name].mac
+    local_macs = {base.name: mac, f"{base.name}_reexport": mac}
+    import pandas as pd
+
+    clean, _ = to_device_centric(pd.concat(decoded, ignore_index=True), local_macs)
+    duplicate_of = cross_archive_duplicates(clean, archive_rank(list(local_macs), local_macs))
+    copies = clean[duplicate_of.notna()]
+    original_lines = {i + 1 for i in shared}
+    present = set(clean.loc[clean["archive"] == base.name, "line_number"])
+    assert set(copies["archive"]) <= {f"{base.name}_reexport"}
+    assert len(copies) == len(original_lines & present)
+    assert {line for _, line in duplicate_of[duplicate_of.notna()]} == original_lines & present
+    assert int((clean["archive"] == f"{base.name}_reexport").sum()) - len(copies) == len(own)
 
 
 # ---------------------------------------------------------------- bombs, in a subprocess

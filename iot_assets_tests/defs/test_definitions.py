@@ -100,7 +100,7 @@ def test_materialize_on_a_sample(sample_dir, tmp_path):
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"decoded_schema": True, "decoded_matches_staging": True, "day_reconciles": True,
-                      "clean_schema": True}
+                      "clean_schema": True, "flows_counted_once": True}
     clean = pd.read_parquet(data / "lake" / "clean_flows" / f"day={day}" / "part-0.parquet")
     assert set(clean["device_name"]) == {"Nature Remo", "Xiaomi Mijia LED", "JVC Kenwood HDTV IP camera",
                                          "PLANEX SmaCam PanTilt"}

@@ -10,7 +10,15 @@ import pytest
 from upath import UPath
 
 from iot_assets.io import location
-from iot_assets.io.models import JsonDocument, ModelStore, model_version, parse_pins
+from iot_assets.io.models import (
+    JsonDocument,
+    ModelStore,
+    ModelTampered,
+    file_hashes,
+    model_version,
+    parse_pins,
+    version_of,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,8 +61,16 @@ def test_a_model_directory_that_holds_a_pickle_is_refused(tmp_path):
     store = ModelStore(str(tmp_path))
     version, directory = store.save("drift_reference", JsonDocument({"devices": {}}))
     (Path(str(directory)) / "kind.json").write_text('{"kind": "Unpickler"}')
-    with pytest.raises(ValueError, match="unknown model kind"):
+    with pytest.raises(ModelTampered, match="kind.json changed"):  # the content hash catches it first
         store.load("drift_reference", version)
+    # A version saved with the unknown kind (its hashes match): the kind is refused by name.
+    files = {"document.json": b"{}", "kind.json": b'{"kind": "Unpickler"}'}
+    forged = version_of(file_hashes(files))
+    for name, data in files.items():
+        (tmp_path / "models" / "drift_reference" / forged).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "models" / "drift_reference" / forged / name).write_bytes(data)
+    with pytest.raises(ValueError, match="unknown model kind"):
+        store.load("drift_reference", forged)
 
 
 def test_a_second_run_on_the_same_data_location_says_who_holds_it_whatever_its_instance(tmp_path):

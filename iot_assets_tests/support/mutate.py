@@ -3,14 +3,19 @@
 A case is the bytes of a damaged or doctored archive and what the decoder must report,
 worked out here without the decoder:
 - content mutations (a field given a wrong type, an impossible date, a non-ASCII character,
-  a huge or negative number, NaN; lines duplicated, swapped, deleted, joined, blank, too
+  a huge or negative number, NaN; lines duplicated (with or without a stats count raised to
+  match: the repeat is a `duplicate_record` reject), swapped, deleted, joined, blank, too
   long, garbage; stats missing, wrong, duplicated or moved) keep a valid tar.gz and say,
   line by line, what must be rejected and why, and what must be decoded;
 - byte damage (flips in the gzip stream, truncation, parts duplicated, swapped or
   dropped, trailing bytes) is checked against `readable_prefix`: what zlib inflates before
   the byte where it detects the damage;
 - tar tricks (links, devices, unsafe paths, a second member, a short member, a bad header)
-  say what the error must name.
+  say what the error must name;
+- a changed export format (a required field renamed, epoch timestamps, records re-nested):
+  every record rejected, and the archive fails naming the likely cause;
+- archive names that would leave staging/ (`...tar.gz`, `..tar.gz`, `.work.tar.gz`): an
+  error naming the file.
 `bomb` writes the decompression bombs, streaming.
 """
 
@@ -94,6 +99,7 @@ class Case:
     error: tuple[str, ...] | None = None  # tar tricks: the error says one of these
     unknown_field: str | None = None
     block_bytes: int | None = None  # decode in small blocks, to cross block boundaries
+    fails_as: str | None = None  # a changed format: every record rejected, the archive fails naming this cause
 
     def expected_stats(self, base: Base) -> int | None:
         last = None
@@ -243,9 +249,21 @@ def line_mutation(base: Base, rng: random.Random, how: str) -> Case:
     flows = base.flow_indexes
     k = rng.choice(flows)
     note = f"line {k + 1}"
-    if how == "duplicate":
-        copy = Line(base.lines[k], "decode")
-        lines.insert(rng.choice([k + 1, rng.randrange(len(lines) + 1)]), copy)
+    if how == "duplicate":  # the later of the two is a duplicate_record reject (issue 23)
+        at = rng.choice([k + 1, rng.randrange(len(lines) + 1)])
+        lines.insert(at, Line(base.lines[k], "decode"))
+        later = at if at > k else k + 1
+        lines[later] = Line(base.lines[k], "reject", frozenset({"duplicate_record"}))
+        note += f" again at {at + 1}"
+    elif how == "duplicate_adjusted_stats":  # repeats hidden by a stats count raised to match: still rejected
+        repeats = sorted(rng.sample(flows, rng.randint(1, min(5, len(flows)))))
+        (at,) = [i for i, line in enumerate(base.lines) if line.startswith(b'{"stats"')]
+        stats = json.loads(base.lines[at])["stats"]
+        stats["exportedFlowTotalCount"] += len(repeats)
+        lines[at] = Line(json.dumps({"stats": stats}).encode() + b"\n", "stats", stats=stats["exportedFlowTotalCount"])
+        for i in reversed(repeats):  # each copy right after a later line, so that line numbers shift predictably
+            lines.insert(rng.randrange(i + 1, at + 1), Line(base.lines[i], "reject", frozenset({"duplicate_record"})))
+        note = f"lines {[i + 1 for i in repeats]} repeated, stats raised by {len(repeats)}"
     elif how == "swap":
         j = rng.randrange(len(lines))
         lines[k], lines[j] = lines[j], lines[k]
@@ -311,6 +329,48 @@ def stats_mutation(base: Base, rng: random.Random, how: str) -> Case:
     else:
         raise ValueError(how)
     return _content_case(base, "stats:" + how, f"line {at + 1}", lines, rng)
+
+
+# ---------------------------------------------------------------- a changed export format (issue 23)
+
+
+def format_change(base: Base, rng: random.Random, how: str) -> Case:
+    """Every flow record changed alike, as a new exporter would: each one is rejected and the archive fails."""
+    lines = []
+    key = rng.choice(sorted(k for k in REQUIRED if KIND[k] != "time"))
+    for line in base.lines:
+        if not line.startswith(b'{"flows"'):
+            lines.append(Line(line))
+            continue
+        record = json.loads(line)["flows"]
+        if how == "renamed_field":
+            record[key + "V2"] = record.pop(key)
+            reasons, cause = {f"missing_field:{key}"}, "a field renamed"
+        elif how == "epoch_times":
+            for name in ("flowStartMilliseconds", "flowEndMilliseconds"):
+                record[name] = int(flow_ms(record[name]))
+            reasons = {"wrong_type:flowStartMilliseconds", "wrong_type:flowEndMilliseconds"}
+            cause = "a changed time format (epoch numbers"
+        elif how == "renested":
+            record = {"record": record}
+            reasons, cause = {f"missing_field:{k}" for k in REQUIRED}, "re-nested"
+        else:
+            raise ValueError(how)
+        lines.append(Line(json.dumps({"flows": record}).encode() + b"\n", "reject", frozenset(reasons)))
+    return _content_case(base, "format:" + how, key if how == "renamed_field" else "", lines, rng, fails_as=cause)
+
+
+def flow_ms(text: str) -> int:
+    from datetime import datetime, timezone
+
+    moment = datetime.strptime(text + ("" if "." in text else ".0"), "%Y-%m-%d %H:%M:%S.%f")
+    return int(moment.replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def bad_name(base: Base, rng: random.Random, how: str) -> Case:
+    """An archive whose device name would leave staging/ (`...tar.gz` has the stem `..`): an error naming the file."""
+    stem = {"dotdot": "..", "dot": ".", "hidden": rng.choice([".work", ".hidden", "..x"])}[how]
+    return Case("name:" + how, stem, stem, [base.gz], error=("not a plain device name",))
 
 
 # ---------------------------------------------------------------- byte damage
@@ -434,7 +494,7 @@ def tar_trick(base: Base, rng: random.Random, how: str) -> Case:
 
 FIELD_KINDS = ("wrong_type", "impossible_date", "non_ascii", "huge_number", "negative", "nan", "missing", "null",
                "unknown_field")
-LINE_KINDS = ("duplicate", "swap", "delete", "join", "blank", "garbage", "random_bytes", "long_line",
+LINE_KINDS = ("duplicate", "duplicate_adjusted_stats", "swap", "delete", "join", "blank", "garbage", "random_bytes", "long_line",
               "no_final_newline", "crlf")
 STATS_KINDS = ("missing", "wrong_count", "unusable_count", "not_an_object", "duplicated", "moved")
 BYTE_KINDS = ("flip", "flip", "flip", "truncate", "truncate", "trailing", "duplicate_part", "swap_parts",
@@ -442,10 +502,14 @@ BYTE_KINDS = ("flip", "flip", "flip", "truncate", "truncate", "trailing", "dupli
 TAR_KINDS = ("symlink", "hardlink", "directory", "fifo", "device", "absolute", "dotdot", "second_member",
              "short_member", "bad_checksum", "no_member", "not_tar", "long_name_pax", "long_name_gnu", "ustar")
 
+FORMAT_KINDS = ("renamed_field", "epoch_times", "renested")
+NAME_KINDS = ("dotdot", "dot", "hidden")
+
 KINDS = ([("field", k) for k in FIELD_KINDS] + [("line", k) for k in LINE_KINDS]
-         + [("stats", k) for k in STATS_KINDS] + [("bytes", k) for k in BYTE_KINDS] + [("tar", k) for k in TAR_KINDS])
+         + [("stats", k) for k in STATS_KINDS] + [("bytes", k) for k in BYTE_KINDS] + [("tar", k) for k in TAR_KINDS]
+         + [("format", k) for k in FORMAT_KINDS] + [("name", k) for k in NAME_KINDS])
 _MAKERS = {"field": field_mutation, "line": line_mutation, "stats": stats_mutation, "bytes": byte_damage,
-           "tar": tar_trick}
+           "tar": tar_trick, "format": format_change, "name": bad_name}
 
 
 def make_case(bases: list[Base], seed: int) -> Case:

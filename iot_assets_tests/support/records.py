@@ -2,6 +2,7 @@
 
 import gzip
 import io
+import itertools
 import json
 import tarfile
 from datetime import date
@@ -12,8 +13,12 @@ FIRST_DAY = date(2019, 6, 25)
 LAST_DAY = date(2019, 10, 10)
 
 
+_SEQUENCE = itertools.count(1)
+
+
 def flow(**overrides) -> dict:
-    """A real-looking flow record (a NetBIOS probe from the gateway to the Nature Remo)."""
+    """A real-looking flow record (a NetBIOS probe from the gateway to the Nature Remo); each call's has its own
+    TCP sequence number, so that records built alike are distinct flows (an equal one is a duplicate_record)."""
     record = {
         "flowStartMilliseconds": "2019-06-25 08:36:47.096", "flowEndMilliseconds": "2019-06-25 08:36:47.675",
         "flowDurationMilliseconds": 0.579, "reverseFlowDeltaMilliseconds": 0.000, "protocolIdentifier": 17,
@@ -22,7 +27,8 @@ def flow(**overrides) -> dict:
         "destinationIPv4Address": "192.168.1.225", "destinationTransportPort": 137, "reversePacketTotalCount": 0,
         "reverseOctetTotalCount": 0, "reverseFlowAttributes": "00", "destinationMacAddress": "60:01:94:54:6b:e8:",
         "initialTCPFlags": "0", "unionTCPFlags": "0", "reverseInitialTCPFlags": "0", "reverseUnionTCPFlags": "0",
-        "tcpSequenceNumber": "0x00000000", "reverseTcpSequenceNumber": "0x00000000", "ingressInterface": 0,
+        "tcpSequenceNumber": f"0x{next(_SEQUENCE):08x}", "reverseTcpSequenceNumber": "0x00000000",
+        "ingressInterface": 0,
         "egressInterface": 0, "vlanId": "0x000", "silkAppLabel": 0, "ipClassOfService": "0x00",
         "flowEndReason": "idle", "collectorName": "C1", "observationDomainId": 0, "tcpUrgTotalCount": 0,
         "smallPacketCount": 2, "nonEmptyPacketCount": 2, "dataByteCount": 100, "averageInterarrivalTime": 579,

@@ -17,8 +17,10 @@ from iot_assets.contracts.schemas import (
     column_schema,
 )
 from iot_assets.core.clean import COLLECTOR_COLUMNS, DECODED_COLUMNS, to_device_centric
+from iot_assets.core.duplicates import archive_overlaps, archive_rank, cross_archive_duplicates
 from iot_assets.core.ingest import ArchiveSummary
 from iot_assets.core.pseudonymiser import Pseudonymiser
+from iot_assets.core.reject_share import first_reject, reject_share_problem
 from iot_assets.defs.day_metadata import attach
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
@@ -34,15 +36,18 @@ MANIFEST_COLUMNS = [
 BASELINE_FLOWS_PER_DEVICE_DAY = 400
 
 
-def stage_archives(archives: ArchiveStore, log=None) -> tuple[list[ArchiveSummary], dict[str, str], list[str]]:
+def stage_archives(archives: ArchiveStore, log=None) -> tuple[list[ArchiveSummary], dict[str, str], list[str], dict[str, str]]:
     """Stage every archive of the landing zone; one that fails is recorded, the others go on.
 
-    Returns the summaries, the staged key per archive and the archives decoded now (new or changed).
+    Returns the summaries, the staged key per archive that lands, the archives decoded now (new or
+    changed) and the archives rejected wholesale (`reject_share_problem`) with the reason: those stay
+    staged, for a look at their rejects, but do not land.
     """
     found, errors = archives.find()
     summaries = [ArchiveSummary(archive=e.archive, error=e.message) for e in errors]
     staged: dict[str, str] = {}
     changed: list[str] = []
+    rejected_wholesale: dict[str, str] = {}
     for archive in found:
         try:
             summary, key, decoded_now = archives.stage(archive, log)
@@ -53,11 +58,20 @@ def stage_archives(archives: ArchiveStore, log=None) -> tuple[list[ArchiveSummar
         staged[archive.name] = key
         if decoded_now:
             changed.append(archive.name)
+        if summary.rejected:
+            with (archives.staging / key / "rejects.parquet").open("rb") as rejects:
+                problem = reject_share_problem(summary, archives.max_reject_share, first_reject(rejects))
+            if problem:
+                rejected_wholesale[archive.name] = problem
     archives.collect_garbage(set(staged.values()))
-    return summaries, staged, changed
+    for name in rejected_wholesale:
+        del staged[name]
+    return summaries, staged, changed, rejected_wholesale
 
 
-def manifest_of(summaries: list[ArchiveSummary], staged: dict[str, str]) -> pd.DataFrame:
+def manifest_of(summaries: list[ArchiveSummary], staged: dict[str, str], failed: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per archive; `failed` (archive: why) marks archives that are staged but do not land."""
+    failed = failed or {}
     rows = []
     for s in summaries:
         device = catalogue.BY_ARCHIVE.get(s.archive)
@@ -69,16 +83,44 @@ def manifest_of(summaries: list[ArchiveSummary], staged: dict[str, str]) -> pd.D
             "flow_records": s.flow_records, "stats_exported": s.stats_exported, "decoded": s.decoded,
             "rejected": s.rejected, "reconciled": s.reconciled, "first_day": days[0] if days else None,
             "last_day": days[-1] if days else None, "rows_per_day": json.dumps(s.days),
-            "error": s.error, "warnings": "; ".join(s.warnings) or None,
+            "error": s.error or failed.get(s.archive), "warnings": "; ".join(s.warnings) or None,
             "local_macs": json.dumps(s.local_macs) if s.local_macs else None,
         })
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
-def reconciliation_report(summaries: list[ArchiveSummary]) -> dict:
+def reconciliation_report(summaries: list[ArchiveSummary], overlaps: list[dict] | None = None) -> dict:
+    """Each archive's ledger, and the flows archives share (counted once: `duplicate_of:<kept>` in clean_rejects)."""
     keys = ("archive", "device", "lines", "flow_records", "stats_exported", "decoded", "rejected", "unreadable",
             "damaged_at_line", "rejects_by_reason", "error")
-    return {"archives": [{**{k: getattr(s, k, None) for k in keys}, "reconciled": s.reconciled} for s in summaries]}
+    return {"archives": [{**{k: getattr(s, k, None) for k in keys}, "reconciled": s.reconciled} for s in summaries],
+            "overlaps": overlaps or []}
+
+
+def flow_keys(archives: ArchiveStore, staged_key: str, local_mac: str | None) -> pd.DataFrame:
+    """An archive's staged flows as FLOW_KEY (seen from `local_mac`, as cleaning sees them) and their day."""
+    from iot_assets.io.lake import read_parquet
+
+    table = read_parquet(archives.staging / staged_key / "flows.parquet",
+                         columns=["src_mac", "src_ip", "dst_ip", "src_port", "dst_port", "protocol", "flow_start"])
+    flows = table.to_pandas()
+    out = flows["src_mac"] == local_mac if local_mac else pd.Series(True, index=flows.index)
+    return pd.DataFrame({
+        "device_mac": local_mac, "protocol": flows["protocol"],
+        "device_ip": flows["src_ip"].where(out, flows["dst_ip"]), "device_port": flows["src_port"].where(out, flows["dst_port"]),
+        "remote_ip": flows["dst_ip"].where(out, flows["src_ip"]), "remote_port": flows["dst_port"].where(out, flows["src_port"]),
+        "flow_start": flows["flow_start"], "day": flows["flow_start"].dt.strftime("%Y-%m-%d"),
+    })
+
+
+def overlaps_of(manifest: pd.DataFrame, archives: ArchiveStore) -> list[dict]:
+    """Flows that archives of one device share (`archive_overlaps`), over the archives that land."""
+    landing = manifest[manifest["staged_key"].notna()]
+    local_macs = dict(zip(landing["archive"], landing["local_mac"]))
+    keys = dict(zip(landing["archive"], landing["staged_key"]))
+    days = {row.archive: set(json.loads(row.rows_per_day or "{}")) for row in landing.itertuples()}
+    return archive_overlaps(lambda a: flow_keys(archives, keys[a], local_macs[a]), local_macs,
+                            archive_rank(list(local_macs), local_macs), days)
 
 
 def reconciliation_check(summaries: list[ArchiveSummary]) -> dg.AssetCheckResult:
@@ -96,6 +138,18 @@ def reconciliation_check(summaries: list[ArchiveSummary]) -> dg.AssetCheckResult
             "decoded": sum(s.decoded for s in summaries),
             "rejected": sum(s.rejected for s in summaries),
         },
+    )
+
+
+def reject_share_check(rejected_wholesale: dict[str, str], max_share: float) -> dg.AssetCheckResult:
+    """ERROR when an archive was rejected wholesale: it does not land, and `iot-assets run` exits 1 with an ALERT."""
+    return dg.AssetCheckResult(
+        check_name="archives_decode",
+        passed=not rejected_wholesale,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(f"{k}: {v}" for k, v in rejected_wholesale.items())
+        or f"no archive rejects every record or more than {max_share:g} of them",
+        metadata={"failed": dg.MetadataValue.json(rejected_wholesale), "max_reject_share": max_share},
     )
 
 
@@ -199,6 +253,21 @@ def _split_schema_failures(clean: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFr
         return CleanFlows.validate(clean.loc[~bad], lazy=True), rejected, cases
 
 
+def _count_once(clean: pd.DataFrame, rank: dict[str, int]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """A flow that several archives hold kept once (`cross_archive_duplicates`): (the clean rows,
+    `duplicate_of:<kept archive>` rejects of the copies, copies per (archive, kept archive))."""
+    duplicate_of = cross_archive_duplicates(clean, rank)
+    copies = duplicate_of.notna()
+    if not copies.any():
+        return clean, clean.iloc[0:0][["archive", "line_number"]].assign(reason="", detail=""), {}
+    kept = duplicate_of[copies]
+    rejects = clean.loc[copies, ["archive", "line_number"]].assign(
+        reason=[f"duplicate_of:{archive}" for archive, _ in kept],
+        detail=[f"the same flow as {archive} line {line}" for archive, line in kept])
+    counted = rejects.assign(kept=[a for a, _ in kept]).groupby(["archive", "kept"]).size()
+    return clean.loc[~copies].reset_index(drop=True), rejects, {pair: int(n) for pair, n in counted.items()}
+
+
 def flow_sample(clean: pd.DataFrame, seed: int) -> pd.DataFrame:
     """Up to a few hundred flows per device of a day: what the per-flow baseline classifier trains on."""
     return clean.sample(frac=1.0, random_state=seed).groupby("device_mac").head(BASELINE_FLOWS_PER_DEVICE_DAY) \
@@ -214,6 +283,9 @@ def build(parts: Partitions) -> list:
         check_specs=[
             dg.AssetCheckSpec("archives_reconcile", asset="raw_archives",
                               description="Flow lines = decoded + rejected = the archive's stats.exportedFlowTotalCount."),
+            dg.AssetCheckSpec("archives_decode", asset="raw_archives",
+                              description="No archive rejects every record, or more than IOT_ASSETS_MAX_REJECT_SHARE "
+                                          "of them (a changed format): such an archive does not land."),
             dg.AssetCheckSpec("archives_match_catalogue", asset="raw_archives",
                               description="Each archive is a catalogue device and its dominant MAC is that device's."),
         ],
@@ -221,15 +293,18 @@ def build(parts: Partitions) -> list:
     )
     def raw_archives(context: dg.AssetExecutionContext, archives: ArchiveStore, reports: ReportFiles):
         """The landing zone: archives with checksums and devices, each decoded once per content hash."""
-        summaries, staged, changed = stage_archives(archives, context.log)
-        manifest = manifest_of(summaries, staged)
-        report_path = reports.write_json("reconciliation.json", reconciliation_report(summaries))
+        summaries, staged, changed, rejected_wholesale = stage_archives(archives, context.log)
+        manifest = manifest_of(summaries, staged, rejected_wholesale)
+        overlaps = overlaps_of(manifest, archives)
+        report_path = reports.write_json("reconciliation.json", reconciliation_report(summaries, overlaps))
         now = archive_days(manifest)
         in_range = set(parts.daily.get_partition_keys())
         # A new, changed or removed archive changes the days it covered and covers: all are rebuilt
         # (a day no archive covers any more becomes an empty day, not a stale one).
         rebuild = changed_days(_previous_archive_days(context), now)
         pruned = prune_outside(archives.base_url, in_range)
+        if stale_reports := reports.prune_daily_outside(in_range):
+            pruned["daily_report"] = stale_reports
         yield dg.Output(
             manifest,
             metadata={
@@ -241,6 +316,7 @@ def build(parts: Partitions) -> list:
                 "changed_days": dg.MetadataValue.json(sorted(rebuild & in_range)),
                 "archive_days": dg.MetadataValue.json(now),
                 "pruned_outside_range": dg.MetadataValue.json(pruned),
+                "overlapping_archives": dg.MetadataValue.json(overlaps),
                 "reconciliation": dg.MetadataValue.path(str(report_path)),
                 "reconciliation_url": dg.MetadataValue.url(reports.url(report_path)),
                 "manifest": dg.MetadataValue.md(manifest.drop(columns=["sha256", "staged_key", "rows_per_day"])
@@ -248,6 +324,7 @@ def build(parts: Partitions) -> list:
             },
         )
         yield reconciliation_check(summaries)
+        yield reject_share_check(rejected_wholesale, archives.max_reject_share)
         yield device_check(summaries)
 
 
@@ -314,11 +391,18 @@ def build(parts: Partitions) -> list:
             dg.AssetCheckSpec("day_reconciles", asset="clean_flows", blocking=True,
                               description="Decoded rows of the day = clean rows + rejected rows."),
             dg.AssetCheckSpec("clean_schema", asset="clean_flows", description="pandera CleanFlows on the partition."),
+            dg.AssetCheckSpec("flows_counted_once", asset="clean_flows",
+                              description="No flow (device, protocol, addresses, ports, start) is in two archives; "
+                                          "one that is (a re-export, a renamed copy) is kept once, the copies are "
+                                          "duplicate_of:<archive> rejects."),
         ],
     )
     def clean_flows(context: dg.AssetExecutionContext, decoded_flows: LazyDays, raw_archives: pd.DataFrame,
                     collector_flows: LazyDays, pseudonymiser: dg.ResourceParam[Pseudonymiser]):
         """Device-centric flows of the day: normalised, labelled with the catalogue device, validated."""
+        local_macs = dict(zip(raw_archives["archive"], raw_archives["local_mac"]))
+        rank = archive_rank(list(local_macs), local_macs)
+        overlaps_by_day: dict[str, dict[tuple[str, str], int]] = {}
         rejects_by_day, samples, rows_by_day, devices_by_day = {}, {}, {}, {}
         unbalanced, schema_notes, by_reason, decoded_rows = {}, {}, {}, 0
         for day in context.partition_keys:
@@ -338,7 +422,8 @@ def build(parts: Partitions) -> list:
                                                pseudonymiser.catalogue(day))
             del decoded
             clean, schema_rejects, failures = _split_schema_failures(clean)
-            rejects = FlowRejects.validate(pd.concat([rejects, schema_rejects], ignore_index=True))
+            clean, duplicate_rejects, overlaps_by_day[day] = _count_once(clean, rank)
+            rejects = FlowRejects.validate(pd.concat([rejects, schema_rejects, duplicate_rejects], ignore_index=True))
             clean = clean.reset_index(drop=True)
             if decoded_day != len(clean) + len(rejects):
                 unbalanced[day] = f"{decoded_day:,} decoded != {len(clean):,} clean + {len(rejects):,} rejected"
@@ -378,6 +463,17 @@ def build(parts: Partitions) -> list:
             or f"decoded = clean + rejected on every day ({rows:,} + {rejected:,})",
             metadata={"clean": rows, "rejected": rejected, "failed_days": dg.MetadataValue.json(sorted(unbalanced)),
                       "rejects_by_reason": dg.MetadataValue.json(by_reason), "decoded_in_run": decoded_rows},
+        )
+        overlapping = {day: found for day, found in overlaps_by_day.items() if found}
+        yield dg.AssetCheckResult(
+            check_name="flows_counted_once", asset_key="clean_flows", passed=not overlapping,
+            severity=dg.AssetCheckSeverity.WARN,
+            description="; ".join(f"{day}: " + ", ".join(f"{n:,} records of {dropped} are {kept}'s, counted once"
+                                                         for (dropped, kept), n in sorted(found.items()))
+                                  for day, found in sorted(overlapping.items()))[:2000]
+            or "no flow is in two archives",
+            metadata={"overlaps": dg.MetadataValue.json({day: {f"{d} -> {k}": n for (d, k), n in found.items()}
+                                                         for day, found in overlapping.items()})},
         )
         yield dg.AssetCheckResult(
             check_name="clean_schema", asset_key="clean_flows", passed=not schema_notes,
