@@ -167,9 +167,50 @@ def _changed_days(result: dg.ExecuteInProcessResult) -> set[str]:
 
 
 def _unbuilt_days(instance: dg.DagsterInstance, job_name: str, days: list[str]) -> set[str]:
-    """Days some daily asset of the stage has no materialization of."""
-    built = [instance.get_materialized_partitions(dg.AssetKey(name)) for name in STAGE_ASSETS[job_name]]
-    return {day for day in days if not all(day in partitions for partitions in built)}
+    """Days some daily asset of the stage has no materialization of, or one older than what it is built from.
+
+    Older: the landing zone said the day changed (a new or changed archive) after the stage last built it,
+    or (scoring) the day's windows were rebuilt after it was scored. A run killed between two stages, or
+    inside one, leaves such days: the next run rebuilds them, the changed days are not only in the killed
+    run's memory.
+    """
+    built = {name: _day_times(instance, name, days) for name in STAGE_ASSETS[job_name]}
+    built_at = {day: min((times.get(day) for times in built.values()), key=lambda t: t or 0) for day in days}
+    if job_name == "daily_flows_job":
+        source_at = _changed_at(instance)
+    else:
+        source_at = _day_times(instance, "device_windows", days)
+    return {day for day in days if not built_at[day] or source_at.get(day, 0) > built_at[day]}
+
+
+def _day_times(instance: dg.DagsterInstance, asset: str, days: list[str]) -> dict[str, float]:
+    """When each day of `asset` was last materialized (days never built are missing)."""
+    times: dict[str, float] = {}
+    for record in _records(instance, dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=days)):
+        times.setdefault(record.partition_key, record.timestamp)  # newest first
+    return times
+
+
+def _records(instance: dg.DagsterInstance, records_filter: dg.AssetRecordsFilter):
+    """Every materialization record the filter selects, newest first, a page at a time."""
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(records_filter, limit=5_000, cursor=cursor)
+        yield from page.records
+        if not page.has_more:
+            return
+        cursor = page.cursor
+
+
+def _changed_at(instance: dg.DagsterInstance) -> dict[str, float]:
+    """When the landing zone last said each day changed (raw_archives' and collector_files' `changed_days`)."""
+    changed: dict[str, float] = {}
+    for asset in ("raw_archives", "collector_files"):
+        for record in _records(instance, dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset))):
+            days = record.asset_materialization.metadata.get("changed_days")
+            for day in days.value if days else []:
+                changed[day] = max(changed.get(day, 0.0), record.timestamp)
+    return changed
 
 
 def _missing(instance: dg.DagsterInstance, job_name: str) -> bool:

@@ -193,3 +193,33 @@ def test_days_built_gathered_state_is_read_after_the_days_are_written_or_the_run
     assert not reordered.success
     failure = next(e for e in reordered.all_events if e.is_step_failure)
     assert "read before its days were written" in failure.event_specific_data.error.cause.message
+
+
+def test_a_day_the_landing_zone_changed_after_it_was_built_is_rebuilt_by_the_next_run():
+    """A run killed after ingest (or inside a stage) leaves days whose tables predate the change: they count as unbuilt."""
+    import dagster as dg
+
+    from iot_assets.defs.automation.jobs import FLOW_ASSETS, SCORING_ASSETS
+    from iot_assets.materialize import _unbuilt_days
+
+    instance = dg.DagsterInstance.ephemeral()
+    days = ["2019-06-25", "2019-06-26"]
+
+    def built(assets, day):
+        for asset in assets:
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=day))
+
+    for day in days:
+        built(FLOW_ASSETS, day)
+        built(SCORING_ASSETS, day)
+    assert _unbuilt_days(instance, "daily_flows_job", days) == set()
+    assert _unbuilt_days(instance, "daily_scoring_job", days) == set()
+    # The landing zone says 06-26 changed (the run that would rebuild it was killed).
+    instance.report_runless_asset_event(dg.AssetMaterialization("raw_archives", metadata={"changed_days": ["2019-06-26"]}))
+    assert _unbuilt_days(instance, "daily_flows_job", days) == {"2019-06-26"}
+    # Its flows rebuilt, but the run killed before scoring: the scores are older than the windows.
+    built(FLOW_ASSETS, "2019-06-26")
+    assert _unbuilt_days(instance, "daily_flows_job", days) == set()
+    assert _unbuilt_days(instance, "daily_scoring_job", days) == {"2019-06-26"}
+    built(SCORING_ASSETS, "2019-06-26")
+    assert _unbuilt_days(instance, "daily_scoring_job", days) == set()
