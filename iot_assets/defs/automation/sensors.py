@@ -109,8 +109,10 @@ def build(deployment: Deployment) -> dg.Definitions:
                                    f"{len(days)} days with most devices drifted, last {days[-1]}"})
 
 
+    # Off by default: re-baselining replaces the served detector, and a served model changes only when
+    # someone decides so (turn the sensor on under Automation to make it a standing policy).
     @dg.asset_sensor(asset_key=dg.AssetKey("rebaseline_decisions"), job=jobs["rebaseline_job"],
-                     default_status=dg.DefaultSensorStatus.RUNNING)
+                     default_status=dg.DefaultSensorStatus.STOPPED)
     def rebaseline_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
         """Refits the detector and drift reference of the devices rebaseline_decisions names, on their new normal."""
         materialization = asset_event.asset_materialization
