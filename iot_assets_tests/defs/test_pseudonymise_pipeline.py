@@ -388,7 +388,8 @@ def test_month_rotation_names_a_device_by_the_month_of_each_day(tmp_path):
     pz = pseudonymiser(KEY_B, IOT_ASSETS_PSEUDONYMISE_ROTATION="month")
     remo = catalogue.BY_ARCHIVE["nature_remo"].mac
     for day in ("2019-06-30", "2019-07-01"):
-        result = dg.materialize([flows.raw_archives, flows.decoded_flows, flows.clean_flows], resources=resources,
+        result = dg.materialize([flows.raw_archives, flows.collector_files, flows.collector_flows, flows.decoded_flows,
+                                 flows.clean_flows], resources=resources,
                                 instance=instance, partition_key=day,
                                 selection=["decoded_flows", "clean_flows", "clean_rejects", "flow_sample"])
         assert result.success
