@@ -49,7 +49,9 @@ def _lake(data: Path, asset: str, day: str | None = None) -> pd.DataFrame:
 def _ingest(data: Path, instance: dg.DagsterInstance | None = None):
     """collector_files, then the day's collector and clean flows, as `iot-assets run` builds them."""
     flows = assets_for()
-    resources = resources_for(data)
+    # In clear: these tests count each private address's packets against the pcap's. (Collector flows are
+    # pseudonymised in `defs/ingest/collectors.py::_pseudonymised`; no test covers that yet.)
+    resources = resources_for(data, IOT_ASSETS_PSEUDONYMISE="off")
     instance = instance or dg.DagsterInstance.ephemeral()
     files = dg.materialize([flows.collector_files], resources=resources, instance=instance)
     day = dg.materialize([flows.raw_archives, flows.decoded_flows, flows.collector_files, flows.collector_flows,
