@@ -11,7 +11,7 @@ import pytest
 
 from iot_assets.contracts import catalogue
 from iot_assets.contracts.schemas import CleanFlows
-from iot_assets.core import exposure
+from iot_assets.core import exposure, exposure_metrics
 from iot_assets.core.archive import find_archives
 from iot_assets.core.clean import to_device_centric
 from iot_assets.core.ingest import decode_archive
@@ -299,7 +299,7 @@ def test_metrics_count_device_days_and_the_delay():
     episodes = pd.DataFrame({"device": [REMO.name, REMO.name], "type": ["open_telnet", "dns_hijack"],
                              "start": pd.to_datetime(["2019-07-03 18:00", "2019-07-05 01:00"], utc=True),
                              "end": pd.to_datetime(["2019-07-06 00:00", "2019-07-06 00:00"], utc=True)})
-    metrics = exposure.exposure_metrics(findings, episodes)
+    metrics = exposure_metrics.exposure_metrics(findings, episodes)
     telnet = metrics["kinds"]["telnet"]
     # Truth: Remo on 07-03, 07-04, 07-05; flagged on 07-04 and 07-05 (a day late); the bridge's 07-03 is false.
     assert (telnet["true_positive_days"], telnet["missed_days"], telnet["false_positive_days"]) == (2, 1, 1)
@@ -353,7 +353,7 @@ def test_injected_exposure_episodes_are_found_on_their_days(tmp_path):
         previous = exposure.carry_history(previous, today, day, exposure.device_lines(day_flows))
         tables.append(previous)
     findings = pd.concat(tables)
-    metrics = exposure.exposure_metrics(findings, read_episodes(tmp_path / "episodes.csv", EXPOSURE_EPISODE_TYPES))
+    metrics = exposure_metrics.exposure_metrics(findings, read_episodes(tmp_path / "episodes.csv", EXPOSURE_EPISODE_TYPES))
     for kind in ("telnet", "inbound_from_internet", "udp_reflector", "upnp_ssdp_internet", "hardcoded_dns"):
         result = metrics["kinds"][kind]
         assert result["recall"] == 1.0 and result["precision"] == 1.0, (kind, result)

@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from iot_assets.contracts.calendar import previous_day
-from iot_assets.core import exposure
+from iot_assets.core import exposure, exposure_metrics
 from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY, concat_days
 from iot_assets.defs.day_metadata import attach, exposure_metadata
 from iot_assets.defs.loading import current_deployment
@@ -119,7 +119,7 @@ def build(parts: Partitions) -> list:
                     "day_range": dg.MetadataValue.json(report["day_range"]), **reports.metadata(path)}
         episodes = model_settings.read_episodes(EXPOSURE_EPISODE_TYPES)
         if episodes is not None and len(episodes):
-            metrics = exposure.exposure_metrics(table, episodes, days=days)
+            metrics = exposure_metrics.exposure_metrics(table, episodes, days=days)
             metadata["metrics"] = dg.MetadataValue.path(str(reports.write_json("exposure_metrics.json", metrics)))
             metadata["recall"] = dg.MetadataValue.json({k: v["recall"] for k, v in metrics["kinds"].items()})
         return dg.MaterializeResult(metadata=metadata)
