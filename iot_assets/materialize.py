@@ -41,7 +41,10 @@ IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.Dag
 
 def instance_yaml() -> str:
     """The embedded instance `iot-assets run` creates: runs queued, one at a time per data location."""
+    # nux off: the community sign-up modal of a fresh instance would cover the analyst's first page.
     return f"""telemetry:
+  enabled: false
+nux:
   enabled: false
 run_coordinator:
   module: dagster.core.run_coordinator
