@@ -5,13 +5,10 @@ device_inventory partition names every device; SIGTERM stops the webserver, the 
 Skips without Chromium or Playwright (`.ci/run` installs both).
 """
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -23,13 +20,9 @@ from iot_assets.defs.automation.sensors import range_tags
 from iot_assets.reports import day_tables
 from iot_assets.show import day_table
 from iot_assets.ui import free_port, port_is_free
+from iot_assets_tests.support.browser import BROWSER_ARGS, CHROMIUM, ROOT, built_sample, text_with, wait_for_url
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOTS = Path(os.environ.get("IOT_ASSETS_SCREENSHOTS", ROOT / "ui-screenshots"))
 DAYS = ["2019-06-25", "2019-06-26", "2019-06-27"]
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"]
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +32,7 @@ def sample_lake(tmp_path_factory):
     """Three sample days built by `iot-assets run`, with the reports linked at a free localhost port."""
     work = tmp_path_factory.mktemp("analyst")
     reports_port = free_port()
-    env = {**os.environ, "IOT_ASSETS_DATA_DIR": str(work / "data"), "DAGSTER_HOME": str(work / "dagster_home"),
-           "IOT_ASSETS_END_DATE": DAYS[-1], "IOT_ASSETS_REPORTS_URL": f"http://127.0.0.1:{reports_port}"}
-    env.pop("IOT_ASSETS_EPISODES", None)
-    done = subprocess.run([sys.executable, "-m", "iot_assets.cli", "run", "--sample-days", "3", "--sample-scale", "0.02"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    env = built_sample(work, DAYS, IOT_ASSETS_REPORTS_URL=f"http://127.0.0.1:{reports_port}")
     return {"env": env, "work": work, "data": str(work / "data"), "reports_port": reports_port}
 
 
@@ -148,34 +136,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
-    deadline = time.time() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
-                assert answer.status == 200
-                return
-        except OSError:
-            if time.time() > deadline or process.poll() is not None:
-                raise AssertionError(f"{url} never answered; log: {log.read_text()[-3000:]}")
-            time.sleep(1)
-
-
-def _text_with(page, expected: list[str], screenshot: str, seconds: float = 60) -> str:
-    deadline = time.time() + seconds
-    text = ""
-    while time.time() < deadline:
-        text = page.inner_text("body")
-        if all(e in text for e in expected):
-            break
-        page.wait_for_timeout(1000)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / screenshot), full_page=True)
-    missing = [e for e in expected if e not in text]
-    assert not missing, f"{missing} not on {page.url}; screenshot {SCREENSHOTS / screenshot}"
-    return text
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (.ci/run installs it)")
 def test_iot_assets_ui_links_each_days_report_and_names_every_device(sample_lake):
     playwright = pytest.importorskip("playwright.sync_api")
@@ -188,8 +148,8 @@ def test_iot_assets_ui_links_each_days_report_and_names_every_device(sample_lake
     base, reports = f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{reports_port}"
     day = DAYS[0]
     try:
-        _wait_for(f"{base}/server_info", ui, log)
-        _wait_for(f"{reports}/daily/{day}.html", ui, log)
+        wait_for_url(f"{base}/server_info", ui, log)
+        wait_for_url(f"{reports}/daily/{day}.html", ui, log)
         processes = _descendants(ui.pid)
         names = {b" ".join(Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[:3]).decode(errors="replace")
                  for p in processes if Path(f"/proc/{p}/cmdline").exists()}
@@ -202,7 +162,7 @@ def test_iot_assets_ui_links_each_days_report_and_names_every_device(sample_lake
             page = context.new_page()
             page.goto(f"{base}/assets/daily_report?view=partitions&partition={day}", wait_until="domcontentloaded")
             link = f"{reports}/daily/{day}.html"
-            _text_with(page, [link, "incidents"], "analyst_daily_report_partition.png")
+            text_with(page, [link, "incidents"], "analyst_daily_report_partition.png")
             # The instance turns Dagster's community sign-up modal off (instance_yaml: nux); were it
             # shown, it would cover this link some seconds after the page loads.
             page.wait_for_timeout(3000)
@@ -217,11 +177,11 @@ def test_iot_assets_ui_links_each_days_report_and_names_every_device(sample_lake
                 report = page
             report.wait_for_load_state()
             assert report.url == link
-            text = _text_with(report, [f"iot-assets daily report {day}", "Needs attention", "Exposure",
+            text = text_with(report, [f"iot-assets daily report {day}", "Needs attention", "Exposure",
                                        "What the findings mean and what to do"], "analyst_daily_report.png")
             assert "device classifier" in text and "trained on" in text
             page.goto(f"{base}/assets/device_inventory?view=partitions&partition={day}", wait_until="domcontentloaded")
-            _text_with(page, ["inventory", "catalogue_model", *devices], "analyst_device_inventory.png")
+            text_with(page, ["inventory", "catalogue_model", *devices], "analyst_device_inventory.png")
             browser.close()
     finally:
         ui.send_signal(signal.SIGTERM)

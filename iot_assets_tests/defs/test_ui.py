@@ -5,13 +5,10 @@ Skips when no Chromium or Playwright is installed; `.ci/run` installs both so th
 """
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -20,49 +17,27 @@ import pyarrow.parquet as pq
 import pytest
 
 from iot_assets.materialize import failure_message
+from iot_assets.ui import free_port
+from iot_assets_tests.support.browser import BROWSER_ARGS, CHROMIUM, ROOT, built_sample, text_with, wait_for_url
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOTS = Path(os.environ.get("IOT_ASSETS_SCREENSHOTS", ROOT / "ui-screenshots"))
 DAYS = ["2019-06-25", "2019-06-26", "2019-06-27"]
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"]
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (.ci/run installs it)")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory):
     """A sample materialized by `iot-assets run`, then `dagster dev` serving it on 127.0.0.1."""
     work = tmp_path_factory.mktemp("ui")
-    env = {**os.environ, "IOT_ASSETS_DATA_DIR": str(work / "data"), "DAGSTER_HOME": str(work / "dagster_home"),
-           "IOT_ASSETS_END_DATE": DAYS[-1]}
-    env.pop("IOT_ASSETS_EPISODES", None)
-    done = subprocess.run([sys.executable, "-m", "iot_assets.cli", "run", "--sample-days", "3", "--sample-scale", "0.02"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    port = _free_port()
+    env = built_sample(work, DAYS)
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
         env=env, cwd=ROOT, stdout=open(work / "dagster_dev.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/server_info", timeout=5)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError((work / "dagster_dev.log").read_text()[-3000:])
-                time.sleep(2)
+        wait_for_url(f"{url}/server_info", server, work / "dagster_dev.log")
         yield {"url": url, "env": env, "work": work}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -74,21 +49,7 @@ def dagster_dev(tmp_path_factory):
 
 def _page_text(page, url: str, expected: list[str], screenshot: str) -> str:
     page.goto(url, wait_until="domcontentloaded", timeout=60_000)
-    skip = page.get_by_role("button", name="Skip")
-    deadline = time.time() + 60
-    text = ""
-    while time.time() < deadline:
-        if skip.count() and skip.first.is_visible():
-            skip.first.click()  # the community sign-up modal of a fresh instance
-        text = page.inner_text("body")
-        if all(e in text for e in expected):
-            break
-        page.wait_for_timeout(1000)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / screenshot))
-    missing = [e for e in expected if e not in text]
-    assert not missing, f"{missing} not on {url}; screenshot {SCREENSHOTS / screenshot}"
-    return text
+    return text_with(page, expected, screenshot)
 
 
 def test_ui_shows_assets_partitions_and_checks(dagster_dev):

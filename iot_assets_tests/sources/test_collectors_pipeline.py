@@ -22,7 +22,8 @@ from iot_assets.contracts.schemas import CleanFlows
 from iot_assets.core.clean import DECODED_COLUMNS, to_device_centric
 from iot_assets.core.subscriber_lines import line_views
 from iot_assets.synthetic.pcap import write_pcap
-from iot_assets_tests.sources.test_sources import (
+from iot_assets_tests.support import collectors
+from iot_assets_tests.support.collectors import (
     NFDUMP_TOOLS,
     Nfcapd,
     fictional_ipfix_file,
@@ -134,12 +135,7 @@ def pcap(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nfpcapd_files(pcap, tmp_path_factory) -> Path:
-    if any(shutil.which(p) is None for p in NFDUMP_TOOLS):
-        pytest.skip("needs nfdump, nfpcapd (Debian package nfdump; .ci/run installs it)")
-    directory = tmp_path_factory.mktemp("nfpcapd")
-    subprocess.run(["nfpcapd", "-r", str(pcap.path), "-w", str(directory)], capture_output=True, check=True,
-                   timeout=120)
-    return directory
+    return collectors.nfpcapd_files(pcap.path, tmp_path_factory.mktemp("nfpcapd"))
 
 
 @pytest.mark.slow

@@ -40,6 +40,7 @@ from iot_assets.sources.ipfix_file import read_ipfix_file
 from iot_assets.sources.landing import read_landing_zone
 from iot_assets.synthetic import profiles as sample
 from iot_assets.synthetic.pcap import DEFAULT_DEVICES, write_pcap
+from iot_assets_tests.support import collectors
 from iot_assets_tests.support.collectors import (
     NFDUMP_TOOLS,
     Nfcapd,
@@ -312,13 +313,8 @@ def _nfdump_totals(directory: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def nfpcapd_dir(pcap, tmp_path_factory):
-    if any(shutil.which(p) is None for p in NFDUMP_TOOLS):
-        pytest.skip("needs nfdump, nfpcapd (Debian package nfdump; .ci/run installs it)")
-    directory = tmp_path_factory.mktemp("nfpcapd")
-    subprocess.run(["nfpcapd", "-r", str(pcap.path), "-w", str(directory)], capture_output=True, check=True,
-                   timeout=120)
-    return directory
+def nfpcapd_dir(pcap, tmp_path_factory) -> Path:
+    return collectors.nfpcapd_files(pcap.path, tmp_path_factory.mktemp("nfpcapd"))
 
 
 @pytest.mark.slow

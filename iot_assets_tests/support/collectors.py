@@ -40,7 +40,13 @@ _FLOW_TEMPLATE = [(8, 4), (12, 4), (152, 8), (153, 8), (1, 8), (2, 8), (7, 2), (
                   (57, 6)]
 
 
-NFDUMP_TOOLS = ("nfdump", "nfpcapd", "nfcapd")
+def nfpcapd_files(pcap: Path, directory: Path) -> Path:
+    """`nfpcapd -r` of a pcap file into `directory`: the nfcapd files Debian's nfdump writes from it (skips
+    without nfdump)."""
+    if any(_program(p) is None for p in NFDUMP_TOOLS):
+        pytest.skip("needs nfdump, nfpcapd (Debian package nfdump; .ci/run installs it)")
+    subprocess.run(["nfpcapd", "-r", str(pcap), "-w", str(directory)], capture_output=True, check=True, timeout=120)
+    return directory
 
 
 def skip_without(*programs: str):
