@@ -259,11 +259,18 @@ class EndpointInputError(ValueError):
     """Flows handed to the endpoint evidence lack a column it needs."""
 
 
-def service_flows(flows: pd.DataFrame) -> pd.DataFrame:
-    """Internet flows per MAC, day and backend service: remote /24 (IPv6 /48), server port, protocol.
+SERVICE_COLUMNS = ["device_mac", "device_name", "day", "window_start", "service", "flows"]
 
-    Returns columns device_mac, device_name, day, service, flows. Infrastructure ports
-    (ENDPOINT_IGNORED_PORTS) are left out.
+
+def service_flows(flows: pd.DataFrame, window_minutes: int = 60) -> pd.DataFrame:
+    """Internet flows per MAC, window and backend service: remote /24 (IPv6 /48), server port, protocol.
+
+    Returns SERVICE_COLUMNS (`window_start`: the flow's start floored to `window_minutes`, as
+    `features.build_windows` keys windows, so that the windows of attack episodes can be
+    left out). Infrastructure ports (ENDPOINT_IGNORED_PORTS) are left out. The remote
+    address is read as it is: Internet peers stay in clear under the default
+    pseudonymisation (docs/pseudonymisation.md); with IOT_ASSETS_PSEUDONYMISE_REMOTE on,
+    Crypto-PAn keeps the /24 a /24 and the services are pseudonyms of the same services.
     """
     missing = set(ENDPOINT_FLOW_COLUMNS) - set(flows.columns)
     if missing:
@@ -277,11 +284,22 @@ def service_flows(flows: pd.DataFrame) -> pd.DataFrame:
         "device_mac": internet["device_mac"].to_numpy(),
         "device_name": internet["device_name"].astype(object).to_numpy(),
         "day": day_strings(internet["flow_start"]),
+        "window_start": internet["flow_start"].dt.floor(f"{window_minutes}min").to_numpy(),
         "service": (remote_prefix(internet["remote_ip"]).to_numpy().astype(object) + ":" + server_port.astype(str)
                     + "/" + internet["protocol"].astype(np.int64).astype(str).to_numpy()),
     }).dropna(subset=["service", "day"])
-    return keyed.groupby(["device_mac", "device_name", "day", "service"], dropna=False, as_index=False).size() \
-        .rename(columns={"size": "flows"})
+    return keyed.groupby(SERVICE_COLUMNS[:-1], dropna=False, as_index=False).size() \
+        .rename(columns={"size": "flows"})[SERVICE_COLUMNS]
+
+
+def services_outside_attacks(services: pd.DataFrame, windows: pd.DataFrame, attacked: pd.Series | None) -> pd.DataFrame:
+    """The `service_flows` rows outside the `attacked` windows of their MAC (a scan's thousands of
+    peers are not the product's backend); rows and windows are matched on (device_mac, window_start)."""
+    if attacked is None or not attacked.any() or services.empty:
+        return services
+    bad = pd.MultiIndex.from_frame(windows.loc[attacked.to_numpy(), ["device_mac", "window_start"]])
+    keys = pd.MultiIndex.from_arrays([services["device_mac"], services["window_start"]])
+    return services[~keys.isin(bad)]
 
 
 def endpoint_coverage(services: pd.DataFrame, known: dict[str, set[str]], pool_days: int,
@@ -363,9 +381,9 @@ class EndpointModel:
     threshold: float
     calibration: dict = field(default_factory=dict)
 
-    def coverage(self, flows: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> pd.DataFrame:
-        """`endpoint_coverage` of clean flows (ENDPOINT_FLOW_COLUMNS) against this model's services."""
-        return endpoint_coverage(service_flows(flows), self.services, pool_days, days)
+    def coverage(self, services: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> pd.DataFrame:
+        """`endpoint_coverage` of `service_flows` rows (the `device_services` asset) against this model's services."""
+        return endpoint_coverage(services, self.services, pool_days, days)
 
     def unknown(self, coverage: pd.DataFrame, named: np.ndarray) -> np.ndarray:
         """Per row of `coverage`: too little of its traffic went to the named model's services."""
@@ -394,11 +412,11 @@ class EndpointModel:
                    data.get("calibration", {}))
 
 
-def fit_endpoints(train_flows: pd.DataFrame, pool_days: int,
+def fit_endpoints(train_services: pd.DataFrame, pool_days: int,
                   calibration_fraction: float = CALIBRATION_FRACTION) -> EndpointModel:
-    """Each model's services over its training flows; the threshold from the later training days
-    scored against the services of the earlier ones (`calibrate_endpoints`)."""
-    services = service_flows(train_flows[train_flows["device_name"].notna()])
+    """Each model's services over its training days (`service_flows` rows); the threshold from
+    the later training days scored against the services of the earlier ones (`calibrate_endpoints`)."""
+    services = train_services[train_services["device_name"].notna()]
     days = sorted(services["day"].unique())
     coverage = truth = None
     if len(days) >= 2:
