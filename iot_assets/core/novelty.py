@@ -21,6 +21,7 @@ NOVELTY_CAP = 3.0  # a feature counts at most three spreads: one wild feature do
 CALIBRATION_FRACTION = 0.3  # the last 30% of the training days calibrate the novelty threshold
 MIN_MODEL_WINDOWS = 24  # a model's profile needs at least a day of windows
 HELD_OUT_QUANTILE = 0.1
+DISTANCE_CHUNK_VALUES = 4_000_000  # floats of (rows, profiles, features) computed at once: 32 MB
 PROFILE_DAYS: int | None = 28  # one novelty profile per four weeks of training, counted back from its last day
 
 
@@ -64,13 +65,24 @@ class NoveltyModel:
         Xiaomi light and au camera both sent several times their usual DNS, and both were
         called unknown.
         """
-        z = _signed_spreads(profiles[self.features].to_numpy(dtype=float), self.center, self.spread)
-        distance = _distance_of(z)
-        if len(z) and len(self.labels):
-            nearest = z[np.arange(len(z)), distance.argmin(axis=1)]
+        x = profiles[self.features].to_numpy(dtype=float)
+        distance = np.empty((len(x), len(self.center)))
+        nearest = np.empty_like(x)
+        # (rows, profiles, features) at once would be rows x 100 x 214 floats with four periods
+        # of 25 models: rows go in chunks of about 32 MB.
+        step = max(1, DISTANCE_CHUNK_VALUES // max(1, self.center.size))
+        for start in range(0, len(x), step):
+            z = _signed_spreads(x[start:start + step], self.center, self.spread)
+            distance[start:start + step] = _distance_of(z)
+            if len(self.center):
+                nearest[start:start + step] = z[np.arange(len(z)), distance[start:start + step].argmin(axis=1)]
+        if len(x) and len(self.labels):
             network = anomaly.network_moves(nearest, profiles.index.get_level_values("day").to_numpy())
-            if network.any():
-                distance = _distance_of(np.where(network[:, None, :], 0.0, z))
+            moved_rows = np.flatnonzero(network.any(axis=1))
+            for start in range(0, len(moved_rows), step):
+                rows = moved_rows[start:start + step]
+                z = _signed_spreads(x[rows], self.center, self.spread)
+                distance[rows] = _distance_of(np.where(network[rows][:, None, :], 0.0, z))
         return pd.DataFrame(_nearest_per_label(distance, self.profile_labels, self.labels),
                             index=profiles.index, columns=self.labels)
 

@@ -92,3 +92,17 @@ def test_per_period_profiles_round_trip_and_leave_a_model_out(monkeypatch):
     assert old.profile_labels == old.labels
     with pytest.raises(ValueError, match="profile_labels"):
         novelty.NoveltyModel.from_arrays({**meta, "profile_labels": ["nobody"] * len(arrays["center"])}, arrays)
+
+
+def test_distances_in_row_chunks_equal_distances_at_once(monkeypatch):
+    windows = windows_with_a_lasting_change()
+    model = novelty.fit_novelty(windows[splits.window_days(windows) <= "2019-07-30"], "device_name", FEATURES)
+    profiles = model.day_profiles(windows, 7)
+    # A shift three of four MACs share on one day: the network's, recomputed without it per chunk too.
+    last_day = profiles.index.get_level_values("day") == "2019-08-09"
+    macs = profiles.index.get_level_values("device_mac").isin([f"02:00:00:00:00:0{d}" for d in range(3)])
+    profiles.loc[last_day & macs, FEATURES[:50]] += 20.0
+    at_once = model.distances(profiles)
+    monkeypatch.setattr(novelty, "DISTANCE_CHUNK_VALUES", 3 * model.center.size)  # three rows at a time
+    pd.testing.assert_frame_equal(model.distances(profiles), at_once)
+    assert (at_once.loc[last_day & macs].min(axis=1) < model.threshold).all()
