@@ -281,8 +281,10 @@ def service_flows(flows: pd.DataFrame, window_minutes: int = 60) -> pd.DataFrame
     `features.build_windows` keys windows, so that the windows of attack episodes can be
     left out). Infrastructure ports (ENDPOINT_IGNORED_PORTS) are left out. The remote
     address is read as it is: Internet peers stay in clear under the default
-    pseudonymisation (docs/pseudonymisation.md); with IOT_ASSETS_PSEUDONYMISE_REMOTE on,
-    Crypto-PAn keeps the /24 a /24 and the services are pseudonyms of the same services.
+    pseudonymisation (docs/pseudonymisation.md); peers inside the subscriber networks (the
+    real au camera's P2P peers in 100.64/10) and, with IOT_ASSETS_PSEUDONYMISE_REMOTE on,
+    every peer are Crypto-PAn pseudonyms, which keep one /24 one /24: within a key period the
+    services are renamed one to one and every coverage share is the same as in clear.
     """
     missing = set(ENDPOINT_FLOW_COLUMNS) - set(flows.columns)
     if missing:
