@@ -2,8 +2,8 @@
 
 Each known model has a profile per period of its training (centre and spread of every
 feature over its training windows of that period); a MAC's day is `unknown` when even the
-nearest profile is too far, the threshold being calibrated on held-out days of known devices. Part of the device classifier's model
-(`classifier.DeviceClassifier.novelty`).
+nearest profile is too far, the threshold being calibrated on held-out days of known
+devices. Part of the device classifier's model (`classifier.DeviceClassifier.novelty`).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class NoveltyModel:
                             index=profiles.index, columns=self.labels)
 
     def without(self, label: str) -> "NoveltyModel":
-        """The model as if `label` had never been trained: its profile dropped, the threshold
+        """The model as if `label` had never been trained: its profiles dropped, the threshold
         recalibrated without it. Each model's profile is fitted on its own windows only, so
         this equals a refit without that device."""
         keep = [i for i, name in enumerate(self.profile_labels) if name != label]
