@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import unseen_data  # noqa: E402
 
-from iot_assets.core import anomaly, classifier, incidents, splits  # noqa: E402
+from iot_assets.core import anomaly, classifier, incidents, novelty, splits  # noqa: E402
 from iot_assets.core.device_inventory import day_verdicts  # noqa: E402
 from iot_assets.core.features import ANOMALY_FEATURES, CONTEXT_HOURS  # noqa: E402
 
@@ -55,8 +55,10 @@ CONTEXT = pd.Timedelta(hours=CONTEXT_HOURS)
 def open_set(windows: pd.DataFrame, split: splits.TimeSplit, attacked: pd.Series, seed: int,
              endpoint_flows: pd.DataFrame | None) -> tuple[pd.DataFrame, dict]:
     """Per device: unknown share when left out, and day-level accuracy as a known device."""
-    # Endpoint evidence only when given: the baseline is the window features alone.
-    extra = {} if endpoint_flows is None else {"endpoint_flows": endpoint_flows}
+    # Endpoint evidence only when given: the baseline is the window features alone. The services
+    # per MAC and window, as the `device_services` asset holds them.
+    extra = {} if endpoint_flows is None else {
+        "endpoint_services": novelty.service_flows(endpoint_flows, WINDOW_MINUTES)}
     model, metrics, _ = classifier.train_and_evaluate(windows, split, seed, attacked, **extra)
     labelled = classifier.labelled_windows(windows, attacked)
     known = labelled[~split.is_train(labelled)]
@@ -192,10 +194,11 @@ def firmware_coverage(windows: pd.DataFrame, episodes: pd.DataFrame, flows: pd.D
                       labels: pd.Series, seed: int) -> tuple[pd.DataFrame, float]:
     """Per device with a firmware change: the share of each evaluation day's Internet flows that went to
     its own model's training services, lowest before the change and highest after it; the threshold."""
-    model, _, _ = classifier.train_and_evaluate(windows, split, seed, labels.notna(), endpoint_flows=flows)
-    # The short episodes' flows out; the firmware change's kept: it is what is looked at.
-    kept = classifier.flows_outside_attacks(flows, windows, labels.notna() & (labels != "firmware_change"))
-    kept = kept[kept["flow_start"].dt.strftime("%Y-%m-%d").isin(split.eval_days)]
+    services = novelty.service_flows(flows, WINDOW_MINUTES)
+    model, _, _ = classifier.train_and_evaluate(windows, split, seed, labels.notna(), endpoint_services=services)
+    # The short episodes' services out; the firmware change's kept: it is what is looked at.
+    kept = novelty.services_outside_attacks(services, windows, labels.notna() & (labels != "firmware_change"))
+    kept = kept[kept["day"].isin(split.eval_days)]
     coverage = model.endpoints.coverage(kept, 1)
     names = windows.groupby("device_mac")["device_name"].first()
     rows = []
@@ -253,6 +256,8 @@ def evaluate_source(name: str, injected: tuple, clean: tuple, train_fraction: fl
           f"of {overall['left_out_device_days']}; known devices' day-level accuracy {overall['known_day_accuracy']:.3f} "
           f"of {overall['known_device_days']} (named right in the leave-out rounds: "
           f"{overall['known_named_correctly_in_rounds']:.3f})")
+    if not set(parts) & set("bc"):  # the open set alone: `--parts a`
+        return
     started = time.monotonic()
     clean_eval = clean_windows[~split.is_train(clean_windows)]
     per_device, overall, (scores, deviations), (clean_scores, clean_deviations) = anomalies_left_out(
@@ -282,7 +287,8 @@ def main() -> None:
     parser.add_argument("--target-fpr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-endpoints", action="store_true", help="open set from the window features alone")
-    parser.add_argument("--parts", default="abc", help="which parts to print: a, b, c (together), d")
+    parser.add_argument("--parts", default="abc", help="which parts to print: a (alone or with b and c), b, c "
+                                                       "(together, with a), d")
     args = parser.parse_args()
     for source in args.sources.split(","):
         if source == "real" and not unseen_data.REAL_ARCHIVES.exists():

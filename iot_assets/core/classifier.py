@@ -25,7 +25,13 @@ from sklearn.metrics import (
 
 from iot_assets.core.device_inventory import INVENTORY_DAYS, day_level_scores, day_verdicts, verdicts_from
 from iot_assets.core.features import FEATURES
-from iot_assets.core.novelty import EndpointModel, NoveltyModel, fit_endpoints, fit_novelty
+from iot_assets.core.novelty import (
+    EndpointModel,
+    NoveltyModel,
+    fit_endpoints,
+    fit_novelty,
+    services_outside_attacks,
+)
 from iot_assets.core.splits import TimeSplit, window_days
 
 
@@ -176,28 +182,16 @@ def labelled_windows(windows: pd.DataFrame, attacked: pd.Series | None) -> pd.Da
     return windows[windows["device_name"].notna()]
 
 
-def flows_outside_attacks(flows: pd.DataFrame, windows: pd.DataFrame, attacked: pd.Series | None) -> pd.DataFrame:
-    """The clean flows outside the `attacked` windows of their device (a scan's thousands of
-    peers are not the product's backend); windows are hourly or longer, keyed by their start."""
-    if attacked is None or not attacked.any() or flows.empty:
-        return flows
-    step = windows["window_start"].sort_values().diff().dropna()
-    window = step[step > pd.Timedelta(0)].min() if len(step) else pd.Timedelta(hours=1)
-    bad = windows.loc[attacked.to_numpy(), ["device_mac", "window_start"]]
-    bad_keys = pd.MultiIndex.from_frame(bad)
-    keys = pd.MultiIndex.from_arrays([flows["device_mac"], flows["flow_start"].dt.floor(window)])
-    return flows[~keys.isin(bad_keys)]
-
-
 def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
                        attacked: pd.Series | None = None,
-                       endpoint_flows: pd.DataFrame | None = None) -> tuple[DeviceClassifier, dict, pd.DataFrame]:
+                       endpoint_services: pd.DataFrame | None = None) -> tuple[DeviceClassifier, dict, pd.DataFrame]:
     """Fit on the earlier days' windows, score the later days'. Returns model, metrics, eval predictions.
 
     Windows inside injected attack episodes (`attacked`) are left out of both sides: the
     classifier learns and is judged on devices behaving as themselves. The model carries
-    its novelty model (open set) and, given the clean flows (`endpoint_flows`, columns
-    `novelty.ENDPOINT_FLOW_COLUMNS`), its endpoint model fitted on the training days' flows;
+    its novelty model (open set) and, given the backend services each MAC contacted per window
+    (`endpoint_services`: `novelty.service_flows` rows, the `device_services` asset), its
+    endpoint model fitted on the training days' services outside attack episodes;
     `metrics["day_level"]` judges the day-level inventory.
     """
     excluded = int(attacked.sum()) if attacked is not None else 0
@@ -206,10 +200,10 @@ def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
     train, evaluation = labelled[in_train], labelled[~in_train]
     booster, labels = fit(train, "device_name", FEATURES, seed)
     model = DeviceClassifier(booster, labels, list(FEATURES), novelty=fit_novelty(train, "device_name", FEATURES))
-    if endpoint_flows is not None:
-        endpoint_flows = flows_outside_attacks(endpoint_flows, windows, attacked)
-        train_flows = endpoint_flows[endpoint_flows["flow_start"].dt.strftime("%Y-%m-%d").isin(split.train_days)]
-        model.endpoints = fit_endpoints(train_flows, INVENTORY_DAYS)
+    if endpoint_services is not None:
+        endpoint_services = services_outside_attacks(endpoint_services, windows, attacked)
+        model.endpoints = fit_endpoints(endpoint_services[endpoint_services["day"].isin(split.train_days)],
+                                        INVENTORY_DAYS)
     known = evaluation[evaluation["device_name"].isin(labels)]
     predicted = [labels[i] for i in model.predict_proba(known).argmax(axis=1)] if len(known) else []
     metrics = evaluate(known["device_name"].tolist(), predicted, labels)
@@ -222,10 +216,10 @@ def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
         "eval_windows": int(len(known)),
         "eval_windows_of_devices_unseen_in_training": int(len(evaluation) - len(known)),
         "windows_excluded_as_attack_episodes": excluded,
-        "day_level": day_level_scores(day_verdicts(model, known, endpoint_flows=endpoint_flows), known),
+        "day_level": day_level_scores(day_verdicts(model, known, endpoint_services=endpoint_services), known),
         # The same with each day on its own: what pooling a MAC's week (INVENTORY_DAYS) changes.
         "day_level_single_day": day_level_scores(day_verdicts(model, known, pool_days=1,
-                                                              endpoint_flows=endpoint_flows), known),
+                                                              endpoint_services=endpoint_services), known),
         "inventory_days": INVENTORY_DAYS,
         "novelty": {k: v for k, v in model.novelty.calibration.items() if k != "distances"}
                    | {"threshold": model.novelty.threshold, "models": len(model.novelty.labels)},
@@ -245,7 +239,7 @@ def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
 
 def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, attacked: pd.Series | None = None,
                         booster_params: dict | None = None, model: DeviceClassifier | None = None,
-                        endpoint_flows: pd.DataFrame | None = None) -> dict:
+                        endpoint_services: pd.DataFrame | None = None) -> dict:
     """Leave one device out: for each device, train without it and score the later days of every device.
 
     Per left-out device: the share of its evaluation days called `unknown`, and the model
@@ -256,7 +250,7 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
     `booster_params`), or, given the full `model`, from its probabilities with the left-out
     model's column removed and the rest renormalised: no refits (what the pipeline does,
     25 refits cost minutes), a close approximation of the refit that `method` names.
-    Given the clean flows (`endpoint_flows`), endpoint evidence joins the verdicts: each
+    Given the services contacted (`endpoint_services`), endpoint evidence joins the verdicts: each
     model's services are its own, so dropping one equals a refit too (`EndpointModel.without`).
     """
     labelled = labelled_windows(windows, attacked)
@@ -273,14 +267,13 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
     trained = sorted(train["device_name"].unique())
     profiles = novelty.day_profiles(evaluation, INVENTORY_DAYS)  # the same in every round
     endpoints = coverage = None
-    if endpoint_flows is not None:
-        endpoint_flows = flows_outside_attacks(endpoint_flows, windows, attacked)
-        flow_days = endpoint_flows["flow_start"].dt.strftime("%Y-%m-%d")
+    if endpoint_services is not None:
+        endpoint_services = services_outside_attacks(endpoint_services, windows, attacked)
         fresh_endpoints = model is not None and model.endpoints is not None \
             and model.endpoints.calibration.get("coverage") is not None
         endpoints = model.endpoints if fresh_endpoints else \
-            fit_endpoints(endpoint_flows[flow_days.isin(split.train_days)], INVENTORY_DAYS)
-        coverage = endpoints.coverage(endpoint_flows[flow_days.isin(split.eval_days)], INVENTORY_DAYS)
+            fit_endpoints(endpoint_services[endpoint_services["day"].isin(split.train_days)], INVENTORY_DAYS)
+        coverage = endpoints.coverage(endpoint_services[endpoint_services["day"].isin(split.eval_days)], INVENTORY_DAYS)
     for device in trained:
         # With one trained model there is nothing left to name when it is left out.
         if len(trained) < 2 or not (evaluation["device_name"] == device).any():

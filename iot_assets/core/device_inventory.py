@@ -63,7 +63,7 @@ def pooled_days(windows: pd.DataFrame, pool_days: int, days: list[str] | None = 
 
 
 def day_verdicts(model: DeviceClassifier, windows: pd.DataFrame, pool_days: int | None = None,
-                 days: list[str] | None = None, endpoint_flows: pd.DataFrame | None = None) -> pd.DataFrame:
+                 days: list[str] | None = None, endpoint_services: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per MAC and day (INVENTORY_COLUMNS), for `days` (all days of `windows` when None).
 
     The model behind a MAC does not change from one day to the next, so a MAC's verdict of
@@ -75,15 +75,17 @@ def day_verdicts(model: DeviceClassifier, windows: pd.DataFrame, pool_days: int 
     novelty threshold: above 1 the status is `unknown`, the predicted device and category
     are empty and `nearest_known` is the hint. A model without a novelty model (or one not
     calibrated) calls everything known. `windows` counts the day's own windows.
-    `pool_days` is INVENTORY_DAYS unless given. Given the MACs' clean flows of the same days
-    (`endpoint_flows`) and a model with endpoints, a day is also `unknown` when the named
-    model's backend services carry too little of its Internet flows (`novelty.EndpointModel`).
+    `pool_days` is INVENTORY_DAYS unless given. Given the backend services the MACs contacted
+    on the same days (`endpoint_services`: `novelty.service_flows` rows, the `device_services`
+    asset) and a model with endpoints, a day is also `unknown` when the named model's backend
+    services carry too little of its Internet flows (`novelty.EndpointModel`); `nearest_known`
+    is then the model nearest in behaviour, the hint.
     """
     if windows.empty:
         return pd.DataFrame(columns=INVENTORY_COLUMNS)
     proba = pd.DataFrame(model.predict_proba(windows), columns=model.labels, index=windows.index)
-    endpoints = model.endpoints if endpoint_flows is not None else None
-    coverage = endpoints.coverage(endpoint_flows, pool_days or INVENTORY_DAYS, days) if endpoints is not None else None
+    endpoints = model.endpoints if endpoint_services is not None else None
+    coverage = endpoints.coverage(endpoint_services, pool_days or INVENTORY_DAYS, days) if endpoints is not None else None
     return verdicts_from(proba, model.novelty, windows, pool_days, days, endpoints=endpoints, coverage=coverage)
 
 
@@ -138,10 +140,11 @@ def verdicts_from(proba: pd.DataFrame, novelty_model: NoveltyModel | None, windo
     return pd.DataFrame(rows, columns=INVENTORY_COLUMNS)
 
 
-def predict_inventory(model: DeviceClassifier, windows: pd.DataFrame, day: str) -> pd.DataFrame:
+def predict_inventory(model: DeviceClassifier, windows: pd.DataFrame, day: str,
+                      endpoint_services: pd.DataFrame | None = None) -> pd.DataFrame:
     """The day's inventory: per MAC seen on `day`, the device named (or `unknown`) with its
-    evidence, pooled with the MAC's windows of the days before it in `windows` (`day_verdicts`)."""
-    return day_verdicts(model, windows, days=[day])
+    evidence, pooled with the MAC's windows (and services contacted) of the days before it (`day_verdicts`)."""
+    return day_verdicts(model, windows, days=[day], endpoint_services=endpoint_services)
 
 
 def day_level_scores(verdicts: pd.DataFrame, windows: pd.DataFrame) -> dict:

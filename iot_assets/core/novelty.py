@@ -1,9 +1,9 @@
 """Open set: is a MAC's day any device model we know, or one never trained on?
 
-Each known model has a profile (centre and spread of every feature over its training
-windows); a MAC's day is `unknown` when even the nearest profile is too far, the threshold
-being calibrated on held-out days of known devices. Part of the device classifier's model
-(`classifier.DeviceClassifier.novelty`).
+Each known model has a profile per period of its training (centre and spread of every
+feature over its training windows of that period); a MAC's day is `unknown` when even the
+nearest profile is too far, the threshold being calibrated on held-out days of known
+devices. Part of the device classifier's model (`classifier.DeviceClassifier.novelty`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ NOVELTY_CAP = 3.0  # a feature counts at most three spreads: one wild feature do
 CALIBRATION_FRACTION = 0.3  # the last 30% of the training days calibrate the novelty threshold
 MIN_MODEL_WINDOWS = 24  # a model's profile needs at least a day of windows
 HELD_OUT_QUANTILE = 0.1
-PROFILE_DAYS: int | None = 28  # novelty profiles from the last four weeks of training
+DISTANCE_CHUNK_VALUES = 4_000_000  # floats of (rows, profiles, features) computed at once: 32 MB
+PROFILE_DAYS: int | None = 28  # one novelty profile per four weeks of training, counted back from its last day
 
 
 @dataclass
@@ -29,19 +30,25 @@ class NoveltyModel:
     """How far a MAC's day is from each known model's usual behaviour, in that model's own spreads.
 
     A MAC's day is summarised by the median of each feature over its windows of the day
-    (robust to an odd hour). Its distance to model k is the mean over features of
-    min(|profile - centre_k| / spread_k, NOVELTY_CAP), with centre and spread (10th-90th
-    percentile range, floored) over model k's training windows. A day is `unknown` when even
-    the nearest model is further than `threshold`, which is chosen on held-out days of KNOWN
-    devices (see `calibrate_threshold`).
+    (robust to an odd hour). Its distance to a profile is the mean over features of
+    min(|day - centre| / spread, NOVELTY_CAP), with centre and spread (10th-90th percentile
+    range, floored) over the model's training windows of one period; its distance to model
+    k is the smallest over k's profiles (`profile_labels` names the model of each row). A
+    day is `unknown` when even the nearest model is further than `threshold`, which is
+    chosen on held-out days of KNOWN devices (see `calibrate_threshold`).
     """
 
     labels: list[str]
     features: list[str]
-    center: np.ndarray  # (labels, features)
-    spread: np.ndarray  # (labels, features)
+    center: np.ndarray  # (profiles, features)
+    spread: np.ndarray  # (profiles, features)
     threshold: float
     calibration: dict = field(default_factory=dict)
+    profile_labels: list[str] | None = None  # the model of each profile row; None: one row per label, in order
+
+    def __post_init__(self) -> None:
+        if self.profile_labels is None:
+            self.profile_labels = list(self.labels)
 
     def day_profiles(self, windows: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> pd.DataFrame:
         """Median of each feature over each MAC's windows of each day, pooled with the days
@@ -58,39 +65,57 @@ class NoveltyModel:
         Xiaomi light and au camera both sent several times their usual DNS, and both were
         called unknown.
         """
-        z = _signed_spreads(profiles[self.features].to_numpy(dtype=float), self.center, self.spread)
-        distance = _distance_of(z)
-        if len(z) and len(self.labels):
-            nearest = z[np.arange(len(z)), distance.argmin(axis=1)]
+        x = profiles[self.features].to_numpy(dtype=float)
+        distance = np.empty((len(x), len(self.center)))
+        nearest = np.empty_like(x)
+        # (rows, profiles, features) at once would be rows x 100 x 214 floats with four periods
+        # of 25 models: rows go in chunks of about 32 MB.
+        step = max(1, DISTANCE_CHUNK_VALUES // max(1, self.center.size))
+        for start in range(0, len(x), step):
+            z = _signed_spreads(x[start:start + step], self.center, self.spread)
+            distance[start:start + step] = _distance_of(z)
+            if len(self.center):
+                nearest[start:start + step] = z[np.arange(len(z)), distance[start:start + step].argmin(axis=1)]
+        if len(x) and len(self.labels):
             network = anomaly.network_moves(nearest, profiles.index.get_level_values("day").to_numpy())
-            if network.any():
-                distance = _distance_of(np.where(network[:, None, :], 0.0, z))
-        return pd.DataFrame(distance, index=profiles.index, columns=self.labels)
+            moved_rows = np.flatnonzero(network.any(axis=1))
+            for start in range(0, len(moved_rows), step):
+                rows = moved_rows[start:start + step]
+                z = _signed_spreads(x[rows], self.center, self.spread)
+                distance[rows] = _distance_of(np.where(network[rows][:, None, :], 0.0, z))
+        return pd.DataFrame(_nearest_per_label(distance, self.profile_labels, self.labels),
+                            index=profiles.index, columns=self.labels)
 
     def without(self, label: str) -> "NoveltyModel":
-        """The model as if `label` had never been trained: its profile dropped, the threshold
+        """The model as if `label` had never been trained: its profiles dropped, the threshold
         recalibrated without it. Each model's profile is fitted on its own windows only, so
         this equals a refit without that device."""
-        keep = [i for i, name in enumerate(self.labels) if name != label]
+        keep = [i for i, name in enumerate(self.profile_labels) if name != label]
         threshold, figures = calibrate_threshold(self.calibration.get("distances"), exclude=label)
-        return NoveltyModel([self.labels[i] for i in keep], self.features, self.center[keep], self.spread[keep],
-                            threshold, {**self.calibration, **figures})
+        return NoveltyModel([name for name in self.labels if name != label], self.features, self.center[keep],
+                            self.spread[keep], threshold, {**self.calibration, **figures},
+                            [self.profile_labels[i] for i in keep])
 
     def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
         figures = {k: v for k, v in self.calibration.items() if k != "distances"}
         meta = {"labels": self.labels, "features": self.features, "threshold": self.threshold,
-                "cap": NOVELTY_CAP, "calibration": figures}
+                "cap": NOVELTY_CAP, "calibration": figures, "profile_labels": self.profile_labels}
         return meta, {"center": self.center, "spread": self.spread}
 
     @classmethod
     def from_arrays(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "NoveltyModel":
-        shape = (len(meta["labels"]), len(meta["features"]))
+        # Versions saved before per-period profiles have one row per label and no profile_labels.
+        profile_labels = meta.get("profile_labels", meta["labels"])
+        unknown = sorted(set(profile_labels) - set(meta["labels"]))
+        if unknown:
+            raise ValueError(f"device classifier: novelty profile_labels name models not in labels: {unknown}")
+        shape = (len(profile_labels), len(meta["features"]))
         for name in ("center", "spread"):
             if arrays[name].shape != shape:
                 raise ValueError(f"device classifier: novelty array {name!r} has shape {arrays[name].shape}, "
-                                 f"expected {shape} (labels x features)")
+                                 f"expected {shape} (profiles x features)")
         return cls(meta["labels"], meta["features"], arrays["center"], arrays["spread"], float(meta["threshold"]),
-                   meta.get("calibration", {}))
+                   meta.get("calibration", {}), list(profile_labels))
 
 
 def _signed_spreads(x: np.ndarray, center: np.ndarray, spread: np.ndarray) -> np.ndarray:
@@ -104,6 +129,24 @@ def _distance_of(z: np.ndarray) -> np.ndarray:
 
 def _distances(x: np.ndarray, center: np.ndarray, spread: np.ndarray) -> np.ndarray:
     return _distance_of(_signed_spreads(x, center, spread))
+
+
+def _nearest_per_label(distance: np.ndarray, profile_labels: list[str], labels: list[str]) -> np.ndarray:
+    """(rows, labels): per label, the smallest distance over its profiles (columns of `distance`)."""
+    owner = np.asarray(profile_labels, dtype=object)
+    out = np.full((distance.shape[0], len(labels)), np.inf)
+    for j, label in enumerate(labels):
+        mine = owner == label
+        if mine.any():
+            out[:, j] = distance[:, mine].min(axis=1)
+    return out
+
+
+def profile_periods(days: list[str], profile_days: int | None) -> list[list[str]]:
+    """The training days cut into periods of `profile_days`, counted back from the last day (one period when None)."""
+    if profile_days is None or len(days) <= profile_days:
+        return [list(days)] if days else []
+    return [days[max(0, end - profile_days):end] for end in range(len(days), 0, -profile_days)][::-1]
 
 
 def _profile_stats(windows: pd.DataFrame, labels_column: str, features: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -166,20 +209,23 @@ def calibrate_threshold(distances: pd.DataFrame | None, exclude: str | None = No
 def fit_novelty(train: pd.DataFrame, labels_column: str, features: list[str],
                 calibration_fraction: float = CALIBRATION_FRACTION,
                 profile_days: int | None = PROFILE_DAYS) -> NoveltyModel:
-    """Profiles of every model on its recent training windows; the threshold from the later training days.
+    """Profiles of every model, one per period of its training; the threshold from the later training days.
 
-    Profiles describe how a model behaves NOW: the last `profile_days` training days (all
-    of them when None). A device whose behaviour changed for good (the real Nature Remo
-    stopped its HTTPS cloud flows in August) otherwise gets a profile spanning both states,
-    wide enough to take in other quiet devices. Within those days the earlier ones fit
-    provisional profiles and the last `calibration_fraction` are scored against them, which
-    is what later days look like to a model: those distances set the threshold
-    (`calibrate_threshold`).
+    A model gets one profile per `profile_days` of training (`profile_periods`; one over all
+    days when None), and a day is as far from the model as from its nearest profile. One
+    profile over every training day is too wide: a device whose behaviour changed for good
+    (the real Nature Remo stopped its HTTPS cloud flows in August 2019) gets a profile
+    spanning both states, wide enough to take in other quiet devices. A profile of the last
+    weeks alone is too narrow: it calls the device's own earlier training days `unknown` (the
+    Remo's 45 days before 2019-08-09, in clear and pseudonymised alike). Within the last
+    period the earlier days fit provisional profiles and the last `calibration_fraction` are
+    scored against them, which is what later days look like to a model: those distances set
+    the threshold (`calibrate_threshold`).
     """
-    days = sorted(window_days(train).unique())
-    if profile_days is not None and len(days) > profile_days:
-        days = days[-profile_days:]
-        train = train[window_days(train).isin(days)]
+    periods = profile_periods(sorted(window_days(train).unique()), profile_days)
+    everything = train
+    days = periods[-1] if periods else []
+    train = train[window_days(train).isin(days)]
     distances = None
     if len(days) >= 2:
         cut = min(max(1, round(len(days) * (1 - calibration_fraction))), len(days) - 1)
@@ -192,8 +238,19 @@ def fit_novelty(train: pd.DataFrame, labels_column: str, features: list[str],
             distances = pd.DataFrame(_distances(profiles.to_numpy(dtype=float), center, spread),
                                      index=profiles.index, columns=labels)
     threshold, figures = calibrate_threshold(distances)
-    labels, center, spread = _profile_stats(train, labels_column, features)
-    return NoveltyModel(labels, list(features), center, spread, threshold, {**figures, "distances": distances})
+    profile_labels, centers, spreads = [], [], []
+    for period in periods:
+        labels, center, spread = _profile_stats(everything[window_days(everything).isin(period)], labels_column,
+                                                features)
+        profile_labels += labels
+        centers.append(center)
+        spreads.append(spread)
+    labels = sorted(set(profile_labels))
+    shape = (0, len(features))
+    return NoveltyModel(labels, list(features), np.vstack(centers) if centers else np.empty(shape),
+                        np.vstack(spreads) if spreads else np.empty(shape), threshold,
+                        {**figures, "distances": distances, "profile_periods": [[p[0], p[-1]] for p in periods]},
+                        profile_labels)
 
 
 # ---------------------------------------------------------------- endpoint evidence (Haystack-style)
@@ -214,11 +271,20 @@ class EndpointInputError(ValueError):
     """Flows handed to the endpoint evidence lack a column it needs."""
 
 
-def service_flows(flows: pd.DataFrame) -> pd.DataFrame:
-    """Internet flows per MAC, day and backend service: remote /24 (IPv6 /48), server port, protocol.
+SERVICE_COLUMNS = ["device_mac", "device_name", "day", "window_start", "service", "flows"]
 
-    Returns columns device_mac, device_name, day, service, flows. Infrastructure ports
-    (ENDPOINT_IGNORED_PORTS) are left out.
+
+def service_flows(flows: pd.DataFrame, window_minutes: int = 60) -> pd.DataFrame:
+    """Internet flows per MAC, window and backend service: remote /24 (IPv6 /48), server port, protocol.
+
+    Returns SERVICE_COLUMNS (`window_start`: the flow's start floored to `window_minutes`, as
+    `features.build_windows` keys windows, so that the windows of attack episodes can be
+    left out). Infrastructure ports (ENDPOINT_IGNORED_PORTS) are left out. The remote
+    address is read as it is: Internet peers stay in clear under the default
+    pseudonymisation (docs/pseudonymisation.md); peers inside the subscriber networks (the
+    real au camera's P2P peers in 100.64/10) and, with IOT_ASSETS_PSEUDONYMISE_REMOTE on,
+    every peer are Crypto-PAn pseudonyms, which keep one /24 one /24: within a key period the
+    services are renamed one to one and every coverage share is the same as in clear.
     """
     missing = set(ENDPOINT_FLOW_COLUMNS) - set(flows.columns)
     if missing:
@@ -232,11 +298,22 @@ def service_flows(flows: pd.DataFrame) -> pd.DataFrame:
         "device_mac": internet["device_mac"].to_numpy(),
         "device_name": internet["device_name"].astype(object).to_numpy(),
         "day": day_strings(internet["flow_start"]),
+        "window_start": internet["flow_start"].dt.floor(f"{window_minutes}min").to_numpy(),
         "service": (remote_prefix(internet["remote_ip"]).to_numpy().astype(object) + ":" + server_port.astype(str)
                     + "/" + internet["protocol"].astype(np.int64).astype(str).to_numpy()),
     }).dropna(subset=["service", "day"])
-    return keyed.groupby(["device_mac", "device_name", "day", "service"], dropna=False, as_index=False).size() \
-        .rename(columns={"size": "flows"})
+    return keyed.groupby(SERVICE_COLUMNS[:-1], dropna=False, as_index=False).size() \
+        .rename(columns={"size": "flows"})[SERVICE_COLUMNS]
+
+
+def services_outside_attacks(services: pd.DataFrame, windows: pd.DataFrame, attacked: pd.Series | None) -> pd.DataFrame:
+    """The `service_flows` rows outside the `attacked` windows of their MAC (a scan's thousands of
+    peers are not the product's backend); rows and windows are matched on (device_mac, window_start)."""
+    if attacked is None or not attacked.any() or services.empty:
+        return services
+    bad = pd.MultiIndex.from_frame(windows.loc[attacked.to_numpy(), ["device_mac", "window_start"]])
+    keys = pd.MultiIndex.from_arrays([services["device_mac"], services["window_start"]])
+    return services[~keys.isin(bad)]
 
 
 def endpoint_coverage(services: pd.DataFrame, known: dict[str, set[str]], pool_days: int,
@@ -318,9 +395,9 @@ class EndpointModel:
     threshold: float
     calibration: dict = field(default_factory=dict)
 
-    def coverage(self, flows: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> pd.DataFrame:
-        """`endpoint_coverage` of clean flows (ENDPOINT_FLOW_COLUMNS) against this model's services."""
-        return endpoint_coverage(service_flows(flows), self.services, pool_days, days)
+    def coverage(self, services: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> pd.DataFrame:
+        """`endpoint_coverage` of `service_flows` rows (the `device_services` asset) against this model's services."""
+        return endpoint_coverage(services, self.services, pool_days, days)
 
     def unknown(self, coverage: pd.DataFrame, named: np.ndarray) -> np.ndarray:
         """Per row of `coverage`: too little of its traffic went to the named model's services."""
@@ -349,11 +426,11 @@ class EndpointModel:
                    data.get("calibration", {}))
 
 
-def fit_endpoints(train_flows: pd.DataFrame, pool_days: int,
+def fit_endpoints(train_services: pd.DataFrame, pool_days: int,
                   calibration_fraction: float = CALIBRATION_FRACTION) -> EndpointModel:
-    """Each model's services over its training flows; the threshold from the later training days
-    scored against the services of the earlier ones (`calibrate_endpoints`)."""
-    services = service_flows(train_flows[train_flows["device_name"].notna()])
+    """Each model's services over its training days (`service_flows` rows); the threshold from
+    the later training days scored against the services of the earlier ones (`calibrate_endpoints`)."""
+    services = train_services[train_services["device_name"].notna()]
     days = sorted(services["day"].unique())
     coverage = truth = None
     if len(days) >= 2:

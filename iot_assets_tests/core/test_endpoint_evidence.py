@@ -28,6 +28,11 @@ def test_service_flows_keys_by_prefix_port_protocol_and_skips_infrastructure():
     services = novelty.service_flows(table)
     assert services[["service", "flows"]].values.tolist() == [["198.51.100.0/24:443/6", 5]]
     assert services["day"].tolist() == ["2019-07-01"]
+    assert list(services.columns) == novelty.SERVICE_COLUMNS
+    by_window = novelty.service_flows(flows(LAMP, "lamp", "2019-07-01", "198.51.100.7", 443, 90), 60)
+    assert by_window["flows"].tolist() == [60, 30]  # one a minute: the first hour's 60, then 30
+    assert by_window["window_start"].tolist() == list(pd.to_datetime(["2019-07-01 00:00", "2019-07-01 01:00"],
+                                                                    utc=True))
 
 
 def test_service_flows_names_the_missing_column():
@@ -88,19 +93,19 @@ def test_inventory_says_unknown_when_the_backend_is_not_the_named_models():
     table = pd.concat([flows(LAMP, "lamp", d, "198.51.100.7", 443, 30) for d in days]
                       + [flows(CAMERA, None, d, "192.0.2.50", 443, 30) for d in days])
     verdicts = device_inventory.verdicts_from(proba, None, windows, 7, endpoints=endpoints,
-                                              coverage=endpoints.coverage(table, 7))
+                                              coverage=endpoints.coverage(novelty.service_flows(table), 7))
     status = verdicts.set_index("device_mac")["status"]
     assert status[LAMP].tolist() == ["known", "known"]
     assert status[CAMERA].tolist() == ["unknown", "unknown"]
     assert verdicts.loc[verdicts["device_mac"] == CAMERA, "predicted_device"].isna().all()
 
 
-def test_flows_outside_attacks_drops_the_flows_of_attacked_windows():
+def test_services_outside_attacks_drops_the_services_of_attacked_windows():
     windows = pd.DataFrame({"device_mac": [LAMP, LAMP],
                             "window_start": pd.to_datetime(["2019-07-01 00:00", "2019-07-01 01:00"], utc=True)})
-    table = flows(LAMP, "lamp", "2019-07-01", "198.51.100.7", 443, 120)  # one a minute for two hours
-    kept = classifier.flows_outside_attacks(table, windows, pd.Series([False, True]))
-    assert len(kept) == 60 and kept["flow_start"].max() < pd.Timestamp("2019-07-01 01:00", tz="UTC")
+    services = novelty.service_flows(flows(LAMP, "lamp", "2019-07-01", "198.51.100.7", 443, 120))  # two hours
+    kept = novelty.services_outside_attacks(services, windows, pd.Series([False, True]))
+    assert kept["flows"].sum() == 60 and kept["window_start"].max() < pd.Timestamp("2019-07-01 01:00", tz="UTC")
 
 
 def test_windows_moved_only_by_the_24_hour_context_do_not_extend_an_incident():

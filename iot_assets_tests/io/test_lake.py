@@ -248,8 +248,8 @@ def test_an_acknowledged_change_re_baselines_the_device_and_only_it(tmp_path):
     assert pd.read_parquet(data / "lake" / "rebaseline_decisions" / "part-0.parquet").empty
 
 
-DAILY_FLOW_TABLES = ("decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "device_windows", "line_views",
-                     "line_truth")
+DAILY_FLOW_TABLES = ("decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "device_windows", "device_services",
+                     "line_views", "line_truth")
 
 
 def test_a_ranged_run_writes_each_day_as_single_day_runs_do(tmp_path):

@@ -9,7 +9,7 @@ LOCATION_TAG = "iot_assets/data_location"
 PID_TAG = "iot_assets/pid"  # the process a CLI run executes in: a dead one makes the run an orphan
 
 FLOW_ASSETS = ("decoded_flows", "collector_flows", "clean_flows", "clean_rejects", "flow_sample", "device_windows",
-               "line_views", "line_truth")
+               "device_services", "line_views", "line_truth")
 MODEL_ASSETS = ("device_classifier", "anomaly_detector", "drift_reference", "endpoint_signatures")
 SCORING_ASSETS = ("device_inventory", "anomaly_scores", "anomaly_incidents", "feature_drift", "device_exposure",
                   "line_inventory", "device_vulnerabilities", "daily_report")

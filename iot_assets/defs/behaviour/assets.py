@@ -1,4 +1,4 @@
-"""Device behaviour: features per window, the device classifier, the anomaly detector, drift."""
+"""Device behaviour: features per window, backend services, the device classifier, the anomaly detector, drift."""
 
 
 import warnings
@@ -9,7 +9,7 @@ import pandas as pd
 
 from iot_assets.contracts.calendar import previous_day
 from iot_assets.contracts.schemas import AnomalyIncidents, column_schema
-from iot_assets.core import anomaly, classifier, drift, incidents, rebaseline, splits
+from iot_assets.core import anomaly, classifier, drift, incidents, novelty, rebaseline, splits
 from iot_assets.core import champion as champion_module
 from iot_assets.core.device_inventory import INVENTORY_DAYS, inventory_days, predict_inventory
 from iot_assets.core.exploration import exploration
@@ -186,22 +186,54 @@ def build(parts: Partitions) -> list:
 
 
     @dg.asset(
+        partitions_def=parts.daily,
+        backfill_policy=parts.ranged_backfill,
+        group_name="behaviour",
+        io_manager_key="lake_io_manager",
+        ins={"clean_flows": dg.AssetIn(metadata={"columns": novelty.ENDPOINT_FLOW_COLUMNS, "keep_days": 0})},
+    )
+    def device_services(context: dg.AssetExecutionContext, clean_flows: LazyDays,
+                        model_settings: ModelSettings) -> dg.Output:
+        """Per MAC and window, the backend services its Internet flows went to (remote /24, server
+        port, protocol; DNS and NTP left out): the endpoint evidence of the device inventory."""
+        minutes = model_settings.window_minutes
+        rows = []
+
+        def build(day: str) -> pd.DataFrame:
+            if day not in clean_flows:
+                raise FileNotFoundError(f"device_services[{day}]: clean_flows of {day} is not built")
+            frame = novelty.service_flows(clean_flows[day], minutes)
+            rows.append(len(frame))
+            attach(context, "device_services", day, {"rows": len(frame), "devices": int(frame["device_mac"].nunique()),
+                                                     "services": int(frame["service"].nunique())})
+            return frame
+
+        return dg.Output(DaysBuilt(context.partition_keys, build, lambda: {"rows_total": sum(rows)}),
+                         metadata={"window_minutes": minutes})
+
+
+    @dg.asset(
         group_name="behaviour",
         io_manager_key="model_io_manager",
-        ins={"device_windows": EVERY_BUILT_DAY, "flow_sample": EVERY_BUILT_DAY},
+        ins={"device_windows": EVERY_BUILT_DAY, "flow_sample": EVERY_BUILT_DAY, "device_services": EVERY_BUILT_DAY},
         check_specs=[dg.AssetCheckSpec("classifier_accuracy", asset="device_classifier",
                                        description="Accuracy on the later days' windows is at least 0.9.")],
     )
     def device_classifier(context: dg.AssetExecutionContext, config: TrainingConfig, device_windows: LazyDays,
-                          flow_sample: LazyDays, model_settings: ModelSettings, reports: ReportFiles,
-                          served_models: ServedModels):
-        """XGBoost device classifier, trained on the earlier days, evaluated on the later ones."""
+                          flow_sample: LazyDays, device_services: LazyDays, model_settings: ModelSettings,
+                          reports: ReportFiles, served_models: ServedModels):
+        """XGBoost device classifier, trained on the earlier days, evaluated on the later ones; with its
+        novelty profiles and the backend services of each model (endpoint evidence for the open set)."""
         windows = concat_days(device_windows)
         champion = served_models.champion("device_classifier") if config.challenge else None
         windows, split = training_split(windows, config, model_settings, champion)
         attacked = attacked_windows(windows, model_settings)
-        model, metrics, _ = classifier.train_and_evaluate(windows, split, model_settings.seed, attacked)
-        metrics["open_set"] = classifier.open_set_evaluation(windows, split, model_settings.seed, attacked, model=model)
+        services = concat_days({d: f for d, f in device_services.items() if d in split.train_days + split.eval_days})
+        services = services if len(services) else pd.DataFrame(columns=novelty.SERVICE_COLUMNS)
+        model, metrics, _ = classifier.train_and_evaluate(windows, split, model_settings.seed, attacked,
+                                                          endpoint_services=services)
+        metrics["open_set"] = classifier.open_set_evaluation(windows, split, model_settings.seed, attacked, model=model,
+                                                             endpoint_services=services)
         metrics["window"] = f"{model_settings.window_minutes}min"
         metrics["baseline_per_flow"] = classifier.per_flow_baseline(
             concat_days({d: f for d, f in flow_sample.items() if d in split.train_days}),
@@ -253,6 +285,9 @@ def build(parts: Partitions) -> list:
         ins={"device_windows": dg.AssetIn(partition_mapping=INVENTORY_WEEK,
                                           metadata={"allow_missing_partitions": True,
                                                     "keep_days": INVENTORY_DAYS}),
+             # The services each MAC contacted over the same week: endpoint evidence (missing days: none).
+             "device_services": dg.AssetIn(partition_mapping=INVENTORY_WEEK,
+                                           metadata={"allow_missing_partitions": True, "keep_days": INVENTORY_DAYS}),
              # Only for the UI's table: which subscriber line each MAC sits on (none while it is not built).
              "line_membership": dg.AssetIn(metadata={"allow_missing": True})},
         check_specs=[
@@ -264,18 +299,24 @@ def build(parts: Partitions) -> list:
                               description="Every device the classifier was trained on is seen."),
         ],
     )
-    def device_inventory(context: dg.AssetExecutionContext, device_windows: LazyDays,
+    def device_inventory(context: dg.AssetExecutionContext, device_windows: LazyDays, device_services: LazyDays,
                          device_classifier: classifier.DeviceClassifier, line_membership: pd.DataFrame | None):
         """Per MAC seen that day: the predicted device (or `unknown`) and category with confidence,
-        from its windows of the last week (`INVENTORY_DAYS`), against the catalogue."""
+        from its windows of the last week (`INVENTORY_DAYS`), against the catalogue. `unknown` when
+        its behaviour is far from every known model, or when too little of its Internet flows went to
+        the backend services of the model named (a model without endpoints: behaviour alone)."""
         model = device_classifier
-        out, frames = {}, {}  # the frames of the week, each converted once however many days pool it
+        out, frames, services = {}, {}, {}  # the frames of the week, each converted once however many days pool it
         for day in context.partition_keys:
             if day not in device_windows:
                 raise FileNotFoundError(f"device_inventory[{day}]: device_windows of {day} is not built")
             week = [d for d in inventory_days(day) if d in device_windows]
             frames = {d: frames[d] if d in frames else device_windows[d] for d in week}
-            out[day] = predict_inventory(model, concat_days(frames), day).assign(model_version=model.version)
+            services = {d: services[d] if d in services else device_services[d]
+                        for d in inventory_days(day) if d in device_services}
+            week_services = concat_days(services) if services else pd.DataFrame(columns=novelty.SERVICE_COLUMNS)
+            out[day] = predict_inventory(model, concat_days(frames), day,
+                                         endpoint_services=week_services).assign(model_version=model.version)
             attach(context, "device_inventory", day, inventory_metadata(out[day], day, line_membership))
         inventory = concat_days(out)
         known = inventory[inventory["in_catalogue"].astype(bool)] if len(inventory) else inventory
@@ -552,7 +593,7 @@ def build(parts: Partitions) -> list:
             },
         )
 
-    return [device_windows, device_classifier, device_inventory, anomaly_detector, anomaly_scores, anomaly_incidents, drift_reference, rebaseline_decisions, feature_drift]
+    return [device_windows, device_services, device_classifier, device_inventory, anomaly_detector, anomaly_scores, anomaly_incidents, drift_reference, rebaseline_decisions, feature_drift]
 
 
 @dg.definitions
