@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.run_request import InstigatorType
 
 from iot_assets.ui import free_port
 
@@ -51,7 +52,7 @@ def _wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 1
 def _sensor_ticks(instance: dg.DagsterInstance) -> dict[str, list]:
     """Each sensor's ticks (newest first), by name, from the instance the daemon writes them to."""
     ticks = {}
-    for state in instance.all_instigator_state(instigator_type=dg.InstigatorType.SENSOR):
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
         ticks[state.name] = instance.get_ticks(state.instigator_origin_id, state.selector_id)
     return ticks
 
