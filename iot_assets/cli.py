@@ -180,8 +180,8 @@ def run(data_dir: str | None, start: str | None, end: str | None, sample_days: i
     time per data location. Exits non-zero if any run failed or a record may be lost; failed
     ERROR-level checks are printed as ALERT lines and, with --strict, fail the command too. Every
     other setting is an environment variable (IOT_ASSETS_DAYS_PER_RUN, IOT_ASSETS_EPISODES,
-    IOT_ASSETS_PSEUDONYMISE*, IOT_ASSETS_FEEDS_DIR, IOT_ASSETS_REPORTS_URL, ...): see the README's
-    configuration table.
+    IOT_ASSETS_PSEUDONYMISE*, IOT_ASSETS_FEEDS_DIR, IOT_ASSETS_REPORTS_URL, IOT_ASSETS_AUTO_PROMOTE,
+    ...): see the README's configuration table.
     """
     from iot_assets.io.collectors import CollectorStore
     from iot_assets.io.location import base_path

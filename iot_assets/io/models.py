@@ -268,8 +268,10 @@ def settle(store: ModelStore, asset: str, version: str, candidate: promotion.Can
     """Serve or propose a saved version as iot_assets.core.promotion decides; the record, None if nothing changed."""
     served = store.current_or_none(asset)
     if served is None:
-        candidate = promotion.Candidate(promotion.FIRST_TRAINING,
-                                        "first training" + (f" on {'..'.join(train_range)}" if train_range else ""))
+        first = "first training" + (f" on {'..'.join(train_range)}" if train_range else "")
+        following = candidate is not None and candidate.kind == promotion.FOLLOWS  # the detector it was built for
+        candidate = promotion.Candidate(promotion.FIRST_TRAINING, f"{first}; {candidate.reason}" if following else first,
+                                        candidate.details if following else {})
     candidate = candidate or promotion.Candidate(
         promotion.RETRAIN, "retrained" + (f" on the time split {'..'.join(train_range)}" if train_range else "")
         + ", not compared with the served version")

@@ -81,6 +81,29 @@ def test_every_change_of_the_served_version_is_one_record_and_a_better_challenge
         ("promoted", first), ("proposed", challenger), ("promoted", third)]
 
 
+def test_a_first_drift_reference_names_the_detector_it_follows_and_models_use_serves_it_with_its_detector(tmp_path):
+    env = {"IOT_ASSETS_DATA_DIR": str(tmp_path)}
+    store = ModelStore(str(tmp_path))
+    references = [_saved(store, _reference(n, "2019-06-25")) for n in (1, 2)]
+    detectors = ["d" * 12, "e" * 12]
+    for detector in detectors:  # two detector versions, saved as files a detector would leave
+        (tmp_path / "models" / "anomaly_detector" / detector).mkdir(parents=True)
+        (tmp_path / "models" / "anomaly_detector" / detector / "kind.json").write_text('{"kind": "AnomalyDetector"}')
+    store.promote("anomaly_detector", detectors[0], "test")
+    for reference, detector in zip(references, detectors):
+        follows = promotion.Candidate(promotion.FOLLOWS, f"follows anomaly_detector {detector}", {"follows": detector})
+        settle(store, "drift_reference", reference, follows, ["2019-06-25", "2019-07-04"], auto_promote=False)
+    first, second = store.promotions("drift_reference")
+    assert first["reason"] == f"first training on 2019-06-25..2019-07-04; follows anomaly_detector {detectors[0]}"
+    assert (first["follows"], second["follows"], second["kind"]) == (detectors[0], detectors[1], "follows")
+    # Serving the first detector again serves the reference built for it.
+    store.promote("anomaly_detector", detectors[1], "test")
+    used = CliRunner().invoke(main, ["models", "use", "anomaly_detector", detectors[0]], env=env)
+    assert used.exit_code == 0, used.output
+    assert f"drift_reference: now serving {references[0]}, built for {detectors[0]}" in used.output
+    assert store.current("drift_reference") == references[0]
+
+
 def test_models_use_promotes_a_proposal_or_rolls_back_with_its_reason_and_list_shows_it(tmp_path):
     env = {"IOT_ASSETS_DATA_DIR": str(tmp_path)}
     store = ModelStore(str(tmp_path))
