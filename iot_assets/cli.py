@@ -460,8 +460,7 @@ def _report_promotion(settings, entry: dict) -> None:
     home = Path(os.environ.get("DAGSTER_HOME") or Path(settings.data_dir) / "dagster_home")
     if not settings.is_local or not (home / "dagster.yaml").exists():
         return
-    os.environ["DAGSTER_HOME"] = str(home)
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.report_runless_asset_event(dg.AssetObservation(
             asset_key=entry["asset"], metadata={"served_version": entry["to_version"], "served_since": entry["at"],
                                                 "served_reason": entry["reason"],

@@ -2,12 +2,14 @@
 
 import json
 
+import dagster as dg
 import pytest
 from click.testing import CliRunner
 
 from iot_assets.cli import main
 from iot_assets.core import promotion
 from iot_assets.io.models import JsonDocument, ModelStore, PromotionLogError, served_metadata, settle
+from iot_assets.materialize import instance_yaml
 
 CLASSIFIER_CHALLENGE = {  # as core.champion.compare_classifiers writes it
     "model": "device_classifier", "decision": "challenger", "reason": "better day-level accuracy",
@@ -124,11 +126,19 @@ def test_models_use_promotes_a_proposal_or_rolls_back_with_its_reason_and_list_s
     assert proposed_line.startswith(f"  {second}  2019-06-27..2019-07-04  3 devices") and " proposed 20" in proposed_line
     assert "retrained on the time split 2019-06-27..2019-07-04, not compared with the served version" in proposed_line
 
+    home = tmp_path / "dagster_home"  # the instance `iot-assets run` made: the UI shows the promotion
+    home.mkdir()
+    (home / "dagster.yaml").write_text(instance_yaml())
     used = CliRunner().invoke(main, ["models", "use", "drift_reference", second], env=env)
     assert used.exit_code == 0, used.output
     (record,) = [r for r in store.promotions("drift_reference") if r["kind"] == promotion.USER]
     assert record["reason"].startswith("promoted by user: proposed 20")
     assert (record["from_version"], record["to_version"]) == (first, second)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (observed,) = instance.fetch_observations(dg.AssetKey("drift_reference"), limit=5).records
+    metadata = observed.asset_observation.metadata
+    assert (metadata["served_version"].value, metadata["previous_version"].value) == (second, first)
+    assert metadata["served_reason"].value == record["reason"] and metadata["served_since"].value == record["at"]
 
     back = CliRunner().invoke(main, ["models", "use", "drift_reference", first, "--reason", "drift alerts on every day"],
                               env=env)
