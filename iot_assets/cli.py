@@ -180,8 +180,8 @@ def run(data_dir: str | None, start: str | None, end: str | None, sample_days: i
     time per data location. Exits non-zero if any run failed or a record may be lost; failed
     ERROR-level checks are printed as ALERT lines and, with --strict, fail the command too. Every
     other setting is an environment variable (IOT_ASSETS_DAYS_PER_RUN, IOT_ASSETS_EPISODES,
-    IOT_ASSETS_PSEUDONYMISE*, IOT_ASSETS_FEEDS_DIR, IOT_ASSETS_REPORTS_URL, ...): see the README's
-    configuration table.
+    IOT_ASSETS_PSEUDONYMISE*, IOT_ASSETS_FEEDS_DIR, IOT_ASSETS_REPORTS_URL, IOT_ASSETS_AUTO_PROMOTE,
+    ...): see the README's configuration table.
     """
     from iot_assets.io.collectors import CollectorStore
     from iot_assets.io.location import base_path
@@ -376,30 +376,95 @@ def models() -> None:
     """Model versions: list them, or choose the one in use (roll back)."""
 
 
-@models.command("list")
-@click.argument("asset")
-def models_list(asset: str) -> None:
-    """The versions of ASSET (device_classifier, anomaly_detector, drift_reference); * marks the one in use."""
-    from iot_assets.io.models import ModelStore
+MODEL_ASSETS = ("device_classifier", "anomaly_detector", "drift_reference")
 
-    store = ModelStore(_settings().data_dir)
-    current = store.current(asset) if store.versions(asset) else None
-    for version in store.versions(asset):
-        click.echo(f"{'*' if version == current else ' '} {version}")
+
+@models.command("list")
+@click.argument("asset", required=False, type=click.Choice(MODEL_ASSETS))
+def models_list(asset: str | None) -> None:
+    """Each version of ASSET (default: every model): trained on, headline metric, served since and why; * marks the
+    one in use. Versions proposed by a retrain or a challenge say so; `models use` serves one."""
+    from iot_assets.io.model_labels import version_rows
+    from iot_assets.io.models import ModelStore, PromotionLogError
+
+    settings = _settings()
+    store = ModelStore(settings.data_dir)
+    for name in (asset,) if asset else MODEL_ASSETS:
+        try:
+            rows = version_rows(store, name)
+        except PromotionLogError as exc:
+            raise click.ClickException(str(exc)) from None
+        policy = "on" if settings.auto_promote else "off (IOT_ASSETS_AUTO_PROMOTE)"
+        click.echo(f"{name}: {len(rows)} version(s); automatic promotion {policy}")
+        if not rows:
+            click.echo("  not trained yet")
+            continue
+        header = {"version": "version", "trained_on": "trained on", "headline": "headline metric",
+                  "served_since": "served since", "reason": "reason"}
+        widths = {key: max(len(str(r[key])) for r in [header, *rows]) for key in ("version", "trained_on", "headline",
+                                                                                   "served_since")}
+        for row in [header, *rows]:
+            mark = "*" if row.get("served") is True else " "
+            click.echo(f"{mark} " + "  ".join(str(row[key]).ljust(widths[key]) for key in widths) + f"  {row['reason']}")
 
 
 @models.command("use")
-@click.argument("asset")
+@click.argument("asset", type=click.Choice(MODEL_ASSETS))
 @click.argument("version")
-def models_use(asset: str, version: str) -> None:
-    """Serve VERSION of ASSET from now on (a rollback); rescore with daily_scoring_job."""
-    from iot_assets.io.models import ModelStore
+@click.option("--reason", default="", help="Why (recorded in the promotion log); default: a proposal promoted, "
+                                           "or a rollback.")
+def models_use(asset: str, version: str, reason: str) -> None:
+    """Serve VERSION of ASSET from now on (promote a proposed version, or roll back), recorded in the model's
+    promotion log; rescore with daily_scoring_job."""
+    from iot_assets.core import promotion
+    from iot_assets.io.models import ModelStore, PromotionLogError
 
+    settings = _settings()
+    store = ModelStore(settings.data_dir)
     try:
-        ModelStore(_settings().data_dir).use(asset, version)
-    except FileNotFoundError as exc:
+        served = store.current_or_none(asset)
+        why = reason or promotion.user_reason(store.promotions(asset), version, served)
+        entry = store.promote(asset, version, why, kind=promotion.USER)
+    except (FileNotFoundError, PromotionLogError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{asset}: now serving {version}")
+    if entry is None:
+        click.echo(f"{asset}: {version} is served already; nothing changed")
+        return
+    click.echo(f"{asset}: now serving {version} instead of {served or 'none'} ({why})")
+    _report_promotion(settings, entry)
+    if asset == "anomaly_detector":
+        _follow_with_drift_reference(store, version)
+
+
+def _follow_with_drift_reference(store, detector_version: str) -> None:
+    """Serve the drift reference built for the detector now served, if one was; else say how to build it."""
+    from iot_assets.core import promotion
+
+    built_for = [r for r in store.promotions("drift_reference") if r.get("follows") == detector_version]
+    if built_for:
+        entry = store.promote("drift_reference", built_for[-1]["to_version"],
+                              f"follows anomaly_detector {detector_version} (served by user)",
+                              kind=promotion.FOLLOWS, follows=detector_version)
+        if entry:
+            click.echo(f"drift_reference: now serving {entry['to_version']}, built for {detector_version}")
+        return
+    click.echo(f"drift_reference: none was built for {detector_version} yet; build it so that drift is judged "
+               f"against the same days: `dagster asset materialize -m iot_assets.definitions --select drift_reference` "
+               f"(or Materialize drift_reference in the UI)")
+
+
+def _report_promotion(settings, entry: dict) -> None:
+    """An observation on the model asset, so that the UI shows a promotion made here (when the instance exists)."""
+    import dagster as dg
+
+    home = Path(os.environ.get("DAGSTER_HOME") or Path(settings.data_dir) / "dagster_home")
+    if not settings.is_local or not (home / "dagster.yaml").exists():
+        return
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.report_runless_asset_event(dg.AssetObservation(
+            asset_key=entry["asset"], metadata={"served_version": entry["to_version"], "served_since": entry["at"],
+                                                "served_reason": entry["reason"],
+                                                "previous_version": entry["from_version"] or "none"}))
 
 
 def _attack_sample(folder: Path, seed: int) -> Path:

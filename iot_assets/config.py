@@ -123,6 +123,9 @@ class Settings:
     seed: int = 0
     episodes: str = ""  # an episodes.csv with ground truth for the anomaly metrics, if any
     model_pins: str = ""  # ASSET=VERSION,...: model versions to serve instead of the current ones
+    # A retrain or a challenger that beat the served model is served at once (else only proposed, for
+    # `iot-assets models use`): a policy one turns on, never a default (iot_assets/core/promotion.py).
+    auto_promote: bool = False
     advisories: str = ""  # a CSV of advisories per device model; empty: the one shipped in the package
     lines_csv: str = ""  # device_mac,line_id[,since]: subscriber lines; empty: synthetic lines
     sampling: str = "1,100,1000"  # packet sampling rates 1:N of the line views
@@ -169,6 +172,7 @@ class Settings:
             seed=int(_parse_number(env, "IOT_ASSETS_SEED", 0, 0, 2**31)),
             episodes=str(Path(episodes).resolve()) if episodes and "://" not in episodes else episodes,
             model_pins=env.get("IOT_ASSETS_MODEL_PINS", "").strip(),
+            auto_promote=_on_off(env, "IOT_ASSETS_AUTO_PROMOTE", False),
             advisories=env.get("IOT_ASSETS_ADVISORIES", "").strip(),
             lines_csv=env.get("IOT_ASSETS_LINES", "").strip(),
             sampling=env.get("IOT_ASSETS_SAMPLING", "").strip() or "1,100,1000",

@@ -116,7 +116,7 @@ def build_resources(settings: Settings, pseudonymiser: Pseudonymiser | None = No
                                                         max_age_days=settings.feed_max_age_days),
         "line_settings": LineSettings(lines_csv=settings.lines_csv, sampling=settings.sampling),
         "lake_io_manager": LakeIOManagerFactory(base_url=base),
-        "model_io_manager": ModelIOManager(base_url=base, pins=settings.model_pins),
+        "model_io_manager": ModelIOManager(base_url=base, pins=settings.model_pins, auto_promote=settings.auto_promote),
         "served_models": ServedModels(base_url=base, pins=settings.model_pins),
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+from iot_assets.core import promotion
 from iot_assets.io.location import base_path
 
 NAMES = {"device_classifier": "device classifier", "anomaly_detector": "anomaly detector",
@@ -30,6 +31,42 @@ def _written_on(path) -> str:
     if isinstance(stamp, (int, float)):
         stamp = datetime.fromtimestamp(stamp, tz=timezone.utc)
     return stamp.strftime("%Y-%m-%d") if isinstance(stamp, datetime) else ""
+
+
+def _metrics(directory, asset: str) -> dict:
+    document = directory / ("document.json" if asset == "drift_reference" else "metrics.json")
+    try:
+        return (json.loads(document.read_text()) or {}) if document.exists() else {}
+    except ValueError:
+        return {}
+
+
+def version_rows(store, asset: str) -> list[dict]:
+    """Per saved version of `asset` (a ModelStore's), oldest first: version, served (bool), trained on, headline,
+    served since (or when proposed) and the reason of its latest promotion record."""
+    records = store.promotions(asset)
+    served = store.current_or_none(asset)
+    order = {r["to_version"]: i for i, r in reversed(list(enumerate(records)))}  # first record naming each
+    rows = []
+    for version in store.versions(asset):
+        directory = store.root / asset / version
+        metrics = _metrics(directory, asset)
+        last, since = promotion.last_event(records, version), promotion.served_since(records, version)
+        if version == served and since is not None:
+            when, reason = since["at"], since["reason"]
+        elif last is not None:
+            when = f"{last['event']} {last['at']}" if last["event"] == promotion.PROPOSED else f"was served from {last['at']}"
+            reason = last["reason"]
+        else:
+            when, reason = "", "not recorded (saved before the promotion log)"
+        headline = _headline(asset, metrics) or (f"{len(metrics.get('devices') or {})} devices"
+                                                 if asset == "drift_reference" else "")
+        rows.append({"version": version, "served": version == served,
+                     "trained_on": "..".join(metrics.get("train_range") or []), "headline": headline,
+                     "served_since": when, "reason": reason,
+                     "_order": (order.get(version, -1), _written_on(directory / "kind.json"))})
+    rows.sort(key=lambda r: r.pop("_order"))
+    return rows
 
 
 def model_label(base_url: str, asset: str, version: str) -> str:

@@ -147,6 +147,8 @@ EXPOSURE_COLUMNS = (
     Column("what it means", "string", "the finding in plain words"),
     Column("what to do", "string", "the remediation"),
     Column("evidence", "string", "examples of the flows' peers (peer:port), or the advisories for known_advisory"),
+    Column("explained_by_incident", "string", "the device's incidents that day whose span overlaps the finding's "
+                                              "evidence flows (ids: MAC @ start): likely their side effect"),
     Column("device_mac", "string", "the device's MAC address"),
 )
 
@@ -177,6 +179,8 @@ def exposure_table(findings: pd.DataFrame, day: str, previous: pd.DataFrame | No
         "what it means": work["kind"].map(exposure.finding_meaning), "what to do": work["kind"].map(exposure.finding_remediation),
         "evidence": [", ".join(str(x).split(" ")[0] if kind == "known_advisory" else str(x) for x in list(ev)[:3])
                      for kind, ev in zip(work["kind"], work["evidence"])],
+        # Tables built before the links have no column: no incident named.
+        "explained_by_incident": work.get("explained_by_incident", pd.Series("", index=work.index)).fillna("").astype(str),
         "device_mac": work["device_mac"].astype(str),
     })
     return _table(day, EXPOSURE_COLUMNS, shown)

@@ -11,10 +11,16 @@ import html
 import pandas as pd
 
 from iot_assets.core.exposure import SEVERITIES
+from iot_assets.reports.html import incident_anchor
 
 SEVERITY_COLOURS = {"info": "#9aa5b1", "low": "#f2c94c", "medium": "#f2994a", "high": "#d64545"}
 WORKLIST_COLUMNS = ["score", "device", "kind", "severity", "first_seen", "new_today", "flows", "remote_peers",
-                    "evidence"]
+                    "evidence", "explained_by_incident"]
+
+
+def _incident_ids(row) -> list[str]:
+    value = getattr(row, "explained_by_incident", "")
+    return [i for i in str(value or "").split(", ") if i] if isinstance(value, str) else []
 
 
 def _label(row) -> str:
@@ -28,7 +34,7 @@ def _worklist_rows(worklist: pd.DataFrame, limit: int) -> list[list[str]]:
                      "new" if row.new_today else "", f"{row.flows:,}", f"{row.remote_peers:,}",
                      # An advisory's link and versions are in a table of their own; its id names it here.
                      ", ".join(str(e).split(" ")[0] if row.kind == "known_advisory" else str(e)
-                               for e in row.evidence[:3])])
+                               for e in row.evidence[:3]), ", ".join(_incident_ids(row))])
     return rows
 
 
@@ -43,10 +49,19 @@ def worklist_markdown(worklist: pd.DataFrame, limit: int = 40) -> str:
     return header + body + more
 
 
-def _html_table(columns: list[str], rows: list[list[str]], flags: list[bool] | None = None) -> str:
+def _incident_links(ids: list[str]) -> str:
+    """Links to the incidents' rows of the same report's Incidents section."""
+    return ", ".join(f"<a href='#{incident_anchor(i)}'>{html.escape(i)}</a>" for i in ids)
+
+
+def _html_table(columns: list[str], rows: list[list[str]], flags: list[bool] | None = None,
+                raw_last: list[str] | None = None) -> str:
+    """An HTML table of text cells; `raw_last`: HTML (already escaped) for each row's last cell."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
-        f"<tr{' class=flag' if flags and flags[i] else ''}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row)
+        f"<tr{' class=flag' if flags and flags[i] else ''}>"
+        + "".join(f"<td>{raw_last[i] if raw_last is not None and j == len(row) - 1 else html.escape(c)}</td>"
+                  for j, c in enumerate(row))
         + "</tr>" for i, row in enumerate(rows))
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -96,7 +111,8 @@ def exposure_section_html(worklist: pd.DataFrame, per_day: pd.DataFrame, lines: 
         flags = [bool(r.new_today and r.severity == "high") for r in worklist.itertuples()]
         parts.append(f"<p class='note'>{worklist['device_mac'].nunique()} device(s), {len(worklist)} finding(s); "
                      "highlighted: high severity and new today.</p>")
-        parts.append(_html_table(WORKLIST_COLUMNS, _worklist_rows(worklist, len(worklist)), flags))
+        links = [_incident_links(_incident_ids(r)) for r in worklist.itertuples()]
+        parts.append(_html_table(WORKLIST_COLUMNS, _worklist_rows(worklist, len(worklist)), flags, raw_last=links))
     if len(lines):
         parts.append("<h3>Subscriber lines</h3>")
         parts.append(_html_table(["line", "score", "devices"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 
 import matplotlib
 
@@ -33,7 +34,13 @@ def png(fig) -> str:
     return f'<img alt="chart" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
-def table(df: pd.DataFrame, flag: pd.Series | None = None, digits: int = 3) -> str:
+def incident_anchor(incident_id: str) -> str:
+    """The id of an incident's row in the daily report (`MAC@start` made safe for a fragment)."""
+    return "incident-" + re.sub(r"[^0-9A-Za-z]+", "-", incident_id).strip("-")
+
+
+def table(df: pd.DataFrame, flag: pd.Series | None = None, digits: int = 3, row_ids: list[str] | None = None) -> str:
+    """`df` as an HTML table; `row_ids` gives each row an id (a link target)."""
     if df.empty:
         return "<p class='note'>none</p>"
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
@@ -41,6 +48,8 @@ def table(df: pd.DataFrame, flag: pd.Series | None = None, digits: int = 3) -> s
     for i, (_, row) in enumerate(df.iterrows()):
         cells = "".join(f"<td>{html.escape(f'{v:.{digits}f}' if isinstance(v, float) else str(v))}</td>" for v in row)
         css = " class='flag'" if flag is not None and bool(flag.iloc[i]) else ""
+        if row_ids is not None:
+            css += f" id='{html.escape(row_ids[i])}'"
         rows.append(f"<tr{css}>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 

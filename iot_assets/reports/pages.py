@@ -11,7 +11,7 @@ from sklearn.metrics import roc_curve
 from iot_assets.core import anomaly, drift
 from iot_assets.core.features import CONTEXT_HOURS
 from iot_assets.core.incidents import GAP_WINDOWS, SINGLE_WINDOW_MIN_RATIO
-from iot_assets.reports.html import heatmap, page, plt, png, svg_heatmap, table
+from iot_assets.reports.html import heatmap, incident_anchor, page, plt, png, svg_heatmap, table
 
 # Every column the daily report shows, explained once (the legend under each table).
 COLUMN_LEGEND = {
@@ -60,10 +60,12 @@ COLUMN_LEGEND = {
     "remote_peers": "distinct Internet peers in those flows",
     "evidence": "examples of those flows (peer:port, or peer -> device:port when the peer opened it), or the "
                 "advisories of the device's model",
+    "explained_by_incident": "the device's incidents that day whose span overlaps those flows (a link to the "
+                             "incident's row): the finding is likely the incident's side effect",
     "line": "the subscriber line (by default the home gateway the device's traffic goes through)",
 }
 EXPOSURE_LEGEND = ["score", "device", "kind", "severity", "first_seen", "new_today", "flows", "remote_peers",
-                   "evidence", "line", "devices"]
+                   "evidence", "explained_by_incident", "line", "devices"]
 
 
 def legend(columns) -> str:
@@ -179,7 +181,9 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
         shown = incidents.assign(device=incidents["device_name"].fillna(incidents["device_mac"]),
                                  start=start.dt.strftime("%H:%M").where(start >= midnight, start.dt.strftime("%m-%d %H:%M")),
                                  end=end.dt.strftime("%H:%M").where(end < midnight + pd.Timedelta(days=1), "24:00"))
-        body.append(table(shown[incident_columns], digits=1))
+        # Each row a link target: an exposure finding the incident explains links to it.
+        body.append(table(shown[incident_columns], digits=1,
+                          row_ids=[incident_anchor(i) for i in incidents["incident"].astype(str)]))
         body.append(legend(incident_columns))
     else:
         body.append("<p class='note'>no incident</p>")

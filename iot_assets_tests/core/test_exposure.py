@@ -396,7 +396,7 @@ def test_asset_flags_a_new_open_telnet_port_on_the_day_it_opens(tmp_path, monkey
         _write_day(data, "device_inventory", day, _inventory(day_flows, day))
     monkeypatch.delenv("IOT_ASSETS_ADVISORIES", raising=False)
     sources = [dg.AssetSpec(key, partitions_def=daily_partitions).with_io_manager_key("lake_io_manager")
-               for key in ("clean_flows", "device_inventory")]
+               for key in ("clean_flows", "device_inventory", "anomaly_incidents")]
     resources = resources_for(data, IOT_ASSETS_EPISODES=str(tmp_path / "injected" / "episodes.csv"))
     instance = dg.DagsterInstance.ephemeral()
     opened = episode.start.strftime("%Y-%m-%d")

@@ -21,20 +21,43 @@ from iot_assets_tests.support.definitions import definitions_for, resources_for
 def test_archive_sensor_notices_new_and_changed_archives(tmp_path):
     resources = {"archives": resources_for(tmp_path)["archives"]}
     archive_sensor = definitions_for(tmp_path).get_sensor_def("archive_sensor")
+    instance = dg.DagsterInstance.ephemeral()  # where the sensor reads what the last ingest saw
     (tmp_path / "raw").mkdir()
-    with dg.build_sensor_context(resources=resources) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
         assert isinstance(archive_sensor(context), dg.SkipReason)
     (tmp_path / "raw" / "nature_remo.tar.gz").write_bytes(b"first")
-    with dg.build_sensor_context(resources=resources) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
         first = archive_sensor(context)
         assert isinstance(first, dg.RunRequest)
         cursor = context.cursor
-    with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
         assert isinstance(archive_sensor(context), dg.SkipReason)
     (tmp_path / "raw" / "nature_remo.tar.gz").write_bytes(b"changed content")
-    with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
         second = archive_sensor(context)
         assert isinstance(second, dg.RunRequest) and second.run_key != first.run_key
+
+
+def test_archive_sensor_launches_nothing_for_a_landing_zone_the_last_ingest_saw(tmp_path):
+    """A daemon started after `iot-assets run` (no cursor yet) on an unchanged landing zone launches no ingest."""
+    from iot_assets.defs.automation.sensors import LANDING_ZONE_FINGERPRINT, landing_zone_fingerprint
+
+    resources = {"archives": resources_for(tmp_path)["archives"]}
+    archive_sensor = definitions_for(tmp_path).get_sensor_def("archive_sensor")
+    instance = dg.DagsterInstance.ephemeral()
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "nature_remo.tar.gz").write_bytes(b"ingested by iot-assets run")
+    ingested = landing_zone_fingerprint(resources["archives"])
+    assert ingested
+    instance.report_runless_asset_event(dg.AssetMaterialization("raw_archives",
+                                                                metadata={LANDING_ZONE_FINGERPRINT: ingested}))
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        skipped = archive_sensor(context)
+        assert isinstance(skipped, dg.SkipReason) and "since the last ingest" in skipped.skip_message
+        assert context.cursor == ingested
+    (tmp_path / "raw" / "qrio_hub.tar.gz").write_bytes(b"new since")
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=ingested) as context:
+        assert isinstance(archive_sensor(context), dg.RunRequest)
 
 
 def test_changed_days_cover_what_an_archive_covered_and_covers():

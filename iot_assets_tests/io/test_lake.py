@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from iot_assets.core import promotion
 from iot_assets.io.models import ModelStore
 from iot_assets.materialize import Outcome, materialize_missing
 from iot_assets.synthetic import sample
@@ -107,10 +108,24 @@ def test_models_are_versioned_and_a_pin_rolls_back(tmp_path):
     defs, instance, _ = build(data)
     store = ModelStore(str(data))
     first = store.current("device_classifier")
-    # Retrain with another seed: a new version beside the old one, served from now on.
+    (trained,) = store.promotions("device_classifier")
+    assert (trained["event"], trained["from_version"], trained["to_version"]) == ("promoted", None, first)
+    assert trained["reason"].startswith("first training on 2019-06-25..")
+    # Retrain with another seed: a new version beside the old one, only proposed (automatic promotion is off).
     build(data, IOT_ASSETS_SEED="5")
-    second = store.current("device_classifier")
-    assert first != second and set(store.versions("device_classifier")) >= {first, second}
+    proposal = store.promotions("device_classifier")[-1]
+    second = proposal["to_version"]
+    assert (proposal["event"], proposal["from_version"]) == ("proposed", first) and first != second
+    assert "not compared with the served version" in proposal["reason"]
+    assert store.current("device_classifier") == first and set(store.versions("device_classifier")) >= {first, second}
+    assert set(pd.read_parquet(data / "lake" / "device_inventory")["model_version"]) == {first}
+    # With the policy on, a retrain is served at once, and the record says the policy served it.
+    build(data, IOT_ASSETS_SEED="5", IOT_ASSETS_AUTO_PROMOTE="on")
+    promoted = store.promotions("device_classifier")[-1]
+    second = promoted["to_version"]
+    assert (promoted["event"], promoted["from_version"]) == ("promoted", first) and second != first
+    assert promoted["reason"].endswith("(automatic promotion is on)") and store.current("device_classifier") == second
+    assert promoted["from_metrics"]["accuracy"] is not None and promoted["to_metrics"]["train_range"][0] == DAYS[0]
     assert set(pd.read_parquet(data / "lake" / "device_inventory")["model_version"]) == {second}
     # Pinning the first version serves it again.
     pinned = definitions_for(data, IOT_ASSETS_MODEL_PINS=f"device_classifier={first}")
@@ -184,6 +199,19 @@ def test_a_challenge_serves_the_better_model_and_says_why(tmp_path, monkeypatch)
 
     challenge = {"challenge": True, "window_days": 2, "holdout_days": 2}
     config = {"ops": {name: {"config": challenge} for name in ("device_classifier", "anomaly_detector")}}
+    # Automatic promotion off (the default): a better challenger is proposed and the served version stays.
+    assert defs.resolve_job_def("training_job").execute_in_process(instance=instance, run_config=config).success
+    for asset in ("device_classifier", "anomaly_detector"):
+        figures = json.loads((data / "reports" / ("classifier_challenge.json" if asset == "device_classifier"
+                                                  else "anomaly_challenge.json")).read_text())
+        assert store.current(asset) == before[asset]
+        if figures["decision"] == "challenger":
+            proposal = store.promotions(asset)[-1]
+            assert (proposal["event"], proposal["from_version"]) == ("proposed", before[asset])
+            assert proposal["reason"] == promotion.challenge_reason(figures)
+            assert proposal["challenge"]["holdout"] == days[-2:]
+    # With the policy on, the same challenge serves the better model.
+    defs = definitions_for(data, IOT_ASSETS_END_DATE=days[-1], IOT_ASSETS_AUTO_PROMOTE="on")
     result = defs.resolve_job_def("training_job").execute_in_process(instance=instance, run_config=config)
     assert result.success
     for asset, report in (("device_classifier", "classifier_challenge.json"), ("anomaly_detector", "anomaly_challenge.json")):
@@ -197,6 +225,10 @@ def test_a_challenge_serves_the_better_model_and_says_why(tmp_path, monkeypatch)
         else:
             assert served.version != before[asset] and served.metrics["challenge"] == figures
             assert served.metrics["train_range"] == days[2:4]
+            promoted = store.promotions(asset)[-1]
+            assert (promoted["event"], promoted["from_version"], promoted["to_version"]) == (
+                "promoted", before[asset], served.version)
+            assert promoted["reason"] == promotion.challenge_reason(figures) + " (automatic promotion is on)"
     # The drift reference describes the days of the detector served with it.
     reference = store.load("drift_reference", store.current("drift_reference"))
     assert reference["train_range"] == store.load("anomaly_detector", store.current("anomaly_detector")).metrics["train_range"]
@@ -232,6 +264,13 @@ def test_an_acknowledged_change_re_baselines_the_device_and_only_it(tmp_path):
     assert job.execute_in_process(instance=instance, run_config=request.run_config).success
     after = store.load("anomaly_detector", store.current("anomaly_detector"))
     assert after.version != before.version
+    # A re-baseline is served (the run was asked for), recorded with its device; the drift reference follows.
+    rebaselined = store.promotions("anomaly_detector")[-1]
+    assert (rebaselined["event"], rebaselined["from_version"], rebaselined["to_version"]) == (
+        "promoted", before.version, after.version)
+    assert rebaselined["reason"] == f"rebaseline of {qrio} from 2019-06-29" and rebaselined["kind"] == "rebaseline"
+    follows = store.promotions("drift_reference")[-1]
+    assert follows["reason"] == f"follows anomaly_detector {after.version}" and follows["follows"] == after.version
     assert after.metrics["baselines"] == {qrio: {"from_day": "2019-06-29", "until": "2019-06-30"}}
     # Only the acknowledged device got a new normal, in the detector and in the drift reference.
     changed = [mac for mac in before.devices if not np.array_equal(before.devices[mac].center, after.devices[mac].center)]

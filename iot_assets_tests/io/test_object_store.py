@@ -72,5 +72,8 @@ def test_the_sample_on_s3_matches_a_local_run(seaweedfs_s3, tmp_path, monkeypatc
     # The same models, so the same versions: a version is the content hash of the model's files.
     for model in ("device_classifier", "anomaly_detector", "drift_reference"):
         assert (remote / "models" / model / "current.json").read_text() == (local / "models" / model / "current.json").read_text()
+        # The promotion log lives beside the versions, on the object store too.
+        (promoted,) = [json.loads(line) for line in (remote / "models" / model / "promotions.jsonl").read_text().splitlines()]
+        assert promoted["event"] == "promoted" and promoted["to_version"] in (remote / "models" / model / "current.json").read_text()
     page = (remote / "reports" / "daily" / f"{LAST_DAY}.html").read_text()
     assert "Nature Remo" in page and "Exposure" in page

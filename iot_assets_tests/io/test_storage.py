@@ -47,6 +47,8 @@ def test_model_versions_are_content_hashes_and_can_be_served_again(tmp_path):
     v1, _ = store.save("drift_reference", first)
     v2, _ = store.save("drift_reference", second)
     assert v1 == model_version(JsonDocument({"devices": {"a": 1}})) != v2
+    assert store.current_or_none("drift_reference") is None  # saving serves nothing: promoting does
+    store.promote("drift_reference", v2, "test")
     assert store.current("drift_reference") == v2 and store.versions("drift_reference") == sorted([v1, v2])
     store.use("drift_reference", v1)
     loaded = store.load("drift_reference", store.current("drift_reference"))

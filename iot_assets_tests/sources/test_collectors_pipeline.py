@@ -268,19 +268,20 @@ def test_the_landing_zone_sensor_notices_a_new_collector_file(tmp_path):
 
     resources = {"archives": resources_for(tmp_path)["archives"]}
     archive_sensor = definitions_for(tmp_path).get_sensor_def("archive_sensor")
+    instance = dg.DagsterInstance.ephemeral()  # where the sensor reads what the last ingest saw
     folder = tmp_path / "raw" / "router-1"
     folder.mkdir(parents=True)
     (folder / "nfcapd.current.4242").write_bytes(b"being written")  # not a collector file until nfcapd renames it
-    with dg.build_sensor_context(resources=resources) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
         assert isinstance(archive_sensor(context), dg.SkipReason)
     (folder / "nfcapd.201906251200").write_bytes(b"rotated")
-    with dg.build_sensor_context(resources=resources) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
         first = archive_sensor(context)
         assert isinstance(first, dg.RunRequest)
         cursor = context.cursor
-    with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
         assert isinstance(archive_sensor(context), dg.SkipReason)
     (folder / "nfcapd.201906251205").write_bytes(b"the next one")
-    with dg.build_sensor_context(resources=resources, cursor=cursor) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
         second = archive_sensor(context)
         assert isinstance(second, dg.RunRequest) and second.run_key != first.run_key

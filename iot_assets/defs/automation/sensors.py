@@ -11,6 +11,7 @@ from iot_assets.defs.partitions import Partitions
 from iot_assets.io.collectors import CollectorStore
 from iot_assets.io.staging import ArchiveStore
 
+LANDING_ZONE_FINGERPRINT = "landing_zone_fingerprint"  # raw_archives' metadata: the landing zone it ingested
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
@@ -25,6 +26,20 @@ def day_ranges(days: list[str], parts: Partitions) -> list[tuple[str, str]]:
         else:
             ranges.append((day, day))
     return ranges
+
+
+def landing_zone_fingerprint(archives: ArchiveStore) -> str:
+    """Names, sizes and modification times of the archives and collector files ("" for an empty landing zone)."""
+    collector_files = CollectorStore(archives.base_url).fingerprint()
+    return f"{archives.fingerprint()}+{collector_files}" if collector_files else archives.fingerprint()
+
+
+def last_ingested_fingerprint(instance: dg.DagsterInstance) -> str:
+    """The landing zone the latest raw_archives materialization ingested, whoever ran it ("" if none says)."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("raw_archives"))
+    materialization = event.asset_materialization if event else None
+    value = materialization.metadata.get(LANDING_ZONE_FINGERPRINT) if materialization else None
+    return str(value.value) if value is not None else ""
 
 
 def range_tags(first: str, last: str) -> dict[str, str]:
@@ -77,10 +92,13 @@ def build(deployment: Deployment) -> dg.Definitions:
                default_status=dg.DefaultSensorStatus.RUNNING)
     def archive_sensor(context: dg.SensorEvaluationContext, archives: ArchiveStore):
         """Requests a landing-zone scan when archives or collector files (nfcapd, IPFIX) appear or change."""
-        collector_files = CollectorStore(archives.base_url).fingerprint()
-        fingerprint = f"{archives.fingerprint()}+{collector_files}" if collector_files else archives.fingerprint()
-        if not fingerprint or fingerprint == context.cursor:
-            return dg.SkipReason("no new or changed archives or collector files")
+        fingerprint = landing_zone_fingerprint(archives)
+        # Against what this sensor last saw and what the last ingest saw (`iot-assets run`'s included): a
+        # daemon started on a landing zone already ingested launches nothing.
+        if not fingerprint or fingerprint in (context.cursor, last_ingested_fingerprint(context.instance)):
+            if fingerprint and fingerprint != context.cursor:
+                context.update_cursor(fingerprint)
+            return dg.SkipReason("no new or changed archives or collector files since the last ingest")
         context.update_cursor(fingerprint)
         return dg.RunRequest(run_key=f"landing-zone-{fingerprint}")
 

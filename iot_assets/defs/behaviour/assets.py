@@ -9,7 +9,7 @@ import pandas as pd
 
 from iot_assets.contracts.calendar import previous_day
 from iot_assets.contracts.schemas import AnomalyIncidents, column_schema
-from iot_assets.core import anomaly, classifier, drift, incidents, novelty, rebaseline, splits
+from iot_assets.core import anomaly, classifier, drift, incidents, novelty, promotion, rebaseline, splits
 from iot_assets.core import champion as champion_module
 from iot_assets.core.device_inventory import INVENTORY_DAYS, inventory_days, predict_inventory
 from iot_assets.core.exploration import exploration
@@ -89,6 +89,9 @@ def settle_challenge(context: dg.AssetExecutionContext, reports: ReportFiles, re
     if keep == "champion":
         return champion, challenge
     challenger.metrics["challenge"] = challenge
+    # Served at once only under automatic promotion; else proposed (iot_assets.core.promotion).
+    challenger.candidate = promotion.Candidate(promotion.CHALLENGE, promotion.challenge_reason(challenge),
+                                               {"challenge": promotion.challenge_figures(challenge)})
     return challenger, challenge
 
 
@@ -115,6 +118,9 @@ def _rebaselined_detector(context: dg.AssetExecutionContext, config: TrainingCon
         refitted[device_mac] = baselines[device_mac] = {"from_day": from_day, "until": until}
     metrics["baselines"] = baselines
     detector.metrics = metrics
+    detector.candidate = promotion.Candidate(
+        promotion.REBASELINE, "rebaseline of " + ", ".join(f"{mac} from {b['from_day']}" for mac, b in refitted.items()),
+        {"rebaselined": refitted})
     context.log.info("re-baselined " + ", ".join(f"{mac} from {b['from_day']}" for mac, b in refitted.items()))
     metrics_path = reports.write_json("anomaly_metrics.json", metrics)
     return _version_output(detector, {
@@ -505,6 +511,8 @@ def build(parts: Partitions) -> list:
             devices = rebaseline.refit_reference(devices, windows[days <= baseline["until"]], device_mac,
                                                  baseline["from_day"])
         reference = JsonDocument({"train_range": train_range, "baselines": baselines, "devices": devices})
+        reference.candidate = promotion.Candidate(promotion.FOLLOWS, f"follows anomaly_detector {anomaly_detector.version}",
+                                                  {"follows": anomaly_detector.version})
         return _version_output(reference, {"devices": len(reference["devices"]), "features": len(FEATURES),
                                            "train_range": dg.MetadataValue.json(train_range),
                                            "baselines": dg.MetadataValue.json(baselines),

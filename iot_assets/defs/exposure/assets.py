@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from iot_assets.contracts.calendar import previous_day
-from iot_assets.core import exposure, exposure_metrics
+from iot_assets.core import exposure, exposure_incidents, exposure_metrics
 from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY, concat_days
 from iot_assets.defs.day_metadata import attach, exposure_metadata
 from iot_assets.defs.loading import current_deployment
@@ -42,8 +42,11 @@ def build(parts: Partitions) -> list:
         group_name="exposure",
         io_manager_key="lake_io_manager",
         ins={
-            "clean_flows": dg.AssetIn(metadata={"columns": exposure.FLOW_COLUMNS, "keep_days": 0}),
+            "clean_flows": dg.AssetIn(metadata={"columns": exposure.FLOW_COLUMNS + exposure_incidents.TIME_COLUMNS,
+                                                "keep_days": 0}),
             "device_inventory": dg.AssetIn(),
+            # The day's incidents: a finding whose evidence flows overlap one names it (explained_by_incident).
+            "anomaly_incidents": dg.AssetIn(metadata={"allow_missing_partitions": True}),
             # In a range of days, the days before the last are built in this same run: allowed missing here,
             # and the history is carried from the run's own days (the day before the range must exist).
             "previous_exposure": dg.AssetIn(key="device_exposure", partition_mapping=DAY_BEFORE,
@@ -58,7 +61,7 @@ def build(parts: Partitions) -> list:
         ],
     )
     def device_exposure(context: dg.AssetExecutionContext, clean_flows: LazyDays,
-                        device_inventory: LazyDays, previous_exposure: LazyDays,
+                        device_inventory: LazyDays, anomaly_incidents: LazyDays, previous_exposure: LazyDays,
                         exposure_settings: ExposureSettings):
         """Per device MAC and kind: exposure findings with evidence and the day each was first seen."""
         advisories, problems = exposure.read_advisories(exposure_settings.advisories_path)
@@ -75,6 +78,10 @@ def build(parts: Partitions) -> list:
             flows, inventory = clean_flows[day], device_inventory[day]
             today = exposure.day_findings(flows, inventory, advisories)
             table = exposure.carry_history(previous, today, day, exposure.device_lines(flows) if len(flows) else {})
+            incidents = anomaly_incidents.get(day)
+            if incidents is None:
+                context.log.warning(f"anomaly_incidents {day} is not built: no finding of the day names an incident")
+            table = exposure_incidents.link_incidents(table, flows, incidents)
             out[day] = table
             attach(context, "device_exposure", day, exposure_metadata(table, day, previous))
             if previous is None:

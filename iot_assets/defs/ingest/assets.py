@@ -21,6 +21,7 @@ from iot_assets.core.duplicates import archive_overlaps, archive_rank, cross_arc
 from iot_assets.core.ingest import ArchiveSummary
 from iot_assets.core.pseudonymiser import Pseudonymiser
 from iot_assets.core.reject_share import first_reject, reject_share_problem
+from iot_assets.defs.automation.sensors import LANDING_ZONE_FINGERPRINT, landing_zone_fingerprint
 from iot_assets.defs.day_metadata import attach
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
@@ -293,6 +294,8 @@ def build(parts: Partitions) -> list:
     )
     def raw_archives(context: dg.AssetExecutionContext, archives: ArchiveStore, reports: ReportFiles):
         """The landing zone: archives with checksums and devices, each decoded once per content hash."""
+        # What this ingest saw, before it reads: archive_sensor launches no ingest for a landing zone still so.
+        fingerprint = landing_zone_fingerprint(archives)
         summaries, staged, changed, rejected_wholesale = stage_archives(archives, context.log)
         manifest = manifest_of(summaries, staged, rejected_wholesale)
         overlaps = overlaps_of(manifest, archives)
@@ -309,6 +312,7 @@ def build(parts: Partitions) -> list:
             manifest,
             metadata={
                 "archives": len(manifest),
+                LANDING_ZONE_FINGERPRINT: fingerprint,
                 "flow_records": int(manifest["flow_records"].fillna(0).sum()),
                 "rejected": int(manifest["rejected"].fillna(0).sum()),
                 "failed_archives": dg.MetadataValue.json(manifest.loc[manifest["error"].notna(), "archive"].tolist()),
