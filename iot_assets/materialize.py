@@ -204,7 +204,8 @@ def _day_times(instance: dg.DagsterInstance, asset: str, days: list[str],
     """When each day of `asset` was last materialized, every shard of it if sharded (days never built are missing)."""
     day_of = keys_of_days(partitions_def, days)
     times: dict[str, float] = {}
-    for record in _records(instance, dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=list(day_of))):
+    records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=list(day_of))
+    for record in _records(instance, records_filter):
         times.setdefault(record.partition_key, record.timestamp)  # newest first
     by_day: dict[str, list[float]] = {}
     for key, day in day_of.items():
@@ -251,8 +252,9 @@ def _run_days(job, days: list[str], instance, outcome: Outcome, tags: dict[str, 
     outcome.echo(f"{label} failed: running its {len(days)} days one by one")
     for day in tqdm(days, desc=job.name, unit="day", file=sys.stderr, leave=False):
         # A day is a partition, or (day x shard) the range of its shards.
-        one_day = ({"tags": {**tags, **range_tags(*day_range(job.partitions_def, day, day))}}
-                   if isinstance(job.partitions_def, dg.MultiPartitionsDefinition) else {"tags": tags, "partition_key": day})
+        sharded = isinstance(job.partitions_def, dg.MultiPartitionsDefinition)
+        one_day = ({"tags": {**tags, **range_tags(*day_range(job.partitions_def, day, day))}} if sharded
+                   else {"tags": tags, "partition_key": day})
         outcome.record(f"{job.name}[{day}]", job.execute_in_process(instance=instance, run_config=QUIET,
                                                                   raise_on_error=False, **one_day))
 

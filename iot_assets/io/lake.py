@@ -155,9 +155,10 @@ class LakeIOManager(dg.UPathIOManager):
         summary = by_day.metadata() if built else {}
         if built:
             by_day.close()
+        asset_folder = _day_folder(next(iter(paths.values()))).parent
         context.add_output_metadata({**summary, "dagster/row_count": rows,
                                      "days": len(paths),
-                                     "path": dg.MetadataValue.path(str(_day_folder(next(iter(paths.values()))).parent))})
+                                     "path": dg.MetadataValue.path(str(asset_folder))})
 
     def load_input(self, context: dg.InputContext):
         if not context.has_asset_partitions:
@@ -185,7 +186,7 @@ class LakeIOManager(dg.UPathIOManager):
 
 
 def _day_folder(path: UPath) -> UPath | None:
-    """The `day=YYYY-MM-DD` folder of a partition's file (`day=.../part-0.parquet` or `day=.../<shard>/part-0.parquet`)."""
+    """The `day=YYYY-MM-DD` folder of a partition's file: `day=.../part-0.parquet`, `day=.../<shard>/part-0.parquet`."""
     for folder in (path.parent, path.parent.parent):
         if folder.name.startswith("day="):
             return folder

@@ -11,7 +11,16 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from iot_assets.defs.partitions import Partitions
-from iot_assets.defs.stages import DAILY_FLOWS, DAILY_SCORING, DAILY_STAGES, INGEST, REPORTS, STAGE_TAG, STAGES, TRAINING
+from iot_assets.defs.stages import (
+    DAILY_FLOWS,
+    DAILY_SCORING,
+    DAILY_STAGES,
+    INGEST,
+    REPORTS,
+    STAGE_TAG,
+    STAGES,
+    TRAINING,
+)
 
 # Every run on a data location carries its tag: the instance's queue allows one run per location at a
 # time (iot_assets.materialize.instance_yaml), whoever launched it (the CLI, the UI, a sensor).
@@ -21,17 +30,18 @@ PID_TAG = "iot_assets/pid"  # the process a CLI run executes in: a dead one make
 # The group whose daily assets are partitioned day x line shard when the lines are sharded.
 LINE_SHARDED_GROUP = "lines"
 
+# Each stage's job: its name (as the UI and the schedules know it) and what it does.
 STAGE_JOBS = {
-    INGEST: ("ingest_archives_job", "Checksum the landing zone, decode new or changed archives and collector files, "
-                                    "import the vulnerability feeds and the subscriber lines."),
-    DAILY_FLOWS: ("daily_flows_job", "Build days of flow tables, device windows and line views from the staged "
-                                     "archives."),
-    TRAINING: ("training_job", "Train and evaluate the device classifier, the anomaly detector, the drift reference "
-                               "and the endpoint signatures on a time split."),
-    DAILY_SCORING: ("daily_scoring_job", "Classify the days' MACs, score their windows, drift, exposure and line "
-                                         "inventories with the current models, and report."),
-    REPORTS: ("reports_job", "Write the model, exposure, vulnerability and line reports from the models and the "
-                             "scored days."),
+    INGEST: ("ingest_archives_job", ("Checksum the landing zone, decode new or changed archives and collector "
+                                     "files, import the vulnerability feeds and the subscriber lines.")),
+    DAILY_FLOWS: ("daily_flows_job", ("Build days of flow tables, device windows and line views from the staged "
+                                      "archives.")),
+    TRAINING: ("training_job", ("Train and evaluate the device classifier, the anomaly detector, the drift "
+                                "reference and the endpoint signatures on a time split.")),
+    DAILY_SCORING: ("daily_scoring_job", ("Classify the days' MACs, score their windows, drift, exposure and line "
+                                          "inventories with the current models, and report.")),
+    REPORTS: ("reports_job", ("Write the model, exposure, vulnerability and line reports from the models and the "
+                              "scored days.")),
 }
 
 
@@ -69,7 +79,8 @@ def build_jobs(location: str, parts: Partitions) -> dict[str, UnresolvedAssetJob
     jobs += daily_jobs("daily_job", stage_selection(DAILY_FLOWS) | stage_selection(DAILY_SCORING),
                        "Days end to end with the current models: flows, windows, inventory, anomalies, drift, report.")
     # The anomaly detector and the models trained on it (the drift reference), refitted without the classifier.
-    jobs.append(job("rebaseline_job", dg.AssetSelection.assets("anomaly_detector").downstream() & stage_selection(TRAINING),
+    refitted = dg.AssetSelection.assets("anomaly_detector").downstream() & stage_selection(TRAINING)
+    jobs.append(job("rebaseline_job", refitted,
                     "Refit the detector and drift reference of re-baselined devices on their new normal "
                     "(config: rebaseline)."))
     return {j.name: j for j in jobs}

@@ -447,7 +447,8 @@ def build(parts: Partitions) -> list:
         })
 
 
-    @dg.asset(group_name="behaviour", tags=stage(TRAINING), io_manager_key="model_io_manager", ins={"device_windows": EVERY_BUILT_DAY})
+    @dg.asset(group_name="behaviour", tags=stage(TRAINING), io_manager_key="model_io_manager",
+              ins={"device_windows": EVERY_BUILT_DAY})
     def drift_reference(context: dg.AssetExecutionContext, device_windows: LazyDays, anomaly_detector: anomaly.AnomalyDetector,
                         model_settings: ModelSettings):
         """Per device and feature, the training distribution and how far single training days strayed."""
@@ -471,7 +472,8 @@ def build(parts: Partitions) -> list:
                                            "anomaly_detector": anomaly_detector.version})
 
 
-    @dg.asset(group_name="behaviour", tags=stage(REPORTS), io_manager_key="lake_io_manager", automation_condition=AFTER_ITS_INPUTS,
+    @dg.asset(group_name="behaviour", tags=stage(REPORTS), io_manager_key="lake_io_manager",
+              automation_condition=AFTER_ITS_INPUTS,
               ins={"anomaly_scores": EVERY_BUILT_DAY, "feature_drift": EVERY_BUILT_DAY})
     def rebaseline_decisions(context: dg.AssetExecutionContext, anomaly_scores: LazyDays, feature_drift: LazyDays,
                              anomaly_detector: anomaly.AnomalyDetector, drift_reference: JsonDocument,

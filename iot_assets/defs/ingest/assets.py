@@ -376,9 +376,11 @@ def build(parts: Partitions) -> list:
         backfill_policy=parts.ranged_backfill,
         group_name="ingest",
         outs={
-            "clean_flows": dg.AssetOut(tags=stage(DAILY_FLOWS), io_manager_key="lake_io_manager", metadata={"dagster/column_schema": column_schema(CleanFlows)},
+            "clean_flows": dg.AssetOut(tags=stage(DAILY_FLOWS), io_manager_key="lake_io_manager",
+                                       metadata={"dagster/column_schema": column_schema(CleanFlows)},
                                        description="Flows of the day seen from their local device, labelled and validated."),
-            "clean_rejects": dg.AssetOut(tags=stage(DAILY_FLOWS), io_manager_key="lake_io_manager", metadata={"dagster/column_schema": column_schema(FlowRejects)},
+            "clean_rejects": dg.AssetOut(tags=stage(DAILY_FLOWS), io_manager_key="lake_io_manager",
+                                         metadata={"dagster/column_schema": column_schema(FlowRejects)},
                                          description="Decoded flows of the day that failed a cleaning rule, with the reason."),
             "flow_sample": dg.AssetOut(tags=stage(DAILY_FLOWS), io_manager_key="lake_io_manager",
                                        description="Up to 400 clean flows per device and day, for the per-flow baseline."),

@@ -55,7 +55,8 @@ def _advisories_of(findings, advisories) -> list[dict]:
 def build(parts: Partitions) -> list:
     """This group's definitions over the partitions resolved at load."""
 
-    @dg.asset(partitions_def=parts.daily, backfill_policy=parts.ranged_backfill, group_name="reports", tags=stage(DAILY_SCORING),
+    @dg.asset(partitions_def=parts.daily, backfill_policy=parts.ranged_backfill, group_name="reports",
+              tags=stage(DAILY_SCORING),
               ins={"device_exposure": dg.AssetIn(partition_mapping=TWO_WEEKS, metadata={"allow_missing_partitions": True}),
                    "device_vulnerabilities": dg.AssetIn(metadata={"allow_missing_partitions": True})})
     def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device_inventory: LazyDays,

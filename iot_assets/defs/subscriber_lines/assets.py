@@ -17,8 +17,8 @@ from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY
 from iot_assets.defs.day_metadata import attach, line_metadata
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions, keys_of_days
-from iot_assets.defs.stages import DAILY_FLOWS, DAILY_SCORING, INGEST, REPORTS, TRAINING, stage
 from iot_assets.defs.resources import LineSettings, ModelSettings
+from iot_assets.defs.stages import DAILY_FLOWS, DAILY_SCORING, INGEST, REPORTS, TRAINING, stage
 from iot_assets.io.lake import DaysBuilt, LazyDays
 from iot_assets.io.location import base_path
 from iot_assets.io.models import JsonDocument
@@ -191,7 +191,7 @@ def build(parts: Partitions) -> list:
         members_of_shard: dict[int, pd.DataFrame] = {}
 
         def view_of(key: str) -> pd.DataFrame:
-            """The day's (shard's) views, as the lake writes them (a ranged run holds one's); its truth is kept (small)."""
+            """A partition's views, as the lake writes them (a ranged run holds one's); its truth is kept (small)."""
             nonlocal per_rate
             day, shard, count = parts.day_and_shard(key)
             if shard not in members_of_shard:
