@@ -98,8 +98,8 @@ def _changed_check(check_name: str, asset: str, new: pd.DataFrame, rate: int) ->
 #
 # An ISP's day holds every line; with N > 1 shards the line assets are partitioned day x shard by
 # a stable hash of the line id, so one day's line work spreads over as many runs, workers or
-# pods. With 1 shard they are partitioned by day, as every daily table. The union of a day's
-# shards is the day of one shard (tested). The device-level assets they read stay daily.
+# pods. With 1 shard they are partitioned by day, as every daily table. The union of a day's N
+# shards is that day with 1 shard (tested). The device-level assets they read stay daily.
 
 def _by_shard(keys, parts: Partitions) -> dict[int, list[tuple[str, str]]]:
     """Partition keys of a run grouped by shard: {shard: [(key, day), ...]} (one shard: the keys are the days)."""
