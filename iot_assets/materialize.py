@@ -1,8 +1,9 @@
 """What `iot-assets run` materializes: everything not built yet, through Dagster's own execution on the
 instance the UI and the daemon use.
 
-Each stage is one of the code location's jobs, executed in this process (`execute_in_process`) and
-recorded in the instance like any run the daemon launches: the runs carry the data location's tag,
+Each stage (`iot_assets.defs.stages`, in order) is one of the code location's jobs (a daily stage
+two when the subscriber lines are sharded: its day x line shard job after its day job), executed in
+this process (`execute_in_process`) and recorded in the instance like any run the daemon launches: the runs carry the data location's tag,
 so the instance's queue (`instance_yaml`: at most one run per data location at a time) holds the
 daemon's and the UI's runs while one of these is in progress, and each of these waits for theirs.
 Orphans (runs of a process that died, kill -9 included) are marked failed, not waited for.
