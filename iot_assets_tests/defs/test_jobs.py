@@ -120,3 +120,24 @@ def test_a_sharded_day_is_built_only_when_every_shard_of_it_is():
     assert _unbuilt_days(instance, "daily_scoring", job, days) == {"2019-06-26"}
     built("2019-06-26|00-of-02")
     assert _unbuilt_days(instance, "daily_scoring", job, days) == set()
+
+
+def test_changed_days_ask_for_the_day_job_then_every_shard_of_the_days():
+    defs = definitions_for(Path("data"), IOT_ASSETS_LINE_SHARDS="2")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        "raw_archives", metadata={"changed_days": ["2019-06-26", "2019-06-27", "2019-07-01"]}))
+    sensor = defs.get_sensor_def("changed_days_sensor")
+    with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+        requests = list(sensor.evaluate_tick(context).run_requests)
+    start, end = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+    assert [(r.job_name, r.partition_key, r.tags.get(start), r.tags.get(end)) for r in requests] == [
+        ("daily_job", None, "2019-06-26", "2019-06-27"),
+        ("daily_by_line_shard_job", None, "2019-06-26|00-of-02", "2019-06-27|01-of-02"),
+        ("daily_job", "2019-07-01", None, None),
+        ("daily_by_line_shard_job", None, "2019-07-01|00-of-02", "2019-07-01|01-of-02"),
+    ]
+    # The range is every shard of the two days, in one run.
+    job = defs.resolve_job_def("daily_by_line_shard_job")
+    assert job.partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(requests[1].tags[start], requests[1].tags[end])) == [
+        "2019-06-26|00-of-02", "2019-06-26|01-of-02", "2019-06-27|00-of-02", "2019-06-27|01-of-02"]

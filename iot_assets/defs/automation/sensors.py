@@ -74,6 +74,7 @@ def build(deployment: Deployment) -> dg.Definitions:
     jobs = build_jobs(deployment.settings.data_dir, parts)
     # The daily jobs, in the order a day is built: the day x line shard assets after the day's flows.
     daily_jobs = [jobs[name] for name in ("daily_job", line_shard_job_name("daily_job")) if name in jobs]
+    partitions_of = {"daily_job": parts.daily, line_shard_job_name("daily_job"): parts.lines}
 
     @dg.sensor(job=jobs["ingest_archives_job"], minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.RUNNING)
@@ -140,9 +141,9 @@ def build(deployment: Deployment) -> dg.Definitions:
                 key = f"{asset_event.run_id}-{first}-{last}" + ("" if job.name == "daily_job" else f"-{job.name}")
                 if first == last and job.name == "daily_job":
                     yield dg.RunRequest(run_key=key, job_name=job.name, partition_key=first)
-                else:  # every shard of the days, in one run
+                else:  # the days (every shard of them) in one run
                     yield dg.RunRequest(run_key=key, job_name=job.name,
-                                        tags=range_tags(*day_range(parts.lines, first, last)))
+                                        tags=range_tags(*day_range(partitions_of[job.name], first, last)))
 
     # The daily schedules run at 00:30 UTC for the day that just ended (every shard of it).
     daily_schedules = [dg.build_schedule_from_partitioned_job(job, minute_of_hour=30) for job in daily_jobs]
