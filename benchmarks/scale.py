@@ -41,14 +41,16 @@ sys.path.insert(1, str(ROOT))  # not first: Dagster drops sys.path[0] (the scrip
 import dagster as dg  # noqa: E402
 import yaml  # noqa: E402
 
-from iot_assets.defs.automation.jobs import FLOW_ASSETS, MODEL_ASSETS, SCORING_ASSETS  # noqa: E402
+from iot_assets.defs.automation.jobs import stage_selection  # noqa: E402
+from iot_assets.defs.stages import DAILY_FLOWS, DAILY_SCORING, TRAINING  # noqa: E402
 from iot_assets.materialize import QUIET, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 DEPLOY = ROOT / "deploy"
 FIRST_DAY = date(2019, 6, 25)
 RSS_MARK = "peak-rss-mb"
-STAGES = {"ingest_archives_job": ("raw_archives", "line_membership"), "daily_flows_job": FLOW_ASSETS,
-          "training_job": MODEL_ASSETS, "daily_scoring_job": SCORING_ASSETS}
+STAGES = {"ingest_archives_job": dg.AssetSelection.assets("raw_archives", "line_membership"),
+          "daily_flows_job": stage_selection(DAILY_FLOWS), "training_job": stage_selection(TRAINING),
+          "daily_scoring_job": stage_selection(DAILY_SCORING)}
 DAILY = ("daily_flows_job", "daily_scoring_job")
 # dagster-celery registers its task again for every run submitted from one process; harmless here.
 warnings.filterwarnings("ignore", message="Task name 'execute_plan' is already registered")
@@ -70,8 +72,7 @@ def bench_defs(executor: str) -> dg.Definitions:
     from iot_assets.definitions import build_definitions
 
     base = build_definitions(Settings.from_env())
-    jobs = [dg.define_asset_job(name, selection=dg.AssetSelection.assets(*assets), hooks={peak_rss})
-            for name, assets in STAGES.items()]
+    jobs = [dg.define_asset_job(name, selection=selection, hooks={peak_rss}) for name, selection in STAGES.items()]
     return dg.Definitions(assets=base.assets, asset_checks=base.asset_checks, jobs=jobs, resources=base.resources,
                           executor=celery_executor if executor == "celery" else dg.in_process_executor)
 

@@ -133,7 +133,7 @@ class Settings:
     days_per_run: int = 7  # days a backfill run of the daily assets covers at most
     acknowledgements: str = ""  # a CSV device_mac,from_day: changes an analyst accepted as the new normal
     stable_days: int = 3  # changed days in a row, at a steady score level, that make a new normal
-    line_shards: int = 4  # subscriber-line shards a day of the line assets is split into
+    line_shards: int = 1  # subscriber-line shards a day of the line assets is split into (1: partitioned by day)
     feeds_dir: str = ""  # where an operator drops the NVD, KEV and EPSS files; empty: `<data_dir>/feeds`
     feed_max_age_days: int = 7  # a feed older than this (against today) fails the WARN check feeds_fresh
     # Pseudonymisation at the edge (docs/pseudonymisation.md); the key is loaded at load, by
@@ -180,7 +180,7 @@ class Settings:
             days_per_run=int(_parse_number(env, "IOT_ASSETS_DAYS_PER_RUN", 7, 1, 366)),
             acknowledgements=env.get("IOT_ASSETS_ACKNOWLEDGEMENTS", "").strip(),
             stable_days=int(_parse_number(env, "IOT_ASSETS_STABLE_DAYS", 3, 1, 60)),
-            line_shards=int(_parse_number(env, "IOT_ASSETS_LINE_SHARDS", 4, 1, 4096)),
+            line_shards=int(_parse_number(env, "IOT_ASSETS_LINE_SHARDS", 1, 1, 4096)),
             feeds_dir=_location(env.get("IOT_ASSETS_FEEDS_DIR", "").strip() or f"{data_dir}/feeds"),
             feed_max_age_days=_parse_whole_number(env, "IOT_ASSETS_FEED_MAX_AGE_DAYS", 7, 0, 3650),
             **_pseudonymise_settings(env),

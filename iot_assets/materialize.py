@@ -1,8 +1,9 @@
 """What `iot-assets run` materializes: everything not built yet, through Dagster's own execution on the
 instance the UI and the daemon use.
 
-Each stage is one of the code location's jobs, executed in this process (`execute_in_process`) and
-recorded in the instance like any run the daemon launches: the runs carry the data location's tag,
+Each stage (`iot_assets.defs.stages`, in order) is one of the code location's jobs (a daily stage
+two when the subscriber lines are sharded: its day x line shard job after its day job), executed in
+this process (`execute_in_process`) and recorded in the instance like any run the daemon launches: the runs carry the data location's tag,
 so the instance's queue (`instance_yaml`: at most one run per data location at a time) holds the
 daemon's and the UI's runs while one of these is in progress, and each of these waits for theirs.
 Orphans (runs of a process that died, kill -9 included) are marked failed, not waited for.
@@ -25,12 +26,13 @@ from typing import Callable
 import dagster as dg
 from tqdm import tqdm
 
-from iot_assets.defs.automation.jobs import LOCATION_TAG, PID_TAG, STAGE_ASSETS
+from iot_assets.defs.automation.jobs import LOCATION_TAG, PID_TAG, STAGE_JOBS, line_shard_job_name
 from iot_assets.defs.automation.sensors import range_tags
+from iot_assets.defs.partitions import day_range, keys_of_days
+from iot_assets.defs.stages import DAILY_FLOWS, INGEST, STAGES
 from iot_assets.io.lock import process_alive
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}  # failures are summarised at the end
-STAGES = ("ingest_archives_job", "daily_flows_job", "training_job", "daily_scoring_job", "reports_job")
 # A failed check of these means a record may be lost: the run fails, with --strict or without.
 INTEGRITY_CHECKS = {"archives_reconcile", "decoded_matches_staging", "day_reconciles", "decoded_schema",
                     "collector_files_reconcile", "collector_flows_match_staging"}
@@ -127,12 +129,13 @@ def materialize_missing(defs: dg.Definitions, instance: dg.DagsterInstance, days
     tags = {LOCATION_TAG: location, PID_TAG: str(os.getpid())}
     rebuilt: set[str] = set()  # days an earlier stage of this run (re)built
     ran_any = False
-    for job_name in tqdm(STAGES, desc="iot-assets run", unit="stage", file=sys.stderr):
-        job = defs.resolve_job_def(job_name)
+    jobs = [(stage, job) for stage in STAGES for job in stage_jobs(defs, stage)]
+    for stage, job in tqdm(jobs, desc="iot-assets run", unit="stage", file=sys.stderr):
+        job_name = job.name
         if job.partitions_def is None:
-            todo = job_name == "ingest_archives_job" or bool(rebuilt) or ran_any or _missing(instance, job_name)
+            todo = stage == INGEST or bool(rebuilt) or ran_any or _missing(instance, job)
         else:
-            todo_days = sorted(set(days) & (rebuilt | _unbuilt_days(instance, job_name, days)))
+            todo_days = sorted(set(days) & (rebuilt | _unbuilt_days(instance, stage, job, days)))
             todo = bool(todo_days)
         if not todo:
             outcome.echo(f"{job_name}: nothing to build")
@@ -143,7 +146,7 @@ def materialize_missing(defs: dg.Definitions, instance: dg.DagsterInstance, days
         if job.partitions_def is None:
             result = job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False, tags=tags)
             outcome.record(job_name, result)
-            if job_name == "ingest_archives_job":
+            if stage == INGEST:
                 rebuilt |= _changed_days(result)
             else:
                 ran_any = True
@@ -158,6 +161,17 @@ def materialize_missing(defs: dg.Definitions, instance: dg.DagsterInstance, days
                      f"peak RSS {peak_rss_mb():,.0f} MB")
 
 
+def stage_jobs(defs: dg.Definitions, stage: str) -> list[dg.JobDefinition]:
+    """A stage's jobs in the order they run: its job, then its day x line shard job when the lines are sharded."""
+    name = STAGE_JOBS[stage][0]
+    repository = defs.get_repository_def()
+    return [defs.resolve_job_def(n) for n in (name, line_shard_job_name(name)) if repository.has_job(n)]
+
+
+def _job_assets(job: dg.JobDefinition) -> list[str]:
+    return sorted(key.to_user_string() for key in job.asset_layer.selected_asset_keys)
+
+
 def _changed_days(result: dg.ExecuteInProcessResult) -> set[str]:
     """The days the landing zone's new, changed or removed archives and collector files touch (raw_archives
     and collector_files say)."""
@@ -169,7 +183,7 @@ def _changed_days(result: dg.ExecuteInProcessResult) -> set[str]:
     return days
 
 
-def _unbuilt_days(instance: dg.DagsterInstance, job_name: str, days: list[str]) -> set[str]:
+def _unbuilt_days(instance: dg.DagsterInstance, stage: str, job: dg.JobDefinition, days: list[str]) -> set[str]:
     """Days some daily asset of the stage has no materialization of, or one older than what it is built from.
 
     Older: the landing zone said the day changed (a new or changed archive) after the stage last built it,
@@ -177,21 +191,28 @@ def _unbuilt_days(instance: dg.DagsterInstance, job_name: str, days: list[str]) 
     inside one, leaves such days: the next run rebuilds them, the changed days are not only in the killed
     run's memory.
     """
-    built = {name: _day_times(instance, name, days) for name in STAGE_ASSETS[job_name]}
+    built = {name: _day_times(instance, name, days, job.partitions_def) for name in _job_assets(job)}
     built_at = {day: min((times.get(day) for times in built.values()), key=lambda t: t or 0) for day in days}
-    if job_name == "daily_flows_job":
+    if stage == DAILY_FLOWS:
         source_at = _changed_at(instance)
     else:
         source_at = _day_times(instance, "device_windows", days)
     return {day for day in days if not built_at[day] or source_at.get(day, 0) > built_at[day]}
 
 
-def _day_times(instance: dg.DagsterInstance, asset: str, days: list[str]) -> dict[str, float]:
-    """When each day of `asset` was last materialized (days never built are missing)."""
+def _day_times(instance: dg.DagsterInstance, asset: str, days: list[str],
+               partitions_def: dg.PartitionsDefinition | None = None) -> dict[str, float]:
+    """When each day of `asset` was last materialized, every shard of it if sharded (days never built are missing)."""
+    day_of = keys_of_days(partitions_def, days)
     times: dict[str, float] = {}
-    for record in _records(instance, dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=days)):
+    records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=list(day_of))
+    for record in _records(instance, records_filter):
         times.setdefault(record.partition_key, record.timestamp)  # newest first
-    return times
+    by_day: dict[str, list[float]] = {}
+    for key, day in day_of.items():
+        by_day.setdefault(day, []).append(times.get(key))
+    # A day is built when all its partitions are, as of the oldest of them.
+    return {day: min(shards) for day, shards in by_day.items() if None not in shards}
 
 
 def _records(instance: dg.DagsterInstance, records_filter: dg.AssetRecordsFilter):
@@ -216,24 +237,27 @@ def _changed_at(instance: dg.DagsterInstance) -> dict[str, float]:
     return changed
 
 
-def _missing(instance: dg.DagsterInstance, job_name: str) -> bool:
+def _missing(instance: dg.DagsterInstance, job: dg.JobDefinition) -> bool:
     """Whether an asset of an unpartitioned stage was never materialized."""
-    return any(instance.get_latest_materialization_event(dg.AssetKey(name)) is None
-               for name in STAGE_ASSETS[job_name])
+    return any(instance.get_latest_materialization_event(dg.AssetKey(name)) is None for name in _job_assets(job))
 
 
 def _run_days(job, days: list[str], instance, outcome: Outcome, tags: dict[str, str]) -> None:
     """All days in one run; if it fails, each day on its own so that the good ones complete."""
     label = f"{job.name}[{days[0]}..{days[-1]}]"
     result = job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False,
-                                    tags={**tags, **range_tags(days[0], days[-1])})
+                                    tags={**tags, **range_tags(*day_range(job.partitions_def, days[0], days[-1]))})
     if result.success or len(days) == 1:
         outcome.record(label, result)
         return
     outcome.echo(f"{label} failed: running its {len(days)} days one by one")
     for day in tqdm(days, desc=job.name, unit="day", file=sys.stderr, leave=False):
-        outcome.record(f"{job.name}[{day}]", job.execute_in_process(instance=instance, run_config=QUIET, tags=tags,
-                                                                  raise_on_error=False, partition_key=day))
+        # A day is a partition, or (day x shard) the range of its shards.
+        sharded = isinstance(job.partitions_def, dg.MultiPartitionsDefinition)
+        one_day = ({"tags": {**tags, **range_tags(*day_range(job.partitions_def, day, day))}} if sharded
+                   else {"tags": tags, "partition_key": day})
+        outcome.record(f"{job.name}[{day}]", job.execute_in_process(instance=instance, run_config=QUIET,
+                                                                  raise_on_error=False, **one_day))
 
 
 def reset_peak_rss() -> None:

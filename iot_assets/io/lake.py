@@ -19,7 +19,9 @@ the run: what belongs to one day is attached to that day's partition explicitly,
 (`iot_assets.defs.day_metadata.attach`, also from inside a `build`) and, for the row count, here.
 
 The day is the partition, in the path: a `day` column of a daily table is not written into the
-file (a hive reader would see two `day` fields) and is restored from the path on load.
+file (a hive reader would see two `day` fields) and is restored from the path on load. A day x
+shard partition (the line assets with IOT_ASSETS_LINE_SHARDS above 1) is a folder of its day,
+`<asset>/day=YYYY-MM-DD/00-of-04/part-0.parquet`, and its rows get their day the same way.
 
 An unpartitioned input may say `allow_missing` in its metadata: it is None until its asset is first
 materialized.
@@ -121,8 +123,8 @@ class LakeIOManager(dg.UPathIOManager):
 
     def load_from_path(self, context: dg.InputContext, path: UPath, table: pa.Table | None = None) -> pd.DataFrame:
         frame = (read_parquet(path) if table is None else table).to_pandas()
-        day = path.parent.name.removeprefix("day=")
-        return frame.assign(day=day) if path.parent.name.startswith("day=") else frame
+        day = _day_in_path(path)
+        return frame if day is None else frame.assign(day=day)
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         if obj is None:
@@ -138,11 +140,11 @@ class LakeIOManager(dg.UPathIOManager):
                              f"the run asked for {sorted(paths)[:3]}...")
         built = isinstance(by_day, DaysBuilt)
         rows = 0
-        for day in sorted(paths):
+        for day in sorted(paths):  # a partition key: a day, or a day and a shard
             frame = by_day[day]
             rows += len(frame)
             if "day" in frame.columns:
-                if len(frame) and not (frame["day"].astype(str) == day).all():
+                if len(frame) and not (frame["day"].astype(str) == _day_in_path(paths[day])).all():
                     raise ValueError(f"{context.asset_key.to_user_string()}: rows of {day} hold another `day`")
                 frame = frame.drop(columns="day")
             write_bytes_atomic(paths[day], parquet_bytes(frame))
@@ -153,9 +155,10 @@ class LakeIOManager(dg.UPathIOManager):
         summary = by_day.metadata() if built else {}
         if built:
             by_day.close()
+        asset_folder = _day_folder(next(iter(paths.values()))).parent
         context.add_output_metadata({**summary, "dagster/row_count": rows,
                                      "days": len(paths),
-                                     "path": dg.MetadataValue.path(str(next(iter(paths.values())).parent.parent))})
+                                     "path": dg.MetadataValue.path(str(asset_folder))})
 
     def load_input(self, context: dg.InputContext):
         if not context.has_asset_partitions:
@@ -180,6 +183,20 @@ class LakeIOManager(dg.UPathIOManager):
         return LazyDays(present, lambda path, table=None: self.load_from_path(context, path, table),
                         read=read_parquet if columns is None else lambda path: read_parquet(path, columns=list(columns)),
                         keep=metadata.get("keep_days", LazyDays.KEEP))
+
+
+def _day_folder(path: UPath) -> UPath | None:
+    """The `day=YYYY-MM-DD` folder of a partition's file: `day=.../part-0.parquet`, `day=.../<shard>/part-0.parquet`."""
+    for folder in (path.parent, path.parent.parent):
+        if folder.name.startswith("day="):
+            return folder
+    return None
+
+
+def _day_in_path(path: UPath) -> str | None:
+    """The day of a partition's file, None for an unpartitioned table."""
+    folder = _day_folder(path)
+    return None if folder is None else folder.name.removeprefix("day=")
 
 
 def _day_row_count(context: dg.OutputContext, day: str, rows: int) -> None:

@@ -478,25 +478,26 @@ def test_metrics_on_a_generated_sample_with_known_membership(days, membership):
 # ---------------------------------------------------------------- assets
 
 
-def line_runner(data, scale: float, synthetic_lines: int, more_assets: list):
-    """A sample of four devices over four days in `data/raw`, and a function that materializes a
-    selection of the flow and line assets (plus `more_assets`) on it, asserting success."""
-    flows = assets_for()
+def line_runner(data, scale: float, synthetic_lines: int, more_assets: list[str], line_shards: int = 1):
+    """A sample of four devices over four days in `data/raw` (made once), and a function that materializes a
+    selection of the flow and line assets (plus `more_assets`) on it, asserting success, with the lines in
+    `line_shards` shards."""
     from iot_assets.defs.resources import LineSettings
-    line_assets = assets_for()
     from iot_assets_tests.support.definitions import resources_for
 
-    sample.generate(data / "raw", FIRST_DAY, 4, scale=scale, seed=5,
-                    devices=["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "qrio_hub"])
+    assets = assets_for(IOT_ASSETS_LINE_SHARDS=str(line_shards))
+    if not (data / "raw").exists():
+        sample.generate(data / "raw", FIRST_DAY, 4, scale=scale, seed=5,
+                        devices=["nature_remo", "xiaomi_mijia_led", "planex_smacam_pantilt", "qrio_hub"])
     resources = {**resources_for(data), "line_settings": LineSettings(sampling="1,100", synthetic_lines=synthetic_lines)}
     instance = dg.DagsterInstance.ephemeral()
-    everything = [flows.raw_archives, flows.decoded_flows, flows.collector_files, flows.collector_flows,
-                  flows.clean_flows, line_assets.line_membership,
-                  line_assets.line_views, line_assets.endpoint_signatures, line_assets.line_inventory, *more_assets]
+    everything = [assets.raw_archives, assets.decoded_flows, assets.collector_files, assets.collector_flows,
+                  assets.clean_flows, assets.line_membership, assets.line_views, assets.endpoint_signatures,
+                  assets.line_inventory, *(getattr(assets, name) for name in more_assets)]
 
-    def run(selection, partition_key=None):
+    def run(selection, partition_key=None, tags=None):
         result = dg.materialize(everything, resources=resources, instance=instance, selection=selection,
-                                partition_key=partition_key)
+                                partition_key=partition_key, tags=tags)
         assert result.success
         return result
 
@@ -507,10 +508,8 @@ def line_runner(data, scale: float, synthetic_lines: int, more_assets: list):
 def test_line_assets_materialize_on_a_generated_sample(tmp_path):
     import json
 
-    line_assets = assets_for()
-
     data = tmp_path / "data"
-    run = line_runner(data, 0.05, 6, [line_assets.line_first_detected, line_assets.line_metrics])
+    run = line_runner(data, 0.05, 6, ["line_first_detected", "line_metrics"])
     run(["raw_archives", "line_membership"])
     membership = pd.read_parquet(data / "lake" / "line_membership" / "part-0.parquet")
     pseudonyms = pseudonymiser_for(data)  # the outputs name catalogue MACs by their pseudonyms
@@ -562,50 +561,60 @@ def test_line_assets_materialize_on_a_generated_sample(tmp_path):
 
 
 @pytest.mark.slow
-def test_line_assets_by_shard_add_up_to_the_unsharded_ones(tmp_path):
-    """Every day x shard partition of line_views_by_shard and line_inventory_by_shard, against line_views and line_inventory."""
-    from iot_assets.defs.partitions import shard_keys
-    LINE_SHARDS = Settings.from_env({}).line_shards
-    line_assets = assets_for()
+def test_one_line_shard_and_four_give_the_same_line_products(tmp_path):
+    """From the same clean flows: the lines in 1 shard (day partitions) and in 4 (day x shard) give the same
+    views, truth, inventories, change check, first detections and line metrics; each shard holds its own lines."""
+    import json
 
-    data = tmp_path / "data"
-    run = line_runner(data, 0.03, 12, [line_assets.line_views_by_shard, line_assets.line_inventory_by_shard])
-    run(["raw_archives", "line_membership"])
+    from iot_assets.defs.automation.sensors import range_tags
+    from iot_assets.defs.partitions import shard_keys
+
+    data, lake = tmp_path / "data", tmp_path / "data" / "lake"
     days = [(FIRST_DAY + timedelta(days=i)).isoformat() for i in range(4)]
+    one = line_runner(data, 0.03, 12, ["line_first_detected", "line_metrics"])
+    one(["raw_archives", "line_membership"])
     for day in days:
-        run(["decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "line_views", "line_truth"], day)
-    run(["endpoint_signatures"])
+        one(["decoded_flows", "clean_flows", "clean_rejects", "flow_sample", "line_views", "line_truth"], day)
+    one(["endpoint_signatures"])
     for day in days:
-        run(["line_inventory"], day)
+        unsharded_check = one(["line_inventory"], day).get_asset_check_evaluations()[0]
+    one(["line_first_detected", "line_metrics"])
+    unsharded_metrics = json.loads((data / "reports" / "line_metrics.json").read_text())
+    unsharded_firsts = pd.read_parquet(lake / "line_first_detected" / "part-0.parquet")
+    assert pd.read_parquet(lake / "line_membership" / "part-0.parquet")["line_id"].nunique() == 12
+
+    # Four shards on the same lake (their files are `day=.../NN-of-04/`), the flows and signatures as built above.
+    four = line_runner(data, 0.03, 12, ["line_first_detected", "line_metrics"], line_shards=4)
+    shards = shard_keys(4)
+    # One run over every shard of the four days, as `iot-assets run` asks (a range of day x shard keys) ...
+    four(["line_views", "line_truth"], tags=range_tags(f"{days[0]}|{shards[0]}", f"{days[-1]}|{shards[-1]}"))
+    # ... and the inventories one day and shard at a time, as a backfill of the daemon runs them.
     changed = {}
     for day in days:
-        for shard in shard_keys(LINE_SHARDS):
-            result = run(["line_views_by_shard", "line_inventory_by_shard"], dg.MultiPartitionKey({"day": day, "shard": shard}))
-            checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-            assert checks["line_views_by_shard_schema"].passed
-            changed[(day, shard)] = checks["line_inventory_by_shard_changed"]
-    lake = data / "lake"
-    membership = pd.read_parquet(lake / "line_membership" / "part-0.parquet")
-    assert membership["line_id"].nunique() == 12
-
-    def shards_of(asset: str, day: str) -> list[pd.DataFrame]:
-        return [pd.read_parquet(lake / asset / f"day={day}" / shard / "part-0.parquet") for shard in shard_keys(LINE_SHARDS)]
+        for shard in shards:
+            result = four(["line_inventory"], dg.MultiPartitionKey({"day": day, "shard": shard}))
+            changed[(day, shard)] = result.get_asset_check_evaluations()[0]
+    four(["line_first_detected", "line_metrics"])
 
     for day in days:
-        for asset, unsharded in (("line_views_by_shard", "line_views"), ("line_inventory_by_shard", "line_inventory")):
-            parts = shards_of(asset, day)
-            whole = pd.read_parquet(lake / unsharded / f"day={day}" / "part-0.parquet")
-            whole = whole.drop(columns="day") if "day" in whole else whole  # in the path of a sharded table
+        for asset in ("line_views", "line_truth", "line_inventory"):
+            parts = [pd.read_parquet(lake / asset / f"day={day}" / shard / "part-0.parquet") for shard in shards]
+            whole = pd.read_parquet(lake / asset / f"day={day}" / "part-0.parquet")
             assert sum(len(p) > 0 for p in parts) >= 2, (asset, day)  # the day's lines spread over several shards
             for number, part in enumerate(parts):  # each shard holds its own lines only
-                assert set(lines.line_shards(part["line_id"], LINE_SHARDS)) <= {number}
+                assert set(lines.line_shards(part["line_id"], 4)) <= {number}, (asset, day)
             union = pd.concat([p for p in parts if len(p)], ignore_index=True)
+            assert len(union) == len(whole) > 0, (asset, day)
             pd.testing.assert_frame_equal(_rows(union), _rows(whole), check_dtype=False, obj=f"{asset}[{day}]")
     last = pd.read_parquet(lake / "line_inventory" / f"day={days[-1]}" / "part-0.parquet")
     assert last["detected"].sum() >= 6
     # The shards' change checks name, together, the lines the unsharded check names.
-    unsharded_check = run(["line_inventory"], days[-1]).get_asset_check_evaluations()[0]
-    by_shard = [c for (day, _), c in changed.items() if day == days[-1]]
+    by_shard = [check for (day, _), check in changed.items() if day == days[-1]]
     assert sum(c.metadata["lines_changed"].value for c in by_shard) == unsharded_check.metadata["lines_changed"].value
     assert sorted((r["line_id"], r["label"]) for c in by_shard for r in c.metadata["new_detections"].value) == \
         sorted((r["line_id"], r["label"]) for r in unsharded_check.metadata["new_detections"].value)
+    # What reads every day reads every shard of it: the same first detections and metrics.
+    pd.testing.assert_frame_equal(_rows(pd.read_parquet(lake / "line_first_detected" / "part-0.parquet")),
+                                  _rows(unsharded_firsts))
+    assert len(unsharded_firsts) >= 6
+    assert json.loads((data / "reports" / "line_metrics.json").read_text()) == unsharded_metrics

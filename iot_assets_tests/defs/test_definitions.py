@@ -13,6 +13,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from iot_assets.defs.stages import STAGE_TAG
 from iot_assets.materialize import failure_message
 from iot_assets_tests.support.definitions import assets_for, resources_for
 
@@ -30,6 +31,7 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
             "partitioned": node.partitions_def is not None,
             "deps": sorted(p.to_user_string() for p in node.parent_keys),
             "checks": sorted(c.name for c in node.check_keys),
+            "stage": node.tags.get(STAGE_TAG),  # which stage's jobs it is in
         }
         if isinstance(node.partitions_def, dg.MultiPartitionsDefinition):  # day x line shard
             assets[key.to_user_string()]["dimensions"] = [d.name for d in node.partitions_def.partitions_defs]

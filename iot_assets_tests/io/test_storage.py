@@ -201,27 +201,33 @@ def test_a_day_the_landing_zone_changed_after_it_was_built_is_rebuilt_by_the_nex
     """A run killed after ingest (or inside a stage) leaves days whose tables predate the change: they count as unbuilt."""
     import dagster as dg
 
-    from iot_assets.defs.automation.jobs import FLOW_ASSETS, SCORING_ASSETS
-    from iot_assets.materialize import _unbuilt_days
+    from iot_assets.defs.stages import DAILY_FLOWS, DAILY_SCORING
+    from iot_assets.materialize import _job_assets, _unbuilt_days
+    from iot_assets_tests.support.definitions import definitions_for
 
+    definitions = definitions_for(Path("data"))
+    flows_job, scoring_job = (definitions.resolve_job_def(name) for name in ("daily_flows_job", "daily_scoring_job"))
     instance = dg.DagsterInstance.ephemeral()
     days = ["2019-06-25", "2019-06-26"]
 
-    def built(assets, day):
-        for asset in assets:
+    def built(job, day):
+        for asset in _job_assets(job):
             instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=day))
 
+    def unbuilt(stage, job):
+        return _unbuilt_days(instance, stage, job, days)
+
     for day in days:
-        built(FLOW_ASSETS, day)
-        built(SCORING_ASSETS, day)
-    assert _unbuilt_days(instance, "daily_flows_job", days) == set()
-    assert _unbuilt_days(instance, "daily_scoring_job", days) == set()
+        built(flows_job, day)
+        built(scoring_job, day)
+    assert unbuilt(DAILY_FLOWS, flows_job) == set()
+    assert unbuilt(DAILY_SCORING, scoring_job) == set()
     # The landing zone says 06-26 changed (the run that would rebuild it was killed).
     instance.report_runless_asset_event(dg.AssetMaterialization("raw_archives", metadata={"changed_days": ["2019-06-26"]}))
-    assert _unbuilt_days(instance, "daily_flows_job", days) == {"2019-06-26"}
+    assert unbuilt(DAILY_FLOWS, flows_job) == {"2019-06-26"}
     # Its flows rebuilt, but the run killed before scoring: the scores are older than the windows.
-    built(FLOW_ASSETS, "2019-06-26")
-    assert _unbuilt_days(instance, "daily_flows_job", days) == set()
-    assert _unbuilt_days(instance, "daily_scoring_job", days) == {"2019-06-26"}
-    built(SCORING_ASSETS, "2019-06-26")
-    assert _unbuilt_days(instance, "daily_scoring_job", days) == set()
+    built(flows_job, "2019-06-26")
+    assert unbuilt(DAILY_FLOWS, flows_job) == set()
+    assert unbuilt(DAILY_SCORING, scoring_job) == {"2019-06-26"}
+    built(scoring_job, "2019-06-26")
+    assert unbuilt(DAILY_SCORING, scoring_job) == set()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from iot_assets.defs.automation.jobs import build_jobs
+from iot_assets.defs.automation.jobs import build_jobs, line_shard_job_name
 from iot_assets.defs.loading import Deployment, current_deployment
-from iot_assets.defs.partitions import Partitions
+from iot_assets.defs.partitions import Partitions, day_range
 from iot_assets.io.collectors import CollectorStore
 from iot_assets.io.staging import ArchiveStore
 
@@ -86,7 +86,10 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 def build(deployment: Deployment) -> dg.Definitions:
     """The jobs, sensors and schedules of the deployment resolved at load."""
     parts = deployment.partitions
-    jobs = build_jobs(deployment.settings.data_dir)
+    jobs = build_jobs(deployment.settings.data_dir, parts)
+    # The daily jobs, in the order a day is built: the day x line shard assets after the day's flows.
+    daily_jobs = [jobs[name] for name in ("daily_job", line_shard_job_name("daily_job")) if name in jobs]
+    partitions_of = {"daily_job": parts.daily, line_shard_job_name("daily_job"): parts.lines}
 
     @dg.sensor(job=jobs["ingest_archives_job"], minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.RUNNING)
@@ -143,7 +146,7 @@ def build(deployment: Deployment) -> dg.Definitions:
                              tags={"iot_assets/rebaseline": ", ".join(requests)[:200]})
 
 
-    @dg.asset_sensor(asset_key=dg.AssetKey("raw_archives"), job=jobs["daily_job"],
+    @dg.asset_sensor(asset_key=dg.AssetKey("raw_archives"), jobs=daily_jobs,
                      default_status=dg.DefaultSensorStatus.RUNNING)
     def changed_days_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
         """Rebuilds every daily asset, through the daily report, of the days new, changed or removed archives touch."""
@@ -152,18 +155,20 @@ def build(deployment: Deployment) -> dg.Definitions:
         stale = [day for day in (changed.value if changed else [])
                  if not _rebuilt_since(context.instance, day, asset_event.timestamp)]
         for first, last in day_ranges(stale, parts):
-            key = f"{asset_event.run_id}-{first}-{last}"
-            if first == last:
-                yield dg.RunRequest(run_key=key, partition_key=first)
-            else:
-                yield dg.RunRequest(run_key=key, tags=range_tags(first, last))
+            for job in daily_jobs:
+                key = f"{asset_event.run_id}-{first}-{last}" + ("" if job.name == "daily_job" else f"-{job.name}")
+                if first == last and job.name == "daily_job":
+                    yield dg.RunRequest(run_key=key, job_name=job.name, partition_key=first)
+                else:  # the days (every shard of them) in one run
+                    yield dg.RunRequest(run_key=key, job_name=job.name,
+                                        tags=range_tags(*day_range(partitions_of[job.name], first, last)))
 
-    # The daily schedule runs at 00:30 UTC for the day that just ended.
-    daily_schedule = dg.build_schedule_from_partitioned_job(jobs["daily_job"], minute_of_hour=30)
+    # The daily schedules run at 00:30 UTC for the day that just ended (every shard of it).
+    daily_schedules = [dg.build_schedule_from_partitioned_job(job, minute_of_hour=30) for job in daily_jobs]
     return dg.Definitions(
         jobs=list(jobs.values()),
         sensors=[archive_sensor, changed_days_sensor, drift_retraining_sensor, rebaseline_sensor, automation_sensor],
-        schedules=[daily_schedule, weekly_training_schedule],
+        schedules=[*daily_schedules, weekly_training_schedule],
     )
 
 

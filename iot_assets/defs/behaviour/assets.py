@@ -24,6 +24,7 @@ from iot_assets.defs.day_metadata import attach, incidents_metadata, inventory_m
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.defs.resources import ModelSettings
+from iot_assets.defs.stages import DAILY_FLOWS, DAILY_SCORING, REPORTS, TRAINING, stage
 from iot_assets.io.lake import DaysBuilt, LazyDays
 from iot_assets.io.models import JsonDocument, ServedModels, model_version
 from iot_assets.io.reports import ReportFiles
@@ -167,7 +168,7 @@ def build(parts: Partitions) -> list:
     @dg.asset(
         partitions_def=parts.daily,
         backfill_policy=parts.ranged_backfill,
-        group_name="behaviour",
+        group_name="behaviour", tags=stage(DAILY_FLOWS),
         io_manager_key="lake_io_manager",
         # Only the columns the features are built from: a third less to read and hold of each day.
         ins={"clean_flows": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE, metadata={"columns": FLOW_COLUMNS})},
@@ -194,7 +195,7 @@ def build(parts: Partitions) -> list:
     @dg.asset(
         partitions_def=parts.daily,
         backfill_policy=parts.ranged_backfill,
-        group_name="behaviour",
+        group_name="behaviour", tags=stage(DAILY_FLOWS),
         io_manager_key="lake_io_manager",
         ins={"clean_flows": dg.AssetIn(metadata={"columns": novelty.ENDPOINT_FLOW_COLUMNS, "keep_days": 0})},
     )
@@ -219,7 +220,7 @@ def build(parts: Partitions) -> list:
 
 
     @dg.asset(
-        group_name="behaviour",
+        group_name="behaviour", tags=stage(TRAINING),
         io_manager_key="model_io_manager",
         ins={"device_windows": EVERY_BUILT_DAY, "flow_sample": EVERY_BUILT_DAY, "device_services": EVERY_BUILT_DAY},
         check_specs=[dg.AssetCheckSpec("classifier_accuracy", asset="device_classifier",
@@ -284,7 +285,7 @@ def build(parts: Partitions) -> list:
     @dg.asset(
         partitions_def=parts.daily,
         backfill_policy=parts.ranged_backfill,
-        group_name="behaviour",
+        group_name="behaviour", tags=stage(DAILY_SCORING),
         io_manager_key="lake_io_manager",
         # The days before a range's first day were built by earlier runs, or are missing for a
         # lake that starts later: a verdict pools the days there are. Each is read once.
@@ -359,7 +360,7 @@ def build(parts: Partitions) -> list:
 
 
     @dg.asset(
-        group_name="behaviour",
+        group_name="behaviour", tags=stage(TRAINING),
         io_manager_key="model_io_manager",
         ins={"device_windows": EVERY_BUILT_DAY},
     )
@@ -410,7 +411,7 @@ def build(parts: Partitions) -> list:
     @dg.asset(
         partitions_def=parts.daily,
         backfill_policy=parts.ranged_backfill,
-        group_name="behaviour",
+        group_name="behaviour", tags=stage(DAILY_SCORING),
         io_manager_key="lake_io_manager",
         check_specs=[dg.AssetCheckSpec("anomaly_rate_in_bounds", asset="anomaly_scores",
                                        description="The day's share of flagged windows is at most five times the target FPR.")],
@@ -460,7 +461,7 @@ def build(parts: Partitions) -> list:
     @dg.asset(
         partitions_def=parts.daily,
         backfill_policy=parts.ranged_backfill,
-        group_name="behaviour",
+        group_name="behaviour", tags=stage(DAILY_SCORING),
         io_manager_key="lake_io_manager",
         # Each day is read again as the next day's day before: the last two days stay read.
         ins={"anomaly_scores": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE),
@@ -493,7 +494,8 @@ def build(parts: Partitions) -> list:
         })
 
 
-    @dg.asset(group_name="behaviour", io_manager_key="model_io_manager", ins={"device_windows": EVERY_BUILT_DAY})
+    @dg.asset(group_name="behaviour", tags=stage(TRAINING), io_manager_key="model_io_manager",
+              ins={"device_windows": EVERY_BUILT_DAY})
     def drift_reference(context: dg.AssetExecutionContext, device_windows: LazyDays, anomaly_detector: anomaly.AnomalyDetector,
                         model_settings: ModelSettings):
         """Per device and feature, the training distribution and how far single training days strayed."""
@@ -519,7 +521,8 @@ def build(parts: Partitions) -> list:
                                            "anomaly_detector": anomaly_detector.version})
 
 
-    @dg.asset(group_name="behaviour", io_manager_key="lake_io_manager", automation_condition=AFTER_ITS_INPUTS,
+    @dg.asset(group_name="behaviour", tags=stage(REPORTS), io_manager_key="lake_io_manager",
+              automation_condition=AFTER_ITS_INPUTS,
               ins={"anomaly_scores": EVERY_BUILT_DAY, "feature_drift": EVERY_BUILT_DAY})
     def rebaseline_decisions(context: dg.AssetExecutionContext, anomaly_scores: LazyDays, feature_drift: LazyDays,
                              anomaly_detector: anomaly.AnomalyDetector, drift_reference: JsonDocument,
@@ -554,7 +557,7 @@ def build(parts: Partitions) -> list:
     @dg.asset(
         partitions_def=parts.daily,
         backfill_policy=parts.ranged_backfill,
-        group_name="behaviour",
+        group_name="behaviour", tags=stage(DAILY_SCORING),
         io_manager_key="lake_io_manager",
         check_specs=[dg.AssetCheckSpec("feature_drift", asset="feature_drift",
                                        description="Every device's features and service mix against the training reference: "

@@ -12,6 +12,7 @@ from iot_assets.defs.day_metadata import attach, exposure_metadata
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.defs.resources import ExposureSettings, ModelSettings
+from iot_assets.defs.stages import DAILY_SCORING, REPORTS, stage
 from iot_assets.io.lake import LazyDays
 from iot_assets.io.reports import ReportFiles
 from iot_assets.synthetic.inject import EXPOSURE_EPISODE_TYPES
@@ -39,7 +40,7 @@ def build(parts: Partitions) -> list:
     @dg.asset(
         partitions_def=parts.daily,
         backfill_policy=parts.ranged_backfill,
-        group_name="exposure",
+        group_name="exposure", tags=stage(DAILY_SCORING),
         io_manager_key="lake_io_manager",
         ins={
             "clean_flows": dg.AssetIn(metadata={"columns": exposure.FLOW_COLUMNS + exposure_incidents.TIME_COLUMNS,
@@ -114,7 +115,7 @@ def build(parts: Partitions) -> list:
         )
 
 
-    @dg.asset(group_name="exposure", ins={"device_exposure": EVERY_BUILT_DAY})
+    @dg.asset(group_name="exposure", tags=stage(REPORTS), ins={"device_exposure": EVERY_BUILT_DAY})
     def exposure_report(context: dg.AssetExecutionContext, device_exposure: LazyDays,
                         model_settings: ModelSettings, reports: ReportFiles, exposure_settings: ExposureSettings):
         """reports/exposure.json over every built day, and reports/exposure_metrics.json against injected exposure episodes."""

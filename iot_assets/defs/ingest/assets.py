@@ -25,6 +25,7 @@ from iot_assets.defs.automation.sensors import LANDING_ZONE_FINGERPRINT, landing
 from iot_assets.defs.day_metadata import attach
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
+from iot_assets.defs.stages import DAILY_FLOWS, INGEST, stage
 from iot_assets.io.lake import DaysBuilt, LazyDays, prune_outside
 from iot_assets.io.reports import ReportFiles
 from iot_assets.io.staging import ArchiveStore
@@ -279,7 +280,7 @@ def build(parts: Partitions) -> list:
     """This group's definitions over the partitions resolved at load."""
 
     @dg.asset(
-        group_name="ingest",
+        group_name="ingest", tags=stage(INGEST),
         io_manager_key="lake_io_manager",
         check_specs=[
             dg.AssetCheckSpec("archives_reconcile", asset="raw_archives",
@@ -335,7 +336,7 @@ def build(parts: Partitions) -> list:
     @dg.asset(
         partitions_def=parts.daily,
         backfill_policy=parts.ranged_backfill,
-        group_name="ingest",
+        group_name="ingest", tags=stage(DAILY_FLOWS),
         io_manager_key="lake_io_manager",
         check_specs=[
             dg.AssetCheckSpec("decoded_schema", asset="decoded_flows", blocking=True,
@@ -379,11 +380,13 @@ def build(parts: Partitions) -> list:
         backfill_policy=parts.ranged_backfill,
         group_name="ingest",
         outs={
-            "clean_flows": dg.AssetOut(io_manager_key="lake_io_manager", metadata={"dagster/column_schema": column_schema(CleanFlows)},
+            "clean_flows": dg.AssetOut(tags=stage(DAILY_FLOWS), io_manager_key="lake_io_manager",
+                                       metadata={"dagster/column_schema": column_schema(CleanFlows)},
                                        description="Flows of the day seen from their local device, labelled and validated."),
-            "clean_rejects": dg.AssetOut(io_manager_key="lake_io_manager", metadata={"dagster/column_schema": column_schema(FlowRejects)},
+            "clean_rejects": dg.AssetOut(tags=stage(DAILY_FLOWS), io_manager_key="lake_io_manager",
+                                         metadata={"dagster/column_schema": column_schema(FlowRejects)},
                                          description="Decoded flows of the day that failed a cleaning rule, with the reason."),
-            "flow_sample": dg.AssetOut(io_manager_key="lake_io_manager",
+            "flow_sample": dg.AssetOut(tags=stage(DAILY_FLOWS), io_manager_key="lake_io_manager",
                                        description="Up to 400 clean flows per device and day, for the per-flow baseline."),
         },
         # Each day read once, and only the columns cleaning reads.

@@ -21,6 +21,7 @@ from iot_assets.core.pseudonymiser import Pseudonymiser
 from iot_assets.defs.ingest.assets import changed_days
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
+from iot_assets.defs.stages import DAILY_FLOWS, INGEST, stage
 from iot_assets.io.collectors import CollectorStore, StagedFile, day_window
 from iot_assets.io.lake import DaysBuilt
 from iot_assets.io.reports import ReportFiles
@@ -152,7 +153,7 @@ def build(parts: Partitions) -> list:
     """This module's definitions over the partitions resolved at load."""
 
     @dg.asset(
-        group_name="ingest",
+        group_name="ingest", tags=stage(INGEST),
         io_manager_key="lake_io_manager",
         check_specs=[dg.AssetCheckSpec("collector_files_reconcile", asset="collector_files",
                                        description="Per collector file: decoded + rejected = the collector's own "
@@ -192,7 +193,7 @@ def build(parts: Partitions) -> list:
     @dg.asset(
         partitions_def=parts.daily,
         backfill_policy=parts.ranged_backfill,
-        group_name="ingest",
+        group_name="ingest", tags=stage(DAILY_FLOWS),
         io_manager_key="lake_io_manager",
         check_specs=[dg.AssetCheckSpec("collector_flows_match_staging", asset="collector_flows", blocking=True,
                                        description="Each collector file's records of the day = the count its ledger "

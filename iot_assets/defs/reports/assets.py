@@ -15,6 +15,7 @@ from iot_assets.defs.day_metadata import attach
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.defs.resources import ExposureSettings, ModelSettings
+from iot_assets.defs.stages import DAILY_SCORING, REPORTS, stage
 from iot_assets.io.lake import LazyDays
 from iot_assets.io.model_labels import model_labels
 from iot_assets.io.models import JsonDocument, ServedModels
@@ -55,6 +56,7 @@ def build(parts: Partitions) -> list:
     """This group's definitions over the partitions resolved at load."""
 
     @dg.asset(partitions_def=parts.daily, backfill_policy=parts.ranged_backfill, group_name="reports",
+              tags=stage(DAILY_SCORING),
               ins={"device_exposure": dg.AssetIn(partition_mapping=TWO_WEEKS, metadata={"allow_missing_partitions": True}),
                    "device_vulnerabilities": dg.AssetIn(metadata={"allow_missing_partitions": True})})
     def daily_report(context: dg.AssetExecutionContext, reports: ReportFiles, device_inventory: LazyDays,
@@ -90,7 +92,7 @@ def build(parts: Partitions) -> list:
 
 
     @dg.asset(
-        group_name="reports",
+        group_name="reports", tags=stage(REPORTS),
         automation_condition=AFTER_ITS_INPUTS,
         ins={"anomaly_scores": EVERY_BUILT_DAY, "feature_drift": EVERY_BUILT_DAY, "device_exposure": EVERY_BUILT_DAY,
              "device_inventory": EVERY_BUILT_DAY},

@@ -16,8 +16,9 @@ from iot_assets.core.splits import time_split
 from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY
 from iot_assets.defs.day_metadata import attach, line_metadata
 from iot_assets.defs.loading import current_deployment
-from iot_assets.defs.partitions import Partitions
+from iot_assets.defs.partitions import Partitions, keys_of_days
 from iot_assets.defs.resources import LineSettings, ModelSettings
+from iot_assets.defs.stages import DAILY_FLOWS, DAILY_SCORING, INGEST, REPORTS, TRAINING, stage
 from iot_assets.io.lake import DaysBuilt, LazyDays
 from iot_assets.io.location import base_path
 from iot_assets.io.models import JsonDocument
@@ -93,15 +94,15 @@ def _changed_check(check_name: str, asset: str, new: pd.DataFrame, rate: int) ->
     )
 
 
-# --- the same, sharded by subscriber line: day x line shard ----------------------------------------
+# --- sharded by subscriber line: IOT_ASSETS_LINE_SHARDS ------------------------------------------------
 #
-# An ISP's day holds every line; these assets split it by a stable hash of the line id
-# (`IOT_ASSETS_LINE_SHARDS` shards), so one day's line work spreads over as
-# many runs, workers or pods. The union of a day's shards is the unsharded asset of that day
-# (tested). The device-level assets they read stay partitioned by day.
+# An ISP's day holds every line; with N > 1 shards the line assets are partitioned day x shard by
+# a stable hash of the line id, so one day's line work spreads over as many runs, workers or
+# pods. With 1 shard they are partitioned by day, as every daily table. The union of a day's N
+# shards is that day with 1 shard (tested). The device-level assets they read stay daily.
 
 def _by_shard(keys, parts: Partitions) -> dict[int, list[tuple[str, str]]]:
-    """Partition keys of a run grouped by shard: {shard: [(key, day), ...]}."""
+    """Partition keys of a run grouped by shard: {shard: [(key, day), ...]} (one shard: the keys are the days)."""
     grouped: dict[int, list[tuple[str, str]]] = {}
     for key in keys:
         day, shard, count = parts.day_and_shard(key)
@@ -119,15 +120,23 @@ def build(parts: Partitions) -> list:
         # The window, and the day before it for yesterday's inventory (what changed).
         window_and_day_before = dg.TimeWindowPartitionMapping(start_offset=-parts.line_window_days,
                                                               allow_nonexistent_upstream_partitions=True)
-        # A shard's inventory takes the same shard's views of the window (and the day before).
-        shard_window_and_day_before = dg.MultiPartitionMapping({
-            "day": dg.DimensionPartitionMapping("day", window_and_day_before),
-            "shard": dg.DimensionPartitionMapping("shard", dg.IdentityPartitionMapping()),
-        })
-        # Every shard of a day reads that day's (device-level) clean flows.
-        day_of_shard = dg.MultiToSingleDimensionPartitionMapping("day")
+        if parts.lines_sharded:
+            # A shard's inventory takes the same shard's views of the window; every shard of a day
+            # reads that day's (device-level) clean flows.
+            views_of_window = dg.MultiPartitionMapping({
+                "day": dg.DimensionPartitionMapping("day", window_and_day_before),
+                "shard": dg.DimensionPartitionMapping("shard", dg.IdentityPartitionMapping()),
+            })
+            flows_of_day = dg.MultiToSingleDimensionPartitionMapping("day")
+        else:
+            views_of_window, flows_of_day = window_and_day_before, None
+    # A ranged run over days (the daemon's backfills, `iot-assets run`); a sharded day is one run per
+    # shard (the queue spreads them over workers), and `iot-assets run` asks for every shard of its days.
+    line_backfill = None if parts.lines_sharded else parts.ranged_backfill
+    # Shards of a day are built one after the other: the day's clean flows are read once for all of them.
+    clean_columns = {"columns": lines.CLEAN_COLUMNS, "keep_days": 1 if parts.lines_sharded else 0}
 
-    @dg.asset(group_name="lines", io_manager_key="lake_io_manager")
+    @dg.asset(group_name="lines", tags=stage(INGEST), io_manager_key="lake_io_manager")
     def line_membership(context: dg.AssetExecutionContext, raw_archives: pd.DataFrame, line_settings: LineSettings,
                         model_settings: ModelSettings) -> dg.Output:
         """Which device sits on which subscriber line, from lines.csv or seeded synthetic lines."""
@@ -156,52 +165,59 @@ def build(parts: Partitions) -> list:
 
 
     @dg.multi_asset(
-        partitions_def=parts.daily,
-        backfill_policy=parts.ranged_backfill,
+        partitions_def=parts.lines,
+        backfill_policy=line_backfill,
         group_name="lines",
         outs={
-            "line_views": dg.AssetOut(io_manager_key="lake_io_manager",
+            "line_views": dg.AssetOut(tags=stage(DAILY_FLOWS), io_manager_key="lake_io_manager",
                                       metadata={"dagster/column_schema": column_schema(lines.LineViews)},
                                       description="The day's flows as the ISP edge sees each line: public side only, "
                                                   "once per packet sampling rate."),
-            "line_truth": dg.AssetOut(io_manager_key="lake_io_manager",
+            "line_truth": dg.AssetOut(tags=stage(DAILY_FLOWS), io_manager_key="lake_io_manager",
                                       description="Ground truth of the day: which device had traffic on which line."),
         },
         check_specs=[dg.AssetCheckSpec("line_views_schema", asset="line_views",
                                        description="pandera LineViews: no column but the public side of a flow.")],
         # Each day read once, and only the columns a view or the truth keeps.
-        ins={"clean_flows": dg.AssetIn(metadata={"columns": lines.CLEAN_COLUMNS, "keep_days": 0})},
+        ins={"clean_flows": dg.AssetIn(partition_mapping=flows_of_day, metadata=clean_columns)},
     )
     def line_views(context: dg.AssetExecutionContext, clean_flows: LazyDays, line_membership: pd.DataFrame,
                    line_settings: LineSettings, model_settings: ModelSettings):
-        """Line views of the day (no MAC, LAN address or device port; sampled 1:N) and the ground truth beside them."""
+        """Line views of the day, or of the day's shard of the lines (no MAC, LAN address or device port; sampled
+        1:N), and the ground truth beside them."""
         rates = line_settings.rates
         truth, failures, view_rows = {}, {}, []
         per_rate, line_ids = pd.Series(0, index=list(rates)), set()
+        members_of_shard: dict[int, pd.DataFrame] = {}
 
-        def view_of(day: str) -> pd.DataFrame:
-            """The day's views, as the lake writes them (a ranged run holds one day's); its truth is kept (small)."""
+        def view_of(key: str) -> pd.DataFrame:
+            """A partition's views, as the lake writes them (a ranged run holds one's); its truth is kept (small)."""
             nonlocal per_rate
+            day, shard, count = parts.day_and_shard(key)
+            if shard not in members_of_shard:
+                members_of_shard[shard] = (line_membership if count == 1
+                                           else lines.shard_membership(line_membership, shard, count))
+            members = members_of_shard[shard]
             clean = clean_flows[day]
-            view = lines.line_views(clean, line_membership, day, rates, model_settings.seed)
-            truth[day] = lines.line_truth(clean, line_membership, day)
+            view = lines.line_views(clean, members, day, rates, model_settings.seed)
+            truth[key] = lines.line_truth(clean, members, day)
             del clean
             try:
                 lines.LineViews.validate(view, lazy=True)
             except pandera.errors.SchemaErrors as exc:
-                failures[day] = f"{len(exc.failure_cases)} failures of LineViews"
+                failures[key] = f"{len(exc.failure_cases)} failures of LineViews"
             # Figures of the run without concatenating its days (a copy of every view).
             per_rate = per_rate.add(view.groupby("sampling_rate").size(), fill_value=0)
             line_ids.update(view["line_id"].unique())
             view_rows.append(len(view))
             day_rates = view.groupby("sampling_rate").size()
             day_base = int(day_rates.get(rates[0], 0))
-            attach(context, "line_views", day, {
+            attach(context, "line_views", key, {
                 "rows": len(view), "lines": int(view["line_id"].nunique()),
                 "flows_per_rate": dg.MetadataValue.json({f"1:{r}": int(day_rates.get(r, 0)) for r in rates}),
                 "surviving_share": dg.MetadataValue.json({f"1:{r}": round(int(day_rates.get(r, 0)) / day_base, 4)
                                                           if day_base else None for r in rates})})
-            attach(context, "line_truth", day, {"rows": len(truth[day])})
+            attach(context, "line_truth", key, {"rows": len(truth[key])})
             return view
 
         def views_metadata() -> dict:
@@ -224,7 +240,7 @@ def build(parts: Partitions) -> list:
                                   or "every day matches LineViews", metadata={"rows": rows})
 
 
-    @dg.asset(group_name="lines", io_manager_key="lake_io_manager",
+    @dg.asset(group_name="lines", tags=stage(TRAINING), io_manager_key="lake_io_manager",
               ins={"clean_flows": dg.AssetIn(metadata={**EVERY_BUILT_DAY.metadata, "columns": lines.CLEAN_COLUMNS,
                                                        "keep_days": 0})})
     def endpoint_signatures(context: dg.AssetExecutionContext, clean_flows: LazyDays,
@@ -259,11 +275,11 @@ def build(parts: Partitions) -> list:
 
 
     @dg.asset(
-        partitions_def=parts.daily,
-        backfill_policy=parts.ranged_backfill,
-        group_name="lines",
+        partitions_def=parts.lines,
+        backfill_policy=line_backfill,
+        group_name="lines", tags=stage(DAILY_SCORING),
         io_manager_key="lake_io_manager",
-        ins={"line_views": dg.AssetIn(partition_mapping=window_and_day_before, metadata=VIEWS_MATCHED),
+        ins={"line_views": dg.AssetIn(partition_mapping=views_of_window, metadata=VIEWS_MATCHED),
              "endpoint_signatures": dg.AssetIn()},
         check_specs=[dg.AssetCheckSpec("line_inventory_changed", asset="line_inventory",
                                        description="Lines on which a device model (or manufacturer) appeared that "
@@ -272,75 +288,25 @@ def build(parts: Partitions) -> list:
     def line_inventory(context: dg.AssetExecutionContext, line_views: LazyDays,
                        endpoint_signatures: pd.DataFrame, line_settings: LineSettings):
         """Per line: the device models (or manufacturers) present over the sliding window, with evidence."""
-        out, new, rate = _inventories(line_views.values(), endpoint_signatures, list(context.partition_keys), line_settings,
-                                     parts.line_window_days)
-        for day, table in out.items():
-            attach(context, "line_inventory", day, line_metadata(table, day))
-        yield dg.Output(out, metadata=_inventory_metadata(out, endpoint_signatures, parts.line_window_days))
+        out, news, rate = {}, [], min(line_settings.rates)
+        window_keys = _by_shard(line_views, parts)
+        for shard, keys in _by_shard(context.partition_keys, parts).items():
+            # A line's inventory reads that line's views only: a shard's, from the same shard's views of the window.
+            views = (line_views[key] for key, _ in window_keys.get(shard, []))
+            by_day, new, rate = _inventories(views, endpoint_signatures, [day for _, day in keys], line_settings,
+                                             parts.line_window_days)
+            for key, day in keys:
+                out[key] = by_day[day]
+                attach(context, "line_inventory", key, line_metadata(by_day[day], day))
+            news.append(new)
+        new = pd.concat(news, ignore_index=True) if news else pd.DataFrame(columns=["day", "line_id", "label"])
+        yield dg.Output(out, metadata={**_inventory_metadata(out, endpoint_signatures, parts.line_window_days),
+                                       "shards": parts.line_shards})
         yield _changed_check("line_inventory_changed", "line_inventory", new, rate)
 
 
-    @dg.asset(
-        partitions_def=parts.daily_line_shards,
-        group_name="lines",
-        io_manager_key="lake_io_manager",
-        metadata={"dagster/column_schema": column_schema(lines.LineViews)},
-        ins={"clean_flows": dg.AssetIn(partition_mapping=day_of_shard)},
-        check_specs=[dg.AssetCheckSpec("line_views_by_shard_schema", asset="line_views_by_shard",
-                                       description="pandera LineViews: no column but the public side of a flow.")],
-    )
-    def line_views_by_shard(context: dg.AssetExecutionContext, clean_flows: LazyDays, line_membership: pd.DataFrame,
-                            line_settings: LineSettings, model_settings: ModelSettings):
-        """line_views of one shard of the subscriber lines: the day's flows of those lines only, sampled 1:N."""
-        rates = line_settings.rates
-        views, failures = {}, {}
-        for shard, keys in _by_shard(context.partition_keys, parts).items():
-            members = lines.shard_membership(line_membership, shard, parts.line_shards)
-            for key, day in keys:
-                views[key] = lines.line_views(clean_flows[day], members, day, rates, model_settings.seed)
-                try:
-                    lines.LineViews.validate(views[key], lazy=True)
-                except pandera.errors.SchemaErrors as exc:
-                    failures[key] = f"{len(exc.failure_cases)} failures of LineViews"
-        rows = sum(len(v) for v in views.values())
-        yield dg.Output(views, metadata={
-            "rows": rows, "lines": int(pd.concat([v["line_id"] for v in views.values()]).nunique()) if rows else 0,
-            "shards": parts.line_shards,
-        })
-        yield dg.AssetCheckResult(check_name="line_views_by_shard_schema", asset_key="line_views_by_shard",
-                                  passed=not failures, severity=dg.AssetCheckSeverity.ERROR,
-                                  description="; ".join(f"{k}: {w}" for k, w in sorted(failures.items()))
-                                  or "every shard matches LineViews", metadata={"rows": rows})
-
-
-    @dg.asset(
-        partitions_def=parts.daily_line_shards,
-        group_name="lines",
-        io_manager_key="lake_io_manager",
-        ins={"line_views_by_shard": dg.AssetIn(partition_mapping=shard_window_and_day_before, metadata=VIEWS_MATCHED),
-             "endpoint_signatures": dg.AssetIn()},
-        check_specs=[dg.AssetCheckSpec("line_inventory_by_shard_changed", asset="line_inventory_by_shard",
-                                       description="Lines of the shard on which a device model (or manufacturer) "
-                                                   "appeared that yesterday's inventory did not have.")],
-    )
-    def line_inventory_by_shard(context: dg.AssetExecutionContext, line_views_by_shard: LazyDays,
-                                endpoint_signatures: pd.DataFrame, line_settings: LineSettings):
-        """line_inventory of one shard of the subscriber lines, from that shard's views of the window."""
-        out, news, rate = {}, [], min(line_settings.rates)
-        window_keys = _by_shard(line_views_by_shard, parts)
-        for shard, keys in _by_shard(context.partition_keys, parts).items():
-            views = (line_views_by_shard[key] for key, _ in window_keys.get(shard, []))
-            by_day, new, rate = _inventories(views, endpoint_signatures, [day for _, day in keys], line_settings,
-                                               parts.line_window_days)
-            # The day is in the partition's path (`day=.../<shard>/`), not a column, as in every daily table.
-            out.update({key: by_day[day].drop(columns="day") for key, day in keys})
-            news.append(new)
-        new = pd.concat(news, ignore_index=True) if news else pd.DataFrame(columns=["day", "line_id", "label"])
-        yield dg.Output(out, metadata={**_inventory_metadata(out, endpoint_signatures, parts.line_window_days), "shards": parts.line_shards})
-        yield _changed_check("line_inventory_by_shard_changed", "line_inventory_by_shard", new, rate)
-
-
-    @dg.asset(group_name="lines", io_manager_key="lake_io_manager", ins={"line_inventory": EVERY_BUILT_DAY})
+    @dg.asset(group_name="lines", tags=stage(REPORTS), io_manager_key="lake_io_manager",
+              ins={"line_inventory": EVERY_BUILT_DAY})
     def line_first_detected(context: dg.AssetExecutionContext, line_inventory: LazyDays) -> dg.Output:
         """Per sampling rate, line and model: when the inventory first named it, and the last day it did."""
         table = lines.first_detected(_frames(line_inventory))
@@ -348,7 +314,7 @@ def build(parts: Partitions) -> list:
 
 
     # The metrics are a versioned JSON document like the models they judge: the model report shows them.
-    @dg.asset(group_name="lines", io_manager_key="model_io_manager",
+    @dg.asset(group_name="lines", tags=stage(REPORTS), io_manager_key="model_io_manager",
               ins={"line_views": dg.AssetIn(metadata={**EVERY_BUILT_DAY.metadata, **VIEWS_MATCHED}),
                    "line_truth": EVERY_BUILT_DAY, "endpoint_signatures": dg.AssetIn()})
     def line_metrics(context: dg.AssetExecutionContext, line_views: LazyDays,
@@ -366,10 +332,11 @@ def build(parts: Partitions) -> list:
 
         def eval_views():
             for day in eval_days:
-                if day in line_views:
-                    view = line_views[day]
-                    rates.update(view["sampling_rate"].unique().tolist())
-                    yield view
+                for key in keys_of_days(parts.lines, [day]):
+                    if key in line_views:
+                        view = line_views[key]
+                        rates.update(view["sampling_rate"].unique().tolist())
+                        yield view
 
         units = lines.evidence_units_of(eval_views(), endpoint_signatures)
         metrics = lines.evaluate_units(units, truth, lines.known_models(endpoint_signatures), sorted(rates), eval_days,
@@ -390,7 +357,7 @@ def build(parts: Partitions) -> list:
             "metrics": dg.MetadataValue.path(str(json_path)), "report_section": dg.MetadataValue.path(str(html_path)),
         })
 
-    return [line_membership, line_views, endpoint_signatures, line_inventory, line_views_by_shard, line_inventory_by_shard, line_first_detected, line_metrics]
+    return [line_membership, line_views, endpoint_signatures, line_inventory, line_first_detected, line_metrics]
 
 
 @dg.definitions

@@ -19,6 +19,7 @@ from iot_assets.defs.ingest.assets import days_check, schema_failures
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import Partitions
 from iot_assets.defs.resources import ModelSettings, VulnerabilitySettings
+from iot_assets.defs.stages import DAILY_SCORING, INGEST, REPORTS, stage
 from iot_assets.io.lake import LazyDays
 from iot_assets.io.reports import ReportFiles
 
@@ -160,12 +161,12 @@ def build(parts: Partitions) -> list:
     @dg.multi_asset(
         group_name="vulnerabilities",
         outs={
-            "nvd_feed": dg.AssetOut(io_manager_key="lake_io_manager",
+            "nvd_feed": dg.AssetOut(tags=stage(INGEST), io_manager_key="lake_io_manager",
                                     description="NVD CVE API 2.0 feed files (sha256 checked against each .meta): "
                                                 "one row per CVE with its CVSS and advisory.",
                                     metadata={"dagster/column_schema": dg.TableSchema(
                                         columns=[dg.TableColumn(c) for c in feeds.CVE_COLUMNS])}),
-            "nvd_cpe_matches": dg.AssetOut(io_manager_key="lake_io_manager",
+            "nvd_cpe_matches": dg.AssetOut(tags=stage(INGEST), io_manager_key="lake_io_manager",
                                            description="The NVD feed's CPE match entries: which CPE and version "
                                                        "range each CVE affects.",
                                            metadata={"dagster/column_schema": dg.TableSchema(
@@ -194,7 +195,7 @@ def build(parts: Partitions) -> list:
         yield freshness("nvd_feed", result, vulnerability_settings.max_age_days, _today())
 
 
-    @dg.asset(group_name="vulnerabilities", io_manager_key="lake_io_manager",
+    @dg.asset(group_name="vulnerabilities", tags=stage(INGEST), io_manager_key="lake_io_manager",
               check_specs=[dg.AssetCheckSpec("feeds_fresh", asset="kev_feed",
                                              description="The CISA KEV catalogue is there and at most "
                                                          "IOT_ASSETS_FEED_MAX_AGE_DAYS old (against today).")],
@@ -214,7 +215,7 @@ def build(parts: Partitions) -> list:
         yield freshness("kev_feed", result, vulnerability_settings.max_age_days, _today())
 
 
-    @dg.asset(group_name="vulnerabilities", io_manager_key="lake_io_manager",
+    @dg.asset(group_name="vulnerabilities", tags=stage(INGEST), io_manager_key="lake_io_manager",
               check_specs=[dg.AssetCheckSpec("feeds_fresh", asset="epss_feed",
                                              description="The newest EPSS file is good and at most "
                                                          "IOT_ASSETS_FEED_MAX_AGE_DAYS old (against today).")],
@@ -239,7 +240,7 @@ def build(parts: Partitions) -> list:
     @dg.asset(
         partitions_def=parts.daily,
         backfill_policy=parts.ranged_backfill,
-        group_name="vulnerabilities",
+        group_name="vulnerabilities", tags=stage(DAILY_SCORING),
         io_manager_key="lake_io_manager",
         ins={
             "device_inventory": dg.AssetIn(metadata={"columns": ["device_mac", "predicted_device"], "keep_days": 0}),
@@ -297,7 +298,7 @@ def build(parts: Partitions) -> list:
                          "every day matches DeviceVulnerabilities", {"days": len(out)})
 
 
-    @dg.asset(group_name="vulnerabilities", automation_condition=AFTER_ITS_INPUTS,
+    @dg.asset(group_name="vulnerabilities", tags=stage(REPORTS), automation_condition=AFTER_ITS_INPUTS,
               ins={"device_vulnerabilities": EVERY_BUILT_DAY})
     def vulnerability_report(context: dg.AssetExecutionContext, device_vulnerabilities: LazyDays,
                              reports: ReportFiles):
