@@ -2,6 +2,10 @@
 
     python benchmarks/day_cost.py [--days 7 14] [--scale 0.1] [--low-scale 0.02] [--real DIR] [--real-days 108]
                                   [--data DIR] [--profile-stage daily_flows_job] [--no-floor]
+    python benchmarks/day_cost.py --compare-lakes LAKE_A LAKE_B
+
+(`--compare-lakes`: every Parquet table of two lakes of the same sample, e.g. one built before a
+change and one after, compared row for row; exits 1 on a difference.)
 
 Sizes: the 25-device sample at (first --days, --scale), (second --days, --scale) and (first --days,
 --low-scale) -- days and records per day both vary, so the two can be told apart -- and, when the
@@ -181,6 +185,25 @@ def report(sizes: list[dict]) -> list[dict]:
     return fits
 
 
+def compare_lakes(a: Path, b: Path) -> list[str]:
+    """Tables of lake `a` and lake `b` that differ (rows compared in a stable order), or that only one has."""
+    differ = []
+    files_a = {p.relative_to(a) for p in a.rglob("*.parquet")}
+    files_b = {p.relative_to(b) for p in b.rglob("*.parquet")}
+    differ += [f"only in {a}: {f}" for f in sorted(files_a - files_b)]
+    differ += [f"only in {b}: {f}" for f in sorted(files_b - files_a)]
+    for relative in sorted(files_a & files_b):
+        left, right = (pq.read_table(root / relative).to_pandas() for root in (a, b))
+        if list(left.columns) != list(right.columns):
+            differ.append(f"{relative}: columns differ")
+            continue
+        order = lambda frame: frame.astype(str).sort_values(list(frame.columns)).reset_index(drop=True)  # noqa: E731
+        if len(left) != len(right) or not order(left).equals(order(right)):
+            differ.append(f"{relative}: {len(left):,} rows against {len(right):,}, or values differ")
+    print(f"{len(files_a & files_b)} tables compared, {len(differ)} differ")
+    return differ
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, nargs=2, default=[7, 14])
@@ -191,7 +214,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="work folder; samples already there are reused")
     parser.add_argument("--profile-stage", default="daily_flows_job")
     parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument("--compare-lakes", type=Path, nargs=2, metavar=("LAKE_A", "LAKE_B"))
     args = parser.parse_args()
+    if args.compare_lakes:
+        differ = compare_lakes(*args.compare_lakes)
+        print("\n".join(differ[:50]))
+        sys.exit(1 if differ else 0)
     work = args.data or Path(tempfile.mkdtemp(prefix="day-cost-"))
     sizes = []
     synthetic = [(args.days[0], args.scale), (args.days[1], args.scale), (args.days[0], args.low_scale)]
