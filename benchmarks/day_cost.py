@@ -3,8 +3,11 @@
     python benchmarks/day_cost.py [--days 7 14] [--scale 0.1] [--low-scale 0.02] [--real DIR] [--real-days 108]
                                   [--data DIR] [--profile-stage daily_flows_job] [--no-floor]
     python benchmarks/day_cost.py --compare-lakes LAKE_A LAKE_B
+    python benchmarks/day_cost.py --incremental 7 [--scale 0.1] [--data DIR]
 
-(`--compare-lakes`: every Parquet table of two lakes of the same sample, e.g. one built before a
+(`--incremental N`: a sample of N + 1 days, `iot-assets run` over its first N days, then over N + 1:
+what one new day on top of N built ones costs per stage, against the first run's seconds per day.
+`--compare-lakes`: every Parquet table of two lakes of the same sample, e.g. one built before a
 change and one after, compared row for row; exits 1 on a difference.)
 
 Sizes: the 25-device sample at (first --days, --scale), (second --days, --scale) and (first --days,
@@ -46,14 +49,21 @@ from iot_assets.synthetic import sample  # noqa: E402
 
 FIRST_DAY = date(2019, 6, 25)
 REAL = ROOT.parent / "shared" / "data" / "kddi-iot-2019"
-# Where a profiled second goes: the first pattern a function's file or name matches.
-BUCKETS = (
-    ("garbage collection", ("gc.collect",)),
-    ("Dagster event log (SQLite)", ("sqlite3", "sqlalchemy", "dagster/_core/storage/")),
-    ("Parquet read/write", ("pyarrow/parquet", "pyarrow/pandas_compat", "write_bytes_atomic")),
-    ("pandera validation", ("pandera/",)),
-    ("Dagster execution", ("dagster/",)),
-    ("asset code (pandas, numpy, sklearn, ...)", ("",)),
+# Where a profiled second goes: the cumulative time of these entry points (one may hold another: the
+# shares overlap), matched on "file:line function".
+ENTRY_POINTS = (
+    ("the whole run (execute_in_process)", "job_definition.py", "execute_in_process"),
+    ("Dagster: run creation, planned events per partition", "run_domain.py", "_log_asset_planned_events"),
+    ("Dagster event log: every event stored (SQLite)", "sqlite_event_log.py", "store_event"),
+    ("garbage collection", "~", "<built-in method gc.collect>"),
+    ("lake IO manager: writes (handle_output, builds included)", "iot_assets/io/lake.py", "handle_output"),
+    ("lake IO manager: Parquet reads", "iot_assets/io/lake.py", "read_parquet"),
+    ("lake IO manager: Arrow to pandas", "iot_assets/io/lake.py", "load_from_path"),
+    ("lake IO manager: Parquet encoding", "iot_assets/io/lake.py", "parquet_bytes"),
+    ("pandera validation", "pandera/api/pandas/container.py", "validate"),
+    ("per-day metadata (day_metadata.attach)", "iot_assets/defs/day_metadata.py", "attach"),
+    ("device windows (features.build_windows)", "iot_assets/core/features.py", "build_windows"),
+    ("cleaning (clean.to_device_centric)", "iot_assets/core/clean.py", "to_device_centric"),
 )
 PROFILE = """
 import cProfile, json, pstats, sys
@@ -72,8 +82,8 @@ profile = cProfile.Profile()
 profile.enable()
 result = job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=True, tags=range_tags(first, last))
 profile.disable()
-rows = [{"file": f"{file}:{line}", "function": name, "calls": calls, "tottime": tottime}
-        for (file, line, name), (_, calls, tottime, _, _) in pstats.Stats(profile).stats.items()]
+rows = [{"file": f"{file}:{line}", "function": name, "calls": calls, "tottime": tottime, "cumtime": cumtime}
+        for (file, line, name), (_, calls, tottime, cumtime, _) in pstats.Stats(profile).stats.items()]
 json.dump(rows, open(out, "w"))
 """
 
@@ -137,13 +147,16 @@ def profile_stage(data: Path, job: str, days: int, days_per_run: int) -> pd.Data
         print(done.stderr[-3000:])
         return pd.DataFrame()
     rows = pd.DataFrame(json.loads(out.read_text()))
-    rows["where"] = [next(name for name, patterns in BUCKETS if any(p in f"{file} {fn}" for p in patterns))
-                     for file, fn in zip(rows["file"], rows["function"])]
     range_days = (run_last - FIRST_DAY).days + 1
-    grouped = rows.groupby("where")["tottime"].sum().sort_values(ascending=False)
-    table = pd.DataFrame({"seconds": grouped.round(2), "seconds_per_day": (grouped / range_days).round(3),
-                          "share": (grouped / grouped.sum()).round(2)})
-    print(f"\n## cProfile of {job} over {range_days} days ({FIRST_DAY}..{run_last}), {grouped.sum():.1f} s in all\n")
+    table = []
+    for label, file_part, function in ENTRY_POINTS:
+        hits = rows[rows["file"].str.contains(file_part, regex=False) & (rows["function"] == function)]
+        seconds = float(hits["cumtime"].max()) if len(hits) else 0.0  # the outermost of a recursive entry point
+        table.append({"where": label, "calls": int(hits["calls"].sum()), "seconds": round(seconds, 2),
+                      "seconds_per_day": round(seconds / range_days, 3)})
+    table = pd.DataFrame(table).set_index("where")
+    print(f"\n## cProfile of {job} over {range_days} days ({FIRST_DAY}..{run_last}): cumulative seconds "
+          f"(an entry point may hold another), load average {os.getloadavg()[0]:.1f}\n")
     print(table.to_markdown())
     top = rows.sort_values("tottime", ascending=False).head(15)
     print("\nTop functions by own time:\n")
@@ -204,6 +217,25 @@ def compare_lakes(a: Path, b: Path) -> list[str]:
     return differ
 
 
+def incremental(work: Path, days: int, scale: float) -> None:
+    """One new day on top of `days` built ones, per stage, against the first run's cost of a day (docstring)."""
+    data = work / f"incremental-{days + 1}d-{scale:g}"
+    if not (data / "raw").exists():
+        sample.generate(data / "raw.partial", FIRST_DAY, days + 1, scale=scale, seed=0)
+        (data / "raw.partial").rename(data / "raw")
+    for folder in ("lake", "staging", "models", "reports", "dagster_home", "feeds"):
+        shutil.rmtree(data / folder, ignore_errors=True)
+    print(f"\n## {days} days, then one more ({data})")
+    first_s, first = end_to_end(data, FIRST_DAY + timedelta(days=days - 1))
+    again_s, again = end_to_end(data, FIRST_DAY + timedelta(days=days))
+    rows = [{"stage": name, f"{days}_days_s": round(first[name][0], 1), f"per_day_of_{days}_s": round(first[name][0] / days, 2),
+             "one_more_day_s": round(again[name][0], 1) if name in again else 0.0,
+             "one_more_day_cpu_s": round(again[name][1], 1) if name in again else 0.0} for name in STAGES if name in first]
+    print(pd.DataFrame(rows).to_markdown(index=False))
+    print(f"\nwhole command: {days} days {first_s:.1f} s, one more day {again_s:.1f} s "
+          f"(load average {os.getloadavg()[0]:.1f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, nargs=2, default=[7, 14])
@@ -215,7 +247,11 @@ def main() -> None:
     parser.add_argument("--profile-stage", default="daily_flows_job")
     parser.add_argument("--no-floor", action="store_true")
     parser.add_argument("--compare-lakes", type=Path, nargs=2, metavar=("LAKE_A", "LAKE_B"))
+    parser.add_argument("--incremental", type=int, default=None, metavar="N")
     args = parser.parse_args()
+    if args.incremental:
+        incremental(args.data or Path(tempfile.mkdtemp(prefix="day-cost-")), args.incremental, args.scale)
+        return
     if args.compare_lakes:
         differ = compare_lakes(*args.compare_lakes)
         print("\n".join(differ[:50]))
