@@ -258,7 +258,8 @@ def main() -> None:
         sys.exit(1 if differ else 0)
     work = args.data or Path(tempfile.mkdtemp(prefix="day-cost-"))
     sizes = []
-    synthetic = [(args.days[0], args.scale), (args.days[1], args.scale), (args.days[0], args.low_scale)]
+    # The two sizes with different flows per day first: with them alone the fit has what it needs.
+    synthetic = [(args.days[0], args.scale), (args.days[0], args.low_scale), (args.days[1], args.scale)]
     for days, scale in synthetic:
         data = work / f"sample-{days}d-{scale:g}"
         raw = data / "raw"
@@ -267,6 +268,7 @@ def main() -> None:
             sample.generate(data / "raw.partial", FIRST_DAY, days, scale=scale, seed=0)
             (data / "raw.partial").rename(raw)
         sizes.append(measure(f"sample, 25 devices, scale {scale:g}", data, days, not args.no_floor))
+        (work / "day_cost_sizes.json").write_text(json.dumps(sizes, indent=2))  # what is measured so far
     if args.real.is_dir() and any(args.real.glob("*.tar.gz*")):
         data = work / "real"
         (data / "raw").mkdir(parents=True, exist_ok=True)
