@@ -268,11 +268,13 @@ def _materialize(settings: Settings, home: Path, strict: bool) -> bool:
     """Every stage, for what is not built yet; says what failed and what needs attention."""
     import dagster as dg
 
+    from iot_assets.core.memory import freeze_long_lived
     from iot_assets.definitions import build_definitions
     from iot_assets.materialize import Outcome, materialize_missing
 
     defs = build_definitions(settings)
     instance = dg.DagsterInstance.get()
+    freeze_long_lived()  # as the `defs` Dagster loads does: the collections between days skip the code location
     outcome = Outcome(click.echo, strict)
     days = defs.resolve_job_def("daily_flows_job").partitions_def.get_partition_keys()
     materialize_missing(defs, instance, days, outcome, settings.days_per_run, settings.data_dir)

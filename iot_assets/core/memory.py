@@ -14,7 +14,11 @@ A full collection walks every tracked object: with the code location loaded (Dag
 assets) that is about 400,000 objects and 0.25 s a call, whatever the day's size; called per day and
 asset that was 15 s of a 14-day sample's `daily_flows_job`. `freeze_long_lived()`, called once the code
 location is loaded, leaves those objects out of every later collection (they live as long as the
-process): a call then takes about 0.05 s.
+process): a call then takes about 0.05 s. `iot-assets run` builds its definitions itself and freezes
+them too (cli.py). Between the days of a step only the young generations are collected
+(`between_days=True`): a day's frames are freed by their reference counts, the cycles a day makes
+are young, and a full collection per day and asset was the largest fixed cost of a day partition
+(benchmarks/day_cost.py); the full collection runs once per step, before it reads its inputs.
 """
 
 from __future__ import annotations
@@ -46,8 +50,9 @@ def freeze_long_lived() -> None:
     gc.freeze()
 
 
-def release_unused_memory() -> None:
-    """Collect cycles, then hand freed pages back to the operating system (pyarrow's pool, glibc's heap)."""
-    gc.collect()
+def release_unused_memory(between_days: bool = False) -> None:
+    """Collect cycles (only the young ones `between_days`), then hand freed pages back to the operating system
+    (pyarrow's pool, glibc's heap)."""
+    gc.collect(1 if between_days else 2)
     pa.default_memory_pool().release_unused()
     _malloc_trim()

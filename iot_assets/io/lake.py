@@ -151,7 +151,7 @@ class LakeIOManager(dg.UPathIOManager):
             _day_row_count(context, day, len(frame))
             if built:  # the day is written and dropped: give its memory back before the next is built
                 del frame
-                release_unused_memory()
+                release_unused_memory(between_days=True)
         summary = by_day.metadata() if built else {}
         if built:
             by_day.close()
