@@ -179,7 +179,8 @@ def launch_backfill(env: dict[str, str], days: list[str], log: Path) -> str:
         out = subprocess.run([str(BIN / "dagster-graphql"), "-m", "iot_assets.definitions", "-t", BACKFILL_MUTATION,
                               "-v", json.dumps(variables)], env=env, cwd=ROOT, capture_output=False,
                              stdout=subprocess.PIPE, stderr=err, text=True, check=False).stdout
-    answer = json.loads(out[out.index("{"):])["data"]["launchPartitionBackfill"]
+    response, _ = json.JSONDecoder().raw_decode(out[out.index("{"):])  # the response, then its log lines
+    answer = response["data"]["launchPartitionBackfill"]
     if answer["__typename"] != "LaunchBackfillSuccess":
         raise RuntimeError(f"the backfill was not launched: {answer}")
     return answer["backfillId"]
