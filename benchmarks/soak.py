@@ -255,8 +255,18 @@ def read_days(folder: Path, columns: list[str]) -> pd.DataFrame:
     return pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
 
 
-def check(data: Path, days: list[str], reexports: dict[str, str]) -> dict:
-    """What the lake and the reports say at the end (module docstring)."""
+def rows_per_day(folder: Path) -> dict[str, int]:
+    """Rows of each day of a lake table, from the Parquet footers."""
+    counts: dict[str, int] = {}
+    for path in folder.glob("day=*/*.parquet"):
+        day = path.parent.name.removeprefix("day=")
+        counts[day] = counts.get(day, 0) + pq.ParquetFile(path).metadata.num_rows
+    return counts
+
+
+def check(data: Path, days: list[str], reexports: dict[str, str], settled: list[str]) -> dict:
+    """What the lake and the reports say at the end (module docstring); `settled`: the days built after
+    their archives last landed (all of them, once the daemon caught up), on which nothing may be missing."""
     lake = data / "lake"
     built = {p.name.removeprefix("day=") for p in (lake / "clean_flows").iterdir()} if (lake / "clean_flows").exists() else set()
     report = json.loads((data / "reports" / "reconciliation.json").read_text())
@@ -270,7 +280,12 @@ def check(data: Path, days: list[str], reexports: dict[str, str]) -> dict:
     unbalanced = len(decoded) - len(clean) - len(rejects)
     copies = rejects[rejects["reason"].str.startswith("duplicate_of:")]
     landed = {name.split(".tar.gz")[0] for name in os.listdir(data / "raw") if name.endswith(".tar.gz")}
+    per_day = {table: rows_per_day(lake / table) for table in ("decoded_flows", "clean_flows", "clean_rejects")}
+    lost_settled = sum(max(n - in_lake.get(a, 0), 0) for a, n in expected.items() if archive_day(a) in settled)
+    lost_settled += sum(abs(per_day["decoded_flows"].get(d, 0) - per_day["clean_flows"].get(d, 0)
+                            - per_day["clean_rejects"].get(d, 0)) for d in settled)
     return {
+        "records_lost_on_settled_days": lost_settled,
         "days_missing": sorted(set(days) - built),
         "archives_not_in_report": sorted(landed - set(expected)),
         "unreconciled_archives": unreconciled,
@@ -429,7 +444,7 @@ def report(work: Path, state: dict) -> int:
     landed_at, reexports = state["landed_at"], state["reexports"]
     served_per_day = state["served_per_day"]
     unbuilt = unbuilt_days(instance, landed_at)
-    result = check(data, sorted(landed_at), reexports)
+    result = check(data, sorted(landed_at), reexports, sorted(set(landed_at) - set(unbuilt)))
     result["days_not_rebuilt_after_landing"] = unbuilt
     result["model_changes_not_recorded"] = model_changes(instance, served_per_day)
     result["served_model_versions"] = {a: sorted({s[a] for _, s in served_per_day}) for a in served_per_day[0][1]}
