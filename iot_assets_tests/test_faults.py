@@ -393,6 +393,9 @@ def test_the_same_flows_in_two_archives_are_counted_once_and_the_overlap_reporte
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="open soak findings (docs/bad-input.md, 'What the soak found'): the UI's "
+                   "backfill of older days extends through the daily assets' windows to days still being built and "
+                   "fails there; its runs carry no data-location tag, so the per-location queue does not hold them")
 def test_a_short_soak_of_the_daemon_with_kills_a_reexport_and_a_backfill_loses_nothing(tmp_path):
     """benchmarks/soak.py, short: two days of history, one day built by the daemon's sensors while the daemon
     and run workers are killed (-9), a re-export lands and the history is backfilled as from the UI."""
