@@ -49,13 +49,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import dagster as dg  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+import dagster as dg
+import pandas as pd
+import pyarrow.parquet as pq
 
-from iot_assets.core.duplicates import FLOW_KEY  # noqa: E402
-from iot_assets.defs.automation.jobs import FLOW_ASSETS, SCORING_ASSETS  # noqa: E402
-from iot_assets.synthetic import sample  # noqa: E402
+from iot_assets.core.duplicates import FLOW_KEY
+from iot_assets.defs.automation.jobs import FLOW_ASSETS, SCORING_ASSETS
+from iot_assets.synthetic import sample
 
 FIRST_DAY = date(2019, 6, 25)
 DEVICES = ["nature_remo", "qrio_hub", "xiaomi_mijia_led", "planex_smacam_pantilt", "google_home_gen1",
