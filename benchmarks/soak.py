@@ -22,7 +22,9 @@ every day's report is rebuilt after its last landing and nothing is queued or ru
 checks:
 - every day built (clean_flows and daily_report of every day, after its archives landed);
 - every record accounted for: each archive reconciles (reconciliation.json), each archive's
-  decoded rows are all in decoded_flows, and each day's decoded rows = clean + rejected;
+  decoded rows are all in decoded_flows, and each day's decoded rows = clean + rejected (also
+  counted over the days built after their last landing alone, `records_lost_on_settled_days`,
+  which says something when the daemon has not caught up);
 - no duplicate rows: no (archive, line) twice in clean_flows, no flow (FLOW_KEY) twice, and every
   re-export's flows are `duplicate_of:` rejects, not clean rows;
 - served models changed only by recorded decisions: the version each model store serves after
