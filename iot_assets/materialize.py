@@ -42,12 +42,25 @@ IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.Dag
 
 
 def instance_yaml() -> str:
-    """The embedded instance `iot-assets run` creates: runs queued, one at a time per data location."""
+    """The embedded instance `iot-assets run` creates: runs queued, one at a time per data location; a run
+    whose process died (kill -9, OOM) retried by the daemon."""
     # nux off: the community sign-up modal of a fresh instance would cover the analyst's first page.
+    # Retries: a sensor asks once per landing (its cursor moves on), so a daemon-launched run whose worker
+    # died would leave its days unbuilt for good; a run that failed on its data (a step failed) is not
+    # retried. Monitoring fails a run stuck in STARTING (the daemon killed while launching it), which
+    # then is retried too.
     return f"""telemetry:
   enabled: false
 nux:
   enabled: false
+run_retries:
+  enabled: true
+  max_retries: 3
+  retry_on_asset_or_op_failure: false
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 300
+  poll_interval_seconds: 30
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
