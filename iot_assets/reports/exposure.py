@@ -18,7 +18,7 @@ WORKLIST_COLUMNS = ["score", "device", "kind", "severity", "first_seen", "new_to
 
 
 def _label(row) -> str:
-    return row.device if isinstance(row.device, str) else row.device_mac
+    return row.device if isinstance(row.device, str) else row.device_key
 
 
 def _worklist_rows(worklist: pd.DataFrame, limit: int) -> list[list[str]]:
@@ -94,7 +94,7 @@ def exposure_section_html(worklist: pd.DataFrame, per_day: pd.DataFrame, lines: 
         parts.append("<p class='note'>no exposure finding today</p>")
     else:
         flags = [bool(r.new_today and r.severity == "high") for r in worklist.itertuples()]
-        parts.append(f"<p class='note'>{worklist['device_mac'].nunique()} device(s), {len(worklist)} finding(s); "
+        parts.append(f"<p class='note'>{worklist['device_key'].nunique()} device(s), {len(worklist)} finding(s); "
                      "highlighted: high severity and new today.</p>")
         parts.append(_html_table(WORKLIST_COLUMNS, _worklist_rows(worklist, len(worklist)), flags))
     if len(lines):

@@ -133,7 +133,7 @@ def _windows(days: int, services_shift: float = 0.0, start: str = "2019-07-01", 
     frame[service_columns] = 0.0
     frame["w_svc_https_share"] = 1.0 - services_shift
     frame["w_svc_https_alt_share"] = services_shift
-    frame["device_mac"] = "60:01:94:54:6b:e8"
+    frame["device_key"] = "60:01:94:54:6b:e8"
     frame["device_name"] = "Nature Remo"
     frame["window_start"] = pd.date_range(start, periods=n, freq="h", tz="UTC")
     return frame

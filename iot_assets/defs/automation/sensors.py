@@ -119,7 +119,8 @@ def build(deployment: Deployment) -> dg.Definitions:
         decisions = materialization.metadata.get("decisions") if materialization else None
         if decisions is None or not decisions.value:
             return dg.SkipReason("no device to re-baseline")
-        requests = sorted(f"{d['device_mac']}@{d['from_day']}" for d in decisions.value)
+        # Decisions recorded before device keys name the device `device_mac` (the same value).
+        requests = sorted(f"{d.get('device_key', d.get('device_mac'))}@{d['from_day']}" for d in decisions.value)
         return dg.RunRequest(run_key=f"rebaseline-{asset_event.run_id}",
                              run_config={"ops": {"anomaly_detector": {"config": {"rebaseline": requests}}}},
                              tags={"iot_assets/rebaseline": ", ".join(requests)[:200]})
