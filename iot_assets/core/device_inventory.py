@@ -19,7 +19,10 @@ if TYPE_CHECKING:
     from iot_assets.core.classifier import DeviceClassifier
     from iot_assets.core.novelty import EndpointModel, NoveltyModel
 
-INVENTORY_COLUMNS = ["day", "device_key", "identity", "device_mac", "windows", "predicted_device", "predicted_category", "confidence",
+# `device_key` is the device (its MAC, ip:<private address> or line:<address>), `identity` says which;
+# `device_mac` is the MAC of a MAC-known device (null otherwise), for the products matched by MAC.
+INVENTORY_COLUMNS = ["day", "device_key", "identity", "device_mac", "windows", "predicted_device", "predicted_category",
+                     "confidence",
                      "runner_up", "runner_up_confidence", "catalogue_device", "in_catalogue", "disagrees",
                      "status", "nearest_known", "novelty"]
 
