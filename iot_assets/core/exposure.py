@@ -359,7 +359,8 @@ def device_lines(flows: pd.DataFrame, line_of: dict[str, str] | None = None) -> 
     macs = flows["device_key"].unique()
     if line_of is not None:
         return {mac: line_of.get(mac, "unknown") for mac in macs}
-    via = flows[flows["remote_scope"].isin(["internet", "gateway"])]
+    # A collector's flows carry no MACs: their gateway is unknown.
+    via = flows[flows["remote_scope"].isin(["internet", "gateway"]) & flows["remote_mac"].notna()]
     gateway = via.groupby("device_key")["remote_mac"].agg(lambda s: s.value_counts().index[0]) if len(via) else {}
     return {mac: (f"gateway {gateway[mac]}" if mac in gateway else "unknown") for mac in macs}
 
