@@ -41,7 +41,7 @@ def per_device(windows: pd.DataFrame, split: splits.TimeSplit, last_period_only:
     else:
         model.novelty = novelty.fit_novelty(train, "device_name", FEATURES, profile_days=profile_days)
     verdicts = day_verdicts(model, labelled)
-    verdicts["device"] = verdicts["device_mac"].map(labelled.groupby("device_mac")["device_name"].first())
+    verdicts["device"] = verdicts["device_key"].map(labelled.groupby("device_key")["device_name"].first())
     verdicts["training"] = verdicts["day"] <= split.train_range[1]
     rows = []
     for device, part in verdicts.groupby("device"):

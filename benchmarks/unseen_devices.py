@@ -63,8 +63,8 @@ def open_set(windows: pd.DataFrame, split: splits.TimeSplit, attacked: pd.Series
     labelled = classifier.labelled_windows(windows, attacked)
     known = labelled[~split.is_train(labelled)]
     verdicts = day_verdicts(model, known, **extra)
-    truth = known.groupby([known["device_mac"], splits.window_days(known).rename("day")])["device_name"].first()
-    verdicts["truth"] = truth.reindex(pd.MultiIndex.from_frame(verdicts[["device_mac", "day"]])).to_numpy()
+    truth = known.groupby([known["device_key"], splits.window_days(known).rename("day")])["device_name"].first()
+    verdicts["truth"] = truth.reindex(pd.MultiIndex.from_frame(verdicts[["device_key", "day"]])).to_numpy()
     verdicts["right"] = (verdicts["status"] == "known") & (verdicts["predicted_device"] == verdicts["truth"])
     left = classifier.open_set_evaluation(windows, split, seed, attacked, **extra)
     rows = []
@@ -152,12 +152,12 @@ def incidents_in_time(listed: pd.DataFrame, episodes: pd.DataFrame, evaluation: 
                       listed_clean: pd.DataFrame, clean_eval: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Per device: short episodes matched, hours beyond the episode, ids and kinds per episode
     across the days that list them; incidents on the same days without episodes, per 30 device-days."""
-    names = evaluation.groupby("device_mac")["device_name"].first()
+    names = evaluation.groupby("device_key")["device_name"].first()
     in_eval = episodes[episodes["start"] >= evaluation["window_start"].min()]
     per_episode = []
     for ep in in_eval[in_eval["type"].isin(SHORT_TYPES)].itertuples():
         macs = names.index[names == ep.device]
-        hits = listed[listed["device_mac"].isin(macs) & (listed["start"] < ep.end) & (listed["end"] > ep.start)]
+        hits = listed[listed["device_key"].isin(macs) & (listed["start"] < ep.end) & (listed["end"] > ep.start)]
         entry = {"device": ep.device, "type": ep.type, "matched": len(hits) > 0, "ids": hits["incident"].nunique(),
                  "kinds": hits["kind"].nunique(), "beyond_hours": np.nan}
         if len(hits):
@@ -200,12 +200,12 @@ def firmware_coverage(windows: pd.DataFrame, episodes: pd.DataFrame, flows: pd.D
     kept = novelty.services_outside_attacks(services, windows, labels.notna() & (labels != "firmware_change"))
     kept = kept[kept["day"].isin(split.eval_days)]
     coverage = model.endpoints.coverage(kept, 1)
-    names = windows.groupby("device_mac")["device_name"].first()
+    names = windows.groupby("device_key")["device_name"].first()
     rows = []
     for ep in episodes[episodes["type"] == "firmware_change"].itertuples():
         change_day = ep.start.strftime("%Y-%m-%d")
         for mac in names.index[names == ep.device]:
-            if mac not in coverage.index.get_level_values("device_mac") or ep.device not in coverage.columns:
+            if mac not in coverage.index.get_level_values("device_key") or ep.device not in coverage.columns:
                 continue
             own = coverage.loc[mac]
             before = own.loc[own.index < change_day]

@@ -17,6 +17,8 @@ from iot_assets.contracts.flows import END_REASONS, FIELDS, Field
 from iot_assets.contracts.vocabulary import KIND_RULES, REMOTE_SCOPES
 
 MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
+# A device key (`core.clean.device_keys`): a MAC, `ip:<address>` or `line:<address>`.
+DEVICE_KEY_PATTERN = r"^([0-9a-f]{2}(:[0-9a-f]{2}){5}|ip:[0-9a-fA-F.:]+|line:[0-9a-fA-F.:]+)$"
 UtcMs = pd.DatetimeTZDtype(unit="ms", tz="UTC")
 
 
@@ -103,6 +105,9 @@ class CleanFlows(pa.DataFrameModel):
     flow_end: Series[UtcMs] = pa.Field(description="last packet, UTC")
     duration_ms: Series[int] = pa.Field(ge=0, le=86_400_000)
     rtt_ms: Series[int] = pa.Field(ge=0, description="delay of the first reverse packet")
+    device_key: Series[Text] = pa.Field(matches={"pattern": DEVICE_KEY_PATTERN},
+                                        description="the device every product keys on: its MAC, else ip:<private "
+                                                    "address>, else line:<the line's address> (see `identity`)")
     device_mac: Series[Text] = pa.Field(matches={"pattern": MAC_PATTERN}, nullable=True,
                                         description="the local device; null for a collector flow without MACs")
     device_name: Series[Text] = pa.Field(nullable=True, description="catalogue device, null if not in the catalogue")
@@ -179,9 +184,10 @@ class FlowRejects(pa.DataFrameModel):
 class AnomalyIncidents(pa.DataFrameModel):
     """Incidents: consecutive flagged windows of a device grouped, what moved, and the flows behind them."""
 
-    device_mac: Series[Text] = pa.Field(matches={"pattern": MAC_PATTERN})
+    device_key: Series[Text] = pa.Field(matches={"pattern": DEVICE_KEY_PATTERN},
+                                        description="the device: its MAC, ip:<private address> or line:<address>")
     device_name: Series[Text] = pa.Field(nullable=True, description="catalogue device, null if not in the catalogue")
-    incident: Series[Text] = pa.Field(unique=True, description="device MAC @ start")
+    incident: Series[Text] = pa.Field(unique=True, description="device key @ start")
     start: Series[UtcMs] = pa.Field(description="start of the first flagged window")
     end: Series[UtcMs] = pa.Field(description="end of the last flagged window")
     windows_flagged: Series[int] = pa.Field(ge=1)

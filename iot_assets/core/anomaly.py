@@ -196,7 +196,7 @@ class AnomalyDetector:
         out, and a threshold of 19 masked every later attack on it.
         """
         self.seed = seed
-        for mac, part in windows.sort_values("window_start").groupby("device_mac"):
+        for mac, part in windows.sort_values("window_start").groupby("device_key"):
             x = part[self.features].to_numpy(dtype=float)
             if len(x) < 48:
                 continue  # under two days of history: too little to know the device's normal
@@ -248,7 +248,7 @@ class AnomalyDetector:
         meta = {
             "format": 1, "kind": self.kind, "target_fpr": self.target_fpr, "features": self.features,
             "seed": self.seed, "shrink": SHRINK,
-            "devices": [{"device_mac": mac, "threshold": self.devices[mac].threshold} for mac in macs],
+            "devices": [{"device_key": mac, "threshold": self.devices[mac].threshold} for mac in macs],
         }
         arrays = {}
         for i, mac in enumerate(macs):
@@ -285,9 +285,10 @@ class AnomalyDetector:
                 center, spread, train = arrays[f"center_{i}"], arrays[f"spread_{i}"], arrays[f"train_scaled_{i}"]
             except KeyError as missing:
                 raise ValueError(f"anomaly detector: {cls.ARRAYS_FILE!r} lacks {missing} for device "
-                                 f"{entry['device_mac']}") from None
+                                 f"{entry.get('device_key', entry.get('device_mac'))}") from None
             model = DeviceModel(center, spread, detector._fit_detector(train, detector.seed), float(entry["threshold"]), train)
-            detector.devices[entry["device_mac"]] = model
+            # Detectors saved before device keys name each device by `device_mac` (the same value).
+            detector.devices[entry.get("device_key", entry.get("device_mac"))] = model
         return detector
 
     def _deviations_and_network(self, windows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -301,7 +302,7 @@ class AnomalyDetector:
         where the network raised another share of its family (SHARE_FAMILIES) fell by dilution.
         """
         own = pd.DataFrame(np.nan, index=windows.index, columns=self.features)
-        for mac, part in windows.groupby("device_mac"):
+        for mac, part in windows.groupby("device_key"):
             model = self.devices.get(mac)
             if model is not None:
                 own.loc[part.index] = self._scaled(model, part[self.features].to_numpy(dtype=float))
@@ -330,14 +331,14 @@ class AnomalyDetector:
         discounted and named in `network_features`. A window is flagged when its score passes
         the device's threshold and some feature moved at least MIN_FLAG_SPREADS.
         """
-        out = windows[["device_mac", "window_start"]].copy()
+        out = windows[["device_key", "window_start"]].copy()
         out["score"] = np.nan
         out["threshold"] = np.nan
         out["top_features"] = None
         out["network_features"] = ""
         own, network = self._deviations_and_network(windows)
         largest = own.abs().max(axis=1)
-        for mac, part in windows.groupby("device_mac"):
+        for mac, part in windows.groupby("device_key"):
             model = self.devices.get(mac)
             if model is None:
                 continue
@@ -372,7 +373,7 @@ def label_windows(windows: pd.DataFrame, episodes: pd.DataFrame | None, window_m
         return labels
     window_end = windows["window_start"] + pd.Timedelta(minutes=window_minutes)
     for ep in episodes.itertuples():
-        hit = ((windows["device_name"] == ep.device) | (windows["device_mac"] == ep.device)) \
+        hit = ((windows["device_name"] == ep.device) | (windows["device_key"] == ep.device)) \
             & (windows["window_start"] - lookback < ep.end) & (window_end > ep.start)
         labels[hit & labels.isna()] = ep.type
     return labels
@@ -424,8 +425,8 @@ def per_device_fpr(scored: pd.DataFrame, labels: pd.Series) -> dict[str, dict]:
     """Per device (name, or MAC outside the catalogue): its clean windows and the share flagged."""
     clean = scored["has_model"].astype(bool) & labels.loc[scored.index].isna()
     clean_scored = scored[clean]
-    names = clean_scored["device_name"].fillna(clean_scored["device_mac"]) if "device_name" in clean_scored \
-        else clean_scored["device_mac"]
+    names = clean_scored["device_name"].fillna(clean_scored["device_key"]) if "device_name" in clean_scored \
+        else clean_scored["device_key"]
     grouped = clean_scored.groupby(names.to_numpy())["anomaly"]
     return {str(name): {"clean_windows": int(count), "fpr_clean": float(rate)}
             for name, count, rate in zip(grouped.size().index, grouped.size(), grouped.mean())}

@@ -230,7 +230,7 @@ def train_and_evaluate(windows: pd.DataFrame, split: TimeSplit, seed: int,
         "feature_importance": dict(sorted(((names.get(k, k), float(v)) for k, v in importance.items()),
                                           key=lambda kv: -kv[1])),
     })
-    predictions = known[["device_mac", "window_start", "device_name"]].assign(predicted=predicted)
+    predictions = known[["device_key", "window_start", "device_name"]].assign(predicted=predicted)
     return model, metrics, predictions
 
 
@@ -260,7 +260,7 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
     # (a model loaded from the store keeps no calibration distances to recalibrate from).
     fresh = model is not None and model.novelty is not None and model.novelty.calibration.get("distances") is not None
     novelty = model.novelty if fresh else fit_novelty(train, "device_name", FEATURES)
-    truth = evaluation.groupby([evaluation["device_mac"], window_days(evaluation).rename("day")])["device_name"].first()
+    truth = evaluation.groupby([evaluation["device_key"], window_days(evaluation).rename("day")])["device_name"].first()
     full_proba = pd.DataFrame(model.predict_proba(evaluation), columns=model.labels, index=evaluation.index) \
         if model is not None else None
     left_out, known_days, known_right = {}, 0, 0
@@ -292,7 +292,7 @@ def open_set_evaluation(windows: pd.DataFrame, split: TimeSplit, seed: int, atta
         verdicts = verdicts_from(proba, without, evaluation, INVENTORY_DAYS, profiles=profiles,
                                  endpoints=endpoints_without,
                                  coverage=coverage.drop(columns=[device], errors="ignore") if coverage is not None else None)
-        true_name = truth.reindex(pd.MultiIndex.from_frame(verdicts[["device_mac", "day"]])).to_numpy()
+        true_name = truth.reindex(pd.MultiIndex.from_frame(verdicts[["device_key", "day"]])).to_numpy()
         mine = verdicts[true_name == device]
         hints = Counter(mine["nearest_known"].dropna())
         left_out[device] = {

@@ -77,6 +77,8 @@ def _scope_of_each(ip: pd.Series, mac: pd.Series, home: HomeCatalogue) -> np.nda
 # itself (`sources.biflows.device_identity`), and the exporter's packet sampling rate.
 COLLECTOR_COLUMNS = ["device_key", "device_ip", "identity", "sampling_rate"]
 IDENTITIES = ("mac", "private_ip", "line")
+# The prefixes of a device key that is not a MAC: every product past clean_flows keys on `device_key`.
+KEY_PREFIXES = {"private_ip": "ip:", "line": "line:"}
 # What a collector record does not carry: zero, as decoding leaves them when YAF leaves them out
 # (`has_flow_stats` False says so), and 0 for the reverse delay of a record without a reverse side.
 _ZERO_WHEN_UNKNOWN = ("reverse_delta_ms", *(f"{prefix}{name}" for prefix in ("", "reverse_") for name in (
@@ -183,4 +185,14 @@ def _oriented(d: pd.DataFrame, out_is_fwd: np.ndarray, device_mac: pd.Series, id
         clean[f"{name}_out"] = pick(name, f"reverse_{name}", out=True)
         clean[f"{name}_in"] = pick(name, f"reverse_{name}", out=False)
     clean["remote_scope"] = remote_scope(clean["remote_ip"], clean["remote_mac"], home)
+    clean.insert(clean.columns.get_loc("device_mac"), "device_key", device_keys(clean))
     return clean
+
+
+def device_keys(clean: pd.DataFrame) -> pd.Series:
+    """The one key of each flow's device, resolved here once: its MAC when known, else
+    `ip:<private address>`, else `line:<the line's address>` (addresses as the flows name them,
+    so pseudonymised like every other address of the flow)."""
+    prefix = clean["identity"].map(KEY_PREFIXES)
+    by_address = (prefix + clean["device_ip"].astype(object)).where(prefix.notna())
+    return clean["device_mac"].astype(object).where(clean["identity"] == "mac", by_address)

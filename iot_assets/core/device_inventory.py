@@ -19,7 +19,10 @@ if TYPE_CHECKING:
     from iot_assets.core.classifier import DeviceClassifier
     from iot_assets.core.novelty import EndpointModel, NoveltyModel
 
-INVENTORY_COLUMNS = ["day", "device_mac", "windows", "predicted_device", "predicted_category", "confidence",
+# `device_key` is the device (its MAC, ip:<private address> or line:<address>), `identity` says which;
+# `device_mac` is the MAC of a MAC-known device (null otherwise), for the products matched by MAC.
+INVENTORY_COLUMNS = ["day", "device_key", "identity", "device_mac", "windows", "predicted_device", "predicted_category",
+                     "confidence",
                      "runner_up", "runner_up_confidence", "catalogue_device", "in_catalogue", "disagrees",
                      "status", "nearest_known", "novelty"]
 
@@ -39,10 +42,10 @@ _DAY_SPAN = 1_000_000  # more days than any date up to year 4700 counts since 19
 def pooled_days(windows: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> tuple[np.ndarray, list[pd.Series]]:
     """Which windows each MAC's verdict of a day pools: its windows of that day and of the
     `pool_days - 1` days before it. Returns the rows (positions in `windows`, a row once
-    per day it counts for) and the grouping keys of those rows (device_mac, day). Verdicts
+    per day it counts for) and the grouping keys of those rows (device_key, day). Verdicts
     are made for the (MAC, day) pairs that have windows, and only for `days` when given.
     """
-    mac_code, macs = pd.factorize(windows["device_mac"])
+    mac_code, macs = pd.factorize(windows["device_key"])
     start = windows["window_start"]
     if start.dt.tz is not None:
         start = start.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -57,7 +60,7 @@ def pooled_days(windows: pd.DataFrame, pool_days: int, days: list[str] | None = 
         rows.append(hit)
         targets.append(key[hit] + offset)
     rows, target = np.concatenate(rows), np.concatenate(targets)
-    mac = pd.Series(np.asarray(macs, dtype=object)[target // _DAY_SPAN], name="device_mac")
+    mac = pd.Series(np.asarray(macs, dtype=object)[target // _DAY_SPAN], name="device_key")
     day = pd.Series((target % _DAY_SPAN).astype("datetime64[D]").astype(str), name="day")
     return rows, [mac, day]
 
@@ -103,7 +106,7 @@ def verdicts_from(proba: pd.DataFrame, novelty_model: NoveltyModel | None, windo
     pool_days = pool_days or INVENTORY_DAYS
     rows, keys = pooled_days(windows, pool_days, days)
     per_mac = pd.DataFrame(proba.to_numpy()[rows], columns=labels).groupby(keys).mean()
-    counts = windows.groupby([windows["device_mac"], window_days(windows).rename("day")]).size().reindex(per_mac.index)
+    counts = windows.groupby([windows["device_key"], window_days(windows).rename("day")]).size().reindex(per_mac.index)
     ranked = np.argsort(-per_mac.to_numpy(), axis=1)
     best = ranked[:, 0]
     second = ranked[:, 1] if per_mac.shape[1] > 1 else ranked[:, 0]
@@ -122,14 +125,17 @@ def verdicts_from(proba: pd.DataFrame, novelty_model: NoveltyModel | None, windo
         far_from_backend = np.zeros(len(per_mac), dtype=bool)
     categories = {d.name: d.category for d in catalogue.DEVICES}
     # The catalogue device as cleaning named it (through the same mapping as the MACs, pseudonymised or not).
-    catalogue_names = windows.dropna(subset=["device_name"]).groupby("device_mac")["device_name"].first()
+    catalogue_names = windows.dropna(subset=["device_name"]).groupby("device_key")["device_name"].first()
+    # Which identity the key is (mac, private_ip, line); windows written before keys had one are MAC-keyed.
+    identities = windows.groupby("device_key")["identity"].first() if "identity" in windows else pd.Series(dtype=object)
     rows = []
     for i, (mac, day) in enumerate(per_mac.index):
         known = catalogue.BY_NAME.get(catalogue_names.get(mac))
         unknown = bool(novelty[i] > 1.0 or far_from_backend[i])
         predicted = None if unknown else labels[best[i]]
         rows.append({
-            "day": day, "device_mac": mac, "windows": int(counts.iat[i]),
+            "day": day, "device_key": mac, "identity": identities.get(mac, "mac"),
+            "device_mac": mac if identities.get(mac, "mac") == "mac" else None, "windows": int(counts.iat[i]),
             "predicted_device": predicted, "predicted_category": categories.get(predicted),
             "confidence": float(per_mac.iat[i, best[i]]), "runner_up": labels[second[i]],
             "runner_up_confidence": float(per_mac.iat[i, second[i]]),
@@ -152,8 +158,8 @@ def day_level_scores(verdicts: pd.DataFrame, windows: pd.DataFrame) -> dict:
     right when it is called known AND named correctly."""
     if verdicts.empty:
         return {"accuracy": None, "unknown_share": None, "device_days": 0}
-    truth = windows.groupby([windows["device_mac"], window_days(windows).rename("day")])["device_name"].first()
-    truth = truth.reindex(pd.MultiIndex.from_frame(verdicts[["device_mac", "day"]])).to_numpy()
+    truth = windows.groupby([windows["device_key"], window_days(windows).rename("day")])["device_name"].first()
+    truth = truth.reindex(pd.MultiIndex.from_frame(verdicts[["device_key", "day"]])).to_numpy()
     named = np.where(verdicts["status"] == "unknown", None, verdicts["predicted_device"])
     return {
         "accuracy": float(np.mean(named == truth)),

@@ -66,7 +66,7 @@ def build_reference(train: pd.DataFrame, features: list[str] = FEATURES) -> dict
     """Per device: edges, training histogram and the largest daily distance seen in training."""
     reference = {}
     days = train["window_start"].dt.strftime("%Y-%m-%d")
-    for mac, part in train.groupby("device_mac"):
+    for mac, part in train.groupby("device_key"):
         if part["window_start"].dt.strftime("%Y-%m-%d").nunique() < 2:
             continue
         entry = {"device_name": part["device_name"].iloc[0], "features": {}, "mixes": {}}
@@ -136,7 +136,7 @@ def day_drift(windows: pd.DataFrame, reference: dict) -> pd.DataFrame:
     """One row per device and feature (and service / endpoint mix): the day's distance to the
     reference and whether it drifted."""
     rows = []
-    for mac, part in windows.groupby("device_mac"):
+    for mac, part in windows.groupby("device_key"):
         entry = reference.get(mac)
         if entry is None:
             continue
@@ -144,28 +144,28 @@ def day_drift(windows: pd.DataFrame, reference: dict) -> pd.DataFrame:
             ref = entry["mixes"][name]
             expected = np.asarray(ref["expected"])
             distance = js_distance(observed, expected) if observed.sum() > 0 else 0.0
-            rows.append({"device_mac": mac, "device_name": entry["device_name"], "feature": name,
+            rows.append({"device_key": mac, "device_name": entry["device_name"], "feature": name,
                          "js_distance": distance, "limit": ref["limit"], "drifted": distance > ref["limit"]})
             if name == "mix:services":
                 # Services the device never used in training: the sharpest sign of new firmware or malware.
                 novel = float(observed[expected == 0].sum())
-                rows.append({"device_mac": mac, "device_name": entry["device_name"], "feature": "mix:novel_services",
+                rows.append({"device_key": mac, "device_name": entry["device_name"], "feature": "mix:novel_services",
                              "js_distance": novel, "limit": NOVEL_SERVICES, "drifted": novel > NOVEL_SERVICES})
         names = list(entry["features"])
         for feature, distance in zip(names, _feature_distances(part[names].to_numpy(dtype=float), entry["features"])):
             limit = entry["features"][feature]["limit"]
-            rows.append({"device_mac": mac, "device_name": entry["device_name"], "feature": feature,
+            rows.append({"device_key": mac, "device_name": entry["device_name"], "feature": feature,
                          "js_distance": distance, "limit": limit, "drifted": distance > limit})
-    return pd.DataFrame(rows, columns=["device_mac", "device_name", "feature", "js_distance", "limit", "drifted"])
+    return pd.DataFrame(rows, columns=["device_key", "device_name", "feature", "js_distance", "limit", "drifted"])
 
 
 def summarize(drift: pd.DataFrame) -> pd.DataFrame:
     """Per device: the share of drifted features, how far the mixes moved against their limits,
     the level, and the features that moved most."""
     if drift.empty:
-        return pd.DataFrame(columns=["device_mac", "device_name", "drifted_share", "mix_ratio", "level", "top_drifted"])
+        return pd.DataFrame(columns=["device_key", "device_name", "drifted_share", "mix_ratio", "level", "top_drifted"])
     rows = []
-    for (mac, name), part in drift.groupby(["device_mac", "device_name"], dropna=False):
+    for (mac, name), part in drift.groupby(["device_key", "device_name"], dropna=False):
         is_mix = part["feature"].str.startswith("mix:")
         share = float(part.loc[~is_mix, "drifted"].mean())
         ratios = (part["js_distance"] / part["limit"])[is_mix]
@@ -177,7 +177,7 @@ def summarize(drift: pd.DataFrame) -> pd.DataFrame:
         major = share >= MAJOR or ratios.get("mix:services", 0.0) >= MAJOR_MIX_RATIO
         moderate = share >= MODERATE or mix_ratio > 1.0
         rows.append({
-            "device_mac": mac, "device_name": name, "drifted_share": share, "mix_ratio": mix_ratio,
+            "device_key": mac, "device_name": name, "drifted_share": share, "mix_ratio": mix_ratio,
             "level": "major" if major else "moderate" if moderate else "none",
             "top_drifted": ", ".join(f"{f} ({d:.2f})" for f, d in zip(moved["feature"].head(5), moved["js_distance"].head(5))),
         })

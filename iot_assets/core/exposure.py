@@ -158,9 +158,9 @@ def finding_remediation(kind: str) -> str:
     return ADVISORY_REMEDIATION if kind == "known_advisory" else RULES_BY_KIND[kind].remediation
 
 
-FINDING_COLUMNS = ["device_mac", "device", "predicted_device", "kind", "severity", "flows", "bytes",
+FINDING_COLUMNS = ["device_key", "device", "predicted_device", "kind", "severity", "flows", "bytes",
                    "remote_peers", "evidence"]
-EXPOSURE_COLUMNS = ["day", "device_mac", "device", "predicted_device", "line", "kind", "severity", "seen_today",
+EXPOSURE_COLUMNS = ["day", "device_key", "device", "predicted_device", "line", "kind", "severity", "seen_today",
                     "new_today", "first_seen", "last_seen", "days_seen", "flows", "bytes", "remote_peers", "evidence"]
 EVIDENCE_EXAMPLES = 5
 
@@ -169,7 +169,7 @@ EVIDENCE_EXAMPLES = 5
 
 
 # The columns of the clean flows the findings, lines and coverage of a day read.
-FLOW_COLUMNS = ["device_mac", "device_name", "device_port", "remote_ip", "remote_mac", "remote_port", "remote_scope",
+FLOW_COLUMNS = ["device_key", "device_name", "device_port", "remote_ip", "remote_mac", "remote_port", "remote_scope",
                 "device_initiated", "protocol", "bytes_out", "bytes_in", "packets_out", "packets_in",
                 "initial_tcp_flags_out", "initial_tcp_flags_in"]
 
@@ -241,17 +241,17 @@ def _evidence_text(matched: pd.DataFrame) -> pd.Series:
 def flow_findings(flows: pd.DataFrame, isp_resolvers: frozenset[str] = frozenset()) -> pd.DataFrame:
     """Per device MAC and kind: flows, bytes, distinct Internet peers and up to 5 example peers."""
     matched = match_rules(flows, isp_resolvers)
-    columns = ["device_mac", "kind", "severity", "flows", "bytes", "remote_peers", "evidence"]
+    columns = ["device_key", "kind", "severity", "flows", "bytes", "remote_peers", "evidence"]
     if matched.empty:
         return pd.DataFrame(columns=columns)
     matched["bytes_total"] = matched["bytes_out"] + matched["bytes_in"]
     matched["evidence_text"] = _evidence_text(matched)
-    grouped = matched.groupby(["device_mac", "kind"], sort=True)
+    grouped = matched.groupby(["device_key", "kind"], sort=True)
     table = grouped.agg(flows=("kind", "size"), bytes=("bytes_total", "sum"), remote_peers=("remote_ip", "nunique"))
     # Examples: the peers with the most flows (ties by address, so the choice is stable).
-    counts = matched.groupby(["device_mac", "kind", "evidence_text"]).size().rename("n").reset_index()
-    counts = counts.sort_values(["device_mac", "kind", "n", "evidence_text"], ascending=[True, True, False, True])
-    examples = counts.groupby(["device_mac", "kind"])["evidence_text"].agg(lambda s: list(s.head(EVIDENCE_EXAMPLES)))
+    counts = matched.groupby(["device_key", "kind", "evidence_text"]).size().rename("n").reset_index()
+    counts = counts.sort_values(["device_key", "kind", "n", "evidence_text"], ascending=[True, True, False, True])
+    examples = counts.groupby(["device_key", "kind"])["evidence_text"].agg(lambda s: list(s.head(EVIDENCE_EXAMPLES)))
     table["evidence"] = examples
     table = table.reset_index()
     table["severity"] = table["kind"].map({rule.kind: rule.severity for rule in RULES})
@@ -326,13 +326,13 @@ def _advisory_problem(values: dict[str, str]) -> str | None:
 
 def advisory_findings(inventory: pd.DataFrame, advisories: pd.DataFrame) -> pd.DataFrame:
     """`known_advisory` for each MAC whose predicted model has advisories (model names compared case-blind)."""
-    columns = ["device_mac", "kind", "severity", "flows", "bytes", "remote_peers", "evidence"]
+    columns = ["device_key", "kind", "severity", "flows", "bytes", "remote_peers", "evidence"]
     if inventory.empty or advisories.empty:
         return pd.DataFrame(columns=columns)
     models = advisories.assign(key=advisories["model"].str.strip().str.casefold())
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     rows = []
-    for mac, predicted in zip(inventory["device_mac"], inventory["predicted_device"]):
+    for mac, predicted in zip(inventory["device_key"], inventory["predicted_device"]):
         if not isinstance(predicted, str):
             continue
         hits = models[models["key"] == predicted.strip().casefold()]
@@ -340,7 +340,7 @@ def advisory_findings(inventory: pd.DataFrame, advisories: pd.DataFrame) -> pd.D
             continue
         worst = max(hits["severity"], key=rank.__getitem__)
         ordered = hits.assign(r=hits["severity"].map(rank)).sort_values(["r", "advisory_id"], ascending=[False, True])
-        rows.append({"device_mac": mac, "kind": "known_advisory", "severity": worst, "flows": 0, "bytes": 0,
+        rows.append({"device_key": mac, "kind": "known_advisory", "severity": worst, "flows": 0, "bytes": 0,
                      "remote_peers": 0,
                      "evidence": [f"{r.advisory_id} {r.url}" for r in ordered.head(EVIDENCE_EXAMPLES).itertuples()]})
     return pd.DataFrame(rows, columns=columns)
@@ -356,11 +356,12 @@ def device_lines(flows: pd.DataFrame, line_of: dict[str, str] | None = None) -> 
     mapping; otherwise the MAC of the gateway the device's Internet and gateway traffic
     goes through (every device behind one home gateway is one line).
     """
-    macs = flows["device_mac"].unique()
+    macs = flows["device_key"].unique()
     if line_of is not None:
         return {mac: line_of.get(mac, "unknown") for mac in macs}
-    via = flows[flows["remote_scope"].isin(["internet", "gateway"])]
-    gateway = via.groupby("device_mac")["remote_mac"].agg(lambda s: s.value_counts().index[0]) if len(via) else {}
+    # A collector's flows carry no MACs: their gateway is unknown.
+    via = flows[flows["remote_scope"].isin(["internet", "gateway"]) & flows["remote_mac"].notna()]
+    gateway = via.groupby("device_key")["remote_mac"].agg(lambda s: s.value_counts().index[0]) if len(via) else {}
     return {mac: (f"gateway {gateway[mac]}" if mac in gateway else "unknown") for mac in macs}
 
 
@@ -371,13 +372,13 @@ def day_findings(flows: pd.DataFrame, inventory: pd.DataFrame, advisories: pd.Da
     if not parts:
         return pd.DataFrame(columns=FINDING_COLUMNS)
     found = pd.concat(parts, ignore_index=True)
-    names = flows.drop_duplicates("device_mac").set_index("device_mac")["device_name"] if len(flows) else pd.Series()
-    predicted = inventory.set_index("device_mac")["predicted_device"] if len(inventory) else pd.Series(dtype=object)
-    found["device"] = found["device_mac"].map(names)
-    found["predicted_device"] = found["device_mac"].map(predicted)
+    names = flows.drop_duplicates("device_key").set_index("device_key")["device_name"] if len(flows) else pd.Series()
+    predicted = inventory.set_index("device_key")["predicted_device"] if len(inventory) else pd.Series(dtype=object)
+    found["device"] = found["device_key"].map(names)
+    found["predicted_device"] = found["device_key"].map(predicted)
     for column in ("flows", "bytes", "remote_peers"):
         found[column] = found[column].astype(np.int64)
-    return found[FINDING_COLUMNS].sort_values(["device_mac", "kind"]).reset_index(drop=True)
+    return found[FINDING_COLUMNS].sort_values(["device_key", "kind"]).reset_index(drop=True)
 
 
 def carry_history(previous: pd.DataFrame | None, today: pd.DataFrame, day: str,
@@ -391,12 +392,12 @@ def carry_history(previous: pd.DataFrame | None, today: pd.DataFrame, day: str,
     """
     lines = lines or {}
     now = today.assign(day=day, seen_today=True)
-    now["line"] = now["device_mac"].map(lines).fillna("unknown")
+    now["line"] = now["device_key"].map(lines).fillna("unknown")
     if previous is None or previous.empty:
         now["first_seen"], now["last_seen"], now["days_seen"], now["new_today"] = day, day, 1, True
         return _ordered(now)
-    before = previous.set_index(["device_mac", "kind"])
-    key = pd.MultiIndex.from_frame(now[["device_mac", "kind"]])
+    before = previous.set_index(["device_key", "kind"])
+    key = pd.MultiIndex.from_frame(now[["device_key", "kind"]])
     known = key.isin(before.index)
     prior = before.reindex(key)
     now["first_seen"] = np.where(known, prior["first_seen"].to_numpy(dtype=object), day)
@@ -405,7 +406,7 @@ def carry_history(previous: pd.DataFrame | None, today: pd.DataFrame, day: str,
     now["new_today"] = ~known
     # A line known before wins over "unknown" today (a finding from advisories alone has no flows).
     now["line"] = np.where((now["line"] == "unknown") & known, prior["line"].fillna("unknown").to_numpy(), now["line"])
-    carried = previous[~pd.MultiIndex.from_frame(previous[["device_mac", "kind"]]).isin(key)].copy()
+    carried = previous[~pd.MultiIndex.from_frame(previous[["device_key", "kind"]]).isin(key)].copy()
     carried = carried.assign(day=day, seen_today=False, new_today=False, flows=0, bytes=0, remote_peers=0,
                              evidence=[[] for _ in range(len(carried))])
     return _ordered(pd.concat([now, carried], ignore_index=True))
@@ -418,7 +419,7 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
     for column in ("seen_today", "new_today"):
         table[column] = table[column].astype(bool)
     table["evidence"] = table["evidence"].map(lambda v: [str(x) for x in v] if v is not None else [])
-    return table.sort_values(["device_mac", "kind"]).reset_index(drop=True)
+    return table.sort_values(["device_key", "kind"]).reset_index(drop=True)
 
 
 def empty_exposure() -> pd.DataFrame:
@@ -434,16 +435,16 @@ def severity_rank(severity: pd.Series) -> pd.Series:
 
 def device_scores(findings: pd.DataFrame) -> pd.DataFrame:
     """Per device MAC: the exposure score (sum of severity weights over its distinct kinds) and counts."""
-    columns = ["device_mac", "device", "line", "score", *SEVERITIES]
+    columns = ["device_key", "device", "line", "score", *SEVERITIES]
     if findings.empty:
         return pd.DataFrame(columns=columns)
-    distinct = findings.drop_duplicates(["device_mac", "kind"])
-    counts = pd.crosstab(distinct["device_mac"], distinct["severity"]).reindex(columns=list(SEVERITIES), fill_value=0)
+    distinct = findings.drop_duplicates(["device_key", "kind"])
+    counts = pd.crosstab(distinct["device_key"], distinct["severity"]).reindex(columns=list(SEVERITIES), fill_value=0)
     scores = (counts * pd.Series(SEVERITY_WEIGHTS)).sum(axis=1).rename("score")
-    first = distinct.groupby("device_mac")[["device", "line"]].first() if "line" in distinct else \
-        distinct.groupby("device_mac")[["device"]].first().assign(line="unknown")
-    table = pd.concat([first, scores, counts], axis=1).reset_index(names="device_mac")
-    return table.sort_values(["score", "device_mac"], ascending=[False, True]).reset_index(drop=True)[columns]
+    first = distinct.groupby("device_key")[["device", "line"]].first() if "line" in distinct else \
+        distinct.groupby("device_key")[["device"]].first().assign(line="unknown")
+    table = pd.concat([first, scores, counts], axis=1).reset_index(names="device_key")
+    return table.sort_values(["score", "device_key"], ascending=[False, True]).reset_index(drop=True)[columns]
 
 
 def line_scores(findings: pd.DataFrame) -> pd.DataFrame:
@@ -451,7 +452,7 @@ def line_scores(findings: pd.DataFrame) -> pd.DataFrame:
     devices = device_scores(findings)
     if devices.empty:
         return pd.DataFrame(columns=["line", "score", "devices"])
-    grouped = devices.groupby("line").agg(score=("score", "sum"), devices=("device_mac", list)).reset_index()
+    grouped = devices.groupby("line").agg(score=("score", "sum"), devices=("device_key", list)).reset_index()
     return grouped.sort_values(["score", "line"], ascending=[False, True]).reset_index(drop=True)
 
 
@@ -460,9 +461,9 @@ def worklist(exposure: pd.DataFrame) -> pd.DataFrame:
     seen = exposure[exposure["seen_today"]]
     if seen.empty:
         return seen.assign(score=pd.Series(dtype=float))
-    scores = device_scores(seen).set_index("device_mac")["score"]
-    table = seen.assign(score=seen["device_mac"].map(scores), rank=severity_rank(seen["severity"]))
-    table = table.sort_values(["score", "device_mac", "rank", "kind"], ascending=[False, True, False, True])
+    scores = device_scores(seen).set_index("device_key")["score"]
+    table = seen.assign(score=seen["device_key"].map(scores), rank=severity_rank(seen["severity"]))
+    table = table.sort_values(["score", "device_key", "rank", "kind"], ascending=[False, True, False, True])
     return table.drop(columns="rank").reset_index(drop=True)
 
 
@@ -480,7 +481,7 @@ def rules_coverage(flows: pd.DataFrame) -> pd.DataFrame:
     (`VENDOR_CLOUD_PORTS`); ICMP carries no ports and counts as explained. Rules without
     ports (`inbound_from_internet`) explain nothing by port.
     """
-    columns = ["device_mac", "device", "internet_flows", "unexplained_flows", "unexplained_share", "unexplained_ports"]
+    columns = ["device_key", "device", "internet_flows", "unexplained_flows", "unexplained_share", "unexplained_ports"]
     internet = flows[flows["remote_scope"] == "internet"]
     if internet.empty:
         return pd.DataFrame(columns=columns)
@@ -501,10 +502,10 @@ def rules_coverage(flows: pd.DataFrame) -> pd.DataFrame:
     service = np.minimum(unexplained["remote_port"], unexplained["device_port"])
     labels = np.where(unexplained["protocol"] == TCP, "tcp/", np.where(unexplained["protocol"] == UDP, "udp/", "ip/"))
     unexplained = unexplained.assign(port_label=labels + service.astype(str))
-    top = unexplained.groupby("device_mac")["port_label"].agg(
+    top = unexplained.groupby("device_key")["port_label"].agg(
         lambda s: ", ".join(f"{p} ({n})" for p, n in s.value_counts().head(5).items()))
-    table = internet.groupby("device_mac").agg(device=("device_name", "first"), internet_flows=("protocol", "size"))
-    table["unexplained_flows"] = (~explained).groupby(internet["device_mac"]).sum()
+    table = internet.groupby("device_key").agg(device=("device_name", "first"), internet_flows=("protocol", "size"))
+    table["unexplained_flows"] = (~explained).groupby(internet["device_key"]).sum()
     table["unexplained_share"] = table["unexplained_flows"] / table["internet_flows"]
     table["unexplained_ports"] = top.reindex(table.index).fillna("")
     return table.reset_index()[columns]
@@ -525,20 +526,20 @@ def exposure_json(exposure: pd.DataFrame, days: list[str] | None = None, advisor
     result: dict = {"day_range": [days[0], days[-1]] if days else [], "devices": [], "lines": []}
     if seen.empty:
         return result
-    per_kind = seen.groupby(["device_mac", "kind"]).agg(
+    per_kind = seen.groupby(["device_key", "kind"]).agg(
         severity=("severity", "last"), first_seen=("first_seen", "min"), last_seen=("day", "max"),
         days=("day", "nunique"), flows=("flows", "sum"),
         example_peers=("evidence", lambda s: list(dict.fromkeys(x for v in s for x in v))[:EVIDENCE_EXAMPLES]),
     ).reset_index()
-    identity = seen.sort_values("day").groupby("device_mac")[["device", "predicted_device", "line"]].last()
-    latest = per_kind.merge(identity, left_on="device_mac", right_index=True)
-    scores = device_scores(latest).set_index("device_mac")
+    identity = seen.sort_values("day").groupby("device_key")[["device", "predicted_device", "line"]].last()
+    latest = per_kind.merge(identity, left_on="device_key", right_index=True)
+    scores = device_scores(latest).set_index("device_key")
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     for mac in scores.index:
-        rows = latest[latest["device_mac"] == mac]
+        rows = latest[latest["device_key"] == mac]
         rows = rows.assign(r=rows["severity"].map(rank)).sort_values(["r", "kind"], ascending=[False, True])
         result["devices"].append({
-            "device_mac": mac, "device": _none(identity.at[mac, "device"]),
+            "device_key": mac, "device": _none(identity.at[mac, "device"]),
             "predicted_device": _none(identity.at[mac, "predicted_device"]), "score": float(scores.at[mac, "score"]),
             "findings": [_finding_json(r, advisories) for r in rows.itertuples()],
         })
@@ -584,15 +585,15 @@ def fleet_view(exposure: pd.DataFrame, inventory: pd.DataFrame) -> tuple[pd.Data
     range with their predicted device (the fleet the shares are taken over).
     """
     seen = exposure[exposure["seen_today"]] if len(exposure) else exposure
-    fleet = inventory.drop_duplicates("device_mac", keep="last") if len(inventory) else inventory
+    fleet = inventory.drop_duplicates("device_key", keep="last") if len(inventory) else inventory
     total = len(fleet)
     if seen.empty or total == 0:
         return pd.DataFrame(columns=list(KINDS)), pd.DataFrame(columns=["kind", "devices", "share"])
-    distinct = seen.drop_duplicates(["device_mac", "kind"])
-    models = distinct["device_mac"].map(fleet.set_index("device_mac")["predicted_device"]).fillna("(not in inventory)")
+    distinct = seen.drop_duplicates(["device_key", "kind"])
+    models = distinct["device_key"].map(fleet.set_index("device_key")["predicted_device"]).fillna("(not in inventory)")
     by_model = pd.crosstab(models.rename("predicted_device"), distinct["kind"])
     by_model = by_model.reindex(columns=[k for k in KINDS if k in by_model.columns])
-    per_kind = distinct.groupby("kind")["device_mac"].nunique().reindex(list(KINDS)).dropna().astype(int)
+    per_kind = distinct.groupby("kind")["device_key"].nunique().reindex(list(KINDS)).dropna().astype(int)
     shares = pd.DataFrame({"kind": per_kind.index, "devices": per_kind.to_numpy(),
                            "share": per_kind.to_numpy() / total})
     return by_model, shares

@@ -21,30 +21,30 @@ COLUMN = "explained_by_incident"
 
 
 def evidence_spans(flows: pd.DataFrame, isp_resolvers: frozenset[str] = frozenset()) -> pd.DataFrame:
-    """One row per (evidence flow, finding kind): device_mac, kind, flow_start, flow_end (UTC)."""
+    """One row per (evidence flow, finding kind): device_key, kind, flow_start, flow_end (UTC)."""
     missing = [c for c in TIME_COLUMNS if c not in flows.columns]
     if missing:
         raise ValueError(f"the flows lack {', '.join(missing)}: the incident links need each flow's span")
     matched = match_rules(flows, isp_resolvers)
-    spans = matched[["device_mac", "kind", *TIME_COLUMNS]].copy()
+    spans = matched[["device_key", "kind", *TIME_COLUMNS]].copy()
     for column in TIME_COLUMNS:
         spans[column] = pd.to_datetime(spans[column], utc=True)
     return spans
 
 
 def explaining_incidents(findings: pd.DataFrame, spans: pd.DataFrame, incidents: pd.DataFrame) -> pd.Series:
-    """Per finding row (device_mac, kind, seen_today): the ids of the incidents that explain it, sorted and joined
+    """Per finding row (device_key, kind, seen_today): the ids of the incidents that explain it, sorted and joined
     by ", " ("" for none: a text column, the same type on every day of the lake)."""
     out = pd.Series("", index=findings.index, dtype=object)
     if findings.empty or spans.empty or incidents is None or incidents.empty:
         return out
-    episodes = incidents[["device_mac", "incident", "start", "end"]].assign(
+    episodes = incidents[["device_key", "incident", "start", "end"]].assign(
         start=pd.to_datetime(incidents["start"], utc=True), end=pd.to_datetime(incidents["end"], utc=True))
-    pairs = spans.merge(episodes, on="device_mac")
+    pairs = spans.merge(episodes, on="device_key")
     overlapping = pairs[(pairs["start"] <= pairs["flow_end"]) & (pairs["end"] >= pairs["flow_start"])]
-    by_finding = overlapping.groupby(["device_mac", "kind"])["incident"].agg(lambda ids: sorted(set(ids)))
+    by_finding = overlapping.groupby(["device_key", "kind"])["incident"].agg(lambda ids: sorted(set(ids)))
     seen = findings["seen_today"].astype(bool) if "seen_today" in findings else pd.Series(True, index=findings.index)
-    for index, mac, kind in zip(findings.index, findings["device_mac"], findings["kind"]):
+    for index, mac, kind in zip(findings.index, findings["device_key"], findings["kind"]):
         if seen[index] and (mac, kind) in by_finding.index:
             out[index] = ", ".join(by_finding[(mac, kind)])
     return out
@@ -53,6 +53,6 @@ def explaining_incidents(findings: pd.DataFrame, spans: pd.DataFrame, incidents:
 def link_incidents(exposure_day: pd.DataFrame, flows: pd.DataFrame, incidents: pd.DataFrame | None,
                    isp_resolvers: frozenset[str] = frozenset()) -> pd.DataFrame:
     """The day's exposure table with `explained_by_incident` (the ids of the incidents that explain each finding)."""
-    spans = evidence_spans(flows, isp_resolvers) if len(flows) else pd.DataFrame(columns=["device_mac", "kind",
+    spans = evidence_spans(flows, isp_resolvers) if len(flows) else pd.DataFrame(columns=["device_key", "kind",
                                                                                           *TIME_COLUMNS])
     return exposure_day.assign(**{COLUMN: explaining_incidents(exposure_day, spans, incidents)})

@@ -24,7 +24,7 @@ def pre_existing_pairs(findings: pd.DataFrame, episodes: pd.DataFrame) -> set[tu
         return set()
     first_day = relevant["start"].min().strftime("%Y-%m-%d")
     before = seen[seen["day"] < first_day]
-    return set(zip(before["device_mac"], before["kind"]))
+    return set(zip(before["device_key"], before["kind"]))
 
 
 def exposure_metrics(findings: pd.DataFrame, episodes: pd.DataFrame,
@@ -45,13 +45,13 @@ def exposure_metrics(findings: pd.DataFrame, episodes: pd.DataFrame,
     evaluated_days = set(days) if days is not None else (set(findings["day"]) if len(findings) else set())
     if pre_existing is None:
         pre_existing = pre_existing_pairs(findings, episodes)
-    identity = findings[["device_mac", "device"]].drop_duplicates() if len(findings) else pd.DataFrame(
-        columns=["device_mac", "device"])
+    identity = findings[["device_key", "device"]].drop_duplicates() if len(findings) else pd.DataFrame(
+        columns=["device_key", "device"])
     relevant = episodes[episodes["type"].isin(list(EPISODE_KINDS))] if len(episodes) else episodes
     result: dict = {"days": len(evaluated_days), "pre_existing": sorted(f"{mac} {kind}" for mac, kind in pre_existing),
                     "episodes": [], "kinds": {}}
     for ep in relevant.itertuples():
-        macs = identity.loc[(identity["device"] == ep.device) | (identity["device_mac"] == ep.device), "device_mac"]
+        macs = identity.loc[(identity["device"] == ep.device) | (identity["device_key"] == ep.device), "device_key"]
         result["episodes"].append({"device": ep.device, "type": ep.type, "start": ep.start.isoformat(),
                                    "end": ep.end.isoformat(), "macs": sorted(set(macs))})
     for kind in sorted({k for kinds in EPISODE_KINDS.values() for k in kinds}):
@@ -84,4 +84,4 @@ def exposure_metrics(findings: pd.DataFrame, episodes: pd.DataFrame,
 
 def _flagged(seen: pd.DataFrame, kind: str) -> set[tuple[str, str]]:
     rows = seen[seen["kind"] == kind] if len(seen) else seen
-    return set(zip(rows["device_mac"], rows["day"])) if len(rows) else set()
+    return set(zip(rows["device_key"], rows["day"])) if len(rows) else set()

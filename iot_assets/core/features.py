@@ -29,8 +29,9 @@ SERVICE_PORTS = {
     8883: "mqtts", 8009: "cast",
 }
 SERVICE_NAMES = sorted(set(SERVICE_PORTS.values()))
-IDENTITY_COLUMNS = ("device_mac", "device_name", "device_category", "device_ip", "archive", "in_catalogue")
-KEY_COLUMNS = ["device_mac", "window_start"]
+IDENTITY_COLUMNS = ("device_key", "identity", "device_mac", "device_name", "device_category", "device_ip", "archive",
+                    "in_catalogue")
+KEY_COLUMNS = ["device_key", "window_start"]
 
 TCP_SYN, TCP_RST, TCP_FIN, TCP_ACK = 0x02, 0x04, 0x01, 0x10
 # The service of each port as its index in SERVICE_NAMES, -1 for any other port.
@@ -68,7 +69,7 @@ def flow_indicators(clean: pd.DataFrame, window_minutes: int) -> pd.DataFrame:
     initiator_flags = np.where(dev_init, clean["initial_tcp_flags_out"], clean["initial_tcp_flags_in"])
     union = clean["union_tcp_flags_out"].to_numpy() | clean["union_tcp_flags_in"].to_numpy()
     ind = {
-        "device_mac": clean["device_mac"].to_numpy(),
+        "device_key": clean["device_key"].to_numpy(),
         "window_start": clean["flow_start"].dt.floor(f"{window_minutes}min"),
         "flows": np.ones(len(clean)),
         "dev_init": dev_init,
@@ -202,7 +203,7 @@ def _device_batches(frames: list[pd.DataFrame], most_flows: int = BATCH_FLOWS):
     grouped by device: a batch's indicators at a time instead of every flow's, a fraction of the memory.
     Each device's rows keep the frames' order.
     """
-    rows = [frame.groupby("device_mac", sort=False).indices for frame in frames]
+    rows = [frame.groupby("device_key", sort=False).indices for frame in frames]
     batch: list[list[np.ndarray]] = [[] for _ in frames]
     size = 0
     for mac in sorted(set().union(*rows)):
@@ -227,13 +228,13 @@ def build_windows(clean: pd.DataFrame, history: pd.DataFrame | None, day: str, w
     """Feature rows for the windows of `day`; `history` holds the clean flows of the day before."""
     frames = [clean] if history is None or history.empty else [history, clean]
     if all(frame.empty for frame in frames):
-        return pd.DataFrame(columns=KEY_COLUMNS + FEATURES + ["device_name", "device_category", "hour_of_day"])
+        return pd.DataFrame(columns=KEY_COLUMNS + FEATURES + ["device_name", "device_category", "identity", "hour_of_day"])
     sums = pd.concat([window_sums(flow_indicators(flows, window_minutes)) for flows in _device_batches(frames)])
     # Trailing context: the windows of the last 24 hours of the same device, this one included.
     per_device = []
     span = pd.Timedelta(hours=CONTEXT_HOURS)
-    for mac, part in sums.groupby(level="device_mac", sort=False):
-        part = part.droplevel("device_mac")
+    for mac, part in sums.groupby(level="device_key", sort=False):
+        part = part.droplevel("device_key")
         context = part.rolling(span).sum()
         # Distinct counts do not add up across windows: the busiest window stands in.
         for col in ("distinct_ips", "distinct_prefixes", "distinct_ports"):
@@ -245,15 +246,16 @@ def build_windows(clean: pd.DataFrame, history: pd.DataFrame | None, day: str, w
     day_start = pd.Timestamp(day, tz="UTC")
     features = features[(features.index.get_level_values("window_start") >= day_start)
                         & (features.index.get_level_values("window_start") < day_start + pd.Timedelta(days=1))]
-    labels = clean.groupby("device_mac").agg(device_name=("device_name", "first"),
-                                             device_category=("device_category", "first"))
-    out = features.reset_index().merge(labels, left_on="device_mac", right_index=True, how="left")
+    labels = clean.groupby("device_key").agg(device_name=("device_name", "first"),
+                                             device_category=("device_category", "first"),
+                                             identity=("identity", "first"))
+    out = features.reset_index().merge(labels, left_on="device_key", right_index=True, how="left")
     out["hour_of_day"] = out["window_start"].dt.hour  # kept for reports; not a model feature
     return out.reset_index(drop=True)
 
 
 # The columns of the clean flows `build_windows` reads: what an asset building windows loads.
-FLOW_COLUMNS = ["device_mac", "device_name", "device_category", "flow_start", "remote_scope", "device_initiated",
+FLOW_COLUMNS = ["device_key", "identity", "device_name", "device_category", "flow_start", "remote_scope", "device_initiated",
                 "remote_port", "device_port", "protocol", "initial_tcp_flags_out", "initial_tcp_flags_in",
                 "union_tcp_flags_out", "union_tcp_flags_in", "ip_version", "bytes_out", "bytes_in", "packets_out",
                 "packets_in", "payload_bytes_out", "payload_bytes_in", "non_empty_packets_out", "non_empty_packets_in",
@@ -263,7 +265,7 @@ FLOW_COLUMNS = ["device_mac", "device_name", "device_category", "flow_start", "r
 def _feature_names() -> list[str]:
     """The model features in a stable order, from a one-flow example."""
     example = pd.DataFrame({
-        "device_mac": ["02:00:00:00:00:01"], "flow_start": [pd.Timestamp("2019-07-01", tz="UTC")],
+        "device_key": ["02:00:00:00:00:01"], "flow_start": [pd.Timestamp("2019-07-01", tz="UTC")],
         "remote_scope": ["internet"], "device_initiated": [True], "remote_port": [443], "device_port": [40000],
         "protocol": [6], "initial_tcp_flags_out": [2], "initial_tcp_flags_in": [18], "union_tcp_flags_out": [27],
         "union_tcp_flags_in": [27], "ip_version": [4], "bytes_out": [100], "bytes_in": [100], "packets_out": [1],

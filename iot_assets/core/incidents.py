@@ -34,7 +34,7 @@ GAP_WINDOWS = 2
 SINGLE_WINDOW_MIN_RATIO = 2.0
 MOVED = 1.0
 SWAP = 0.5
-INCIDENT_COLUMNS = ["device_mac", "device_name", "incident", "start", "end", "windows_flagged", "peak_score_ratio",
+INCIDENT_COLUMNS = ["device_key", "device_name", "incident", "start", "end", "windows_flagged", "peak_score_ratio",
                     "peak_window", "top_features", "kind", "kind_reason"]
 EVIDENCE_COLUMNS = ["evidence_peers", "evidence_ports", "usual_peers", "usual_ports", "new_peers"]
 SERVICE_PREFIXES = ("w_svc_", "w_port_b", "c_svc_", "c_port_b")
@@ -102,11 +102,11 @@ def group_incidents(scores: pd.DataFrame, deviations: pd.DataFrame, window_minut
     times the threshold is left out (the window stays flagged in the scores), and so are
     flagged windows that only the 24-hour context moved (`lingering`).
 
-    `scores` is `AnomalyDetector.score(...)` (device_mac, window_start, anomaly, score_ratio,
+    `scores` is `AnomalyDetector.score(...)` (device_key, window_start, anomaly, score_ratio,
     optionally device_name); `deviations` is `AnomalyDetector.deviations(...)` of the same
     windows (same index). One row per incident, sorted by device and start.
     """
-    missing = {"device_mac", "window_start", "anomaly", "score_ratio"} - set(scores.columns)
+    missing = {"device_key", "window_start", "anomaly", "score_ratio"} - set(scores.columns)
     if missing:
         raise ValueError(f"anomaly scores lack column(s) {', '.join(sorted(missing))}")
     flagged = scores[scores["anomaly"].fillna(False).astype(bool)]
@@ -114,7 +114,7 @@ def group_incidents(scores: pd.DataFrame, deviations: pd.DataFrame, window_minut
         flagged = flagged[~lingering(deviations.loc[flagged.index])]
     window = pd.Timedelta(minutes=window_minutes)
     rows = []
-    for mac, part in flagged.sort_values("window_start").groupby("device_mac", sort=True):
+    for mac, part in flagged.sort_values("window_start").groupby("device_key", sort=True):
         starts = part["window_start"]
         # A new incident when more than `gap_windows` unflagged windows separate two flagged ones.
         new = starts.diff() > window * (gap_windows + 1)
@@ -127,7 +127,7 @@ def group_incidents(scores: pd.DataFrame, deviations: pd.DataFrame, window_minut
             kind, reason = guess_kind(at_peak.to_dict())
             start = incident["window_start"].min()
             rows.append({
-                "device_mac": mac,
+                "device_key": mac,
                 "device_name": incident["device_name"].iloc[0] if "device_name" in incident else None,
                 "incident": f"{mac}@{start:%Y-%m-%dT%H:%M}",
                 "start": start, "end": incident["window_start"].max() + window,
@@ -173,7 +173,7 @@ def _top(flows: pd.DataFrame, key: pd.Series, top: int) -> str:
 
 
 # The columns of the clean flows `incident_evidence` reads.
-FLOW_COLUMNS = ["device_mac", "flow_start", "remote_ip", "remote_port", "device_port", "protocol", "bytes_out",
+FLOW_COLUMNS = ["device_key", "flow_start", "remote_ip", "remote_port", "device_port", "protocol", "bytes_out",
                 "bytes_in"]
 
 
@@ -189,9 +189,9 @@ def incident_evidence(incidents: pd.DataFrame, clean_flows: pd.DataFrame, top: i
     missing = set(FLOW_COLUMNS) - set(clean_flows.columns)
     if missing:
         raise ValueError(f"clean flows lack column(s) {', '.join(sorted(missing))} needed for incident evidence")
-    by_device = dict(tuple(clean_flows.groupby("device_mac")))
+    by_device = dict(tuple(clean_flows.groupby("device_key")))
     for i, incident in incidents.iterrows():
-        flows = by_device.get(incident["device_mac"], clean_flows.iloc[0:0])
+        flows = by_device.get(incident["device_key"], clean_flows.iloc[0:0])
         during_mask = (flows["flow_start"] >= incident["start"]) & (flows["flow_start"] < incident["end"])
         during, usual = flows[during_mask], flows[~during_mask]
         out.at[i, "evidence_peers"] = _top(during, during["remote_ip"], top)
@@ -213,9 +213,9 @@ def incident_metrics(incidents: pd.DataFrame, episodes: pd.DataFrame | None, eva
     - delay: minutes from an episode's start to the first incident overlapping it (0 when
       that incident started earlier).
     """
-    names = evaluation_windows.groupby("device_mac")["device_name"].first()
+    names = evaluation_windows.groupby("device_key")["device_name"].first()
     day = evaluation_windows["window_start"].dt.floor("D")
-    device_days = pd.DataFrame({"device_mac": evaluation_windows["device_mac"], "day": day}).drop_duplicates()
+    device_days = pd.DataFrame({"device_key": evaluation_windows["device_key"], "day": day}).drop_duplicates()
     episodes = episodes if episodes is not None else pd.DataFrame(columns=["device", "type", "start", "end"])
     spans: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]] = {}
     for ep in episodes.itertuples():
@@ -226,24 +226,24 @@ def incident_metrics(incidents: pd.DataFrame, episodes: pd.DataFrame | None, eva
     def touched(mac: str, start: pd.Timestamp, end: pd.Timestamp) -> bool:
         return any(start < s_end and end > s_start for s_start, s_end in spans.get(mac, []))
 
-    clean_days = device_days[[not touched(r.device_mac, r.day, r.day + pd.Timedelta(days=1))
+    clean_days = device_days[[not touched(r.device_key, r.day, r.day + pd.Timedelta(days=1))
                               for r in device_days.itertuples()]]
     incidents = incidents.copy()
-    incidents["false"] = [not touched(r.device_mac, r.start, r.end) for r in incidents.itertuples()]
+    incidents["false"] = [not touched(r.device_key, r.start, r.end) for r in incidents.itertuples()]
     per_device = {}
-    for mac, days in clean_days.groupby("device_mac"):
-        false = int(incidents.loc[(incidents["device_mac"] == mac) & incidents["false"]].shape[0])
+    for mac, days in clean_days.groupby("device_key"):
+        false = int(incidents.loc[(incidents["device_key"] == mac) & incidents["false"]].shape[0])
         per_device[str(names.get(mac, mac))] = {"clean_days": int(len(days)), "false_incidents": false}
     clean_total = int(len(clean_days))
     false_total = int(incidents["false"].sum())
     per_type: dict[str, dict] = {}
     for ep in episodes.itertuples():
         macs = names.index[(names == ep.device) | (names.index == ep.device)]
-        if len(macs) == 0 or not ((evaluation_windows["device_mac"].isin(macs))
+        if len(macs) == 0 or not ((evaluation_windows["device_key"].isin(macs))
                                   & (evaluation_windows["window_start"] + window > ep.start)
                                   & (evaluation_windows["window_start"] < ep.end)).any():
             continue  # the episode is not in the evaluated windows
-        hits = incidents[incidents["device_mac"].isin(macs) & (incidents["start"] < ep.end) & (incidents["end"] > ep.start)]
+        hits = incidents[incidents["device_key"].isin(macs) & (incidents["start"] < ep.end) & (incidents["end"] > ep.start)]
         entry = per_type.setdefault(ep.type, {"episodes": 0, "detected": 0, "delays_minutes": []})
         entry["episodes"] += 1
         if len(hits):

@@ -52,7 +52,7 @@ class NoveltyModel:
 
     def day_profiles(self, windows: pd.DataFrame, pool_days: int, days: list[str] | None = None) -> pd.DataFrame:
         """Median of each feature over each MAC's windows of each day, pooled with the days
-        before it (`pooled_days`), indexed by (device_mac, day)."""
+        before it (`pooled_days`), indexed by (device_key, day)."""
         rows, keys = pooled_days(windows, pool_days, days)
         x = pd.DataFrame(windows[self.features].to_numpy(dtype=float)[rows], columns=self.features)
         return x.groupby(keys).median()
@@ -234,7 +234,7 @@ def fit_novelty(train: pd.DataFrame, labels_column: str, features: list[str],
         calibration = train[~early & train[labels_column].isin(labels)]
         if labels and len(calibration):
             profiles = calibration.groupby([calibration[labels_column].rename("label"),
-                                            window_days(calibration).rename("day"), calibration["device_mac"]])[features].median()
+                                            window_days(calibration).rename("day"), calibration["device_key"]])[features].median()
             distances = pd.DataFrame(_distances(profiles.to_numpy(dtype=float), center, spread),
                                      index=profiles.index, columns=labels)
     threshold, figures = calibrate_threshold(distances)
@@ -263,7 +263,7 @@ MIN_ENDPOINT_FLOWS = 20
 # Known devices' calibration days must all pass: the threshold is at most this share of
 # the lowest coverage a known device had of its own model's services.
 ENDPOINT_OWN_MARGIN = 0.5
-ENDPOINT_FLOW_COLUMNS = ["device_mac", "device_name", "flow_start", "remote_ip", "remote_port", "device_port",
+ENDPOINT_FLOW_COLUMNS = ["device_key", "device_name", "flow_start", "remote_ip", "remote_port", "device_port",
                          "remote_scope", "protocol"]
 
 
@@ -271,7 +271,7 @@ class EndpointInputError(ValueError):
     """Flows handed to the endpoint evidence lack a column it needs."""
 
 
-SERVICE_COLUMNS = ["device_mac", "device_name", "day", "window_start", "service", "flows"]
+SERVICE_COLUMNS = ["device_key", "device_name", "day", "window_start", "service", "flows"]
 
 
 def service_flows(flows: pd.DataFrame, window_minutes: int = 60) -> pd.DataFrame:
@@ -295,7 +295,7 @@ def service_flows(flows: pd.DataFrame, window_minutes: int = 60) -> pd.DataFrame
     internet = internet[~np.isin(server_port, ENDPOINT_IGNORED_PORTS)]
     server_port = server_port[~np.isin(server_port, ENDPOINT_IGNORED_PORTS)]
     keyed = pd.DataFrame({
-        "device_mac": internet["device_mac"].to_numpy(),
+        "device_key": internet["device_key"].to_numpy(),
         "device_name": internet["device_name"].astype(object).to_numpy(),
         "day": day_strings(internet["flow_start"]),
         "window_start": internet["flow_start"].dt.floor(f"{window_minutes}min").to_numpy(),
@@ -308,11 +308,11 @@ def service_flows(flows: pd.DataFrame, window_minutes: int = 60) -> pd.DataFrame
 
 def services_outside_attacks(services: pd.DataFrame, windows: pd.DataFrame, attacked: pd.Series | None) -> pd.DataFrame:
     """The `service_flows` rows outside the `attacked` windows of their MAC (a scan's thousands of
-    peers are not the product's backend); rows and windows are matched on (device_mac, window_start)."""
+    peers are not the product's backend); rows and windows are matched on (device_key, window_start)."""
     if attacked is None or not attacked.any() or services.empty:
         return services
-    bad = pd.MultiIndex.from_frame(windows.loc[attacked.to_numpy(), ["device_mac", "window_start"]])
-    keys = pd.MultiIndex.from_arrays([services["device_mac"], services["window_start"]])
+    bad = pd.MultiIndex.from_frame(windows.loc[attacked.to_numpy(), ["device_key", "window_start"]])
+    keys = pd.MultiIndex.from_arrays([services["device_key"], services["window_start"]])
     return services[~keys.isin(bad)]
 
 
@@ -322,25 +322,25 @@ def endpoint_coverage(services: pd.DataFrame, known: dict[str, set[str]], pool_d
     Internet flows that went to services each known model used in training.
 
     `services` is `service_flows(...)`; `known` maps a model to its services. Indexed by
-    (device_mac, day); one column per model plus `endpoint_flows` (the pooled flow count).
+    (device_key, day); one column per model plus `endpoint_flows` (the pooled flow count).
     Verdicts are made for the (MAC, day) pairs with flows, and only for `days` when given.
     """
     models = sorted(known)
     if services.empty:
         return pd.DataFrame(columns=models + ["endpoint_flows"],
-                            index=pd.MultiIndex.from_arrays([[], []], names=["device_mac", "day"]))
+                            index=pd.MultiIndex.from_arrays([[], []], names=["device_key", "day"]))
     day = pd.to_datetime(services["day"])
-    present = services[["device_mac", "day"]].drop_duplicates()
+    present = services[["device_key", "day"]].drop_duplicates()
     if days is not None:
         present = present[present["day"].isin(days)]
     pooled = []
     for back in range(pool_days):
         pooled.append(services.assign(day=(day + pd.Timedelta(days=back)).dt.strftime("%Y-%m-%d")))
-    pooled = pd.concat(pooled, ignore_index=True).merge(present, on=["device_mac", "day"])
-    totals = pooled.groupby(["device_mac", "day"])["flows"].sum()
+    pooled = pd.concat(pooled, ignore_index=True).merge(present, on=["device_key", "day"])
+    totals = pooled.groupby(["device_key", "day"])["flows"].sum()
     membership = pd.DataFrame([(service, model) for model in models for service in known[model]],
                               columns=["service", "model"])
-    covered = pooled.merge(membership, on="service").groupby(["device_mac", "day", "model"])["flows"].sum() \
+    covered = pooled.merge(membership, on="service").groupby(["device_key", "day", "model"])["flows"].sum() \
         .unstack("model").reindex(index=totals.index, columns=models).fillna(0.0)
     out = covered.div(totals, axis=0)
     out["endpoint_flows"] = totals
@@ -440,8 +440,8 @@ def fit_endpoints(train_services: pd.DataFrame, pool_days: int,
         known = {m: set(part["service"]) for m, part in early.groupby("device_name")}
         if known and len(later):
             coverage = endpoint_coverage(later, known, pool_days)
-            names = later.groupby("device_mac")["device_name"].first()
-            truth = pd.Series(names.reindex(coverage.index.get_level_values("device_mac")).to_numpy(), index=coverage.index)
+            names = later.groupby("device_key")["device_name"].first()
+            truth = pd.Series(names.reindex(coverage.index.get_level_values("device_key")).to_numpy(), index=coverage.index)
     threshold, figures = calibrate_endpoints(coverage, truth)
     known = {m: set(part["service"]) for m, part in services.groupby("device_name")}
     return EndpointModel(known, threshold, {**figures, "coverage": coverage, "truth": truth})

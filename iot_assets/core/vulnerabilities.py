@@ -230,7 +230,8 @@ def day_findings(inventory: pd.DataFrame, device_cpes: pd.DataFrame, cves: pd.Da
         changes = behaviour_changes.assign(change_day=pd.to_datetime(behaviour_changes["change_day"]).dt.strftime(
             "%Y-%m-%d")).groupby("device_mac")["change_day"].max().to_dict()
     seen = exposure[exposure["seen_today"]] if exposure is not None and len(exposure) else None
-    by_device = dict(tuple(seen.groupby("device_mac"))) if seen is not None else {}
+    # Exposure is keyed by device key, which is the MAC of a MAC-known device: the devices matched here.
+    by_device = dict(tuple(seen.groupby("device_key"))) if seen is not None else {}
     exposed, evidence = [], []
     for mac, vector, description, published in zip(found["device_mac"], found["cvss_attack_vector"],
                                                    found["description"], found["published"]):

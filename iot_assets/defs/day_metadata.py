@@ -62,7 +62,7 @@ def exposure_metadata(findings: pd.DataFrame, day: str, previous: pd.DataFrame |
     changes = exposure_changes(work, previous) if len(work) else pd.Series(dtype=object)
     return {
         "worklist": table_metadata(exposure_table(findings, day, previous)),
-        "findings": len(work), "devices_with_findings": int(work["device_mac"].nunique()) if len(work) else 0,
+        "findings": len(work), "devices_with_findings": int(work["device_key"].nunique()) if len(work) else 0,
         "new": int((changes == "new").sum()), "worse": int((changes == "worse").sum()),
         "baseline": int((changes == "baseline").sum()),
         "high": int((work["severity"] == "high").sum()) if len(work) else 0,

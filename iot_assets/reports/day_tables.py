@@ -63,7 +63,9 @@ def _text(series: pd.Series) -> pd.Series:
 
 
 INVENTORY_COLUMNS = (
-    Column("mac", "string", "the device's MAC address"),
+    Column("device", "string", "the device's key: its MAC address, ip:<private address> when the flows carry no "
+                               "MAC, line:<address> when only the subscriber line is known"),
+    Column("identity", "string", "what the device key is: mac, private_ip or line"),
     Column("model", "string", "the device model the classifier names from the MAC's traffic of the last week; "
                               "`unknown` when it resembles no model it was trained on"),
     Column("category", "string", "the model's kind of device (camera, speaker, plug ...)"),
@@ -91,21 +93,22 @@ def inventory_table(inventory: pd.DataFrame, day: str, membership: pd.DataFrame 
         return _table(day, INVENTORY_COLUMNS, pd.DataFrame(columns=[c.name for c in INVENTORY_COLUMNS]))
     status = inventory["status"].astype(str)
     shown = pd.DataFrame({
-        "mac": inventory["device_mac"].astype(str),
+        "device": inventory["device_key"].astype(str),
+        "identity": inventory["identity"].astype(str) if "identity" in inventory else "mac",
         "model": _text(inventory["predicted_device"]).where(status != "unknown", "unknown"),
         "category": _text(inventory["predicted_category"]),
         "confidence": inventory["confidence"].astype(float).round(3),
         "status": status,
         "in_catalogue": inventory["in_catalogue"].astype(bool),
         "catalogue_model": _text(inventory["catalogue_device"]),
-        "line": inventory["device_mac"].map(lines_of_macs(membership, day)).fillna("none"),
+        "line": inventory["device_key"].map(lines_of_macs(membership, day)).fillna("none"),
     })
-    return _table(day, INVENTORY_COLUMNS, shown.sort_values(["status", "model", "mac"], ascending=[False, True, True]))
+    return _table(day, INVENTORY_COLUMNS, shown.sort_values(["status", "model", "device"], ascending=[False, True, True]))
 
 
 INCIDENT_COLUMNS = (
     Column("day", "string", "the day the incident is listed on (one going on at midnight is on both days)"),
-    Column("device", "string", "the catalogue device, or the MAC when it is not in the catalogue"),
+    Column("device", "string", "the catalogue device, or the device key when it is not in the catalogue"),
     Column("start", "string", "start of the first flagged window (UTC)"),
     Column("end", "string", "end of the last flagged window (UTC)"),
     Column("kind", "string", "what the deviations look like: scan-like, flood-like, service-mix, new-endpoint, "
@@ -114,7 +117,7 @@ INCIDENT_COLUMNS = (
     Column("evidence", "string", "the remote peers and services (protocol/port; ICMP has no port) of the device's "
                                  "flows during the incident, with flows and MB"),
     Column("new_peers", "int", "peers during the incident never seen outside it that day"),
-    Column("incident", "string", "the incident's id: device MAC @ start"),
+    Column("incident", "string", "the incident's id: device key @ start"),
 )
 
 
@@ -126,7 +129,7 @@ def incidents_table(incidents: pd.DataFrame, day: str) -> DayTable:
     evidence = [f"peers: {peers or 'none'}; services: {ports or 'none'}"
                 for peers, ports in zip(incidents["evidence_peers"].fillna(""), incidents["evidence_ports"].fillna(""))]
     shown = pd.DataFrame({
-        "day": day, "device": incidents["device_name"].fillna(incidents["device_mac"]).astype(str),
+        "day": day, "device": incidents["device_name"].fillna(incidents["device_key"]).astype(str),
         "start": start.dt.strftime("%Y-%m-%d %H:%M"), "end": end.dt.strftime("%Y-%m-%d %H:%M"),
         "kind": incidents["kind"].astype(str), "peak": incidents["peak_score_ratio"].astype(float).round(1),
         "evidence": evidence, "new_peers": incidents["new_peers"].fillna(0).astype(int),
@@ -137,7 +140,7 @@ def incidents_table(incidents: pd.DataFrame, day: str) -> DayTable:
 
 EXPOSURE_COLUMNS = (
     Column("day", "string", "the day the finding was seen"),
-    Column("device", "string", "the catalogue device, or the MAC when it is not in the catalogue"),
+    Column("device", "string", "the catalogue device, or the device key when it is not in the catalogue"),
     Column("finding", "string", "the kind of exposure (docs/exposure.md)"),
     Column("severity", "string", "high: reachable or abusable from the Internet; medium: credentials, commands or "
                                  "video in cleartext; low: metadata leaks; info: not a fault"),
@@ -148,8 +151,8 @@ EXPOSURE_COLUMNS = (
     Column("what to do", "string", "the remediation"),
     Column("evidence", "string", "examples of the flows' peers (peer:port), or the advisories for known_advisory"),
     Column("explained_by_incident", "string", "the device's incidents that day whose span overlaps the finding's "
-                                              "evidence flows (ids: MAC @ start): likely their side effect"),
-    Column("device_mac", "string", "the device's MAC address"),
+                                              "evidence flows (ids: device key @ start): likely their side effect"),
+    Column("device_key", "string", "the device's key: its MAC address, ip:<private address> or line:<address>"),
 )
 
 
@@ -159,8 +162,8 @@ def exposure_changes(today: pd.DataFrame, previous: pd.DataFrame | None) -> pd.S
     change = pd.Series("ongoing", index=today.index, dtype=object)
     change[today["new_today"].astype(bool)] = "new" if previous is not None else "baseline"
     if previous is not None and len(previous):
-        before = previous.drop_duplicates(["device_mac", "kind"]).set_index(["device_mac", "kind"])["severity"]
-        prior = before.reindex(pd.MultiIndex.from_frame(today[["device_mac", "kind"]]))
+        before = previous.drop_duplicates(["device_key", "kind"]).set_index(["device_key", "kind"])["severity"]
+        prior = before.reindex(pd.MultiIndex.from_frame(today[["device_key", "kind"]]))
         rank = {s: i for i, s in enumerate(exposure.SEVERITIES)}
         worse = today["severity"].map(rank).to_numpy() > prior.map(rank).fillna(99).to_numpy()
         change[worse & (change != "new").to_numpy()] = "worse"
@@ -173,7 +176,7 @@ def exposure_table(findings: pd.DataFrame, day: str, previous: pd.DataFrame | No
     if work.empty:
         return _table(day, EXPOSURE_COLUMNS, pd.DataFrame(columns=[c.name for c in EXPOSURE_COLUMNS]))
     shown = pd.DataFrame({
-        "day": day, "device": work["device"].fillna(work["device_mac"]).astype(str), "finding": work["kind"].astype(str),
+        "day": day, "device": work["device"].fillna(work["device_key"]).astype(str), "finding": work["kind"].astype(str),
         "severity": work["severity"].astype(str), "since": work["first_seen"].astype(str),
         "change": exposure_changes(work, previous).to_numpy(),
         "what it means": work["kind"].map(exposure.finding_meaning), "what to do": work["kind"].map(exposure.finding_remediation),
@@ -181,7 +184,7 @@ def exposure_table(findings: pd.DataFrame, day: str, previous: pd.DataFrame | No
                      for kind, ev in zip(work["kind"], work["evidence"])],
         # Tables built before the links have no column: no incident named.
         "explained_by_incident": work.get("explained_by_incident", pd.Series("", index=work.index)).fillna("").astype(str),
-        "device_mac": work["device_mac"].astype(str),
+        "device_key": work["device_key"].astype(str),
     })
     return _table(day, EXPOSURE_COLUMNS, shown)
 

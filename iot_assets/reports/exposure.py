@@ -24,7 +24,7 @@ def _incident_ids(row) -> list[str]:
 
 
 def _label(row) -> str:
-    return row.device if isinstance(row.device, str) else row.device_mac
+    return row.device if isinstance(row.device, str) else row.device_key
 
 
 def _worklist_rows(worklist: pd.DataFrame, limit: int) -> list[list[str]]:
@@ -109,7 +109,7 @@ def exposure_section_html(worklist: pd.DataFrame, per_day: pd.DataFrame, lines: 
         parts.append("<p class='note'>no exposure finding today</p>")
     else:
         flags = [bool(r.new_today and r.severity == "high") for r in worklist.itertuples()]
-        parts.append(f"<p class='note'>{worklist['device_mac'].nunique()} device(s), {len(worklist)} finding(s); "
+        parts.append(f"<p class='note'>{worklist['device_key'].nunique()} device(s), {len(worklist)} finding(s); "
                      "highlighted: high severity and new today.</p>")
         links = [_incident_links(_incident_ids(r)) for r in worklist.itertuples()]
         parts.append(_html_table(WORKLIST_COLUMNS, _worklist_rows(worklist, len(worklist)), flags, raw_last=links))

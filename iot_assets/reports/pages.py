@@ -15,7 +15,9 @@ from iot_assets.reports.html import heatmap, incident_anchor, page, plt, png, sv
 
 # Every column the daily report shows, explained once (the legend under each table).
 COLUMN_LEGEND = {
-    "device_mac": "the device's MAC address",
+    "device_key": "the device: its MAC address, ip:<private address> when the flows carry no MAC, "
+                  "line:<address> when only the subscriber line is known",
+    "identity": "what the device key is: mac, private_ip or line",
     "catalogue_device": "the catalogue's device for the MAC (empty: not in the catalogue)",
     "status": "known: the classifier names a model it was trained on; unknown: the MAC resembles none of them",
     "predicted_device": "the model the classifier names from the MAC's windows of the last week",
@@ -99,7 +101,7 @@ def needs_attention(day: str, inventory: pd.DataFrame, incidents: pd.DataFrame, 
     for r in incidents.sort_values("start").itertuples() if len(incidents) else ():
         start = pd.Timestamp(r.start)
         since = f"since {start:%m-%d %H:%M}" if start < midnight else f"from {start:%H:%M}"
-        name = r.device_name if isinstance(r.device_name, str) else r.device_mac
+        name = r.device_name if isinstance(r.device_name, str) else r.device_key
         items.append(("incidents", f"{name}: {r.kind} incident {since} to {pd.Timestamp(r.end):%H:%M}, "
                                    f"peak {r.peak_score_ratio:.1f}x its threshold"))
     if exposure_changes is not None and len(exposure_changes):
@@ -112,12 +114,12 @@ def needs_attention(day: str, inventory: pd.DataFrame, incidents: pd.DataFrame, 
             items.append(("exposure", f"{r.device}: {what} {r.severity} exposure finding {r.finding} "
                                       f"({r.meaning})"))
     for r in drift_summary[drift_summary["level"] != "none"].itertuples() if len(drift_summary) else ():
-        name = r.device_name if isinstance(r.device_name, str) else r.device_mac
+        name = r.device_name if isinstance(r.device_name, str) else r.device_key
         items.append(("drift", f"{name}: {r.level} drift, {r.why}"))
     unknown = inventory[(inventory["status"] == "unknown") | ~inventory["in_catalogue"].astype(bool)] \
         if len(inventory) else inventory
     for r in unknown.itertuples():
-        items.append(("inventory", f"{r.device_mac}: "
+        items.append(("inventory", f"{r.device_key}: "
                                    + ("not in the catalogue" if not r.in_catalogue else "an unknown model")
                                    + f", nearest known model {r.nearest_known} (novelty {r.novelty:.2f})"))
     return items
@@ -178,7 +180,7 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
         start, end = pd.to_datetime(incidents["start"], utc=True), pd.to_datetime(incidents["end"], utc=True)
         midnight = pd.Timestamp(day, tz="UTC")
         # An incident going on since the day before shows that day; one ending at the next midnight, 24:00.
-        shown = incidents.assign(device=incidents["device_name"].fillna(incidents["device_mac"]),
+        shown = incidents.assign(device=incidents["device_name"].fillna(incidents["device_key"]),
                                  start=start.dt.strftime("%H:%M").where(start >= midnight, start.dt.strftime("%m-%d %H:%M")),
                                  end=end.dt.strftime("%H:%M").where(end < midnight + pd.Timedelta(days=1), "24:00"))
         # Each row a link target: an exposure finding the incident explains links to it.
@@ -202,13 +204,13 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
     body.append("</section>")
 
     body.append("<section id='drift'><h2>Drift against the training reference</h2>")
-    drift_columns = ["device_mac", "device_name", "level", "why", "drifted_share", "mix_ratio", "top_drifted"]
+    drift_columns = ["device_key", "device_name", "level", "why", "drifted_share", "mix_ratio", "top_drifted"]
     body.append(table(summary[[c for c in drift_columns if c in summary]],
                       flag=summary["level"] == "major" if len(summary) else None))
     body.append(legend(drift_columns) + "</section>")
 
     body.append("<section id='inventory'><h2>Inventory</h2>")
-    inventory_columns = [c for c in ("device_mac", "catalogue_device", "status", "predicted_device",
+    inventory_columns = [c for c in ("device_key", "identity", "catalogue_device", "status", "predicted_device",
                                      "predicted_category", "confidence", "nearest_known", "novelty", "runner_up",
                                      "windows", "disagrees") if c in inventory]
     body.append(table(inventory[inventory_columns], flag=inventory["disagrees"].astype(bool)
@@ -217,7 +219,7 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
 
     body.append("<section id='anomalies'><h2>Anomaly scores</h2>")
     if len(scores) and scores["has_model"].astype(bool).any():
-        scores = scores.assign(label=scores["device_name"].fillna(scores["device_mac"]),
+        scores = scores.assign(label=scores["device_name"].fillna(scores["device_key"]),
                                window=scores["window_start"].dt.strftime("%H:%M"))
         timeline = scores.pivot_table(index="label", columns="window", values="score_ratio", aggfunc="max")
         flagged = scores[scores["anomaly"].astype(bool)]
@@ -238,7 +240,7 @@ def daily_page(day: str, inventory: pd.DataFrame, scores: pd.DataFrame, incident
 
     body.append("<section id='traffic'><h2>Traffic profile</h2>")
     if len(windows):
-        profile = windows.assign(label=windows["device_name"].fillna(windows["device_mac"]),
+        profile = windows.assign(label=windows["device_name"].fillna(windows["device_key"]),
                                  hour=windows["window_start"].dt.hour)
         body.append(svg_heatmap(profile.pivot_table(index="label", columns="hour", values="w_log_own_flows"),
                                 "own flows per hour (gateway probes left out)", "log(1 + flows)"))
@@ -379,7 +381,7 @@ def model_page(metrics: dict, anomaly_metrics: dict, versions: dict[str, str], s
     if baselines:
         body.append("<h3>Re-baselined devices</h3><p class='note'>their detector and drift reference were refitted "
                     "on their windows from the day their behaviour changed (rebaseline_decisions).</p>")
-        body.append(table(pd.DataFrame(baselines).T.reset_index(names="device_mac")))
+        body.append(table(pd.DataFrame(baselines).T.reset_index(names="device_key")))
 
     body.append("<h2>Drift over time</h2>")
     if len(drifts):

@@ -47,7 +47,7 @@ def test_no_identity_reaches_the_features():
 
 def test_one_row_per_device_and_hour(windows):
     assert len(windows) == len(DEVICES) * DAYS * 24
-    assert not windows.duplicated(["device_mac", "window_start"]).any()
+    assert not windows.duplicated(["device_key", "window_start"]).any()
     assert windows[FEATURES].notna().all().all()
 
 
@@ -82,7 +82,7 @@ def test_classifier_is_trained_on_earlier_days_and_reproducible(windows, tmp_pat
 
 def test_identity_columns_do_not_change_predictions(windows):
     model, _, _ = classifier.train_and_evaluate(windows, splits.TimeSplit.of(windows, 0.6), seed=1)
-    disguised = windows.assign(device_mac="02:00:00:00:00:99", device_name="x", device_category="y")
+    disguised = windows.assign(device_key="02:00:00:00:00:99", device_name="x", device_category="y")
     np.testing.assert_allclose(model.predict_proba(disguised), model.predict_proba(windows))
 
 
@@ -127,7 +127,7 @@ def test_anomaly_detector_flags_an_attack_and_holds_its_false_positive_rate(wind
 
 def test_evaluation_labels_and_metrics():
     windows = pd.DataFrame({
-        "device_mac": ["m"] * 6, "device_name": ["Nature Remo"] * 6,
+        "device_key": ["m"] * 6, "device_name": ["Nature Remo"] * 6,
         "window_start": pd.date_range("2019-07-01 00:00", periods=6, freq="h", tz="UTC"),
     })
     episodes = pd.DataFrame({"device": ["Nature Remo"], "type": ["scan"],
@@ -135,7 +135,7 @@ def test_evaluation_labels_and_metrics():
                              "end": [pd.Timestamp("2019-07-01 02:10", tz="UTC")]})
     labels = anomaly.evaluation_labels(windows, episodes, 60, pd.Timedelta(hours=2))
     assert labels.tolist() == [None, "scan", "scan", "aftermath", "aftermath", None]
-    scored = windows[["device_mac", "window_start"]].assign(
+    scored = windows[["device_key", "window_start"]].assign(
         has_model=True, score_ratio=[0.5, 3.0, 2.0, 1.5, 0.7, 0.6], anomaly=[False, True, True, True, False, False])
     metrics = anomaly.evaluate(scored, labels)
     assert metrics["per_episode_type"]["scan"] == {"roc_auc": 1.0, "recall": 1.0, "windows": 2}

@@ -28,7 +28,7 @@ def test_all_features_at_once_equal_one_at_a_time():
 def test_a_day_like_training_does_not_drift_and_a_changed_one_does():
     rng = np.random.default_rng(5)
     days = pd.date_range("2019-07-01", periods=24 * 8, freq="h", tz="UTC")
-    windows = pd.DataFrame({"device_mac": "02:00:00:00:00:01", "device_name": "device", "window_start": days,
+    windows = pd.DataFrame({"device_key": "02:00:00:00:00:01", "device_name": "device", "window_start": days,
                             "w_x": rng.normal(size=len(days)), "w_log_own_flows": 3.0, "w_log_flows": 3.0,
                             "w_scope_internet_share": 1.0})
     reference = drift.build_reference(windows.iloc[:24 * 7], features=["w_x"])

@@ -13,7 +13,7 @@ from iot_assets.core import classifier, device_inventory, novelty
 
 def flows(mac: str, name: str, day: str, remote_ip: str, port: int, count: int, scope: str = "internet") -> pd.DataFrame:
     start = pd.Timestamp(day, tz="UTC") + pd.to_timedelta(np.arange(count), unit="min")
-    return pd.DataFrame({"device_mac": mac, "device_name": name, "flow_start": start, "remote_ip": remote_ip,
+    return pd.DataFrame({"device_key": mac, "device_name": name, "flow_start": start, "remote_ip": remote_ip,
                          "remote_port": port, "device_port": 40000, "remote_scope": scope, "protocol": 6})
 
 
@@ -56,7 +56,7 @@ def test_endpoint_coverage_pools_the_days_before():
 
 def test_calibration_sits_between_own_and_other_coverage_and_leaves_out_a_model():
     index = pd.MultiIndex.from_tuples([(LAMP, "d1"), (LAMP, "d2"), (CAMERA, "d1"), (CAMERA, "d2")],
-                                      names=["device_mac", "day"])
+                                      names=["device_key", "day"])
     coverage = pd.DataFrame({"lamp": [0.9, 0.8, 0.1, 0.1], "camera": [0.0, 0.0, 1.0, 0.6],
                              "endpoint_flows": [100, 100, 100, 100]}, index=index)
     truth = pd.Series(["lamp", "lamp", "camera", "camera"], index=index)
@@ -72,7 +72,7 @@ def test_calibration_sits_between_own_and_other_coverage_and_leaves_out_a_model(
 
 def test_endpoint_model_calls_a_mac_far_from_the_named_backend_unknown_and_round_trips():
     model = novelty.EndpointModel({"lamp": {"198.51.100.0/24:443/6"}, "camera": {"203.0.113.0/24:554/6"}}, 0.3)
-    index = pd.MultiIndex.from_tuples([("a", "d"), ("b", "d"), ("c", "d")], names=["device_mac", "day"])
+    index = pd.MultiIndex.from_tuples([("a", "d"), ("b", "d"), ("c", "d")], names=["device_key", "day"])
     coverage = pd.DataFrame({"camera": [0.0, 0.9, 0.0], "lamp": [0.1, 0.0, 0.0],
                              "endpoint_flows": [100, 100, novelty.MIN_ENDPOINT_FLOWS - 1]}, index=index)
     named = np.array(["lamp", "camera", "lamp"], dtype=object)
@@ -85,7 +85,7 @@ def test_endpoint_model_calls_a_mac_far_from_the_named_backend_unknown_and_round
 
 def test_inventory_says_unknown_when_the_backend_is_not_the_named_models():
     days = ["2019-07-01", "2019-07-02"]
-    windows = pd.DataFrame({"device_mac": [LAMP, LAMP, CAMERA, CAMERA], "device_name": [None] * 4,
+    windows = pd.DataFrame({"device_key": [LAMP, LAMP, CAMERA, CAMERA], "device_name": [None] * 4,
                             "window_start": pd.to_datetime([f"{d} 10:00" for d in days] * 2, utc=True)})
     proba = pd.DataFrame({"lamp": [0.9, 0.9, 0.8, 0.8], "camera": [0.1, 0.1, 0.2, 0.2]}, index=windows.index)
     endpoints = novelty.EndpointModel({"lamp": {"198.51.100.0/24:443/6"}, "camera": {"203.0.113.0/24:554/6"}}, 0.3)
@@ -94,14 +94,14 @@ def test_inventory_says_unknown_when_the_backend_is_not_the_named_models():
                       + [flows(CAMERA, None, d, "192.0.2.50", 443, 30) for d in days])
     verdicts = device_inventory.verdicts_from(proba, None, windows, 7, endpoints=endpoints,
                                               coverage=endpoints.coverage(novelty.service_flows(table), 7))
-    status = verdicts.set_index("device_mac")["status"]
+    status = verdicts.set_index("device_key")["status"]
     assert status[LAMP].tolist() == ["known", "known"]
     assert status[CAMERA].tolist() == ["unknown", "unknown"]
-    assert verdicts.loc[verdicts["device_mac"] == CAMERA, "predicted_device"].isna().all()
+    assert verdicts.loc[verdicts["device_key"] == CAMERA, "predicted_device"].isna().all()
 
 
 def test_services_outside_attacks_drops_the_services_of_attacked_windows():
-    windows = pd.DataFrame({"device_mac": [LAMP, LAMP],
+    windows = pd.DataFrame({"device_key": [LAMP, LAMP],
                             "window_start": pd.to_datetime(["2019-07-01 00:00", "2019-07-01 01:00"], utc=True)})
     services = novelty.service_flows(flows(LAMP, "lamp", "2019-07-01", "198.51.100.7", 443, 120))  # two hours
     kept = novelty.services_outside_attacks(services, windows, pd.Series([False, True]))
@@ -111,7 +111,7 @@ def test_services_outside_attacks_drops_the_services_of_attacked_windows():
 def test_windows_moved_only_by_the_24_hour_context_do_not_extend_an_incident():
     from iot_assets.core import incidents
     starts = pd.date_range("2019-07-01 10:00", periods=4, freq="h", tz="UTC")
-    scores = pd.DataFrame({"device_mac": LAMP, "window_start": starts, "anomaly": True,
+    scores = pd.DataFrame({"device_key": LAMP, "window_start": starts, "anomaly": True,
                            "score_ratio": [5.0, 3.0, 2.5, 2.5]})
     # 10:00 and 11:00: the scan itself (hourly SYN-only share up); 12:00 and 13:00: only the 24-hour share still up.
     deviations = pd.DataFrame({"w_syn_only_share": [6.0, 4.0, 0.0, 0.0], "c_svc_telnet_share": [3.0, 3.0, 3.0, 2.0]},

@@ -36,7 +36,7 @@ def flow(**overrides) -> dict:
         "archive": "nature_remo", "line_number": 1,
         "flow_start": pd.Timestamp("2019-07-01 10:00:00", tz="UTC"),
         "flow_end": pd.Timestamp("2019-07-01 10:00:02", tz="UTC"), "duration_ms": 2000, "rtt_ms": 20,
-        "device_mac": REMO.mac, "device_name": REMO.name, "device_category": REMO.category, "in_catalogue": True,
+        "device_key": REMO.mac, "device_name": REMO.name, "device_category": REMO.category, "in_catalogue": True,
         "device_ip": "192.168.1.225", "device_port": 40000, "remote_ip": "52.1.2.3",
         "remote_mac": catalogue.GATEWAY_MAC, "remote_port": 443, "remote_scope": "internet", "device_initiated": True,
         "protocol": 6, "ip_version": 4, "end_reason": "idle", "has_flow_stats": True, "identity": "mac", "sampling_rate": 1,
@@ -49,6 +49,7 @@ def flow(**overrides) -> dict:
         row[f"{name}_out"], row[f"{name}_in"] = 0, 0
     row["mean_interarrival_ms_out"], row["mean_interarrival_ms_in"] = 0.0, 0.0
     row.update(overrides)
+    row.setdefault("device_mac", row["device_key"] if row["identity"] == "mac" else None)
     return row
 
 
@@ -138,7 +139,7 @@ def test_rules_coverage_counts_flows_no_rule_or_service_explains():
     rows = [flow(remote_port=443)] * 3 + [flow(protocol=17, remote_port=16053, **udp)] * 5 \
         + [flow(protocol=17, remote_port=8053, **udp)] * 2 + [flow(protocol=1, remote_port=3, device_port=1)] \
         + [flow(protocol=17, remote_port=123, device_port=123, **udp)]
-    coverage = exposure.rules_coverage(flows(*rows)).set_index("device_mac").loc[REMO.mac]
+    coverage = exposure.rules_coverage(flows(*rows)).set_index("device_key").loc[REMO.mac]
     # Xiaomi's cloud port (8053) is known; after a firmware change moves it to 16053 it is not.
     assert coverage["internet_flows"] == 12 and coverage["unexplained_flows"] == 5
     assert coverage["unexplained_share"] == pytest.approx(5 / 12) and coverage["unexplained_ports"] == "udp/16053 (5)"
@@ -177,15 +178,15 @@ def test_bad_advisory_records_are_reported_with_file_and_line(tmp_path):
 
 def test_known_advisory_joins_the_predicted_model():
     advisories, _ = exposure.read_advisories(exposure.DEFAULT_ADVISORIES)
-    inventory = pd.DataFrame({"device_mac": [HUE.mac, REMO.mac, "02:00:00:00:00:01"],
+    inventory = pd.DataFrame({"device_key": [HUE.mac, REMO.mac, "02:00:00:00:00:01"],
                               "predicted_device": ["philips hue bridge", "Nature Remo", None]})
     found = exposure.advisory_findings(inventory, advisories)
-    assert found["device_mac"].tolist() == [HUE.mac] and found["severity"].tolist() == ["high"]
+    assert found["device_key"].tolist() == [HUE.mac] and found["severity"].tolist() == ["high"]
     ids = [e.split()[0] for e in found["evidence"].iloc[0]]
     assert sorted(ids) == sorted(advisories["advisory_id"])
     # The join is on the prediction, not the catalogue: a MAC predicted to be the bridge gets it too.
-    day = exposure.day_findings(flows(flow()), inventory.assign(device_mac=[REMO.mac, HUE.mac, "x"]), advisories)
-    assert day.loc[day["kind"] == "known_advisory", ["device_mac", "device"]].values.tolist() == \
+    day = exposure.day_findings(flows(flow()), inventory.assign(device_key=[REMO.mac, HUE.mac, "x"]), advisories)
+    assert day.loc[day["kind"] == "known_advisory", ["device_key", "device"]].values.tolist() == \
         [[REMO.mac, REMO.name]]
 
 
@@ -193,7 +194,7 @@ def test_known_advisory_joins_the_predicted_model():
 
 
 def _day(findings: list[tuple[str, str]]) -> pd.DataFrame:
-    rows = [{"device_mac": mac, "device": None, "predicted_device": None, "kind": kind,
+    rows = [{"device_key": mac, "device": None, "predicted_device": None, "kind": kind,
              "severity": exposure.RULES_BY_KIND[kind].severity, "flows": 1, "bytes": 10, "remote_peers": 1,
              "evidence": ["198.51.100.1:80"]} for mac, kind in findings]
     return pd.DataFrame(rows, columns=exposure.FINDING_COLUMNS)
@@ -226,17 +227,17 @@ def test_scores_are_monotone_sums_of_the_weights():
     more = exposure.carry_history(None, _day([(a, "cleartext_http"), (a, "telnet"), (b, "hardcoded_dns")]),
                                   "2019-07-01", {a: "line-1", b: "line-1"})
     w = exposure.SEVERITY_WEIGHTS
-    scores = exposure.device_scores(more).set_index("device_mac")["score"]
+    scores = exposure.device_scores(more).set_index("device_key")["score"]
     assert scores[a] == w["low"] + w["high"] and scores[b] == w["low"]
-    assert (exposure.device_scores(base).set_index("device_mac")["score"].reindex(scores.index) <= scores).all()
+    assert (exposure.device_scores(base).set_index("device_key")["score"].reindex(scores.index) <= scores).all()
     lines = exposure.line_scores(more)
     assert lines[["line", "score"]].values.tolist() == [["line-1", 2 * w["low"] + w["high"]]]
-    assert exposure.worklist(more)[["device_mac", "kind"]].values.tolist() == [
+    assert exposure.worklist(more)[["device_key", "kind"]].values.tolist() == [
         [a, "telnet"], [a, "cleartext_http"], [b, "hardcoded_dns"]]
 
 
 def test_device_lines_follow_the_gateway_or_a_given_table():
-    two = flows(flow(), flow(device_mac=HUE.mac, remote_scope="gateway", remote_ip=catalogue.GATEWAY_IP))
+    two = flows(flow(), flow(device_key=HUE.mac, remote_scope="gateway", remote_ip=catalogue.GATEWAY_IP))
     assert exposure.device_lines(two) == {REMO.mac: f"gateway {catalogue.GATEWAY_MAC}",
                                           HUE.mac: f"gateway {catalogue.GATEWAY_MAC}"}
     assert exposure.device_lines(two, {REMO.mac: "line 7"}) == {REMO.mac: "line 7", HUE.mac: "unknown"}
@@ -249,7 +250,7 @@ def test_exposure_json_has_the_documented_structure():
     report = exposure.exposure_json(pd.concat([d1, d2]))
     assert report["day_range"] == ["2019-07-01", "2019-07-02"]
     (device,) = report["devices"]
-    assert device["device_mac"] == mac and device["score"] == 11.0
+    assert device["device_key"] == mac and device["score"] == 11.0
     assert [(f["kind"], f["first_seen"], f["last_seen"], f["days"], f["flows"]) for f in device["findings"]] == [
         ("telnet", "2019-07-02", "2019-07-02", 1, 1), ("hardcoded_dns", "2019-07-01", "2019-07-02", 2, 2)]
     assert report["lines"] == [{"line": "gw", "score": 11.0, "devices": [mac]}]
@@ -273,7 +274,7 @@ def test_report_section_and_fleet_view_render():
     markdown = worklist_markdown(exposure.worklist(d2))
     assert markdown.splitlines()[0].startswith("| score | device | kind |")
     assert len(markdown.splitlines()) == 2 + 2 and "| telnet | high |" in markdown
-    inventory = pd.DataFrame({"device_mac": [a, b, "02:00:00:00:00:09"],
+    inventory = pd.DataFrame({"device_key": [a, b, "02:00:00:00:00:09"],
                               "predicted_device": ["Nature Remo", "Philips Hue Bridge", "Qrio Hub"]})
     by_model, shares = exposure.fleet_view(history, inventory)
     assert shares.set_index("kind")["share"].to_dict() == pytest.approx({"telnet": 1 / 3, "hardcoded_dns": 1 / 3})
@@ -292,7 +293,7 @@ def test_metrics_count_device_days_and_the_delay():
             "2019-07-03": [(b, "hardcoded_dns"), (b, "telnet")],  # a false telnet on the bridge
             "2019-07-04": [(a, "telnet"), (b, "hardcoded_dns")], "2019-07-05": [(a, "telnet")]}
     for day, found in plan.items():
-        previous = exposure.carry_history(previous, _day(found).assign(device=lambda t: t["device_mac"].map(
+        previous = exposure.carry_history(previous, _day(found).assign(device=lambda t: t["device_key"].map(
             {a: REMO.name, b: HUE.name})), day, {})
         tables.append(previous)
     findings = pd.concat(tables)
@@ -328,9 +329,9 @@ def _clean_days(archive_dir, tmp_path) -> dict[str, pd.DataFrame]:
 
 
 def _inventory(day_flows: pd.DataFrame, day: str) -> pd.DataFrame:
-    macs = day_flows["device_mac"].unique()
+    macs = day_flows["device_key"].unique()
     names = [catalogue.BY_MAC[m].name for m in macs]
-    return pd.DataFrame({"day": day, "device_mac": macs, "windows": 24, "predicted_device": names,
+    return pd.DataFrame({"day": day, "device_key": macs, "windows": 24, "predicted_device": names,
                          "predicted_category": None, "confidence": 0.9, "runner_up": None,
                          "runner_up_confidence": 0.1, "catalogue_device": names, "in_catalogue": True,
                          "disagrees": False})
@@ -407,7 +408,7 @@ def test_asset_flags_a_new_open_telnet_port_on_the_day_it_opens(tmp_path, monkey
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
         outcomes[day] = checks["no_new_high_exposure"].passed
         table = pd.read_parquet(data / "lake" / "device_exposure" / f"day={day}" / "part-0.parquet")
-        hue = table[table["device_mac"] == HUE.mac]
+        hue = table[table["device_key"] == HUE.mac]
         assert hue["kind"].tolist() == ["known_advisory"] and hue["first_seen"].iloc[0] == str(FIRST_DAY)
         if day == opened:
             new = checks["no_new_high_exposure"]
@@ -430,7 +431,7 @@ def test_asset_flags_a_new_open_telnet_port_on_the_day_it_opens(tmp_path, monkey
     dg.materialize([exposure_report, report_source], resources=resources, instance=instance)
     report = json.loads((data / "reports" / "exposure.json").read_text())
     assert report["day_range"] == [min(days), max(days)]
-    remo = next(d for d in report["devices"] if d["device_mac"] == REMO.mac)
+    remo = next(d for d in report["devices"] if d["device_key"] == REMO.mac)
     assert {f["kind"]: f["first_seen"] for f in remo["findings"]} == {"telnet": opened, "inbound_from_internet": opened}
     metrics = json.loads((data / "reports" / "exposure_metrics.json").read_text())
     assert metrics["kinds"]["telnet"]["recall"] == 1.0 and metrics["kinds"]["telnet"]["precision"] == 1.0
@@ -447,10 +448,10 @@ def test_real_archives_split_connections_are_not_inbound(real_data, tmp_path):
         macs[name] = summary.local_mac
         found.append(pd.read_parquet(tmp_path / name / "flows.parquet"))
     clean, _ = to_device_centric(pd.concat(found, ignore_index=True), macs)
-    remo = clean[clean["device_mac"] == REMO.mac]
+    remo = clean[clean["device_key"] == REMO.mac]
     server_first = remo[(remo["protocol"] == 6) & ~remo["device_initiated"] & (remo["remote_scope"] == "internet")]
     assert len(server_first) > 1000 and not (server_first["initial_tcp_flags_in"] & S).any()
     findings = exposure.flow_findings(clean)
     assert "inbound_from_internet" not in set(findings["kind"])
-    camera = findings[findings["device_mac"] == catalogue.BY_ARCHIVE["au_network_camera"].mac].set_index("kind")
+    camera = findings[findings["device_key"] == catalogue.BY_ARCHIVE["au_network_camera"].mac].set_index("kind")
     assert camera.loc["hardcoded_dns", "evidence"] == ["8.8.8.8:53"] and camera.loc["hardcoded_dns", "flows"] > 1000

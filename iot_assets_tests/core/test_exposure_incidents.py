@@ -16,7 +16,7 @@ QUIET = "02:00:00:00:00:0b"
 def _flow(mac: str, start: str, minutes: int, remote_port: int = 8080) -> dict:
     """An answered TCP flow from the device to an Internet server (a `cleartext_http` flow on 8080)."""
     begin = pd.Timestamp(f"{DAY} {start}", tz="UTC")
-    return {"device_mac": mac, "device_name": "Test Camera", "device_port": 40000, "remote_ip": "198.51.100.7",
+    return {"device_key": mac, "device_name": "Test Camera", "device_port": 40000, "remote_ip": "198.51.100.7",
             "remote_mac": "02:00:00:00:00:01", "remote_port": remote_port, "remote_scope": "internet",
             "device_initiated": True, "protocol": exposure.TCP, "bytes_out": 500, "bytes_in": 900, "packets_out": 5,
             "packets_in": 6, "initial_tcp_flags_out": exposure.SYN, "initial_tcp_flags_in": exposure.SYN | exposure.ACK,
@@ -25,7 +25,7 @@ def _flow(mac: str, start: str, minutes: int, remote_port: int = 8080) -> dict:
 
 def _incident(mac: str, start: str, end: str) -> dict:
     begin = pd.Timestamp(f"{DAY} {start}", tz="UTC")
-    return {"device_mac": mac, "incident": f"{mac}@{begin:%Y-%m-%dT%H:%M}", "start": begin,
+    return {"device_key": mac, "incident": f"{mac}@{begin:%Y-%m-%dT%H:%M}", "start": begin,
             "end": pd.Timestamp(f"{DAY} {end}", tz="UTC")}
 
 
@@ -38,14 +38,14 @@ def linked() -> pd.DataFrame:
     ])
     incidents = pd.DataFrame([_incident(BEACONING, "04:00", "06:00"), _incident(BEACONING, "20:00", "21:00"),
                               _incident(QUIET, "15:00", "16:00")])
-    findings = exposure.day_findings(flows, pd.DataFrame(columns=["device_mac", "predicted_device"]),
+    findings = exposure.day_findings(flows, pd.DataFrame(columns=["device_key", "predicted_device"]),
                                      pd.DataFrame(columns=exposure.ADVISORY_COLUMNS))
     table = exposure.carry_history(None, findings, DAY)
     return link_incidents(table, flows, incidents)
 
 
 def test_a_finding_whose_evidence_overlaps_an_incident_of_its_device_names_it_and_only_it(linked):
-    by_device = dict(zip(linked["device_mac"], linked["explained_by_incident"]))
+    by_device = dict(zip(linked["device_key"], linked["explained_by_incident"]))
     assert linked["kind"].tolist() == ["cleartext_http", "cleartext_http"]
     assert by_device == {BEACONING: f"{BEACONING}@{DAY}T04:00", QUIET: ""}
 

@@ -22,7 +22,7 @@ def synthetic_windows(devices: int = 3, days: int = 4, seed: int = 0) -> pd.Data
         values = rng.normal(loc=d * 0.5, scale=0.3, size=(len(starts), len(FEATURES)))
         frame = pd.DataFrame(values, columns=FEATURES)
         frame.insert(0, "window_start", starts)
-        frame.insert(0, "device_mac", f"02:00:00:00:00:{d:02d}")
+        frame.insert(0, "device_key", f"02:00:00:00:00:{d:02d}")
         frame["device_name"] = f"device {d}"
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -93,7 +93,7 @@ def test_a_device_never_trained_is_unknown_with_its_nearest_model_as_hint(monkey
     day = split.eval_days[0]
     inventory = device_inventory.predict_inventory(model, windows, day)
     assert list(inventory.columns) == device_inventory.INVENTORY_COLUMNS
-    by_mac = inventory.set_index("device_mac")
+    by_mac = inventory.set_index("device_key")
     stranger = by_mac.loc["02:00:00:00:00:03"]
     # device 3's features sit 0.5 above device 2's: unknown, and device 2 is the hint.
     assert stranger["status"] == "unknown" and stranger["predicted_device"] is None
@@ -112,12 +112,12 @@ def test_a_shift_most_devices_of_a_day_share_does_not_make_them_unknown(monkeypa
     day = split.eval_days[0]
     of_day = windows[splits.window_days(windows) == day]
     moved = list(FEATURES[:40])  # a fifth of the features, far out
-    macs = sorted(of_day["device_mac"].unique())
+    macs = sorted(of_day["device_key"].unique())
 
     def inventory_with_shift(shifted: list[str]) -> pd.DataFrame:
         out = of_day.copy()
-        out.loc[out["device_mac"].isin(shifted), moved] += 20.0
-        return device_inventory.predict_inventory(model, out, day).set_index("device_mac")
+        out.loc[out["device_key"].isin(shifted), moved] += 20.0
+        return device_inventory.predict_inventory(model, out, day).set_index("device_key")
 
     alone = inventory_with_shift(macs[:1])  # one device's own change: it is unknown
     assert alone.loc[macs[0], "status"] == "unknown"
@@ -141,18 +141,18 @@ def test_a_known_device_two_odd_days_in_its_week_stays_named_a_new_model_is_unkn
     late = splits.window_days(odd).isin(days[-2:])
     odd.loc[late & (odd["device_name"] == "device 0"), FEATURES[:60]] += 20.0
     odd = odd[~stranger | (splits.window_days(odd) == days[-1])]
-    pooled = device_inventory.predict_inventory(model, odd, days[-1]).set_index("device_mac")
+    pooled = device_inventory.predict_inventory(model, odd, days[-1]).set_index("device_key")
     assert pooled.loc["02:00:00:00:00:00", "status"] == "known"
     assert pooled.loc["02:00:00:00:00:00", "predicted_device"] == "device 0"
     assert pooled.loc["02:00:00:00:00:03", "status"] == "unknown"
     assert pooled.loc["02:00:00:00:00:03", "nearest_known"] == "device 2"
     assert pooled["windows"].eq(24).all()  # the day's own windows
     # The day on its own: device 0 is unknown too. Only the windows before the day count.
-    alone = device_inventory.day_verdicts(model, odd, pool_days=1, days=[days[-1]]).set_index("device_mac")
+    alone = device_inventory.day_verdicts(model, odd, pool_days=1, days=[days[-1]]).set_index("device_key")
     assert alone.loc["02:00:00:00:00:00", "status"] == "unknown"
     assert alone.loc["02:00:00:00:00:00", "novelty"] > pooled.loc["02:00:00:00:00:00", "novelty"]
     later_only = device_inventory.predict_inventory(model, odd[splits.window_days(odd) >= days[-2]], days[-2])
-    assert later_only.set_index("device_mac").loc["02:00:00:00:00:00", "status"] == "unknown"
+    assert later_only.set_index("device_key").loc["02:00:00:00:00:00", "status"] == "unknown"
 
 
 def test_pooled_days_takes_each_window_into_the_days_of_its_week():
@@ -218,7 +218,7 @@ def flagged_scores(mac: str, hours: list[int], ratios: list[float], name: str = 
     starts = pd.date_range("2019-07-01", periods=24, freq="h", tz="UTC")
     ratio = np.zeros(24)
     ratio[hours] = ratios
-    return pd.DataFrame({"device_mac": mac, "device_name": name, "window_start": starts,
+    return pd.DataFrame({"device_key": mac, "device_name": name, "window_start": starts,
                          "score_ratio": ratio, "anomaly": ratio > 1})
 
 
@@ -277,14 +277,14 @@ def test_kind_rules(moved, kind):
 
 def test_incident_evidence_sets_the_incident_flows_against_the_usual_ones():
     start = pd.Timestamp("2019-07-01 03:00", tz="UTC")
-    usual = pd.DataFrame({"device_mac": "m1", "flow_start": pd.date_range("2019-07-01", periods=20, freq="h", tz="UTC"),
+    usual = pd.DataFrame({"device_key": "m1", "flow_start": pd.date_range("2019-07-01", periods=20, freq="h", tz="UTC"),
                           "remote_ip": "52.1.2.3", "remote_port": 443, "device_port": 40000, "protocol": 6,
                           "bytes_out": 1000, "bytes_in": 5000})
     usual = usual[(usual["flow_start"] < start) | (usual["flow_start"] >= start + pd.Timedelta(hours=2))]
-    attack = pd.DataFrame({"device_mac": "m1", "flow_start": start + pd.to_timedelta(np.arange(50), unit="min"),
+    attack = pd.DataFrame({"device_key": "m1", "flow_start": start + pd.to_timedelta(np.arange(50), unit="min"),
                            "remote_ip": "203.0.113.9", "remote_port": 8080, "device_port": 50000, "protocol": 6,
                            "bytes_out": 2_000_000, "bytes_in": 0})
-    found = pd.DataFrame([{"device_mac": "m1", "start": start, "end": start + pd.Timedelta(hours=2)}])
+    found = pd.DataFrame([{"device_key": "m1", "start": start, "end": start + pd.Timedelta(hours=2)}])
     evidence = incidents.incident_evidence(found, pd.concat([usual, attack], ignore_index=True)).iloc[0]
     assert evidence["evidence_peers"] == "203.0.113.9 (50 flows, 100.00 MB out, 0.00 MB in)"
     assert evidence["evidence_ports"].startswith("tcp/8080 (50 flows")
@@ -294,12 +294,12 @@ def test_incident_evidence_sets_the_incident_flows_against_the_usual_ones():
 
 def test_incident_metrics_count_false_incidents_per_clean_month_recall_and_delay():
     days = pd.date_range("2019-07-01", periods=4 * 24, freq="h", tz="UTC")
-    windows = pd.concat([pd.DataFrame({"device_mac": mac, "device_name": name, "window_start": days})
+    windows = pd.concat([pd.DataFrame({"device_key": mac, "device_name": name, "window_start": days})
                          for mac, name in (("m1", "Cam"), ("m2", "Plug"))], ignore_index=True)
     episodes = pd.DataFrame({"device": ["Cam", "Cam"], "type": ["scan", "flood"],
                              "start": pd.to_datetime(["2019-07-02 10:30", "2019-07-04 05:00"], utc=True),
                              "end": pd.to_datetime(["2019-07-02 11:30", "2019-07-04 06:00"], utc=True)})
-    found = pd.DataFrame({"device_mac": ["m1", "m2"],
+    found = pd.DataFrame({"device_key": ["m1", "m2"],
                           "start": pd.to_datetime(["2019-07-02 11:00", "2019-07-03 08:00"], utc=True),
                           "end": pd.to_datetime(["2019-07-02 13:00", "2019-07-03 09:00"], utc=True)})
     metrics = incidents.incident_metrics(found, episodes, windows, 60, pd.Timedelta(hours=24))
@@ -365,25 +365,25 @@ def test_a_change_that_stays_stable_for_n_days_is_a_new_normal_and_a_coming_and_
     for mac, ratios in (("steady", [0.3, 0.3, 3.0, 3.2, 2.9, 3.1]), ("moving", [0.3, 0.3, 1.5, 6.0, 1.5, 6.0]),
                         ("quiet", [0.3] * 6)):
         for day, ratio in zip(days, ratios):
-            rows.append({"device_mac": mac, "day": day, "drift_level": "moderate" if ratio > 1 else "none",
+            rows.append({"device_key": mac, "day": day, "drift_level": "moderate" if ratio > 1 else "none",
                          "flagged_share": 0.6 if ratio > 1 else 0.0, "median_score_ratio": ratio, "changed": ratio > 1})
     daily = pd.DataFrame(rows)
     decisions = rebaseline.decide(daily, stable_days=3)
-    assert decisions[["device_mac", "from_day", "decided_on", "reason"]].to_dict("records") == [
-        {"device_mac": "steady", "from_day": "2019-09-12", "decided_on": "2019-09-15", "reason": "stable change"}]
+    assert decisions[["device_key", "from_day", "decided_on", "reason"]].to_dict("records") == [
+        {"device_key": "steady", "from_day": "2019-09-12", "decided_on": "2019-09-15", "reason": "stable change"}]
     # Once re-baselined (its new normal starts after the decision), the same change is not decided again.
     assert rebaseline.decide(daily, stable_days=3, since={"steady": "2019-09-16"}).empty
     # Too few changed days yet: nothing; an analyst's acknowledgement: at once.
     assert rebaseline.decide(daily, stable_days=5).empty
-    acknowledged = rebaseline.decide(daily, pd.DataFrame({"device_mac": ["quiet"], "from_day": ["2019-09-14"]}), 5)
-    assert acknowledged[["device_mac", "from_day", "reason"]].to_dict("records") == [
-        {"device_mac": "quiet", "from_day": "2019-09-14", "reason": "acknowledged"}]
+    acknowledged = rebaseline.decide(daily, pd.DataFrame({"device_key": ["quiet"], "from_day": ["2019-09-14"]}), 5)
+    assert acknowledged[["device_key", "from_day", "reason"]].to_dict("records") == [
+        {"device_key": "quiet", "from_day": "2019-09-14", "reason": "acknowledged"}]
 
 
 def _lan_burst(windows: pd.DataFrame, macs: list[str], at: str, feature: str = "w_svc_mdns_share") -> pd.DataFrame:
     """The windows with `feature` far out on `macs` in the window starting `at`."""
     out = windows.copy()
-    hit = out["device_mac"].isin(macs) & (out["window_start"] == pd.Timestamp(at, tz="UTC"))
+    hit = out["device_key"].isin(macs) & (out["window_start"] == pd.Timestamp(at, tz="UTC"))
     out.loc[hit, feature] = out[feature].max() + 30.0
     return out
 
@@ -393,17 +393,17 @@ def test_a_move_most_devices_share_in_one_window_is_the_networks_and_flags_none_
     cut = pd.Timestamp("2019-07-04", tz="UTC")
     detector = anomaly.AnomalyDetector("KNN", 0.01, list(ANOMALY_FEATURES)).fit(windows[windows["window_start"] < cut], 0)
     later = windows[windows["window_start"] >= cut]
-    macs = sorted(later["device_mac"].unique())
+    macs = sorted(later["device_key"].unique())
     at = "2019-07-04T07:00"
 
     alone = detector.score(_lan_burst(later, macs[:1], at))
-    one = alone[alone["window_start"] == pd.Timestamp(at, tz="UTC")].set_index("device_mac")
+    one = alone[alone["window_start"] == pd.Timestamp(at, tz="UTC")].set_index("device_key")
     assert one.loc[macs[0], "anomaly"]  # one device's own burst is its anomaly
     assert "w_svc_mdns_share" in one.loc[macs[0], "top_features"]
     assert one.loc[macs[0], "network_features"] == ""
 
     shared = detector.score(_lan_burst(later, macs[:3], at))  # three of four devices: the network's
-    hour = shared[shared["window_start"] == pd.Timestamp(at, tz="UTC")].set_index("device_mac")
+    hour = shared[shared["window_start"] == pd.Timestamp(at, tz="UTC")].set_index("device_key")
     for mac in macs[:3]:
         assert hour.loc[mac, "network_features"].startswith("w_svc_mdns_share (+")
         assert "w_svc_mdns_share" not in hour.loc[mac, "top_features"]

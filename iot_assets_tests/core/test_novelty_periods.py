@@ -27,7 +27,7 @@ def windows_with_a_lasting_change(change_day: int = 12, seed: int = 0) -> pd.Dat
             values[change_day * 24:, :moved] += 4.0
         frame = pd.DataFrame(values, columns=FEATURES)
         frame.insert(0, "window_start", starts)
-        frame.insert(0, "device_mac", f"02:00:00:00:00:{d:02d}")
+        frame.insert(0, "device_key", f"02:00:00:00:00:{d:02d}")
         frame["device_name"] = f"device {d}"
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -51,12 +51,12 @@ def test_a_device_that_changed_for_good_stays_known_on_its_own_earlier_training_
                                                             ["2019-07-03", "2019-07-30"]]
     assert model.novelty.profile_labels.count("device 0") == 2
     verdicts = device_inventory.day_verdicts(model, windows)
-    device_0 = verdicts[verdicts["device_mac"] == "02:00:00:00:00:00"]
+    device_0 = verdicts[verdicts["device_key"] == "02:00:00:00:00:00"]
     # Before per-period profiles only the last 28 training days were profiled: device 0's days
     # before the change (2019-07-01..07-12) were `unknown` though it was trained on them.
     assert len(device_0) == DAYS and (device_0["status"] == "known").all()
     assert (device_0["predicted_device"] == "device 0").all()
-    outsider = verdicts[verdicts["device_mac"] == "02:00:00:00:00:03"]
+    outsider = verdicts[verdicts["device_key"] == "02:00:00:00:00:03"]
     assert (outsider["status"] == "unknown").all()
     assert set(outsider["nearest_known"]) == {"device 2"}
 
@@ -100,7 +100,7 @@ def test_distances_in_row_chunks_equal_distances_at_once(monkeypatch):
     profiles = model.day_profiles(windows, 7)
     # A shift three of four MACs share on one day: the network's, recomputed without it per chunk too.
     last_day = profiles.index.get_level_values("day") == "2019-08-09"
-    macs = profiles.index.get_level_values("device_mac").isin([f"02:00:00:00:00:0{d}" for d in range(3)])
+    macs = profiles.index.get_level_values("device_key").isin([f"02:00:00:00:00:0{d}" for d in range(3)])
     profiles.loc[last_day & macs, FEATURES[:50]] += 20.0
     at_once = model.distances(profiles)
     monkeypatch.setattr(novelty, "DISTANCE_CHUNK_VALUES", 3 * model.center.size)  # three rows at a time

@@ -56,7 +56,7 @@ def inventory(*macs, model="Lamp Hub"):
 
 def exposure_table(day, rows):
     """A device_exposure table built by the exposure module itself from (mac, kind, evidence) findings."""
-    found = pd.DataFrame([{"device_mac": mac, "device": "Lamp Hub", "predicted_device": "Lamp Hub", "kind": kind,
+    found = pd.DataFrame([{"device_key": mac, "device": "Lamp Hub", "predicted_device": "Lamp Hub", "kind": kind,
                            "severity": exposure.RULES_BY_KIND[kind].severity, "flows": 3, "bytes": 900,
                            "remote_peers": 1, "evidence": evidence} for mac, kind, evidence in rows],
                          columns=exposure.FINDING_COLUMNS)

@@ -28,7 +28,7 @@ DAY, BEFORE = "2019-07-05", "2019-07-04"
 
 def inventory() -> pd.DataFrame:
     return pd.DataFrame({
-        "device_mac": [REMO.mac, HUE.mac, STRANGER], "windows": [24, 24, 5],
+        "device_key": [REMO.mac, HUE.mac, STRANGER], "windows": [24, 24, 5],
         "predicted_device": ["Nature Remo", "Philips Hue Bridge", "Qrio Hub"],
         "predicted_category": ["Remote controller", "Light", "Door lock"], "confidence": [0.98, 0.91, 0.41],
         "runner_up": ["Qrio Hub", "Nature Remo", "Nature Remo"], "runner_up_confidence": [0.01, 0.05, 0.3],
@@ -47,8 +47,8 @@ def membership() -> pd.DataFrame:
 
 def test_inventory_table_names_each_mac_with_its_line_of_that_day():
     table = day_tables.inventory_table(inventory(), DAY, membership())
-    rows = {r["mac"]: r for r in table.rows}
-    assert rows[REMO.mac] == {"mac": REMO.mac, "model": "Nature Remo", "category": "Remote controller",
+    rows = {r["device"]: r for r in table.rows}
+    assert rows[REMO.mac] == {"device": REMO.mac, "identity": "mac", "model": "Nature Remo", "category": "Remote controller",
                               "confidence": 0.98, "status": "known", "in_catalogue": True,
                               "catalogue_model": "Nature Remo", "line": "line-001, line-002"}
     # The Hue joins line-003 only the next day; the stranger is unknown and says so.
@@ -65,7 +65,7 @@ def test_the_first_day_of_exposure_history_is_the_baseline():
 
 def _exposure_day(day: str, previous: pd.DataFrame | None, findings: list[tuple[str, str, tuple[str, str]]]):
     """A day of device_exposure from (MAC, device, (kind, severity)) findings."""
-    today = pd.DataFrame([{"device_mac": mac, "device": name, "predicted_device": name, "kind": kind,
+    today = pd.DataFrame([{"device_key": mac, "device": name, "predicted_device": name, "kind": kind,
                            "severity": severity, "flows": 3, "bytes": 10, "remote_peers": 1,
                            "evidence": ["CVE-2020-6007 https://www.cve.org/CVERecord?id=CVE-2020-6007"]
                            if kind == "known_advisory" else ["198.51.100.7:80"]}
@@ -137,7 +137,7 @@ def test_line_table_lists_models_per_line_at_the_finest_sampling():
 
 def test_incidents_table_has_the_day_and_the_evidence():
     incidents = pd.DataFrame({
-        "device_mac": [REMO.mac], "device_name": ["Nature Remo"], "incident": [f"{REMO.mac}@2019-07-04T23:00"],
+        "device_key": [REMO.mac], "device_name": ["Nature Remo"], "incident": [f"{REMO.mac}@2019-07-04T23:00"],
         "start": pd.to_datetime(["2019-07-04 23:00"], utc=True), "end": pd.to_datetime(["2019-07-05 02:00"], utc=True),
         "peak_score_ratio": [7.26], "kind": ["scan-like"], "evidence_peers": ["203.0.113.9 (50 flows, 1.00 MB out, 0.00 MB in)"],
         "evidence_ports": ["tcp/23 (50 flows, 1.00 MB out, 0.00 MB in)"], "new_peers": [1]})
@@ -168,12 +168,12 @@ class _Links(HTMLParser):
 
 def test_daily_report_starts_with_what_needs_attention_and_explains_every_column():
     incidents = pd.DataFrame({
-        "device_mac": [REMO.mac], "device_name": ["Nature Remo"], "incident": ["x"], "windows_flagged": [3],
+        "device_key": [REMO.mac], "device_name": ["Nature Remo"], "incident": ["x"], "windows_flagged": [3],
         "start": pd.to_datetime(["2019-07-05 03:00"], utc=True), "end": pd.to_datetime(["2019-07-05 06:00"], utc=True),
         "peak_score_ratio": [9.0], "kind": ["flood-like"], "kind_reason": ["packets out up"], "top_features": ["w_x"],
         "evidence_peers": ["203.0.113.9"], "evidence_ports": ["udp/80"], "usual_ports": ["tcp/443"], "new_peers": [1],
         "model_version": "bbbbbbbbbbbb"})
-    drift = pd.DataFrame({"device_mac": REMO.mac, "device_name": "Nature Remo", "feature": ["a", "b", "mix:services"],
+    drift = pd.DataFrame({"device_key": REMO.mac, "device_name": "Nature Remo", "feature": ["a", "b", "mix:services"],
                           "js_distance": [0.5, 0.1, 0.9], "limit": [0.2, 0.2, 0.3], "drifted": [True, False, True],
                           "model_version": "cccccccccccc"})
     before = _exposure_day(BEFORE, None, [(REMO.mac, "Nature Remo", ("cleartext_http", "low"))])

@@ -66,7 +66,7 @@ def test_a_ranged_run_gives_each_day_its_own_tables(sample_lake):
         assert inventory["day"].value == day and inventory["macs"].value == len(lake_inventory)
         assert inventory["dagster/row_count"].value == len(lake_inventory)
         assert [c.name for c in inventory["inventory"].schema.columns] == \
-            ["mac", "model", "category", "confidence", "status", "in_catalogue", "catalogue_model", "line"]
+            ["device", "identity", "model", "category", "confidence", "status", "in_catalogue", "catalogue_model", "line"]
         assert all(c.description for c in inventory["inventory"].schema.columns)
 
         worklist = _latest(instance, "device_exposure", day)
@@ -91,7 +91,7 @@ def test_a_ranged_run_gives_each_day_its_own_tables(sample_lake):
         drift = _latest(instance, "feature_drift", day)
         lake_drift = pd.read_parquet(Path(data, "lake", "feature_drift", f"day={day}", "part-0.parquet"))
         assert drift["drifted_features"].value == int(lake_drift["drifted"].sum())
-        assert drift["devices"].value == lake_drift["device_mac"].nunique()
+        assert drift["devices"].value == lake_drift["device_key"].nunique()
 
         report = _latest(instance, "daily_report", day)
         assert report["url"].value == f"http://127.0.0.1:{sample_lake['reports_port']}/daily/{day}.html"

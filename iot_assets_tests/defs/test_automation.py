@@ -84,6 +84,33 @@ def test_schedule_runs_the_day_that_ended():
     assert [r.partition_key for r in requests] == ["2019-07-01"]
 
 
+def test_changed_days_sensor_follows_archives_and_collector_files(tmp_path):
+    defs = definitions_for(tmp_path, IOT_ASSETS_END_DATE="2019-07-08")
+    sensor = defs.get_sensor_def("changed_days_sensor")
+    instance = dg.DagsterInstance.ephemeral()
+
+    def landed(asset: str, days: list[str]) -> None:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset, metadata={"changed_days": dg.MetadataValue.json(days)}))
+
+    def tick(cursor: str | None) -> tuple[list[tuple], str]:
+        with dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor) as context:
+            result = sensor.evaluate_tick(context)
+        return sorted((r.partition_key, r.tags.get("dagster/asset_partition_range_start"),
+                       r.tags.get("dagster/asset_partition_range_end")) for r in result.run_requests), result.cursor
+
+    landed("raw_archives", ["2019-06-25"])
+    landed("collector_files", ["2019-06-26", "2019-06-28"])
+    # 2019-06-28's report was rebuilt after the collector file changed it (by `iot-assets run`): not asked again.
+    instance.report_runless_asset_event(dg.AssetMaterialization("daily_report", partition="2019-06-28"))
+    requests, cursor = tick(None)
+    assert requests == [(None, "2019-06-25", "2019-06-26")]
+    assert tick(cursor)[0] == []  # nothing new since
+    landed("collector_files", ["2019-07-01"])  # a collector file alone changes a day
+    requests, cursor = tick(cursor)
+    assert requests == [("2019-07-01", None, None)]
+    assert tick(cursor)[0] == []
+
+
 def _materialized_days(instance: dg.DagsterInstance, asset: str, after: float) -> list[str]:
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_timestamp=after), limit=1000).records
@@ -156,7 +183,7 @@ def _windows(days: int, services_shift: float = 0.0, start: str = "2019-07-01", 
     frame[service_columns] = 0.0
     frame["w_svc_https_share"] = 1.0 - services_shift
     frame["w_svc_https_alt_share"] = services_shift
-    frame["device_mac"] = "60:01:94:54:6b:e8"
+    frame["device_key"] = "60:01:94:54:6b:e8"
     frame["device_name"] = "Nature Remo"
     frame["window_start"] = pd.date_range(start, periods=n, freq="h", tz="UTC")
     return frame

@@ -52,7 +52,7 @@ def test_device_services_count_every_backend_flow_and_survive_pseudonymisation(s
     clear, _ = _services_of_day(sample_dir, tmp_path / "off", IOT_ASSETS_PSEUDONYMISE="off")
     by_device = {name: set(part["service"]) for name, part in services.groupby("device_name")}
     assert by_device == {name: set(part["service"]) for name, part in clear.groupby("device_name")}
-    assert set(services["device_mac"]).isdisjoint(set(clear["device_mac"]))
+    assert set(services["device_key"]).isdisjoint(set(clear["device_key"]))
 
 
 def test_the_inventory_asset_path_names_a_stranger_unknown_by_its_backend(monkeypatch):
@@ -67,7 +67,7 @@ def test_the_inventory_asset_path_names_a_stranger_unknown_by_its_backend(monkey
     rows = []
     for d, backend in enumerate(["198.51.100.0/24:443/6", "203.0.113.0/24:8883/6", "192.0.2.0/24:443/6"]):
         for day in days:
-            rows.append({"device_mac": f"02:00:00:00:00:{d:02d}", "device_name": f"device {d}", "day": day,
+            rows.append({"device_key": f"02:00:00:00:00:{d:02d}", "device_name": f"device {d}", "day": day,
                          "window_start": pd.Timestamp(f"{day} 10:00", tz="UTC"), "service": backend, "flows": 40})
     services = pd.DataFrame(rows, columns=novelty.SERVICE_COLUMNS)
     split = splits.TimeSplit.of(windows, 0.75)
@@ -77,15 +77,15 @@ def test_the_inventory_asset_path_names_a_stranger_unknown_by_its_backend(monkey
     back = classifier.DeviceClassifier.from_files(model.to_files())  # as the model store serves it
     day = split.eval_days[-1]
     # A stranger: device 1's windows under a new MAC, its flows to a cloud no model used.
-    stranger = windows[windows["device_name"] == "device 1"].assign(device_mac="02:00:00:00:00:09", device_name=None)
+    stranger = windows[windows["device_name"] == "device 1"].assign(device_key="02:00:00:00:00:09", device_name=None)
     stranger_services = services[services["device_name"] == "device 1"].assign(
-        device_mac="02:00:00:00:00:09", device_name=None, service="233.252.0.0/24:443/6")
+        device_key="02:00:00:00:00:09", device_name=None, service="233.252.0.0/24:443/6")
     inventory = device_inventory.predict_inventory(back, pd.concat([windows, stranger], ignore_index=True), day,
                                                    endpoint_services=pd.concat([services, stranger_services]))
-    by_mac = inventory.set_index("device_mac")
+    by_mac = inventory.set_index("device_key")
     assert by_mac.loc["02:00:00:00:00:09", "status"] == "unknown"
     assert by_mac.loc["02:00:00:00:00:09", "nearest_known"] == "device 1"  # the hint: it moves like device 1
     assert (by_mac.drop(index="02:00:00:00:00:09")["status"] == "known").all()
     # Without services (a lake built before device_services) the same stranger passes as device 1.
     blind = device_inventory.predict_inventory(back, pd.concat([windows, stranger], ignore_index=True), day)
-    assert blind.set_index("device_mac").loc["02:00:00:00:00:09", "predicted_device"] == "device 1"
+    assert blind.set_index("device_key").loc["02:00:00:00:00:09", "predicted_device"] == "device 1"

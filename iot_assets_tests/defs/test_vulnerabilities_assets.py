@@ -58,7 +58,7 @@ def inventory(*pairs) -> pd.DataFrame:
 
 def exposure_day(day: str, reachable: list[str]) -> pd.DataFrame:
     """A device_exposure day built by the exposure module: each MAC answering an Internet peer on its port 80."""
-    found = pd.DataFrame([{"device_mac": mac, "device": "Philips Hue Bridge", "predicted_device": "Philips Hue Bridge",
+    found = pd.DataFrame([{"device_key": mac, "device": "Philips Hue Bridge", "predicted_device": "Philips Hue Bridge",
                            "kind": "inbound_from_internet", "severity": "high", "flows": 3, "bytes": 900,
                            "remote_peers": 1, "evidence": ["203.0.113.9 -> device:80"]} for mac in reachable],
                          columns=exposure.FINDING_COLUMNS)

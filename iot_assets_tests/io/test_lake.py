@@ -53,7 +53,7 @@ def test_thirty_minute_windows_are_honoured_by_every_behaviour_asset(tmp_path):
     _, _, outcome = build(data, IOT_ASSETS_WINDOW_MINUTES="30")
     assert outcome.problems == []
     windows = pd.read_parquet(data / "lake" / "device_windows" / "day=2019-06-26")
-    per_device = windows.groupby("device_mac")["window_start"].nunique()
+    per_device = windows.groupby("device_key")["window_start"].nunique()
     assert per_device.max() == 48  # a day holds 48 half-hour windows
     assert set(windows["window_start"].dt.minute) == {0, 30}
     scores = pd.read_parquet(data / "lake" / "anomaly_scores" / "day=2019-06-28")
@@ -249,8 +249,8 @@ def test_an_acknowledged_change_re_baselines_the_device_and_only_it(tmp_path):
     assert qrio != real_qrio
     assert outcome.problems == []
     decisions = pd.read_parquet(data / "lake" / "rebaseline_decisions" / "part-0.parquet")
-    assert decisions[["device_mac", "device_name", "from_day", "reason"]].to_dict("records") == [
-        {"device_mac": qrio, "device_name": "Qrio Hub", "from_day": "2019-06-29", "reason": "acknowledged"}]
+    assert decisions[["device_key", "device_name", "from_day", "reason"]].to_dict("records") == [
+        {"device_key": qrio, "device_name": "Qrio Hub", "from_day": "2019-06-29", "reason": "acknowledged"}]
     store = ModelStore(str(data))
     before = store.load("anomaly_detector", store.current("anomaly_detector"))
     reference_before = store.load("drift_reference", store.current("drift_reference"))

@@ -20,6 +20,7 @@ import pytest
 from iot_assets.contracts import catalogue
 from iot_assets.contracts.schemas import CleanFlows
 from iot_assets.core.clean import DECODED_COLUMNS, to_device_centric
+from iot_assets.core.features import build_windows
 from iot_assets.core.subscriber_lines import line_views
 from iot_assets.synthetic.pcap import write_pcap
 from iot_assets_tests.support import collectors
@@ -100,6 +101,12 @@ def test_collector_flows_are_seen_from_the_device_their_identity_names():
     assert clean["device_ip"].tolist() == ["192.168.1.225", "192.168.1.20", "192.168.1.225", "198.51.100.1"]
     assert clean["device_mac"].isna().tolist() == [True, True, False, True]
     assert clean.loc[2, "device_name"] == "Nature Remo" and clean.loc[2, "device_mac"] == remo
+    # The one key every product past cleaning groups by.
+    assert clean["device_key"].tolist() == ["ip:192.168.1.225", "ip:192.168.1.20", remo, "line:198.51.100.1"]
+    windows = build_windows(clean, None, DAY_KEY).set_index("device_key")
+    assert sorted(windows.index) == sorted(clean["device_key"].unique())
+    assert windows["identity"].to_dict() == dict(zip(clean["device_key"], clean["identity"]))
+    assert windows.loc["ip:192.168.1.225", "device_name"] is None or pd.isna(windows.loc["ip:192.168.1.225", "device_name"])
     assert clean["device_initiated"].tolist() == [False, True, True, True]
     # Oriented: what the device sent is `_out` whichever side the exporter called the source.
     assert (clean.loc[0, "packets_out"], clean.loc[0, "packets_in"]) == (2, 3)

@@ -3,6 +3,8 @@ declarative conditions for what follows from other assets."""
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 
 from iot_assets.defs.automation.jobs import build_jobs, line_shard_job_name
@@ -48,10 +50,32 @@ def range_tags(first: str, last: str) -> dict[str, str]:
 
 
 def _rebuilt_since(instance: dg.DagsterInstance, day: str, timestamp: float) -> bool:
-    """Whether the day's report was rebuilt after the archives changed (by `iot-assets run`, say)."""
+    """Whether the day's report was rebuilt after the landing zone changed (by `iot-assets run`, say)."""
     return bool(instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("daily_report"), asset_partitions=[day], after_timestamp=timestamp),
         limit=1).records)
+
+
+# The assets that read the landing zone: each says in its `changed_days` metadata which days it changed.
+LANDING_ASSETS = ("raw_archives", "collector_files")
+_EVENTS_PER_TICK = 100
+
+
+def stale_days(instance: dg.DagsterInstance, cursor: dict[str, int]) -> tuple[set[str], dict[str, int]]:
+    """The days that archives or collector files changed since `cursor` (the last storage id seen per
+    landing asset) and that no daily report has been rebuilt for since; the cursor moved past them."""
+    stale, cursor = set(), dict(cursor)
+    for asset in LANDING_ASSETS:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=cursor.get(asset)),
+            limit=_EVENTS_PER_TICK, ascending=True).records
+        for record in records:
+            materialization = record.asset_materialization
+            changed = materialization.metadata.get("changed_days") if materialization else None
+            stale |= {day for day in (changed.value if changed else [])
+                      if not _rebuilt_since(instance, day, record.timestamp)}
+            cursor[asset] = record.storage_id
+    return stale, cursor
 
 
 # A scheduled or drift-triggered retrain challenges the served models on a sliding window of
@@ -140,28 +164,28 @@ def build(deployment: Deployment) -> dg.Definitions:
         decisions = materialization.metadata.get("decisions") if materialization else None
         if decisions is None or not decisions.value:
             return dg.SkipReason("no device to re-baseline")
-        requests = sorted(f"{d['device_mac']}@{d['from_day']}" for d in decisions.value)
+        # Decisions recorded before device keys name the device `device_mac` (the same value).
+        requests = sorted(f"{d.get('device_key', d.get('device_mac'))}@{d['from_day']}" for d in decisions.value)
         return dg.RunRequest(run_key=f"rebaseline-{asset_event.run_id}",
                              run_config={"ops": {"anomaly_detector": {"config": {"rebaseline": requests}}}},
                              tags={"iot_assets/rebaseline": ", ".join(requests)[:200]})
 
 
-    @dg.asset_sensor(asset_key=dg.AssetKey("raw_archives"), jobs=daily_jobs,
-                     default_status=dg.DefaultSensorStatus.RUNNING)
-    def changed_days_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-        """Rebuilds every daily asset, through the daily report, of the days new, changed or removed archives touch."""
-        materialization = asset_event.asset_materialization
-        changed = materialization.metadata.get("changed_days") if materialization else None
-        stale = [day for day in (changed.value if changed else [])
-                 if not _rebuilt_since(context.instance, day, asset_event.timestamp)]
-        for first, last in day_ranges(stale, parts):
+    @dg.sensor(jobs=daily_jobs, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+    def changed_days_sensor(context: dg.SensorEvaluationContext):
+        """Rebuilds every daily asset, through the daily report, of the days new, changed or removed archives
+        or collector files touch."""
+        stale, cursor = stale_days(context.instance, json.loads(context.cursor) if context.cursor else {})
+        for first, last in day_ranges(sorted(stale), parts):
+            landed = "-".join(str(cursor[a]) for a in LANDING_ASSETS if a in cursor)
             for job in daily_jobs:
-                key = f"{asset_event.run_id}-{first}-{last}" + ("" if job.name == "daily_job" else f"-{job.name}")
+                key = f"{landed}-{first}-{last}" + ("" if job.name == "daily_job" else f"-{job.name}")
                 if first == last and job.name == "daily_job":
                     yield dg.RunRequest(run_key=key, job_name=job.name, partition_key=first)
                 else:  # the days (every shard of them) in one run
                     yield dg.RunRequest(run_key=key, job_name=job.name,
                                         tags=range_tags(*day_range(partitions_of[job.name], first, last)))
+        context.update_cursor(json.dumps(cursor))
 
     # The daily schedules run at 00:30 UTC for the day that just ended (every shard of it).
     daily_schedules = [dg.build_schedule_from_partitioned_job(job, minute_of_hour=30) for job in daily_jobs]

@@ -114,9 +114,9 @@ def _rebaselined_detector(context: dg.AssetExecutionContext, config: TrainingCon
     until = splits.window_days(windows).max()
     refitted = {}
     for request in config.rebaseline:
-        device_mac, _, from_day = request.partition("@")
-        detector = rebaseline.refit_detector(detector, windows, device_mac, from_day, model_settings.seed)
-        refitted[device_mac] = baselines[device_mac] = {"from_day": from_day, "until": until}
+        device_key, _, from_day = request.partition("@")
+        detector = rebaseline.refit_detector(detector, windows, device_key, from_day, model_settings.seed)
+        refitted[device_key] = baselines[device_key] = {"from_day": from_day, "until": until}
     metrics["baselines"] = baselines
     detector.metrics = metrics
     detector.candidate = promotion.Candidate(
@@ -131,7 +131,7 @@ def _rebaselined_detector(context: dg.AssetExecutionContext, config: TrainingCon
     })
 
 
-SCORE_COLUMNS = ["device_mac", "window_start", "score", "threshold", "top_features", "network_features", "has_model",
+SCORE_COLUMNS = ["device_key", "window_start", "score", "threshold", "top_features", "network_features", "has_model",
                  "anomaly", "score_ratio", "device_name", "model_version"]
 
 
@@ -144,12 +144,12 @@ def _scores_metadata(scores: pd.DataFrame) -> dict:
         "windows": len(scores), "anomalies": len(flagged),
         "anomaly_rate": float(modelled["anomaly"].astype(bool).mean()) if len(modelled) else 0.0,
         "without_model": int((~scores["has_model"].astype(bool)).sum()) if len(scores) else 0,
-        "flagged": dg.MetadataValue.md(flagged[["device_name", "device_mac", "window_start", "score_ratio",
+        "flagged": dg.MetadataValue.md(flagged[["device_name", "device_key", "window_start", "score_ratio",
                                                 "top_features"]].head(20).to_markdown(index=False)
                                        if len(flagged) else "none"),
         "network_windows": len(network),
         "network_moves": dg.MetadataValue.md(
-            network.groupby("window_start").agg(devices=("device_mac", "size"), features=("network_features", "first"))
+            network.groupby("window_start").agg(devices=("device_key", "size"), features=("network_features", "first"))
             .reset_index().head(20).to_markdown(index=False) if len(network) else "none"),
     }
 
@@ -157,8 +157,8 @@ def _scores_metadata(scores: pd.DataFrame) -> dict:
 def _aligned_deviations(detector: anomaly.AnomalyDetector, windows: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     """The detector's deviations of `windows`, on the rows of `scores` (matched by device and window)."""
     deviations = detector.deviations(windows)
-    deviations.index = pd.MultiIndex.from_frame(windows[["device_mac", "window_start"]])
-    keys = pd.MultiIndex.from_frame(scores[["device_mac", "window_start"]])
+    deviations.index = pd.MultiIndex.from_frame(windows[["device_key", "window_start"]])
+    keys = pd.MultiIndex.from_frame(scores[["device_key", "window_start"]])
     return deviations.reindex(keys).set_axis(scores.index)
 
 
@@ -185,7 +185,7 @@ def build(parts: Partitions) -> list:
         def build(day: str) -> pd.DataFrame:  # each day as the lake writes it: a ranged run holds one day's flows
             frame = build_windows(clean_flows[day], clean_flows.get(previous_day(day)), day, minutes)
             windows.append(len(frame))
-            attach(context, "device_windows", day, {"windows": len(frame), "devices": int(frame["device_mac"].nunique())})
+            attach(context, "device_windows", day, {"windows": len(frame), "devices": int(frame["device_key"].nunique())})
             return frame
 
         return dg.Output(DaysBuilt(context.partition_keys, build, lambda: {"windows": sum(windows)}),
@@ -211,7 +211,7 @@ def build(parts: Partitions) -> list:
                 raise FileNotFoundError(f"device_services[{day}]: clean_flows of {day} is not built")
             frame = novelty.service_flows(clean_flows[day], minutes)
             rows.append(len(frame))
-            attach(context, "device_services", day, {"rows": len(frame), "devices": int(frame["device_mac"].nunique()),
+            attach(context, "device_services", day, {"rows": len(frame), "devices": int(frame["device_key"].nunique()),
                                                      "services": int(frame["service"].nunique())})
             return frame
 
@@ -337,9 +337,9 @@ def build(parts: Partitions) -> list:
         unknown = inventory[~inventory["in_catalogue"].astype(bool)] if len(inventory) else inventory
         yield dg.AssetCheckResult(
             check_name="no_unknown_devices", passed=unknown.empty, severity=dg.AssetCheckSeverity.WARN,
-            description=", ".join(sorted({f"{r.device_mac} (looks like {r.predicted_device}, {r.confidence:.0%})"
+            description=", ".join(sorted({f"{r.device_key} (looks like {r.predicted_device}, {r.confidence:.0%})"
                                           for r in unknown.itertuples()})) or "every MAC is in the catalogue",
-            metadata={"unknown_macs": dg.MetadataValue.json(sorted(set(unknown["device_mac"])) if len(unknown) else [])},
+            metadata={"unknown_macs": dg.MetadataValue.json(sorted(set(unknown["device_key"])) if len(unknown) else [])},
         )
         silent = {day: sorted(set(model.labels) - set(frame["catalogue_device"].dropna())) for day, frame in out.items()}
         silent = {day: names for day, names in silent.items() if names}
@@ -354,7 +354,7 @@ def build(parts: Partitions) -> list:
             severity=dg.AssetCheckSeverity.WARN,
             description=None if agreement is None else f"{agreement:.1%} of {len(known)} catalogue MAC-days agree",
             metadata={"agreement": agreement, "disagreeing": dg.MetadataValue.json(
-                known.loc[known["disagrees"].astype(bool), ["day", "device_mac", "catalogue_device", "predicted_device"]]
+                known.loc[known["disagrees"].astype(bool), ["day", "device_key", "catalogue_device", "predicted_device"]]
                 .head(50).to_dict("records") if len(known) else [])},
         )
 
@@ -442,12 +442,12 @@ def build(parts: Partitions) -> list:
             "windows": len(scores), "anomalies": len(flagged), "model_version": detector.version,
             "anomaly_rate": float(modelled["anomaly"].astype(bool).mean()) if len(modelled) else 0.0,
             "without_model": int((~scores["has_model"].astype(bool)).sum()) if len(scores) else 0,
-            "flagged": dg.MetadataValue.md(flagged[["device_name", "device_mac", "window_start", "score_ratio", "top_features"]]
+            "flagged": dg.MetadataValue.md(flagged[["device_name", "device_key", "window_start", "score_ratio", "top_features"]]
                                            .head(20).to_markdown(index=False) if len(flagged) else "none"),
             # Moves most devices made together (a LAN host's broadcasts): discounted from the scores, shown here.
             "network_windows": len(network),
             "network_moves": dg.MetadataValue.md(
-                network.groupby("window_start").agg(devices=("device_mac", "size"), features=("network_features", "first"))
+                network.groupby("window_start").agg(devices=("device_key", "size"), features=("network_features", "first"))
                 .reset_index().head(20).to_markdown(index=False) if len(network) else "none"),
         })
         yield dg.AssetCheckResult(
@@ -507,10 +507,10 @@ def build(parts: Partitions) -> list:
         windows = concat_days({d: f for d, f in device_windows.items() if first_needed <= d})
         days = splits.window_days(windows)
         train = days.between(*train_range) & ~attacked_windows(windows, model_settings) \
-            & ~windows["device_mac"].isin(list(baselines))
+            & ~windows["device_key"].isin(list(baselines))
         devices = drift.build_reference(windows[train])
-        for device_mac, baseline in baselines.items():  # re-baselined devices: their new normal
-            devices = rebaseline.refit_reference(devices, windows[days <= baseline["until"]], device_mac,
+        for device_key, baseline in baselines.items():  # re-baselined devices: their new normal
+            devices = rebaseline.refit_reference(devices, windows[days <= baseline["until"]], device_key,
                                                  baseline["from_day"])
         reference = JsonDocument({"train_range": train_range, "baselines": baselines, "devices": devices})
         reference.candidate = promotion.Candidate(promotion.FOLLOWS, f"follows anomaly_detector {anomaly_detector.version}",
@@ -539,13 +539,13 @@ def build(parts: Partitions) -> list:
         if len(scores):
             scores = scores[scores["model_version"] == anomaly_detector.version]
             drift_days = pd.concat(summaries, ignore_index=True) if summaries else \
-                pd.DataFrame(columns=["device_mac", "day", "level"])
+                pd.DataFrame(columns=["device_key", "day", "level"])
             daily = rebaseline.daily_status(drift_days, scores)
         else:
             daily = pd.DataFrame(columns=rebaseline.DAILY_COLUMNS)
         decisions = rebaseline.decide(daily, model_settings.read_acknowledgements(), model_settings.stable_days, since)
-        names = dict(zip(scores["device_mac"], scores["device_name"])) if len(scores) else {}
-        decisions.insert(1, "device_name", decisions["device_mac"].map(names))
+        names = dict(zip(scores["device_key"], scores["device_name"])) if len(scores) else {}
+        decisions.insert(1, "device_name", decisions["device_key"].map(names))
         return dg.Output(decisions, metadata={
             "decisions": dg.MetadataValue.json(decisions.to_dict("records")),
             "days_judged": len(days), "devices_changed_last_day": int(daily.loc[daily["day"] == max(days, default=""),
@@ -585,7 +585,7 @@ def build(parts: Partitions) -> list:
         per_day = {day: {"devices": int(len(part)), "drifted": int((part["level"] != "none").sum())}
                    for day, part in summary.groupby("day")} if len(summary) else {}
         yield dg.Output(out, metadata={
-            "devices": int(summary["device_mac"].nunique()) if len(summary) else 0, "model_version": drift_reference.version,
+            "devices": int(summary["device_key"].nunique()) if len(summary) else 0, "model_version": drift_reference.version,
             "drifted_devices_per_day": dg.MetadataValue.json(per_day),
             "drifted_features": int(sum(t["drifted"].sum() for t in out.values())),
             "summary": dg.MetadataValue.md(summary.to_markdown(index=False, floatfmt=".2f") if len(summary) else "no device"),
@@ -594,7 +594,7 @@ def build(parts: Partitions) -> list:
         flagged = pd.concat([major, moderate])
         yield dg.AssetCheckResult(
             check_name="feature_drift", passed=flagged.empty, severity=severity,
-            description="; ".join(f"{r.day} {r.device_name or r.device_mac}: {r.level} ({r.drifted_share:.0%} of features, "
+            description="; ".join(f"{r.day} {r.device_name or r.device_key}: {r.level} ({r.drifted_share:.0%} of features, "
                                   f"mix x{r.mix_ratio:.1f})" for r in flagged.itertuples())[:2000] or "no device drifted",
             metadata={
                 "devices_major": len(major), "devices_moderate": len(moderate),

@@ -90,7 +90,7 @@ def build(parts: Partitions) -> list:
             else:
                 new_high.append(exposure.new_high_findings(table).assign(day=day))
             uncovered.append(_coverage_note(exposure.rules_coverage(flows)).assign(day=day))
-        fresh = pd.concat(new_high, ignore_index=True) if new_high else pd.DataFrame(columns=["day", "device_mac", "kind"])
+        fresh = pd.concat(new_high, ignore_index=True) if new_high else pd.DataFrame(columns=["day", "device_key", "kind"])
         unexplained = pd.concat(uncovered, ignore_index=True)
         # Each day's worklist and counts are on its own partition (`attach`).
         yield dg.Output(out, metadata={
@@ -100,14 +100,14 @@ def build(parts: Partitions) -> list:
         })
         yield dg.AssetCheckResult(
             check_name="no_new_high_exposure", passed=fresh.empty, severity=dg.AssetCheckSeverity.ERROR,
-            description="; ".join(f"{r.day} {r.device or r.device_mac}: {r.kind} ({', '.join(r.evidence[:2])})"
+            description="; ".join(f"{r.day} {r.device or r.device_key}: {r.kind} ({', '.join(r.evidence[:2])})"
                                   for r in fresh.itertuples())[:2000] or "no new high-severity finding",
-            metadata={"new_high": dg.MetadataValue.json(fresh[["day", "device_mac", "kind"]].to_dict("records")),
+            metadata={"new_high": dg.MetadataValue.json(fresh[["day", "device_key", "kind"]].to_dict("records")),
                       "baseline_days": dg.MetadataValue.json(baseline_days)},
         )
         yield dg.AssetCheckResult(
             check_name="exposure_rules_cover_traffic", passed=unexplained.empty, severity=dg.AssetCheckSeverity.WARN,
-            description="; ".join(f"{r.day} {r.device or r.device_mac}: {r.unexplained_share:.0%} of {r.internet_flows} "
+            description="; ".join(f"{r.day} {r.device or r.device_key}: {r.unexplained_share:.0%} of {r.internet_flows} "
                                   f"flows unexplained ({r.unexplained_ports})" for r in unexplained.itertuples())[:2000]
             or f"every device with {MIN_INTERNET_FLOWS}+ Internet flows is mostly explained",
             metadata={"limit": UNEXPLAINED_SHARE_LIMIT,

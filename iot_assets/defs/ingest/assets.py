@@ -272,7 +272,7 @@ def _count_once(clean: pd.DataFrame, rank: dict[str, int]) -> tuple[pd.DataFrame
 
 def flow_sample(clean: pd.DataFrame, seed: int) -> pd.DataFrame:
     """Up to a few hundred flows per device of a day: what the per-flow baseline classifier trains on."""
-    return clean.sample(frac=1.0, random_state=seed).groupby("device_mac").head(BASELINE_FLOWS_PER_DEVICE_DAY) \
+    return clean.sample(frac=1.0, random_state=seed).groupby("device_key").head(BASELINE_FLOWS_PER_DEVICE_DAY) \
         .reset_index(drop=True)
 
 
@@ -439,7 +439,7 @@ def build(parts: Partitions) -> list:
             for reason, n in rejects["reason"].value_counts().items():
                 by_reason[reason] = by_reason.get(reason, 0) + int(n)
             rejects_by_day[day], samples[day], rows_by_day[day] = rejects, flow_sample(clean, seed=0), len(clean)
-            devices_by_day[day] = clean["device_name"].fillna(clean["device_mac"]).fillna(clean["device_ip"]).value_counts()
+            devices_by_day[day] = clean["device_name"].fillna(clean["device_key"]).value_counts()
             attach(context, "clean_flows", day, {
                 "rows": len(clean), "devices": len(devices_by_day[day]),
                 "rows_per_device": dg.MetadataValue.json({k: int(v) for k, v in devices_by_day[day].items()})})

@@ -39,7 +39,7 @@ def _named_devices(lines, findings):
     """The lines' devices by name (and MAC), not by MAC alone."""
     if lines.empty:
         return lines
-    names = findings.drop_duplicates("device_mac").set_index("device_mac")["device"].to_dict()
+    names = findings.drop_duplicates("device_key").set_index("device_key")["device"].to_dict()
     return lines.assign(devices=[[f"{names[m]} ({m})" if isinstance(names.get(m), str) else m for m in macs]
                                  for macs in lines["devices"]])
 
@@ -48,7 +48,7 @@ def _advisories_of(findings, advisories) -> list[dict]:
     """The advisories behind the day's `known_advisory` findings, each with its device."""
     seen = findings[findings["seen_today"].astype(bool) & (findings["kind"] == "known_advisory")] if len(findings) \
         else findings
-    return [{"device": r.device if isinstance(r.device, str) else r.device_mac, **details}
+    return [{"device": r.device if isinstance(r.device, str) else r.device_key, **details}
             for r in seen.itertuples() for details in exposure.advisory_details(list(r.evidence), advisories)]
 
 
