@@ -284,9 +284,22 @@ def _materialize(settings: Settings, home: Path, strict: bool) -> bool:
         click.echo(f"ALERT {alert}")
     for problem in outcome.problems:
         click.echo(f"FAILED {problem}")
+    for line in _pending_proposals(settings.data_dir):
+        click.echo(line)
     click.echo(f"the UI: DAGSTER_HOME={home} {Path(sys.executable).parent / 'iot-assets'} ui  "
                f"(then http://127.0.0.1:3000; reports at {settings.reports_url})")
     return not outcome.problems
+
+
+def _pending_proposals(data_dir: str) -> list[str]:
+    """A line per model version proposed and not yet decided on: what it is, why, and the command that serves it."""
+    from iot_assets.io.model_labels import NAMES
+    from iot_assets.io.models import ModelStore
+
+    store = ModelStore(data_dir)
+    return [f"PROPOSED {NAMES[asset]} {entry['to_version']} to replace {entry['from_version']}: {entry['reason']}; "
+            f"serve it with `iot-assets models use {asset} {entry['to_version']}`"
+            for asset in NAMES for entry in store.pending_proposals(asset)]
 
 
 def _sample_landing_zone(settings: Settings, days: int, scale: float, seed: int) -> str | None:

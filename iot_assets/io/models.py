@@ -180,6 +180,15 @@ class ModelStore:
                 raise PromotionLogError(f"{path} line {number}: not a JSON record ({exc.msg})") from None
         return records
 
+    def pending_proposals(self, asset: str) -> list[dict]:
+        """The proposals made against the version served now that nobody has decided on yet, oldest first."""
+        served = self.current_or_none(asset)
+        pending = {}
+        for entry in self.promotions(asset):
+            if entry["event"] == promotion.PROPOSED and entry["from_version"] == served:
+                pending[entry["to_version"]] = entry
+        return [entry for version, entry in pending.items() if version != served]
+
     def _append(self, asset: str, entry: dict) -> None:
         # Read and rewritten whole: an object store has no append, and the log grows by a line a week.
         path = self.root / asset / PROMOTIONS

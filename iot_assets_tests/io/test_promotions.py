@@ -166,3 +166,22 @@ def test_a_broken_promotion_log_line_is_named(tmp_path):
         store.promotions("drift_reference")
     listed = CliRunner().invoke(main, ["models", "list", "drift_reference"], env={"IOT_ASSETS_DATA_DIR": str(tmp_path)})
     assert listed.exit_code == 1 and "line 2: not a JSON record" in listed.output
+
+
+def test_the_end_of_a_run_names_each_pending_proposal_and_the_command_that_serves_it(tmp_path):
+    from iot_assets.cli import _pending_proposals
+
+    store = ModelStore(str(tmp_path))
+    first = _saved(store, _reference(2, "2019-06-25"))
+    settle(store, "drift_reference", first, None, ["2019-06-25", "2019-07-04"], auto_promote=False)
+    assert _pending_proposals(str(tmp_path)) == [] and store.pending_proposals("drift_reference") == []
+    challenger = _saved(store, _reference(3, "2019-06-27"))
+    candidate = promotion.Candidate(promotion.CHALLENGE, promotion.challenge_reason(CLASSIFIER_CHALLENGE))
+    settle(store, "drift_reference", challenger, candidate, None, auto_promote=False)
+    assert [e["to_version"] for e in store.pending_proposals("drift_reference")] == [challenger]
+    assert _pending_proposals(str(tmp_path)) == [
+        f"PROPOSED drift reference {challenger} to replace {first}: {promotion.challenge_reason(CLASSIFIER_CHALLENGE)}; "
+        f"serve it with `iot-assets models use drift_reference {challenger}`"]
+    # Decided on: promoted by the user, nothing pending any more.
+    store.promote("drift_reference", challenger, "promoted by user")
+    assert _pending_proposals(str(tmp_path)) == []
