@@ -4,12 +4,10 @@ no run is launched, no served model version changes and the promotion log gets n
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -17,8 +15,8 @@ import pytest
 from dagster._core.definitions.run_request import InstigatorType
 
 from iot_assets.ui import free_port
+from iot_assets_tests.support.browser import ROOT, built_sample, wait_for_url
 
-ROOT = Path(__file__).resolve().parents[2]
 DAYS = ["2019-06-25", "2019-06-26", "2019-06-27"]
 MODEL_ASSETS = ("device_classifier", "anomaly_detector", "drift_reference")
 IDLE_SECONDS = 150  # sensors tick every 60 s: at least two ticks of each after the daemon's first
@@ -36,19 +34,6 @@ def _model_state(data: Path) -> dict[str, tuple[str, str]]:
     return state
 
 
-def _wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
-    deadline = time.time() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
-                assert answer.status == 200
-                return
-        except OSError:
-            if time.time() > deadline or process.poll() is not None:
-                raise AssertionError(f"{url} never answered; log: {log.read_text()[-3000:]}")
-            time.sleep(1)
-
-
 def _sensor_ticks(instance: dg.DagsterInstance) -> dict[str, list]:
     """Each sensor's ticks (newest first), by name, from the instance the daemon writes them to."""
     ticks = {}
@@ -59,13 +44,7 @@ def _sensor_ticks(instance: dg.DagsterInstance) -> dict[str, list]:
 
 def test_the_daemon_on_an_unchanged_landing_zone_launches_nothing_and_changes_no_served_model(tmp_path):
     work = tmp_path
-    env = {**os.environ, "IOT_ASSETS_DATA_DIR": str(work / "data"), "DAGSTER_HOME": str(work / "dagster_home"),
-           "IOT_ASSETS_END_DATE": DAYS[-1]}
-    env.pop("IOT_ASSETS_EPISODES", None)
-    env.pop("IOT_ASSETS_AUTO_PROMOTE", None)
-    done = subprocess.run([sys.executable, "-m", "iot_assets.cli", "run", "--sample-days", "3", "--sample-scale", "0.02"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    env = built_sample(work, DAYS)
     data = work / "data"
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     runs_before = {run.run_id for run in instance.get_runs()}
@@ -81,7 +60,7 @@ def test_the_daemon_on_an_unchanged_landing_zone_launches_nothing_and_changes_no
                            "--reports-port", str(reports_port)],
                           env=env, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
-        _wait_for(f"http://127.0.0.1:{ui_port}/server_info", ui, log)
+        wait_for_url(f"http://127.0.0.1:{ui_port}/server_info", ui, log)
         deadline = time.time() + IDLE_SECONDS
         while time.time() < deadline:
             assert ui.poll() is None, log.read_text()[-3000:]

@@ -55,6 +55,7 @@ def built_sample(work: Path, days: list[str], **extra_env: str) -> dict:
     env = {**os.environ, "IOT_ASSETS_DATA_DIR": str(work / "data"), "DAGSTER_HOME": str(work / "dagster_home"),
            "IOT_ASSETS_END_DATE": days[-1], **extra_env}
     env.pop("IOT_ASSETS_EPISODES", None)
+    env.pop("IOT_ASSETS_AUTO_PROMOTE", None)  # the default policy: what a new user gets
     done = subprocess.run([sys.executable, "-m", "iot_assets.cli", "run", "--sample-days", str(len(days)),
                            "--sample-scale", "0.02"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
