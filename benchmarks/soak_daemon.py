@@ -54,31 +54,22 @@ sys.path.insert(0, str(ROOT))
 import dagster as dg
 import pandas as pd
 import pyarrow.parquet as pq
+from soak import DEVICES, FIRST_DAY, land_day, read_days  # the CLI soak beside this file
+from soak import check as lake_check
 
-from iot_assets.core.duplicates import FLOW_KEY
-from iot_assets.defs.automation.jobs import FLOW_ASSETS, SCORING_ASSETS
-from iot_assets.synthetic import sample
+from iot_assets.config import Settings
+from iot_assets.definitions import build_definitions
+from iot_assets.materialize import _job_assets
 
-FIRST_DAY = date(2019, 6, 25)
-DEVICES = ["nature_remo", "qrio_hub", "xiaomi_mijia_led", "planex_smacam_pantilt", "google_home_gen1",
-           "amazon_echo_gen2"]
 BIN = Path(sys.executable).parent
 IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
-DAILY_ASSETS = [a for a in FLOW_ASSETS + SCORING_ASSETS if a != "collector_flows"]
 
 
-def land_day(data: Path, day: date, devices: list[str], scale: float, seed: int) -> list[str]:
-    """The day's archives into the landing zone, one per device; returns their names."""
-    names = []
-    with tempfile.TemporaryDirectory() as tmp:
-        sample.generate(Path(tmp), day, 1, scale=scale, seed=seed, devices=devices)
-        for path in sorted(Path(tmp).glob("*.tar.gz")):
-            name = f"{path.name.split('.tar.gz')[0]}_{day:%Y%m%d}.tar.gz"
-            shutil.move(path, data / "raw" / f".{name}.partial")
-            os.replace(data / "raw" / f".{name}.partial", data / "raw" / name)  # lands whole
-            names.append(name)
-    return names
+def daily_assets(env: dict[str, str]) -> list[str]:
+    """What the daily job builds (no collector files land in the soak), as the code location defines it."""
+    defs = build_definitions(Settings.from_env(env))
+    return [a for a in _job_assets(defs.resolve_job_def("daily_job")) if a != "collector_flows"]
 
 
 def archive_day(name: str) -> str:
@@ -176,7 +167,7 @@ mutation($backfillParams: LaunchBackfillParams!) {
 def launch_backfill(env: dict[str, str], days: list[str], log: Path) -> str:
     """The daily assets of `days` as one asset backfill, through the GraphQL mutation the UI sends."""
     variables = {"backfillParams": {"partitionNames": days, "title": "soak: older days",
-                                    "assetSelection": [{"path": [a]} for a in DAILY_ASSETS]}}
+                                    "assetSelection": [{"path": [a]} for a in daily_assets(env)]}}
     with open(log, "ab") as err:
         out = subprocess.run([str(BIN / "dagster-graphql"), "-m", "iot_assets.definitions", "-t", BACKFILL_MUTATION,
                               "-v", json.dumps(variables)], env=env, cwd=ROOT, capture_output=False,
@@ -251,12 +242,6 @@ def model_changes(instance: dg.DagsterInstance, served_per_day: list[tuple[float
     return problems
 
 
-def read_days(folder: Path, columns: list[str]) -> pd.DataFrame:
-    """Every day file of a lake table, read one by one (an empty day's all-null column has another type)."""
-    frames = [pq.read_table(path, columns=columns).to_pandas() for path in sorted(folder.glob("day=*/*.parquet"))]
-    return pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
-
-
 def rows_per_day(folder: Path) -> dict[str, int]:
     """Rows of each day of a lake table, from the Parquet footers."""
     counts: dict[str, int] = {}
@@ -270,34 +255,18 @@ def check(data: Path, days: list[str], reexports: dict[str, str], settled: list[
     """What the lake and the reports say at the end (module docstring); `settled`: the days built after
     their archives last landed (all of them, once the daemon caught up), on which nothing may be missing."""
     lake = data / "lake"
-    built = {p.name.removeprefix("day=") for p in (lake / "clean_flows").iterdir()} if (lake / "clean_flows").exists() else set()
+    base = lake_check(data, days, reexports)
     report = json.loads((data / "reports" / "reconciliation.json").read_text())
-    unreconciled = [a["archive"] for a in report["archives"] if not a["reconciled"]]
-    decoded = read_days(lake / "decoded_flows", ["archive", "line_number"])
-    clean = read_days(lake / "clean_flows", ["archive", "line_number", *FLOW_KEY])
-    rejects = read_days(lake / "clean_rejects", ["archive", "line_number", "reason"])
     expected = {a["archive"]: a["decoded"] for a in report["archives"]}
+    decoded = read_days(lake / "decoded_flows", ["archive"])
     in_lake = decoded["archive"].value_counts().to_dict()
-    lost = sum(max(n - in_lake.get(a, 0), 0) for a, n in expected.items())
-    unbalanced = len(decoded) - len(clean) - len(rejects)
-    copies = rejects[rejects["reason"].str.startswith("duplicate_of:")]
     landed = {name.split(".tar.gz")[0] for name in os.listdir(data / "raw") if name.endswith(".tar.gz")}
     per_day = {table: rows_per_day(lake / table) for table in ("decoded_flows", "clean_flows", "clean_rejects")}
     lost_settled = sum(max(n - in_lake.get(a, 0), 0) for a, n in expected.items() if archive_day(a) in settled)
     lost_settled += sum(abs(per_day["decoded_flows"].get(d, 0) - per_day["clean_flows"].get(d, 0)
                             - per_day["clean_rejects"].get(d, 0)) for d in settled)
-    return {
-        "records_lost_on_settled_days": lost_settled,
-        "days_missing": sorted(set(days) - built),
-        "archives_not_in_report": sorted(landed - set(expected)),
-        "unreconciled_archives": unreconciled,
-        "records_lost": lost + abs(unbalanced),
-        "records_decoded": len(decoded),
-        "duplicate_lines": int(clean.duplicated(["archive", "line_number"]).sum()),
-        "duplicate_flows": int(clean.duplicated(FLOW_KEY).sum()),
-        "reexport_rows_clean": int(clean["archive"].isin(list(reexports)).sum()),
-        "reexport_rows_rejected_as_copies": int(copies["archive"].isin(list(reexports)).sum()),
-    }
+    return {"records_lost_on_settled_days": lost_settled, **base,
+            "archives_not_in_report": sorted(landed - set(expected)), "records_decoded": len(decoded)}
 
 
 def inject_kill(daemon: Daemon, rng: random.Random, until: float, faults: dict[str, int]) -> None:
