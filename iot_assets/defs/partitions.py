@@ -103,3 +103,7 @@ def day_range(partitions_def: dg.PartitionsDefinition, first_day: str, last_day:
 
 def _shard_dimension(partitions_def: dg.MultiPartitionsDefinition) -> dg.PartitionsDefinition:
     return next(d.partitions_def for d in partitions_def.partitions_defs if d.name == "shard")
+
+
+# Training reads every day of the range that has been built; a day not built yet is left out.
+EVERY_BUILT_DAY = dg.AssetIn(metadata={"allow_missing_partitions": True})

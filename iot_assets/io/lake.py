@@ -283,3 +283,12 @@ def read_day(base_url: str, asset: str, day: str) -> pd.DataFrame:
 def read_whole(base_url: str, asset: str) -> pd.DataFrame:
     """An asset that is not partitioned by day."""
     return read_parquet(base_path(base_url) / "lake" / asset / f"{PART}.parquet").to_pandas()
+
+
+def concat_days(by_day: LazyDays) -> pd.DataFrame:
+    """The days of a LazyDays input as one frame, in day order (an empty frame of the same columns when
+    every day is empty)."""
+    frames = [frame for _, frame in sorted(by_day.items()) if frame is not None and len(frame)]
+    if not frames:
+        return next(iter(by_day.values())).iloc[0:0] if by_day else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)

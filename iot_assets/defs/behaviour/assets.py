@@ -20,13 +20,22 @@ from iot_assets.core.features import (
     build_windows,
 )
 from iot_assets.defs.automation.sensors import AFTER_ITS_INPUTS
+from iot_assets.defs.behaviour.training import (
+    TrainingConfig,
+    attacked_windows,
+    challenge_metadata,
+    rebaselined_detector,
+    settle_challenge,
+    training_split,
+    version_output,
+)
 from iot_assets.defs.day_metadata import attach, incidents_metadata, inventory_metadata
 from iot_assets.defs.loading import current_deployment
-from iot_assets.defs.partitions import Partitions
+from iot_assets.defs.partitions import EVERY_BUILT_DAY, Partitions
 from iot_assets.defs.resources import ModelSettings
 from iot_assets.defs.stages import DAILY_FLOWS, DAILY_SCORING, REPORTS, TRAINING, stage
-from iot_assets.io.lake import DaysBuilt, LazyDays
-from iot_assets.io.models import JsonDocument, ServedModels, model_version
+from iot_assets.io.lake import DaysBuilt, LazyDays, concat_days
+from iot_assets.io.models import JsonDocument, ServedModels
 from iot_assets.io.reports import ReportFiles
 
 with warnings.catch_warnings():
@@ -37,98 +46,6 @@ with warnings.catch_warnings():
     INVENTORY_WEEK = dg.TimeWindowPartitionMapping(start_offset=-(INVENTORY_DAYS - 1),
                                                    allow_nonexistent_upstream_partitions=True)
 
-# Training reads every day of the range that has been built; a day not built yet is left out.
-EVERY_BUILT_DAY = dg.AssetIn(metadata={"allow_missing_partitions": True})
-
-
-def concat_days(by_day: LazyDays) -> pd.DataFrame:
-    frames = [frame for _, frame in sorted(by_day.items()) if frame is not None and len(frame)]
-    if not frames:
-        return next(iter(by_day.values())).iloc[0:0] if by_day else pd.DataFrame()
-    return pd.concat(frames, ignore_index=True)
-
-
-def attacked_windows(windows: pd.DataFrame, settings: ModelSettings) -> pd.Series:
-    """Windows in an injected episode or within the 24-hour context after one: not the device's normal."""
-    return anomaly.label_windows(windows, settings.read_episodes(), settings.window_minutes,
-                                 lookback=pd.Timedelta(hours=CONTEXT_HOURS)).notna()
-
-
-def _version_output(model, metadata: dict) -> dg.Output:
-    version = model_version(model)
-    return dg.Output(model, data_version=dg.DataVersion(version), metadata={"version": version, **metadata})
-
-
-class TrainingConfig(dg.Config):
-    """How a training run builds its model: on the time split, or as a challenger to the version in use."""
-
-    challenge: bool = False  # train on the recent window; serve it only if it beats the served version after it
-    window_days: int = 28  # the challenger's training days: the latest before the holdout
-    holdout_days: int = 7  # the days after the window both models are judged on
-    # DEVICE_MAC@FROM_DAY: refit only these devices of the served detector on their windows from that
-    # day on (rebaseline_sensor sets it from rebaseline_decisions).
-    rebaseline: list[str] = []
-
-
-def training_split(windows: pd.DataFrame, config: TrainingConfig, model_settings: ModelSettings,
-                   champion) -> tuple[pd.DataFrame, splits.TimeSplit]:
-    """The windows and split to train on: the time split, or (challenging a champion) the sliding window and its holdout."""
-    if champion is None:
-        return windows, splits.TimeSplit.of(windows, model_settings.train_fraction)
-    window, holdout = champion_module.sliding_split(splits.window_days(windows).unique().tolist(),
-                                                    config.window_days, config.holdout_days)
-    return windows[splits.window_days(windows).isin(window + holdout)], splits.TimeSplit(window, holdout)
-
-
-def settle_challenge(context: dg.AssetExecutionContext, reports: ReportFiles, report_name: str, champion, challenger,
-                     split: splits.TimeSplit, compared: tuple[str, dict]):
-    """(the model to serve, the challenge's figures): the champion as it was, or the challenger with them in its metrics."""
-    keep, challenge = compared
-    reports.write_json(report_name, challenge)
-    context.log.info(f"champion {champion.version} against a challenger on {split.train_range}: "
-                     f"{keep} kept ({challenge['reason']})")
-    if keep == "champion":
-        return champion, challenge
-    challenger.metrics["challenge"] = challenge
-    # Served at once only under automatic promotion; else proposed (iot_assets.core.promotion).
-    challenger.candidate = promotion.Candidate(promotion.CHALLENGE, promotion.challenge_reason(challenge),
-                                               {"challenge": promotion.challenge_figures(challenge)})
-    return challenger, challenge
-
-
-def challenge_metadata(challenge: dict | None) -> dict:
-    if challenge is None:
-        return {"decision": "first training or no challenge: trained on the time split"}
-    return {"decision": f"{challenge['decision']} kept: {challenge['reason']}",
-            "challenge": dg.MetadataValue.json(challenge)}
-
-
-def _rebaselined_detector(context: dg.AssetExecutionContext, config: TrainingConfig, windows: pd.DataFrame,
-                          model_settings: ModelSettings, reports: ReportFiles, served_models: ServedModels) -> dg.Output:
-    """The served detector with the requested devices refitted on their new normal: a new version."""
-    detector = served_models.champion("anomaly_detector")
-    if detector is None:
-        raise dg.Failure("anomaly_detector: nothing to re-baseline before the first training")
-    metrics = dict(detector.metrics or {})
-    baselines = dict(metrics.get("baselines") or {})
-    until = splits.window_days(windows).max()
-    refitted = {}
-    for request in config.rebaseline:
-        device_key, _, from_day = request.partition("@")
-        detector = rebaseline.refit_detector(detector, windows, device_key, from_day, model_settings.seed)
-        refitted[device_key] = baselines[device_key] = {"from_day": from_day, "until": until}
-    metrics["baselines"] = baselines
-    detector.metrics = metrics
-    detector.candidate = promotion.Candidate(
-        promotion.REBASELINE, "rebaseline of " + ", ".join(f"{mac} from {b['from_day']}" for mac, b in refitted.items()),
-        {"rebaselined": refitted})
-    context.log.info("re-baselined " + ", ".join(f"{mac} from {b['from_day']}" for mac, b in refitted.items()))
-    metrics_path = reports.write_json("anomaly_metrics.json", metrics)
-    return _version_output(detector, {
-        "detector": metrics.get("detector"), "devices_modelled": len(detector.devices),
-        "decision": f"re-baselined {len(refitted)} device(s)", "rebaselined": dg.MetadataValue.json(refitted),
-        "baselines": dg.MetadataValue.json(baselines), "metrics": dg.MetadataValue.path(str(metrics_path)),
-    })
 
 
 SCORE_COLUMNS = ["device_key", "window_start", "score", "threshold", "top_features", "network_features", "has_model",
@@ -260,7 +177,7 @@ def build(parts: Partitions) -> list:
         metrics_path = reports.write_json("classifier_metrics.json", metrics)
         exploration_path = reports.write_text("feature_exploration.md", report)
         context.log.info(f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
-        yield _version_output(model, {
+        yield version_output(model, {
             "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
             "baseline_per_flow_accuracy": metrics["baseline_per_flow"]["accuracy"],
             # A champion kept from a version older than the open-set figures has none.
@@ -369,7 +286,7 @@ def build(parts: Partitions) -> list:
         """PyOD detectors per device, compared on the later days, the best kept; thresholds at the target FPR."""
         windows = concat_days(device_windows)
         if config.rebaseline:
-            return _rebaselined_detector(context, config, windows, model_settings, reports, served_models)
+            return rebaselined_detector(context, config, windows, model_settings, reports, served_models)
         champion = served_models.champion("anomaly_detector") if config.challenge else None
         windows, split = training_split(windows, config, model_settings, champion)
         episodes = model_settings.read_episodes()
@@ -395,7 +312,7 @@ def build(parts: Partitions) -> list:
                                                        champion, detector, evaluation, labels[~train], split.eval_range))
             metrics = detector.metrics
         metrics_path = reports.write_json("anomaly_metrics.json", metrics)
-        return _version_output(detector, {
+        return version_output(detector, {
             "detector": metrics["detector"], "fpr_clean": metrics["fpr_clean"], "roc_auc": metrics["roc_auc"],
             "devices_modelled": len(detector.devices),
             # A champion kept from a version older than the incident figures has none.
@@ -515,7 +432,7 @@ def build(parts: Partitions) -> list:
         reference = JsonDocument({"train_range": train_range, "baselines": baselines, "devices": devices})
         reference.candidate = promotion.Candidate(promotion.FOLLOWS, f"follows anomaly_detector {anomaly_detector.version}",
                                                   {"follows": anomaly_detector.version})
-        return _version_output(reference, {"devices": len(reference["devices"]), "features": len(FEATURES),
+        return version_output(reference, {"devices": len(reference["devices"]), "features": len(FEATURES),
                                            "train_range": dg.MetadataValue.json(train_range),
                                            "baselines": dg.MetadataValue.json(baselines),
                                            "anomaly_detector": anomaly_detector.version})

@@ -7,13 +7,12 @@ import pandas as pd
 
 from iot_assets.contracts.calendar import previous_day
 from iot_assets.core import exposure, exposure_incidents, exposure_metrics
-from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY, concat_days
 from iot_assets.defs.day_metadata import attach, exposure_metadata
 from iot_assets.defs.loading import current_deployment
-from iot_assets.defs.partitions import Partitions
+from iot_assets.defs.partitions import EVERY_BUILT_DAY, Partitions
 from iot_assets.defs.resources import ExposureSettings, ModelSettings
 from iot_assets.defs.stages import DAILY_SCORING, REPORTS, stage
-from iot_assets.io.lake import LazyDays
+from iot_assets.io.lake import LazyDays, concat_days
 from iot_assets.io.reports import ReportFiles
 from iot_assets.synthetic.inject import EXPOSURE_EPISODE_TYPES
 

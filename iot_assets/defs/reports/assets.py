@@ -10,13 +10,12 @@ from iot_assets.core import exposure
 from iot_assets.core.anomaly import AnomalyDetector
 from iot_assets.core.classifier import DeviceClassifier
 from iot_assets.defs.automation.sensors import AFTER_ITS_INPUTS
-from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY, concat_days
 from iot_assets.defs.day_metadata import attach
 from iot_assets.defs.loading import current_deployment
-from iot_assets.defs.partitions import Partitions
+from iot_assets.defs.partitions import EVERY_BUILT_DAY, Partitions
 from iot_assets.defs.resources import ExposureSettings, ModelSettings
 from iot_assets.defs.stages import DAILY_SCORING, REPORTS, stage
-from iot_assets.io.lake import LazyDays
+from iot_assets.io.lake import LazyDays, concat_days
 from iot_assets.io.model_labels import model_labels
 from iot_assets.io.models import JsonDocument, ServedModels
 from iot_assets.io.reports import ReportFiles

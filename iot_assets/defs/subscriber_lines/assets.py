@@ -13,10 +13,9 @@ from iot_assets.contracts.calendar import previous_day
 from iot_assets.contracts.schemas import column_schema
 from iot_assets.core import subscriber_lines as lines
 from iot_assets.core.splits import time_split
-from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY
 from iot_assets.defs.day_metadata import attach, line_metadata
 from iot_assets.defs.loading import current_deployment
-from iot_assets.defs.partitions import Partitions, keys_of_days
+from iot_assets.defs.partitions import EVERY_BUILT_DAY, Partitions, keys_of_days
 from iot_assets.defs.resources import LineSettings, ModelSettings
 from iot_assets.defs.stages import DAILY_FLOWS, DAILY_SCORING, INGEST, REPORTS, TRAINING, stage
 from iot_assets.io.lake import DaysBuilt, LazyDays

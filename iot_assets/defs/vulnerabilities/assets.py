@@ -14,10 +14,9 @@ from iot_assets.core import feeds
 from iot_assets.core import vulnerabilities as vuln
 from iot_assets.core.device_cpes import DEFAULT_DEVICE_CPES, read_device_cpes
 from iot_assets.defs.automation.sensors import AFTER_ITS_INPUTS
-from iot_assets.defs.behaviour.assets import EVERY_BUILT_DAY
 from iot_assets.defs.ingest.assets import days_check, schema_failures
 from iot_assets.defs.loading import current_deployment
-from iot_assets.defs.partitions import Partitions
+from iot_assets.defs.partitions import EVERY_BUILT_DAY, Partitions
 from iot_assets.defs.resources import ModelSettings, VulnerabilitySettings
 from iot_assets.defs.stages import DAILY_SCORING, INGEST, REPORTS, stage
 from iot_assets.io.lake import LazyDays
