@@ -11,21 +11,7 @@ import xgboost as xgb
 
 from iot_assets.core import anomaly, classifier, device_inventory, incidents, splits
 from iot_assets.core.features import ANOMALY_FEATURES, FEATURES
-
-
-def synthetic_windows(devices: int = 3, days: int = 4, seed: int = 0) -> pd.DataFrame:
-    """Hourly windows of a few devices, each with its own feature means: enough to fit any model."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for d in range(devices):
-        starts = pd.date_range("2019-07-01", periods=days * 24, freq="h", tz="UTC")
-        values = rng.normal(loc=d * 0.5, scale=0.3, size=(len(starts), len(FEATURES)))
-        frame = pd.DataFrame(values, columns=FEATURES)
-        frame.insert(0, "window_start", starts)
-        frame.insert(0, "device_key", f"02:00:00:00:00:{d:02d}")
-        frame["device_name"] = f"device {d}"
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+from iot_assets_tests.support.windows import synthetic_windows
 
 
 @pytest.mark.parametrize("kind", sorted(anomaly.DETECTORS))

@@ -10,6 +10,7 @@ import pytest
 
 from iot_assets.core import classifier, device_inventory, novelty, splits
 from iot_assets.core.features import FEATURES
+from iot_assets_tests.support.windows import synthetic_windows
 
 DAYS = 40
 
@@ -17,20 +18,11 @@ DAYS = 40
 def windows_with_a_lasting_change(change_day: int = 12, seed: int = 0) -> pd.DataFrame:
     """Three devices over DAYS days; device 0 moves half its features for good on `change_day`
     (the real Nature Remo stopped its HTTPS cloud flows in August 2019); device 3 sits between."""
-    rng = np.random.default_rng(seed)
-    starts = pd.date_range("2019-07-01", periods=DAYS * 24, freq="h", tz="UTC")
-    moved = len(FEATURES) // 2
-    frames = []
-    for d in range(4):
-        values = rng.normal(loc=d * 0.5, scale=0.3, size=(len(starts), len(FEATURES)))
-        if d == 0:
-            values[change_day * 24:, :moved] += 4.0
-        frame = pd.DataFrame(values, columns=FEATURES)
-        frame.insert(0, "window_start", starts)
-        frame.insert(0, "device_key", f"02:00:00:00:00:{d:02d}")
-        frame["device_name"] = f"device {d}"
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    windows = synthetic_windows(devices=4, days=DAYS, seed=seed)
+    changed = (windows["device_key"] == "02:00:00:00:00:00") & (
+        windows["window_start"] >= pd.Timestamp("2019-07-01", tz="UTC") + pd.Timedelta(days=change_day))
+    windows.loc[changed, FEATURES[: len(FEATURES) // 2]] += 4.0
+    return windows
 
 
 def test_profile_periods_count_back_from_the_last_training_day():

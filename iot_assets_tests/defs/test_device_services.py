@@ -58,7 +58,7 @@ def test_device_services_count_every_backend_flow_and_survive_pseudonymisation(s
 def test_the_inventory_asset_path_names_a_stranger_unknown_by_its_backend(monkeypatch):
     """What device_classifier and device_inventory do with the services: a MAC whose windows
     look like a known model's but whose flows go to a backend no model used is `unknown`."""
-    from iot_assets_tests.core.test_models import synthetic_windows
+    from iot_assets_tests.support.windows import synthetic_windows
 
     monkeypatch.setattr(classifier, "BOOSTER", classifier.LODO_BOOSTER)  # a light booster: the names are not judged here
 

@@ -20,7 +20,7 @@ import pytest
 from iot_assets.synthetic import sample
 from iot_assets.synthetic.pcap import write_pcap
 from iot_assets.synthetic.profiles import PROFILES
-from iot_assets_tests.sources.test_sources import NFDUMP_TOOLS, skip_without
+from iot_assets_tests.support.collectors import NFDUMP_TOOLS, skip_without
 from iot_assets_tests.support.definitions import pseudonymiser_for
 
 ROOT = Path(__file__).resolve().parents[2]
