@@ -221,24 +221,27 @@ def served_versions(data: Path) -> dict[str, str]:
     return {asset: store.current(asset) for asset in sorted(p.name for p in (data / "models").iterdir() if p.is_dir())}
 
 
-def recorded_versions(instance: dg.DagsterInstance, asset: str) -> list[tuple[float, str]]:
-    """(when, version) of every materialization of a model asset: the recorded decisions."""
-    records = all_records(instance, dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)))
-    return sorted((r.timestamp, r.asset_materialization.metadata["version"].value) for r in records
-                  if "version" in r.asset_materialization.metadata)
+def promoted_versions(data: Path, asset: str) -> list[tuple[float, str]]:
+    """(when, version) of every promotion in the model's promotion log: the recorded decisions."""
+    from datetime import datetime
+
+    from iot_assets.io.models import ModelStore
+
+    return [(datetime.fromisoformat(e["at"].replace("Z", "+00:00")).timestamp(), e["to_version"])
+            for e in ModelStore(str(data)).promotions(asset) if e["event"] == "promoted"]
 
 
-def model_changes(instance: dg.DagsterInstance, served_per_day: list[tuple[float, dict[str, str]]]) -> list[str]:
-    """Served versions not explained by a recorded materialization: each day's must be the newest one
-    recorded by then (the store serves what the last model run wrote; nothing else moves it)."""
+def model_changes(data: Path, served_per_day: list[tuple[float, dict[str, str]]]) -> list[str]:
+    """Served versions not explained by a recorded decision: each day's must be the newest version the
+    promotion log says was promoted by then (a proposal moves nothing)."""
     problems = []
     for asset in served_per_day[0][1]:
-        recorded = recorded_versions(instance, asset)
+        promoted = promoted_versions(data, asset)
         for when, served in served_per_day:
-            decided = [version for at, version in recorded if at <= when]
+            decided = [version for at, version in promoted if at <= when]
             if not decided or decided[-1] != served[asset]:
-                problems.append(f"{asset}: serves {served[asset]} at {when:.0f}, the last recorded decision "
-                                f"was {decided[-1] if decided else None}")
+                problems.append(f"{asset}: serves {served[asset]} at {when:.0f}, the last recorded promotion "
+                                f"was to {decided[-1] if decided else None}")
     return problems
 
 
@@ -417,7 +420,7 @@ def report(work: Path, state: dict) -> int:
     unbuilt = unbuilt_days(instance, landed_at)
     result = check(data, sorted(landed_at), reexports, sorted(set(landed_at) - set(unbuilt)))
     result["days_not_rebuilt_after_landing"] = unbuilt
-    result["model_changes_not_recorded"] = model_changes(instance, served_per_day)
+    result["model_changes_not_recorded"] = model_changes(data, served_per_day)
     result["served_model_versions"] = {a: sorted({s[a] for _, s in served_per_day}) for a in served_per_day[0][1]}
     runs = instance.get_run_records()
     result["runs_by_status"] = pd.Series([r.dagster_run.status.value for r in runs]).value_counts().to_dict()
