@@ -200,7 +200,8 @@ def test_a_challenge_serves_the_better_model_and_says_why(tmp_path, monkeypatch)
     challenge = {"challenge": True, "window_days": 2, "holdout_days": 2}
     config = {"ops": {name: {"config": challenge} for name in ("device_classifier", "anomaly_detector")}}
     # Automatic promotion off (the default): a better challenger is proposed and the served version stays.
-    assert defs.resolve_job_def("training_job").execute_in_process(instance=instance, run_config=config).success
+    proposed = defs.resolve_job_def("training_job").execute_in_process(instance=instance, run_config=config)
+    assert proposed.success
     for asset in ("device_classifier", "anomaly_detector"):
         figures = json.loads((data / "reports" / ("classifier_challenge.json" if asset == "device_classifier"
                                                   else "anomaly_challenge.json")).read_text())
@@ -210,6 +211,8 @@ def test_a_challenge_serves_the_better_model_and_says_why(tmp_path, monkeypatch)
             assert (proposal["event"], proposal["from_version"]) == ("proposed", before[asset])
             assert proposal["reason"] == promotion.challenge_reason(figures)
             assert proposal["challenge"]["holdout"] == days[-2:]
+            this_version = proposed.asset_materializations_for_node(asset)[0].metadata["this_version"].value
+            assert this_version.startswith("proposed, not served: `iot-assets models use")
     # With the policy on, the same challenge serves the better model.
     defs = definitions_for(data, IOT_ASSETS_END_DATE=days[-1], IOT_ASSETS_AUTO_PROMOTE="on")
     result = defs.resolve_job_def("training_job").execute_in_process(instance=instance, run_config=config)
@@ -218,11 +221,13 @@ def test_a_challenge_serves_the_better_model_and_says_why(tmp_path, monkeypatch)
         figures = json.loads((data / "reports" / report).read_text())
         assert figures["holdout"] == days[-2:] and figures["champion"]["version"] == before[asset]
         decision = result.asset_materializations_for_node(asset)[0].metadata["decision"].value
-        assert decision == f"{figures['decision']} kept: {figures['reason']}"
         served = store.load(asset, store.current(asset))
         if figures["decision"] == "champion":
+            assert decision == f"champion kept: {figures['reason']}"
             assert served.version == before[asset]
         else:
+            assert decision == f"challenger better (served or proposed: see this_version): {figures['reason']}"
+            assert result.asset_materializations_for_node(asset)[0].metadata["this_version"].value == "served"
             assert served.version != before[asset] and served.metrics["challenge"] == figures
             assert served.metrics["train_range"] == days[2:4]
             promoted = store.promotions(asset)[-1]

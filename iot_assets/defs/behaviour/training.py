@@ -64,8 +64,11 @@ def settle_challenge(context: dg.AssetExecutionContext, reports: ReportFiles, re
 def challenge_metadata(challenge: dict | None) -> dict:
     if challenge is None:
         return {"decision": "first training or no challenge: trained on the time split"}
-    return {"decision": f"{challenge['decision']} kept: {challenge['reason']}",
-            "challenge": dg.MetadataValue.json(challenge)}
+    # The comparison's outcome only: whether a better challenger is served or just proposed is the
+    # promotion log's decision, shown beside it as `this_version` by the model IO manager.
+    outcome = ("champion kept" if challenge["decision"] == "champion"
+               else "challenger better (served or proposed: see this_version)")
+    return {"decision": f"{outcome}: {challenge['reason']}", "challenge": dg.MetadataValue.json(challenge)}
 
 
 def rebaselined_detector(context: dg.AssetExecutionContext, config: TrainingConfig, windows: pd.DataFrame,
