@@ -526,10 +526,13 @@ def exposure_json(exposure: pd.DataFrame, days: list[str] | None = None, advisor
     result: dict = {"day_range": [days[0], days[-1]] if days else [], "devices": [], "lines": []}
     if seen.empty:
         return result
+    if "explained_by_incident" not in seen:  # tables written before incidents were linked
+        seen = seen.assign(explained_by_incident="")
     per_kind = seen.groupby(["device_key", "kind"]).agg(
         severity=("severity", "last"), first_seen=("first_seen", "min"), last_seen=("day", "max"),
         days=("day", "nunique"), flows=("flows", "sum"),
         example_peers=("evidence", lambda s: list(dict.fromkeys(x for v in s for x in v))[:EVIDENCE_EXAMPLES]),
+        explained_by_incident=("explained_by_incident", _incident_ids),
     ).reset_index()
     identity = seen.sort_values("day").groupby("device_key")[["device", "predicted_device", "line"]].last()
     latest = per_kind.merge(identity, left_on="device_key", right_index=True)
@@ -552,11 +555,17 @@ def _finding_json(r, advisories: pd.DataFrame | None) -> dict:
     advisory = r.kind == "known_advisory"
     finding = {"kind": r.kind, "severity": r.severity, "first_seen": r.first_seen, "last_seen": r.last_seen,
                "days": int(r.days), "flows": int(r.flows), "example_peers": [] if advisory else list(r.example_peers),
-               "meaning": finding_meaning(r.kind), "remediation": finding_remediation(r.kind)}
+               "meaning": finding_meaning(r.kind), "remediation": finding_remediation(r.kind),
+               "explained_by_incident": list(r.explained_by_incident)}
     if advisory:
         finding["advisories"] = advisory_details(list(r.example_peers), advisories if advisories is not None
                                                  else pd.DataFrame(columns=["advisory_id"]))
     return finding
+
+
+def _incident_ids(values: pd.Series) -> list[str]:
+    """The incident ids of a finding over its days (each day's cell: "id, id" or empty), once each, sorted."""
+    return sorted({i for v in values.dropna() for i in str(v).split(", ") if i})
 
 
 def _none(value):

@@ -247,12 +247,17 @@ def test_exposure_json_has_the_documented_structure():
     mac = REMO.mac
     d1 = exposure.carry_history(None, _day([(mac, "hardcoded_dns")]), "2019-07-01", {mac: "gw"})
     d2 = exposure.carry_history(d1, _day([(mac, "hardcoded_dns"), (mac, "telnet")]), "2019-07-02", {mac: "gw"})
+    # The incidents that explained a finding on any of its days (iot_assets.core.exposure_incidents), once each.
+    d1 = d1.assign(explained_by_incident=["2019-07-01-a1b2"])
+    d2 = d2.assign(explained_by_incident=["2019-07-01-a1b2, 2019-07-02-c3d4", None])
     report = exposure.exposure_json(pd.concat([d1, d2]))
     assert report["day_range"] == ["2019-07-01", "2019-07-02"]
     (device,) = report["devices"]
     assert device["device_key"] == mac and device["score"] == 11.0
     assert [(f["kind"], f["first_seen"], f["last_seen"], f["days"], f["flows"]) for f in device["findings"]] == [
         ("telnet", "2019-07-02", "2019-07-02", 1, 1), ("hardcoded_dns", "2019-07-01", "2019-07-02", 2, 2)]
+    assert [f["explained_by_incident"] for f in device["findings"]] == [
+        [], ["2019-07-01-a1b2", "2019-07-02-c3d4"]]
     assert report["lines"] == [{"line": "gw", "score": 11.0, "devices": [mac]}]
     json.dumps(report)  # plain JSON types only
 
