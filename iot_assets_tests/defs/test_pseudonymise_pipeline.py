@@ -298,7 +298,8 @@ def _files_holding(root: Path, needles: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def _run_pipeline(raw: Path, data: Path, monkeypatch, **env) -> None:
+def _run_pipeline(raw: Path, data: Path, monkeypatch, first_day: date = FIRST_DAY, days: int = SAMPLE_DAYS,
+                  **env) -> None:
     import dagster as dg
 
     from iot_assets.config import Settings
@@ -308,8 +309,8 @@ def _run_pipeline(raw: Path, data: Path, monkeypatch, **env) -> None:
     shutil.copytree(raw, data / "raw")
     monkeypatch.setenv("IOT_ASSETS_DATA_DIR", str(data))
     monkeypatch.setenv("DAGSTER_HOME", str(data / "dagster_home"))
-    monkeypatch.setenv("IOT_ASSETS_START_DATE", FIRST_DAY.isoformat())
-    monkeypatch.setenv("IOT_ASSETS_END_DATE", date.fromordinal(FIRST_DAY.toordinal() + SAMPLE_DAYS - 1).isoformat())
+    monkeypatch.setenv("IOT_ASSETS_START_DATE", first_day.isoformat())
+    monkeypatch.setenv("IOT_ASSETS_END_DATE", date.fromordinal(first_day.toordinal() + days - 1).isoformat())
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     (data / "dagster_home").mkdir(parents=True)
@@ -415,3 +416,23 @@ def test_a_real_archive_decoded_with_a_key_holds_no_catalogue_mac_nor_home_addre
     assert not values & set(REAL_MACS)
     assert not [v for v in values if v.startswith(HOME_PREFIX)]
     assert [v for v in values if not v.startswith(("192.168.", "fe80", "ff", "224.", "239.", "255.", "0.", "::"))]
+
+
+@pytest.mark.slow
+def test_a_pipeline_run_on_the_real_archives_with_a_key_writes_no_catalogue_mac_nor_home_address(real_data, tmp_path,
+                                                                                                 monkeypatch):
+    """The three real archives (their first 4 days) through every stage: nothing past staging names a device."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for archive in sorted(real_data.glob("*.tar.gz")):
+        (raw / archive.name).symlink_to(archive)
+    _run_pipeline(raw, tmp_path / "data", monkeypatch, first_day=date(2019, 6, 25), days=4,
+                  IOT_ASSETS_PSEUDONYMISE_KEY=KEY_A)
+    data = tmp_path / "data"
+    for folder in ("lake", "models", "reports", "dagster_home"):
+        assert (data / folder).exists() and _files_holding(data / folder, [*REAL_MACS, HOME_PREFIX]) == {}, folder
+    # The run did build the products, under pseudonyms that clean back to the catalogue's devices.
+    inventory = pd.read_parquet(data / "lake" / "device_inventory")
+    assert set(inventory["catalogue_device"]) == {"Nature Remo", "Xiaomi Mijia LED", "au network camera"}
+    assert not set(inventory["device_key"]) & set(REAL_MACS)
+    assert {pseudonymiser(KEY_A).mac(catalogue.BY_ARCHIVE["nature_remo"].mac, "2019-06-25")} <= set(inventory["device_key"])
