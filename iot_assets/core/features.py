@@ -296,6 +296,9 @@ ANOMALY_FEATURES: list[str] = [f for f in FEATURES if (f.startswith("w_") and no
 # Internet peer to a new provider and port takes these shares from about 0 to 1 at once, while
 # the window features see only a little shift in sizes and ports.
 SERVICE_FEATURES: list[str] = ["w_log_service_flows", "w_unseen_service_share", "c_unseen_service_share"]
+# Training rows are judged against the services of the training days at least this far from
+# their own (`unseen_services`).
+SERVICE_HOLDOUT_DAYS = 1
 
 
 class ServiceRowsError(ValueError):
@@ -325,23 +328,29 @@ def training_services(services: pd.DataFrame, windows: pd.DataFrame) -> pd.DataF
 
 
 def unseen_services(services: pd.DataFrame, known: dict[str, set[str]],
-                    train_rows: pd.DataFrame | None = None) -> np.ndarray:
+                    train_rows: pd.DataFrame | None = None, held_out_days: int | None = None) -> np.ndarray:
     """Per row of `services`: its service is not one its MAC used in training (`known`).
 
     A row of `train_rows` (the training rows themselves, same index) is judged against the
-    MAC's services of its OTHER training days: judged against all of them, every training
-    window would score 0 and the detector would take a device's ordinary new addresses (a
-    cloud rotating its /24s) for an attack.
+    MAC's services of the training days at least `held_out_days` (SERVICE_HOLDOUT_DAYS) away
+    from its own: judged against all of them, every training window would score 0 and the
+    detector would take a device's ordinary new addresses (a cloud rotating its /24s) for an
+    attack.
     """
+    held_out_days = SERVICE_HOLDOUT_DAYS if held_out_days is None else held_out_days
     keys = services["device_key"].to_numpy()
     names = services["service"].to_numpy()
     unseen = np.array([name not in known.get(mac, ()) for mac, name in zip(keys, names)], dtype=bool)
     if train_rows is not None and len(train_rows):
-        days_used = train_rows.groupby(["device_key", "service"])["day"].nunique()
+        day = pd.to_datetime(train_rows["day"])
+        span = day.groupby([train_rows["device_key"], train_rows["service"]]).agg(["min", "max"])
         inside = services.index.isin(train_rows.index)
-        pairs = pd.MultiIndex.from_arrays([services["device_key"], services["service"]])
-        other_days = days_used.reindex(pairs).fillna(0).to_numpy() - 1
-        unseen[inside] = other_days[inside] < 1
+        rows = services[inside]
+        pairs = pd.MultiIndex.from_arrays([rows["device_key"], rows["service"]])
+        first, last = span["min"].reindex(pairs).to_numpy(), span["max"].reindex(pairs).to_numpy()
+        own = pd.to_datetime(rows["day"]).to_numpy()
+        gap = np.timedelta64(held_out_days, "D")
+        unseen[inside] = ~((first <= own - gap) | (last >= own + gap))
     return unseen
 
 
