@@ -26,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 from iot_assets.core.features import (
     ANOMALY_FEATURES,
     SERVICE_FEATURES,
+    server_ports,
     service_features,
     training_services,
     unseen_services,
@@ -101,7 +102,7 @@ def share_counts(features: tuple[str, ...]) -> np.ndarray:
             return None
         if name.startswith(("w_svc_", "w_port_b")):
             return "w_log_own_flows"
-        if name == "w_unseen_service_share":
+        if name == "w_unseen_port_share":
             return "w_log_service_flows"
         if name.startswith("w_unanswered"):
             return "w_log_dev_flows"
@@ -170,8 +171,8 @@ class AnomalyDetector:
     """One detector per device MAC, all of one kind.
 
     Fitted with the windows' backend services (`fit(..., services=...)`, `novelty.service_flows`
-    rows), it also watches SERVICE_FEATURES against each MAC's training services (`services`),
-    and then needs the service rows of whatever it scores.
+    rows), it also watches SERVICE_FEATURES against each MAC's training server ports
+    (`known_ports`), and then needs the service rows of whatever it scores.
     """
 
     kind: str
@@ -179,7 +180,7 @@ class AnomalyDetector:
     features: list[str]
     devices: dict[str, DeviceModel] = field(default_factory=dict)
     seed: int = 0
-    services: dict[str, set[str]] | None = None  # per MAC, its training services; None: no endpoint evidence
+    known_ports: dict[str, set[str]] | None = None  # per MAC, its training server ports; None: no endpoint evidence
 
     META_FILE = "detector.json"
     ARRAYS_FILE = "detector.npz"
@@ -204,14 +205,15 @@ class AnomalyDetector:
 
     def with_services(self, windows: pd.DataFrame, services: pd.DataFrame | None,
                       train_rows: pd.DataFrame | None = None) -> pd.DataFrame:
-        """`windows` with SERVICE_FEATURES against each MAC's training services; as they are for a
+        """`windows` with SERVICE_FEATURES against each MAC's training server ports; as they are for a
         detector without endpoint evidence. `train_rows`: the training rows (`unseen_services`)."""
-        if self.services is None:
+        if self.known_ports is None:
             return windows
         if services is None:
             raise MissingServicesError("anomaly detector: fitted with endpoint evidence, it needs the service rows "
                                        "(device_services) of the windows it scores")
-        unseen = unseen_services(services, self.services, train_rows)
+        unseen = unseen_services(server_ports(services), self.known_ports,
+                                 None if train_rows is None else server_ports(train_rows))
         return pd.concat([windows.drop(columns=SERVICE_FEATURES, errors="ignore"),
                           service_features(windows, services, unseen)], axis=1)
 
@@ -220,7 +222,7 @@ class AnomalyDetector:
         """Per device: fit on all its training windows; the threshold from cross-fitted scores.
 
         With `services` (the windows' `novelty.service_flows` rows, the day before the first
-        included), each MAC's services in its training windows become its known services and
+        included), each MAC's server ports in its training windows become its known ports and
         SERVICE_FEATURES join the features.
 
         Scores of the windows a detector was fitted on are optimistic. Each block of two
@@ -237,7 +239,7 @@ class AnomalyDetector:
                                        "(device_services) of the training windows")
         if services is not None:
             train_rows = training_services(services, windows)
-            self.services = {mac: set(part["service"]) for mac, part in train_rows.groupby("device_key")}
+            self.known_ports = {mac: set(part["service"]) for mac, part in server_ports(train_rows).groupby("device_key")}
             self.features = [f for f in self.features if f not in SERVICE_FEATURES] + SERVICE_FEATURES
             windows = self.with_services(windows, services, train_rows)
         for mac, part in windows.sort_values("window_start").groupby("device_key"):
@@ -293,7 +295,7 @@ class AnomalyDetector:
             "format": 1, "kind": self.kind, "target_fpr": self.target_fpr, "features": self.features,
             "seed": self.seed, "shrink": SHRINK,
             "devices": [{"device_key": mac, "threshold": self.devices[mac].threshold} for mac in macs],
-            "services": None if self.services is None else {mac: sorted(keys) for mac, keys in sorted(self.services.items())},
+            "known_ports": None if self.known_ports is None else {mac: sorted(keys) for mac, keys in sorted(self.known_ports.items())},
         }
         arrays = {}
         for i, mac in enumerate(macs):
@@ -324,9 +326,9 @@ class AnomalyDetector:
                 arrays = {name: npz[name] for name in npz.files}
         except (ValueError, OSError) as error:
             raise ValueError(f"anomaly detector: {cls.ARRAYS_FILE!r} is not a plain NPZ of numbers ({error})") from None
-        services = meta.get("services")  # absent in detectors saved before endpoint evidence
+        ports = meta.get("known_ports")  # absent in detectors saved before endpoint evidence
         detector = cls(meta["kind"], meta["target_fpr"], meta["features"], seed=meta["seed"],
-                       services=None if services is None else {mac: set(keys) for mac, keys in services.items()})
+                       known_ports=None if ports is None else {mac: set(keys) for mac, keys in ports.items()})
         for i, entry in enumerate(meta["devices"]):
             try:
                 center, spread, train = arrays[f"center_{i}"], arrays[f"spread_{i}"], arrays[f"train_scaled_{i}"]

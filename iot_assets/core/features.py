@@ -292,12 +292,15 @@ ANOMALY_FEATURES: list[str] = [f for f in FEATURES if (f.startswith("w_") and no
 # What the anomaly detector adds when it is given the backend services (`novelty.service_flows`
 # rows, the `device_services` asset): how many of the window's Internet flows (DNS, NTP left
 # out) it has, and the share of them, in the window and over the trailing 24 hours, that went
-# to services the device never used on its training days. A firmware change that moves every
-# Internet peer to a new provider and port takes these shares from about 0 to 1 at once, while
-# the window features see only a little shift in sizes and ports.
-SERVICE_FEATURES: list[str] = ["w_log_service_flows", "w_unseen_service_share", "c_unseen_service_share"]
-# Training rows are judged against the services of the training days at least this far from
-# their own (`unseen_services`).
+# to server ports (port and protocol, any address) the device never used on its training days.
+# A firmware change that moves every Internet peer to a new provider and port takes these
+# shares from 0 to 1 at once, while the window features see only a little shift in sizes and
+# port classes. Not the services' /24s: clouds move a device to new /24s on the same port every
+# few weeks, and as a detector feature the share of flows to /24s unseen in training flagged
+# whole evaluation days of clean devices (docs/measurements.md).
+SERVICE_FEATURES: list[str] = ["w_log_service_flows", "w_unseen_port_share", "c_unseen_port_share"]
+# Training rows are judged against the server ports of the training days at least this far from
+# their own (`unseen_services`): 1, the other days.
 SERVICE_HOLDOUT_DAYS = 1
 
 
@@ -327,15 +330,20 @@ def training_services(services: pd.DataFrame, windows: pd.DataFrame) -> pd.DataF
     return services[rows.isin(keys)]
 
 
+def server_ports(services: pd.DataFrame) -> pd.DataFrame:
+    """`services` with each service (`prefix:port/protocol`) cut to its server port and protocol."""
+    return services.assign(service=services["service"].astype(str).str.rsplit(":", n=1).str[-1])
+
+
 def unseen_services(services: pd.DataFrame, known: dict[str, set[str]],
                     train_rows: pd.DataFrame | None = None, held_out_days: int | None = None) -> np.ndarray:
-    """Per row of `services`: its service is not one its MAC used in training (`known`).
+    """Per row of `services`: its `service` (or server port, for `server_ports` rows) is not one its
+    MAC used in training (`known`).
 
     A row of `train_rows` (the training rows themselves, same index) is judged against the
     MAC's services of the training days at least `held_out_days` (SERVICE_HOLDOUT_DAYS) away
-    from its own: judged against all of them, every training window would score 0 and the
-    detector would take a device's ordinary new addresses (a cloud rotating its /24s) for an
-    attack.
+    from its own: judged against all of them, every training window would have a share of 0,
+    and the first port a device uses now and then would look like an attack.
     """
     held_out_days = SERVICE_HOLDOUT_DAYS if held_out_days is None else held_out_days
     keys = services["device_key"].to_numpy()
@@ -355,7 +363,8 @@ def unseen_services(services: pd.DataFrame, known: dict[str, set[str]],
 
 
 def service_features(windows: pd.DataFrame, services: pd.DataFrame, unseen: np.ndarray) -> pd.DataFrame:
-    """SERVICE_FEATURES per row of `windows`, from the `services` rows and their `unseen` flags.
+    """SERVICE_FEATURES per row of `windows`, from the `services` rows and their `unseen` flags
+    (`unseen_services` of their `server_ports`).
 
     A window without Internet flows has shares of 0 (nothing unseen); the 24-hour share is
     over the service rows of the last 24 hours, the window included (the day before's rows
@@ -380,6 +389,6 @@ def service_features(windows: pd.DataFrame, services: pd.DataFrame, unseen: np.n
     now = grid.reindex(keys).to_numpy()
     past = trailing.reindex(keys).to_numpy()
     out["w_log_service_flows"] = np.log1p(now[:, 0])
-    out["w_unseen_service_share"] = now[:, 1] / np.maximum(now[:, 0], 1.0)
-    out["c_unseen_service_share"] = past[:, 1] / np.maximum(past[:, 0], 1.0)
+    out["w_unseen_port_share"] = now[:, 1] / np.maximum(now[:, 0], 1.0)
+    out["c_unseen_port_share"] = past[:, 1] / np.maximum(past[:, 0], 1.0)
     return out

@@ -1,5 +1,5 @@
-"""Endpoint evidence in the anomaly detector: a window whose Internet flows go to backends the device
-never used in training scores higher than the same window on its own backends.
+"""Endpoint evidence in the anomaly detector: a window whose Internet flows go to server ports the device
+never used in training scores higher than the same window on its own ports.
 
 All flows and services here are FICTIONAL test records (documentation addresses 198.51.100.0/24,
 203.0.113.0/24 and 192.0.2.0/24, device MACs 02:00:...).
@@ -14,6 +14,7 @@ from iot_assets.core.features import (
     ANOMALY_FEATURES,
     SERVICE_FEATURES,
     ServiceRowsError,
+    server_ports,
     service_features,
     training_services,
     unseen_services,
@@ -21,6 +22,7 @@ from iot_assets.core.features import (
 from iot_assets_tests.support.windows import synthetic_windows
 
 KNOWN, OTHER_KNOWN, NEW = "198.51.100.0/24:443/6", "192.0.2.0/24:8883/6", "203.0.113.0/24:8443/6"
+ROTATED = "203.0.113.0/24:443/6"  # the cloud moved the device to another /24, on its usual port
 CUT = pd.Timestamp("2019-07-04", tz="UTC")
 
 
@@ -40,21 +42,23 @@ def usual_services(windows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def test_service_features_count_unseen_flows_in_the_window_and_the_trailing_day():
+def test_service_features_count_unseen_ports_in_the_window_and_the_trailing_day():
     mac = "02:00:00:00:00:01"
-    services = pd.concat([rows(mac, ["2019-07-01 06:00"], KNOWN, 10), rows(mac, ["2019-07-02 00:00"], KNOWN, 10),
+    services = pd.concat([rows(mac, ["2019-07-01 06:00"], KNOWN, 10), rows(mac, ["2019-07-02 00:00"], ROTATED, 10),
                           rows(mac, ["2019-07-02 05:00"], NEW, 30)], ignore_index=True)
     windows = pd.DataFrame({"device_key": mac, "window_start": pd.to_datetime(
         ["2019-07-02 00:00", "2019-07-02 03:00", "2019-07-02 05:00", "2019-07-02 06:00", "2019-07-03 06:00"], utc=True)})
-    unseen = unseen_services(services, {mac: {KNOWN}})
-    assert unseen.tolist() == [False, False, True]
+    ports = server_ports(services)
+    assert ports["service"].tolist() == ["443/6", "443/6", "8443/6"]
+    unseen = unseen_services(ports, {mac: {"443/6"}})
+    assert unseen.tolist() == [False, False, True]  # a new /24 on the usual port is not news
     out = service_features(windows, services, unseen)
     assert list(out.columns) == SERVICE_FEATURES
     np.testing.assert_allclose(out["w_log_service_flows"], np.log1p([10, 0, 30, 0, 0]))
     # A window without Internet flows has nothing unseen; the trailing 24 hours still hold the
     # 30 new flows (and, at 05:00, the 10 known ones of 07-01 06:00 and 07-02 00:00: 30 / 50).
-    assert out["w_unseen_service_share"].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
-    np.testing.assert_allclose(out["c_unseen_service_share"], [0.0, 0.0, 30 / 50, 30 / 40, 0.0])
+    assert out["w_unseen_port_share"].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
+    np.testing.assert_allclose(out["c_unseen_port_share"], [0.0, 0.0, 30 / 50, 30 / 40, 0.0])
 
 
 def test_training_rows_are_judged_against_the_other_training_days():
@@ -85,28 +89,31 @@ def fitted():
     return detector, windows[windows["window_start"] >= CUT].reset_index(drop=True), services
 
 
-def moved(services: pd.DataFrame, macs: list[str], since: pd.Timestamp) -> pd.DataFrame:
-    """`services` with every flow of `macs` from `since` on moved to the NEW backend."""
+def moved(services: pd.DataFrame, macs: list[str], since: pd.Timestamp, to: str = NEW) -> pd.DataFrame:
+    """`services` with every flow of `macs` from `since` on moved to the service `to`."""
     out = services.copy()
-    out.loc[out["device_key"].isin(macs) & (out["window_start"] >= since), "service"] = NEW
+    out.loc[out["device_key"].isin(macs) & (out["window_start"] >= since), "service"] = to
     return out
 
 
 def test_a_window_on_unseen_backends_scores_higher_than_the_same_window_on_known_ones(fitted):
     detector, later, services = fitted
-    assert detector.features[-3:] == SERVICE_FEATURES
-    mac = sorted(detector.services)[0]
-    assert detector.services[mac] == {KNOWN, OTHER_KNOWN}
+    assert detector.features[-len(SERVICE_FEATURES):] == SERVICE_FEATURES
+    mac = sorted(detector.known_ports)[0]
+    assert detector.known_ports[mac] == {"443/6", "8883/6"}
     at = CUT + pd.Timedelta(hours=30)
     same = detector.score(later, services=services)
     changed = detector.score(later, services=moved(services, [mac], at))
     window = (later["device_key"] == mac) & (later["window_start"] == at + pd.Timedelta(hours=2))
     assert changed.loc[window, "score"].iloc[0] > same.loc[window, "score"].iloc[0]
     assert changed.loc[window, "anomaly"].iloc[0] and not same.loc[window, "anomaly"].iloc[0]
-    assert "unseen_service_share" in changed.loc[window, "top_features"].iloc[0]
+    assert "unseen_port_share" in changed.loc[window, "top_features"].iloc[0]
     # The other devices and the hours before the change score the same.
     untouched = (later["device_key"] != mac) | (later["window_start"] < at)
     np.testing.assert_allclose(changed.loc[untouched, "score"], same.loc[untouched, "score"])
+    # The cloud moving the device to another /24 on its usual port changes nothing.
+    rotated = moved(services, [mac], at, ROTATED)
+    np.testing.assert_allclose(detector.score(later, services=rotated)["score"], same["score"])
 
 
 def test_every_device_moving_to_new_backends_at_once_is_not_the_network(fitted):
@@ -114,10 +121,10 @@ def test_every_device_moving_to_new_backends_at_once_is_not_the_network(fitted):
     every device at the same hour stays each device's own (a compromise of them all)."""
     detector, later, services = fitted
     at = CUT + pd.Timedelta(hours=30)
-    scored = detector.score(later, services=moved(services, sorted(detector.services), at))
+    scored = detector.score(later, services=moved(services, sorted(detector.known_ports), at))
     after = later["window_start"] >= at + pd.Timedelta(hours=2)
     assert scored.loc[after, "anomaly"].mean() > 0.9
-    assert not scored.loc[after, "network_features"].str.contains("unseen_service").any()
+    assert not scored.loc[after, "network_features"].str.contains("unseen_port").any()
 
 
 def test_a_detector_with_endpoint_evidence_needs_the_service_rows_and_keeps_them_on_disk(fitted):
@@ -125,8 +132,8 @@ def test_a_detector_with_endpoint_evidence_needs_the_service_rows_and_keeps_them
     with pytest.raises(anomaly.MissingServicesError, match="device_services"):
         detector.score(later)
     loaded = anomaly.AnomalyDetector.from_files(detector.to_files())
-    assert loaded.services == detector.services and loaded.features == detector.features
-    changed = moved(services, sorted(detector.services)[:1], CUT + pd.Timedelta(hours=30))
+    assert loaded.known_ports == detector.known_ports and loaded.features == detector.features
+    changed = moved(services, sorted(detector.known_ports)[:1], CUT + pd.Timedelta(hours=30))
     np.testing.assert_allclose(loaded.score(later, services=changed)["score"].to_numpy(float),
                                detector.score(later, services=changed)["score"].to_numpy(float))
 
@@ -135,7 +142,7 @@ def test_a_detector_without_endpoint_evidence_scores_as_before():
     windows = synthetic_windows(devices=2, days=4)
     train, later = windows[windows["window_start"] < CUT], windows[windows["window_start"] >= CUT]
     plain = anomaly.AnomalyDetector("KNN", 0.01, list(ANOMALY_FEATURES)).fit(train, seed=0)
-    assert plain.services is None and not set(SERVICE_FEATURES) & set(plain.features)
+    assert plain.known_ports is None and not set(SERVICE_FEATURES) & set(plain.features)
     # Service rows handed to it are not used: the same scores with or without them.
     np.testing.assert_allclose(plain.score(later)["score"].to_numpy(float),
                                plain.score(later, services=usual_services(windows))["score"].to_numpy(float))
