@@ -146,3 +146,29 @@ def test_a_detector_without_endpoint_evidence_scores_as_before():
     # Service rows handed to it are not used: the same scores with or without them.
     np.testing.assert_allclose(plain.score(later)["score"].to_numpy(float),
                                plain.score(later, services=usual_services(windows))["score"].to_numpy(float))
+
+
+def test_most_devices_flagged_at_once_on_moves_their_backends_do_not_explain_is_the_capture(fitted):
+    detector, later, services = fitted
+    macs = sorted(detector.known_ports)
+    at = CUT + pd.Timedelta(hours=30)
+
+    def each_its_own_move(on: list[str]) -> pd.DataFrame:
+        """At `at`, the first device's bytes in fall and the second's packets out rise: other features,
+        which `network_moves` (the same feature the same way) does not take for the network."""
+        out = later.copy()
+        for mac, feature, step in zip(on, ["w_log_bytes_in", "w_log_packets_out"], [-6.0, 6.0]):
+            out.loc[(out["device_key"] == mac) & (out["window_start"] == at), feature] += step
+        return out
+
+    alone = detector.score(each_its_own_move(macs[:1]), services=services)
+    row = (later["device_key"] == macs[0]) & (later["window_start"] == at)
+    assert alone.loc[row, "anomaly"].iloc[0] and alone.loc[row, "network_features"].iloc[0] == ""
+    # Two of three devices at once, their backends as usual: the capture's, not flagged, and said so.
+    together = detector.score(each_its_own_move(macs[:2]), services=services)
+    rows = later["device_key"].isin(macs[:2]) & (later["window_start"] == at)
+    assert not together.loc[rows, "anomaly"].any()
+    assert together.loc[rows, "network_features"].str.contains("capture-wide").all()
+    # With the second device on new server ports too, only one is unexplained: both flagged.
+    own_change = detector.score(each_its_own_move(macs[:2]), services=moved(services, macs[1:2], at))
+    assert own_change.loc[rows, "anomaly"].all()
