@@ -341,6 +341,9 @@ class AnomalyDetector:
         except (ValueError, OSError) as error:
             raise ValueError(f"anomaly detector: {cls.ARRAYS_FILE!r} is not a plain NPZ of numbers ({error})") from None
         ports = meta.get("known_ports")  # absent in detectors saved before endpoint evidence
+        if (ports is None) == bool(set(SERVICE_FEATURES) & set(meta["features"])):
+            raise ValueError(f"anomaly detector: {cls.META_FILE!r} has endpoint features without known ports "
+                             "or known ports without endpoint features")
         detector = cls(meta["kind"], meta["target_fpr"], meta["features"], seed=meta["seed"],
                        known_ports=None if ports is None else {mac: set(keys) for mac, keys in ports.items()})
         for i, entry in enumerate(meta["devices"]):

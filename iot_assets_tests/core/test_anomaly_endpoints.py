@@ -5,6 +5,8 @@ All flows and services here are FICTIONAL test records (documentation addresses 
 203.0.113.0/24 and 192.0.2.0/24, device MACs 02:00:...).
 """
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -172,3 +174,11 @@ def test_most_devices_flagged_at_once_on_moves_their_backends_do_not_explain_is_
     # With the second device on new server ports too, only one is unexplained: both flagged.
     own_change = detector.score(each_its_own_move(macs[:2]), services=moved(services, macs[1:2], at))
     assert own_change.loc[rows, "anomaly"].all()
+
+
+def test_a_saved_detector_with_endpoint_features_but_no_known_ports_is_refused(fitted):
+    files = fitted[0].to_files()
+    meta = json.loads(files["detector.json"])
+    meta["known_ports"] = None
+    with pytest.raises(ValueError, match="known ports"):
+        anomaly.AnomalyDetector.from_files({**files, "detector.json": json.dumps(meta).encode()})
