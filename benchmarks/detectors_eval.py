@@ -11,7 +11,8 @@ device) and the window recall per episode type. With at most `--leave-out-max` d
 leaves each device out in turn: the kind is chosen by `compare_and_fit`'s rule (best worst-case
 recall among the kinds within the alert budget) on the other devices' windows, and the chosen
 kind's figures are printed for the device left out: a choice never made on the device it is
-judged on. Not a test.
+judged on. With `<lake>/device_services` built, the detectors watch the endpoint evidence too
+(`features.SERVICE_FEATURES`) unless `--no-endpoints`. Not a test.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from iot_assets.core.features import ANOMALY_FEATURES, CONTEXT_HOURS
 
 
 def per_device_counts(windows: pd.DataFrame, episodes: pd.DataFrame, train_fraction: float, target_fpr: float,
-                      seed: int) -> pd.DataFrame:
+                      seed: int, services: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per kind and device: clean windows, false positives, episode windows and hits per type."""
     split = splits.TimeSplit.of(windows, train_fraction)
     labels = anomaly.evaluation_labels(windows, episodes, 60, pd.Timedelta(hours=CONTEXT_HOURS))
@@ -39,8 +40,8 @@ def per_device_counts(windows: pd.DataFrame, episodes: pd.DataFrame, train_fract
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             detector = anomaly.AnomalyDetector(kind, target_fpr, list(ANOMALY_FEATURES)).fit(
-                windows[train & labels.isna()], seed)
-        scored = detector.score(evaluation).assign(device_name=evaluation["device_name"], label=eval_labels)
+                windows[train & labels.isna()], seed, services=services)
+        scored = detector.score(evaluation, services=services).assign(device_name=evaluation["device_name"], label=eval_labels)
         scored = scored[scored["has_model"] & (scored["label"] != anomaly.AFTERMATH)]
         for name, part in scored.groupby("device_name"):
             clean = part["label"].isna()
@@ -79,15 +80,20 @@ def main() -> None:
     parser.add_argument("--target-fpr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--leave-out-max", type=int, default=5)
+    parser.add_argument("--no-endpoints", action="store_true", help="window features alone, even with device_services")
     args = parser.parse_args()
     files = sorted(glob.glob(f"{args.lake}/device_windows/day=*/*.parquet"))
     if not files:
         raise SystemExit(f"{args.lake}: no device_windows partitions")
     windows = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     episodes = pd.read_csv(args.episodes, parse_dates=["start", "end"])
-    counts = per_device_counts(windows, episodes, args.train_fraction, args.target_fpr, args.seed)
+    service_files = sorted(glob.glob(f"{args.lake}/device_services/day=*/*.parquet"))
+    services = pd.concat([pd.read_parquet(f) for f in service_files], ignore_index=True) \
+        if service_files and not args.no_endpoints else None
+    counts = per_device_counts(windows, episodes, args.train_fraction, args.target_fpr, args.seed, services)
     types = sorted({c.split(":")[0] for c in counts.columns if c.endswith(":windows")})
-    print(f"{counts['device'].nunique()} devices, {len(files)} days; every kind on all devices:")
+    print(f"{counts['device'].nunique()} devices, {len(files)} days, endpoint evidence "
+          f"{'on' if services is not None else 'off'}; every kind on all devices:")
     for kind, part in counts.groupby("kind"):
         worst = (part["false_positives"] / part["clean"].clip(lower=1)).max()
         print(f"  {kind:8s} {line(figures(part, types), types)}; worst device FPR {worst:.2%}")

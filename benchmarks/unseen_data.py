@@ -27,7 +27,7 @@ REAL_ARCHIVES = Path("/work/shared/data/kddi-iot-2019")
 SAMPLE_FIRST_DAY = date(2019, 7, 1)
 INJECT_SEED = 7
 # The clean-flow columns kept beside the windows: what endpoint evidence reads.
-ENDPOINT_COLUMNS = ["device_mac", "device_name", "flow_start", "remote_ip", "remote_port", "device_port",
+ENDPOINT_COLUMNS = ["device_key", "device_mac", "device_name", "flow_start", "remote_ip", "remote_port", "device_port",
                     "remote_scope", "protocol", "device_initiated"]
 
 
@@ -72,7 +72,8 @@ def load(source: str, work: Path, days: int, scale: float,
     tag = (f"sample-{days}d-{scale:g}" if source == "sample" else "real") + ("" if with_episodes else "-clean")
     cache = work / tag
     files = [cache / name for name in ("windows.parquet", "episodes.parquet", "endpoints.parquet")]
-    if all(f.exists() for f in files):
+    # Windows cached before flows were keyed by `device_key` are rebuilt, not misread.
+    if all(f.exists() for f in files) and "device_key" in pq.read_schema(files[0]).names:
         return tuple(pd.read_parquet(f) for f in files)  # type: ignore[return-value]
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw"

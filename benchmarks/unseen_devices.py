@@ -15,6 +15,8 @@ split is the pipeline's time split (`--train-fraction`, 0.7 of the days train).
 (b) anomalies: per device, the detector kind chosen by `anomaly.choose_kind` on the OTHER
     devices' figures (never on the device judged), fitted on the clean training windows:
     ROC-AUC, recall per episode type and clean false-positive rate on its evaluation windows.
+    With the endpoint features (`features.SERVICE_FEATURES`, each MAC's training services)
+    unless `--no-anomaly-endpoints`.
 (c) incidents in time: the incidents of each evaluation day as the pipeline lists them
     (`incidents.day_incidents` over the day and the day before): the share of short episodes
     matched by an incident, how far the incidents reach beyond their episode, ids and kinds
@@ -90,10 +92,12 @@ def _worst(result: dict, measure: str) -> float:
 
 
 def anomalies_left_out(windows: pd.DataFrame, split: splits.TimeSplit, labels: pd.Series, clean_eval: pd.DataFrame,
-                       target_fpr: float, seed: int) -> tuple[pd.DataFrame, dict, dict, dict]:
+                       target_fpr: float, seed: int, services: pd.DataFrame | None = None,
+                       clean_services: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict, dict, dict]:
     """Per device, the figures of the kind chosen on the other devices. Returns the table, the
     pooled figures and the chosen kinds' (scores, deviations) on the evaluation windows with
-    episodes and on `clean_eval` (the same devices and days without episodes)."""
+    episodes and on `clean_eval` (the same devices and days without episodes). With `services`
+    and `clean_services` (`novelty.service_flows` of each), the detectors watch endpoint evidence."""
     train = split.is_train(windows)
     evaluation, eval_labels = windows[~train], labels[~train]
     scored, deviations, clean_scored, clean_deviations = {}, {}, {}, {}
@@ -101,11 +105,12 @@ def anomalies_left_out(windows: pd.DataFrame, split: splits.TimeSplit, labels: p
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             detector = anomaly.AnomalyDetector(kind, target_fpr, list(ANOMALY_FEATURES)).fit(
-                windows[train & labels.isna()], seed)
-            scored[kind] = detector.score(evaluation).assign(device_name=evaluation["device_name"])
-            deviations[kind] = detector.deviations(evaluation)
-            clean_scored[kind] = detector.score(clean_eval).assign(device_name=clean_eval["device_name"])
-            clean_deviations[kind] = detector.deviations(clean_eval)
+                windows[train & labels.isna()], seed, services=services)
+            scored[kind] = detector.score(evaluation, services=services).assign(device_name=evaluation["device_name"])
+            deviations[kind] = detector.deviations(evaluation, services)
+            clean_scored[kind] = detector.score(clean_eval, services=clean_services).assign(
+                device_name=clean_eval["device_name"])
+            clean_deviations[kind] = detector.deviations(clean_eval, clean_services)
     devices = sorted(evaluation["device_name"].dropna().unique())
     rows, chosen, chosen_clean = [], [], []
     for device in devices:
@@ -224,7 +229,7 @@ def table(frame: pd.DataFrame) -> str:
 
 
 def evaluate_source(name: str, injected: tuple, clean: tuple, train_fraction: float, target_fpr: float, seed: int,
-                    endpoints: bool, parts: str = "abcd") -> None:
+                    endpoints: bool, parts: str = "abcd", anomaly_endpoints: bool = True) -> None:
     """Print (a), (b) and (c) for one source: `injected` and `clean` are `unseen_data.load` with and without episodes."""
     windows, episodes, _ = injected
     clean_windows, _, clean_flows = clean
@@ -243,28 +248,22 @@ def evaluate_source(name: str, injected: tuple, clean: tuple, train_fraction: fl
             print(f"overall: {int((table_d['own_after_max'] < threshold).sum())} of {len(table_d)} devices under the "
                   f"threshold on every day after the change; {int((table_d['own_before_min'] >= threshold).sum())} "
                   f"at or over it on every day before")
-    if not set(parts) & set("abc"):  # a, b and c are printed together
-        return
-    started = time.monotonic()
-    clean_split = splits.TimeSplit.of(clean_windows, train_fraction)
-    no_attack = pd.Series(False, index=clean_windows.index)
-    per_device, overall = open_set(clean_windows, clean_split, no_attack, seed, clean_flows if endpoints else None)
-    print(f"\n(a) open set on the archives without episodes, each device left out of training in turn "
-          f"({overall['method']}); known = the full model on the evaluation days [{time.monotonic() - started:.0f} s]")
-    print(table(per_device))
-    print(f"overall: left-out device-days said unknown {overall['left_out_unknown_share']:.3f} "
-          f"of {overall['left_out_device_days']}; known devices' day-level accuracy {overall['known_day_accuracy']:.3f} "
-          f"of {overall['known_device_days']} (named right in the leave-out rounds: "
-          f"{overall['known_named_correctly_in_rounds']:.3f})")
-    if not set(parts) & set("bc"):  # the open set alone: `--parts a`
+    if "a" in parts:
+        open_set_part(clean_windows, clean_flows, train_fraction, seed, endpoints)
+    if not set(parts) & set("bc"):  # b and c are printed together
         return
     started = time.monotonic()
     clean_eval = clean_windows[~split.is_train(clean_windows)]
+    services = clean_services = None
+    if anomaly_endpoints:
+        services = novelty.service_flows(injected[2], WINDOW_MINUTES)
+        clean_services = novelty.service_flows(clean_flows, WINDOW_MINUTES)
     per_device, overall, (scores, deviations), (clean_scores, clean_deviations) = anomalies_left_out(
-        windows, split, labels, clean_eval, target_fpr, seed)
+        windows, split, labels, clean_eval, target_fpr, seed, services, clean_services)
     print(f"\n(b) anomalies, each device's detector kind chosen on the other devices, target FPR {target_fpr:g} "
           f"(window recall; ROC-AUC of score/threshold, episode windows against clean ones; 24-hour aftermath "
-          f"windows on neither side) [{time.monotonic() - started:.0f} s]")
+          f"windows on neither side; {'with' if anomaly_endpoints else 'without'} endpoint features) "
+          f"[{time.monotonic() - started:.0f} s]")
     print(table(per_device))
     print("overall: " + ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if v is not None))
     evaluation = windows[~split.is_train(windows)]
@@ -277,6 +276,22 @@ def evaluate_source(name: str, injected: tuple, clean: tuple, train_fraction: fl
     print("overall: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in overall.items()))
 
 
+def open_set_part(clean_windows: pd.DataFrame, clean_flows: pd.DataFrame, train_fraction: float, seed: int,
+                  endpoints: bool) -> None:
+    """Print (a) for one source's archives without episodes."""
+    started = time.monotonic()
+    clean_split = splits.TimeSplit.of(clean_windows, train_fraction)
+    no_attack = pd.Series(False, index=clean_windows.index)
+    per_device, overall = open_set(clean_windows, clean_split, no_attack, seed, clean_flows if endpoints else None)
+    print(f"\n(a) open set on the archives without episodes, each device left out of training in turn "
+          f"({overall['method']}); known = the full model on the evaluation days [{time.monotonic() - started:.0f} s]")
+    print(table(per_device))
+    print(f"overall: left-out device-days said unknown {overall['left_out_unknown_share']:.3f} "
+          f"of {overall['left_out_device_days']}; known devices' day-level accuracy {overall['known_day_accuracy']:.3f} "
+          f"of {overall['known_device_days']} (named right in the leave-out rounds: "
+          f"{overall['known_named_correctly_in_rounds']:.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/unseen/work"), help="cache of the built windows")
@@ -287,8 +302,9 @@ def main() -> None:
     parser.add_argument("--target-fpr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-endpoints", action="store_true", help="open set from the window features alone")
-    parser.add_argument("--parts", default="abc", help="which parts to print: a (alone or with b and c), b, c "
-                                                       "(together, with a), d")
+    parser.add_argument("--no-anomaly-endpoints", action="store_true",
+                        help="anomaly detectors on the window features alone (no SERVICE_FEATURES)")
+    parser.add_argument("--parts", default="abc", help="which parts to print: a, b and c (b and c together), d")
     args = parser.parse_args()
     for source in args.sources.split(","):
         if source == "real" and not unseen_data.REAL_ARCHIVES.exists():
@@ -300,7 +316,7 @@ def main() -> None:
         label = f"sample ({args.days} days, scale {args.scale:g})" if source == "sample" else "real archives"
         print(f"\n[{source}: windows ready in {time.monotonic() - started:.0f} s]")
         evaluate_source(label, injected, clean, args.train_fraction, args.target_fpr, args.seed, not args.no_endpoints,
-                        args.parts)
+                        args.parts, not args.no_anomaly_endpoints)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,14 @@ from pyod.models.knn import KNN
 from pyod.models.lof import LOF
 from sklearn.metrics import roc_auc_score
 
-from iot_assets.core.features import ANOMALY_FEATURES
+from iot_assets.core.features import (
+    ANOMALY_FEATURES,
+    SERVICE_FEATURES,
+    server_ports,
+    service_features,
+    training_services,
+    unseen_services,
+)
 
 # The kinds compared at each training. IForest and HBOS were compared too and left out: their
 # worst-case recall over episode types was 0.00 on the sample and 0.24 and 0.11 on the three real
@@ -50,6 +57,12 @@ MIN_FLAG_SPREADS = 1.0
 NETWORK_MOVED = 1.0  # spreads beyond the band that count as a move
 NETWORK_MIN_DEVICES = 2
 NETWORK_MIN_SHARE = 0.5  # of the devices with a model in that window
+# A detector with endpoint evidence also discounts whole windows: when at least NETWORK_MIN_DEVICES
+# and NETWORK_MIN_SHARE of the modelled devices are flagged in the same window, each on moves its
+# own backends do not explain (no SERVICE_FEATURES move), the window is the capture's. All three
+# real devices were flagged from 2019-10-09 09:00 to the end of the capture, each on another
+# feature (Xiaomi TCP share, au camera Internet share, Nature Remo bytes in): four of the five
+# false incidents of their clean evaluation days.
 # Shares of one whole: when the network's traffic raised one on a device, the device's others
 # fell by dilution (Xiaomi's 24-hour HTTPS share, -2.1 spreads, beside the LAN's mDNS +3.4).
 SHARE_FAMILIES = (("c_svc_", "c_port_b"), ("w_svc_", "w_port_b"), ("w_scope_",))
@@ -76,6 +89,14 @@ def network_moves(signed: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return network
 
 
+def capture_wide(flagged: pd.Series, modelled: pd.Series, window_start: pd.Series) -> pd.Series:
+    """Per row: its window is one in which at least NETWORK_MIN_DEVICES and NETWORK_MIN_SHARE of the
+    `modelled` rows are `flagged` (rows of one window scored together are one capture)."""
+    together = flagged.astype(int).groupby(window_start.to_numpy()).transform("sum")
+    present = modelled.astype(int).groupby(window_start.to_numpy()).transform("sum")
+    return (together >= NETWORK_MIN_DEVICES) & (together >= NETWORK_MIN_SHARE * present)
+
+
 def network_windows(scores: pd.DataFrame) -> pd.DataFrame:
     """The scored windows (`AnomalyDetector.score`) in which the network moved some feature: `network_features` set."""
     if "network_features" not in scores:
@@ -95,6 +116,8 @@ def share_counts(features: tuple[str, ...]) -> np.ndarray:
             return None
         if name.startswith(("w_svc_", "w_port_b")):
             return "w_log_own_flows"
+        if name == "w_unseen_port_share":
+            return "w_log_service_flows"
         if name.startswith("w_unanswered"):
             return "w_log_dev_flows"
         return "w_log_flows"
@@ -153,15 +176,25 @@ class DeviceModel:
             return self.detector.decision_function(scaled)
 
 
+class MissingServicesError(ValueError):
+    """A detector fitted with endpoint evidence was asked to score windows without their service rows."""
+
+
 @dataclass
 class AnomalyDetector:
-    """One detector per device MAC, all of one kind."""
+    """One detector per device MAC, all of one kind.
+
+    Fitted with the windows' backend services (`fit(..., services=...)`, `novelty.service_flows`
+    rows), it also watches SERVICE_FEATURES against each MAC's training server ports
+    (`known_ports`), and then needs the service rows of whatever it scores.
+    """
 
     kind: str
     target_fpr: float
     features: list[str]
     devices: dict[str, DeviceModel] = field(default_factory=dict)
     seed: int = 0
+    known_ports: dict[str, set[str]] | None = None  # per MAC, its training server ports; None: no endpoint evidence
 
     META_FILE = "detector.json"
     ARRAYS_FILE = "detector.npz"
@@ -184,8 +217,27 @@ class AnomalyDetector:
         z = np.clip((x - model.center) / spread, -50, 50)
         return np.sign(z) * np.maximum(np.abs(z) - SHRINK, 0.0)
 
-    def fit(self, windows: pd.DataFrame, seed: int, block_windows: int = 48) -> "AnomalyDetector":
+    def with_services(self, windows: pd.DataFrame, services: pd.DataFrame | None,
+                      train_rows: pd.DataFrame | None = None) -> pd.DataFrame:
+        """`windows` with SERVICE_FEATURES against each MAC's training server ports; as they are for a
+        detector without endpoint evidence. `train_rows`: the training rows (`unseen_services`)."""
+        if self.known_ports is None:
+            return windows
+        if services is None:
+            raise MissingServicesError("anomaly detector: fitted with endpoint evidence, it needs the service rows "
+                                       "(device_services) of the windows it scores")
+        unseen = unseen_services(server_ports(services), self.known_ports,
+                                 None if train_rows is None else server_ports(train_rows))
+        return pd.concat([windows.drop(columns=SERVICE_FEATURES, errors="ignore"),
+                          service_features(windows, services, unseen)], axis=1)
+
+    def fit(self, windows: pd.DataFrame, seed: int, block_windows: int = 48,
+            services: pd.DataFrame | None = None) -> "AnomalyDetector":
         """Per device: fit on all its training windows; the threshold from cross-fitted scores.
+
+        With `services` (the windows' `novelty.service_flows` rows, the day before the first
+        included), each MAC's server ports in its training windows become its known ports and
+        SERVICE_FEATURES join the features.
 
         Scores of the windows a detector was fitted on are optimistic. Each block of two
         days (48 hourly windows) is scored by a detector fitted on the other blocks, and the
@@ -196,6 +248,14 @@ class AnomalyDetector:
         out, and a threshold of 19 masked every later attack on it.
         """
         self.seed = seed
+        if services is None and set(SERVICE_FEATURES) & set(self.features):
+            raise MissingServicesError("anomaly detector: endpoint features asked for; fit needs the service rows "
+                                       "(device_services) of the training windows")
+        if services is not None:
+            train_rows = training_services(services, windows)
+            self.known_ports = {mac: set(part["service"]) for mac, part in server_ports(train_rows).groupby("device_key")}
+            self.features = [f for f in self.features if f not in SERVICE_FEATURES] + SERVICE_FEATURES
+            windows = self.with_services(windows, services, train_rows)
         for mac, part in windows.sort_values("window_start").groupby("device_key"):
             x = part[self.features].to_numpy(dtype=float)
             if len(x) < 48:
@@ -249,6 +309,7 @@ class AnomalyDetector:
             "format": 1, "kind": self.kind, "target_fpr": self.target_fpr, "features": self.features,
             "seed": self.seed, "shrink": SHRINK,
             "devices": [{"device_key": mac, "threshold": self.devices[mac].threshold} for mac in macs],
+            "known_ports": None if self.known_ports is None else {mac: sorted(keys) for mac, keys in sorted(self.known_ports.items())},
         }
         arrays = {}
         for i, mac in enumerate(macs):
@@ -279,7 +340,12 @@ class AnomalyDetector:
                 arrays = {name: npz[name] for name in npz.files}
         except (ValueError, OSError) as error:
             raise ValueError(f"anomaly detector: {cls.ARRAYS_FILE!r} is not a plain NPZ of numbers ({error})") from None
-        detector = cls(meta["kind"], meta["target_fpr"], meta["features"], seed=meta["seed"])
+        ports = meta.get("known_ports")  # absent in detectors saved before endpoint evidence
+        if (ports is None) == bool(set(SERVICE_FEATURES) & set(meta["features"])):
+            raise ValueError(f"anomaly detector: {cls.META_FILE!r} has endpoint features without known ports "
+                             "or known ports without endpoint features")
+        detector = cls(meta["kind"], meta["target_fpr"], meta["features"], seed=meta["seed"],
+                       known_ports=None if ports is None else {mac: set(keys) for mac, keys in ports.items()})
         for i, entry in enumerate(meta["devices"]):
             try:
                 center, spread, train = arrays[f"center_{i}"], arrays[f"spread_{i}"], arrays[f"train_scaled_{i}"]
@@ -291,7 +357,8 @@ class AnomalyDetector:
             detector.devices[entry.get("device_key", entry.get("device_mac"))] = model
         return detector
 
-    def _deviations_and_network(self, windows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def _deviations_and_network(self, windows: pd.DataFrame,
+                                services: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(each window's deviations with the network's moves taken out, the network's moves).
 
         Both per window and feature, in the device's spreads beyond its usual band (signed; NaN
@@ -301,6 +368,7 @@ class AnomalyDetector:
         feature by NETWORK_MOVED spreads the same way; and a share that fell on a device
         where the network raised another share of its family (SHARE_FAMILIES) fell by dilution.
         """
+        windows = self.with_services(windows, services)
         own = pd.DataFrame(np.nan, index=windows.index, columns=self.features)
         for mac, part in windows.groupby("device_key"):
             model = self.devices.get(mac)
@@ -308,6 +376,9 @@ class AnomalyDetector:
                 own.loc[part.index] = self._scaled(model, part[self.features].to_numpy(dtype=float))
         values = own.to_numpy()
         network = network_moves(values, windows["window_start"].to_numpy())
+        # A device's unseen backends are its own: the LAN's hosts cannot move them, and every
+        # device moving to new backends at once is a compromise of them all, not the network.
+        network[:, np.isin(self.features, SERVICE_FEATURES)] = False
         if network.any():
             for prefixes in SHARE_FAMILIES:
                 family = np.array([name.startswith(prefixes) and "_share" in name for name in self.features])
@@ -318,25 +389,26 @@ class AnomalyDetector:
         shared = own.where(network, 0.0).where(own.notna())
         return own.mask(network, 0.0), shared
 
-    def deviations(self, windows: pd.DataFrame) -> pd.DataFrame:
+    def deviations(self, windows: pd.DataFrame, services: pd.DataFrame | None = None) -> pd.DataFrame:
         """Per window and feature: how far beyond its usual band, in the device's spreads
         (signed; 0 within the band and for the network's moves; NaN for devices without a
-        model). Incidents read their kind from these."""
-        return self._deviations_and_network(windows)[0]
+        model). Incidents read their kind from these. `services`: as for `score`."""
+        return self._deviations_and_network(windows, services)[0]
 
-    def score(self, windows: pd.DataFrame, top: int = 3) -> pd.DataFrame:
+    def score(self, windows: pd.DataFrame, top: int = 3, services: pd.DataFrame | None = None) -> pd.DataFrame:
         """Score, flag and the most deviating features per window; NaN for devices without a model.
 
         Scores are of the device's own moves: the network's (`_deviations_and_network`) are
         discounted and named in `network_features`. A window is flagged when its score passes
-        the device's threshold and some feature moved at least MIN_FLAG_SPREADS.
+        the device's threshold and some feature moved at least MIN_FLAG_SPREADS. `services`: the
+        windows' service rows, the day before included (needed when fitted with them).
         """
         out = windows[["device_key", "window_start"]].copy()
         out["score"] = np.nan
         out["threshold"] = np.nan
         out["top_features"] = None
         out["network_features"] = ""
-        own, network = self._deviations_and_network(windows)
+        own, network = self._deviations_and_network(windows, services)
         largest = own.abs().max(axis=1)
         for mac, part in windows.groupby("device_key"):
             model = self.devices.get(mac)
@@ -356,6 +428,15 @@ class AnomalyDetector:
             ]
         out["has_model"] = out["score"].notna()
         out["anomaly"] = (out["score"] > out["threshold"]) & (largest >= MIN_FLAG_SPREADS)
+        endpoint = np.isin(self.features, SERVICE_FEATURES)
+        if endpoint.any() and len(out):
+            own_backends = (own.loc[:, endpoint].abs().fillna(0.0) >= MIN_FLAG_SPREADS).any(axis=1)
+            unexplained = out["anomaly"] & ~own_backends
+            capture = unexplained & capture_wide(unexplained, out["has_model"], out["window_start"])
+            out["anomaly"] &= ~capture
+            out.loc[capture, "network_features"] = [
+                "; ".join(filter(None, [moves, "capture-wide window (most devices flagged at once)"]))
+                for moves in out.loc[capture, "network_features"]]
         # Scores of different devices live on different scales: the ratio to the device's threshold compares.
         out["score_ratio"] = out["score"] / out["threshold"].where(out["threshold"].abs() > 1e-12)
         return out
@@ -452,7 +533,7 @@ def choose_kind(figures: dict[str, dict], target_fpr: float) -> str:
 
 
 def compare_and_fit(train: pd.DataFrame, train_labels: pd.Series, evaluation: pd.DataFrame, labels: pd.Series,
-                    target_fpr: float, seed: int) -> tuple[AnomalyDetector, dict]:
+                    target_fpr: float, seed: int, services: pd.DataFrame | None = None) -> tuple[AnomalyDetector, dict]:
     """Fit every detector kind on clean training windows, evaluate each on the later windows, keep the best.
 
     With episodes, the best is judged at its thresholds, as an analyst meets it (`choose_kind`).
@@ -460,12 +541,14 @@ def compare_and_fit(train: pd.DataFrame, train_labels: pd.Series, evaluation: pd
     their thresholds they flagged 4-8 times the clean windows KNN did and missed more
     beaconing and firmware changes (on the sample and on the real archives alike). Without
     ground truth the default kind is kept and the comparison reports false-positive rates.
+    With `services` (`novelty.service_flows` rows of all the windows), every kind watches the
+    endpoint evidence too (`AnomalyDetector.fit`).
     """
     clean_train = train[train_labels.isna()]
     compared, fitted = {}, {}
     for kind in DETECTORS:
-        detector = AnomalyDetector(kind, target_fpr, list(ANOMALY_FEATURES)).fit(clean_train, seed)
-        scored = detector.score(evaluation)
+        detector = AnomalyDetector(kind, target_fpr, list(ANOMALY_FEATURES)).fit(clean_train, seed, services=services)
+        scored = detector.score(evaluation, services=services)
         fitted[kind] = detector
         compared[kind] = evaluate(scored, labels)
     has_truth = any(c["per_episode_type"] for c in compared.values())

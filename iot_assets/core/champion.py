@@ -82,11 +82,13 @@ def compare_classifiers(champion: classifier.DeviceClassifier, challenger: class
 
 
 def compare_detectors(champion: anomaly.AnomalyDetector, challenger: anomaly.AnomalyDetector,
-                      holdout: pd.DataFrame, labels: pd.Series, holdout_range: list[str]) -> tuple[str, dict]:
+                      holdout: pd.DataFrame, labels: pd.Series, holdout_range: list[str],
+                      services: pd.DataFrame | None = None) -> tuple[str, dict]:
     """("champion" or "challenger", the figures) from both detectors on the holdout windows and
-    their `anomaly.evaluation_labels`, by the detector rules of the module docstring."""
+    their `anomaly.evaluation_labels`, by the detector rules of the module docstring; `services`:
+    the holdout's `device_services` rows, for a detector with endpoint evidence."""
     def figures(detector: anomaly.AnomalyDetector) -> dict:
-        result = anomaly.evaluate(detector.score(holdout), labels)
+        result = anomaly.evaluate(detector.score(holdout, services=services), labels)
         per_type = result["per_episode_type"]
         return {"fpr_clean": result["fpr_clean"], "roc_auc": result["roc_auc"],
                 "worst_recall": min((v["recall"] for v in per_type.values()), default=None),

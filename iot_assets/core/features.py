@@ -285,3 +285,110 @@ WINDOW_FEATURES: list[str] = [f for f in FEATURES if f.startswith("w_")]
 # anomaly features the prefixes raised false alarms on such rotations.
 ANOMALY_FEATURES: list[str] = [f for f in FEATURES if (f.startswith("w_") and not f.startswith("w_prefix_b"))
                                or f.startswith(("c_svc_", "c_port_b"))]
+
+
+# ---------------------------------------------------------------- endpoint evidence per window
+
+# What the anomaly detector adds when it is given the backend services (`novelty.service_flows`
+# rows, the `device_services` asset): how many of the window's Internet flows (DNS, NTP left
+# out) it has, and the share of them, in the window and over the trailing 24 hours, that went
+# to server ports (port and protocol, any address) the device never used on its training days.
+# A firmware change that moves every Internet peer to a new provider and port takes these
+# shares from 0 to 1 at once, while the window features see only a little shift in sizes and
+# port classes. Not the services' /24s: clouds move a device to new /24s on the same port every
+# few weeks, and as a detector feature the share of flows to /24s unseen in training flagged
+# whole evaluation days of clean devices (docs/measurements.md).
+SERVICE_FEATURES: list[str] = ["w_log_service_flows", "w_unseen_port_share", "c_unseen_port_share"]
+# Training rows are judged against the server ports of the training days at least this far from
+# their own (`unseen_services`): 1, the other days.
+SERVICE_HOLDOUT_DAYS = 1
+
+
+class ServiceRowsError(ValueError):
+    """Service rows handed to the per-window endpoint features lack a column they need."""
+
+
+SERVICE_ROW_COLUMNS = ["device_key", "day", "window_start", "service", "flows"]
+
+
+def _utc(times: pd.Series) -> pd.Series:
+    return pd.to_datetime(times, utc=True)
+
+
+def check_service_rows(services: pd.DataFrame) -> None:
+    """Raise ServiceRowsError when `services` lacks a SERVICE_ROW_COLUMNS column."""
+    missing = set(SERVICE_ROW_COLUMNS) - set(services.columns)
+    if missing:
+        raise ServiceRowsError(f"endpoint features: service rows lack column(s) {', '.join(sorted(missing))}")
+
+
+def training_services(services: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
+    """The `services` rows that belong to `windows` (matched on device_key and window_start)."""
+    check_service_rows(services)
+    keys = pd.MultiIndex.from_arrays([windows["device_key"], _utc(windows["window_start"])])
+    rows = pd.MultiIndex.from_arrays([services["device_key"], _utc(services["window_start"])])
+    return services[rows.isin(keys)]
+
+
+def server_ports(services: pd.DataFrame) -> pd.DataFrame:
+    """`services` with each service (`prefix:port/protocol`) cut to its server port and protocol."""
+    return services.assign(service=services["service"].astype(str).str.rsplit(":", n=1).str[-1])
+
+
+def unseen_services(services: pd.DataFrame, known: dict[str, set[str]],
+                    train_rows: pd.DataFrame | None = None, held_out_days: int | None = None) -> np.ndarray:
+    """Per row of `services`: its `service` (or server port, for `server_ports` rows) is not one its
+    MAC used in training (`known`).
+
+    A row of `train_rows` (the training rows themselves, same index) is judged against the
+    MAC's services of the training days at least `held_out_days` (SERVICE_HOLDOUT_DAYS) away
+    from its own: judged against all of them, every training window would have a share of 0,
+    and the first port a device uses now and then would look like an attack.
+    """
+    held_out_days = SERVICE_HOLDOUT_DAYS if held_out_days is None else held_out_days
+    keys = services["device_key"].to_numpy()
+    names = services["service"].to_numpy()
+    unseen = np.array([name not in known.get(mac, ()) for mac, name in zip(keys, names)], dtype=bool)
+    if train_rows is not None and len(train_rows):
+        day = pd.to_datetime(train_rows["day"])
+        span = day.groupby([train_rows["device_key"], train_rows["service"]]).agg(["min", "max"])
+        inside = services.index.isin(train_rows.index)
+        rows = services[inside]
+        pairs = pd.MultiIndex.from_arrays([rows["device_key"], rows["service"]])
+        first, last = span["min"].reindex(pairs).to_numpy(), span["max"].reindex(pairs).to_numpy()
+        own = pd.to_datetime(rows["day"]).to_numpy()
+        gap = np.timedelta64(held_out_days, "D")
+        unseen[inside] = ~((first <= own - gap) | (last >= own + gap))
+    return unseen
+
+
+def service_features(windows: pd.DataFrame, services: pd.DataFrame, unseen: np.ndarray) -> pd.DataFrame:
+    """SERVICE_FEATURES per row of `windows`, from the `services` rows and their `unseen` flags
+    (`unseen_services` of their `server_ports`).
+
+    A window without Internet flows has shares of 0 (nothing unseen); the 24-hour share is
+    over the service rows of the last 24 hours, the window included (the day before's rows
+    are needed for a day's first hours).
+    """
+    check_service_rows(services)
+    hourly = pd.DataFrame({"device_key": services["device_key"].to_numpy(),
+                           "window_start": _utc(services["window_start"]).to_numpy(),
+                           "flows": services["flows"].to_numpy(float),
+                           "unseen": services["flows"].to_numpy(float) * unseen}) \
+        .groupby(["device_key", "window_start"]).sum()
+    keys = pd.MultiIndex.from_arrays([windows["device_key"], _utc(windows["window_start"])],
+                                     names=["device_key", "window_start"])
+    out = pd.DataFrame(0.0, index=windows.index, columns=SERVICE_FEATURES)
+    if hourly.empty or not len(windows):
+        return out
+    # Every window and every hour with flows, per MAC in time order, summed over the trailing 24 hours.
+    grid = hourly.reindex(hourly.index.union(keys.unique()), fill_value=0.0)
+    trailing = pd.concat({mac: part.droplevel("device_key").rolling(pd.Timedelta(hours=CONTEXT_HOURS)).sum()
+                          for mac, part in grid.groupby(level="device_key", sort=False)},
+                         names=["device_key", "window_start"])
+    now = grid.reindex(keys).to_numpy()
+    past = trailing.reindex(keys).to_numpy()
+    out["w_log_service_flows"] = np.log1p(now[:, 0])
+    out["w_unseen_port_share"] = now[:, 1] / np.maximum(now[:, 0], 1.0)
+    out["c_unseen_port_share"] = past[:, 1] / np.maximum(past[:, 0], 1.0)
+    return out

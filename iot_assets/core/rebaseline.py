@@ -107,18 +107,22 @@ def own_windows(windows: pd.DataFrame, device_key: str, from_day: str) -> pd.Dat
 
 
 def refit_detector(detector: AnomalyDetector, windows: pd.DataFrame, device_key: str, from_day: str,
-                   seed: int) -> AnomalyDetector:
+                   seed: int, services: pd.DataFrame | None = None) -> AnomalyDetector:
     """A new detector with `device_key` refitted on its windows from `from_day` on.
 
-    The other devices are untouched (shared, not copied: models are immutable once fitted).
+    The other devices are untouched (shared, not copied: models are immutable once fitted). A
+    detector with endpoint evidence needs the windows' `services` rows: the device's server ports are relearnt.
     """
     own = own_windows(windows, device_key, from_day)
-    refit = AnomalyDetector(detector.kind, detector.target_fpr, detector.features).fit(own, seed)
+    refit = AnomalyDetector(detector.kind, detector.target_fpr, list(detector.features)).fit(
+        own, seed, services=services if detector.known_ports is not None else None)
     if device_key not in refit.devices:
         raise ValueError(f"cannot re-baseline {device_key} from {from_day}: {len(own)} windows since, "
                          f"the detector needs at least two days (48 hourly windows)")
     new_detector = copy.copy(detector)
     new_detector.devices = {**detector.devices, device_key: refit.devices[device_key]}
+    if detector.known_ports is not None:
+        new_detector.known_ports = {**detector.known_ports, device_key: refit.known_ports.get(device_key, set())}
     return new_detector
 
 

@@ -42,6 +42,8 @@ with warnings.catch_warnings():
     # The parameter is beta in Dagster 1.13; the first day has no day before it.
     warnings.simplefilter("ignore", dg.BetaWarning)
     DAY_AND_DAY_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-1, allow_nonexistent_upstream_partitions=True)
+    # The deviations of a day and the day before, whose first hours' 24-hour endpoint shares reach one day further.
+    DAY_AND_TWO_BEFORE = dg.TimeWindowPartitionMapping(start_offset=-2, allow_nonexistent_upstream_partitions=True)
     # A MAC's inventory verdict pools its windows of the day and the days before it.
     INVENTORY_WEEK = dg.TimeWindowPartitionMapping(start_offset=-(INVENTORY_DAYS - 1),
                                                    allow_nonexistent_upstream_partitions=True)
@@ -71,9 +73,16 @@ def _scores_metadata(scores: pd.DataFrame) -> dict:
     }
 
 
-def _aligned_deviations(detector: anomaly.AnomalyDetector, windows: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+def _services(device_services: LazyDays, days: list[str] | None = None) -> pd.DataFrame:
+    """The `device_services` rows of `days` (every day read when None), SERVICE_COLUMNS even when there are none."""
+    services = concat_days({d: f for d, f in device_services.items() if days is None or d in days})
+    return services if len(services) else pd.DataFrame(columns=novelty.SERVICE_COLUMNS)
+
+
+def _aligned_deviations(detector: anomaly.AnomalyDetector, windows: pd.DataFrame, scores: pd.DataFrame,
+                        services: pd.DataFrame) -> pd.DataFrame:
     """The detector's deviations of `windows`, on the rows of `scores` (matched by device and window)."""
-    deviations = detector.deviations(windows)
+    deviations = detector.deviations(windows, services)
     deviations.index = pd.MultiIndex.from_frame(windows[["device_key", "window_start"]])
     keys = pd.MultiIndex.from_frame(scores[["device_key", "window_start"]])
     return deviations.reindex(keys).set_axis(scores.index)
@@ -279,14 +288,20 @@ def build(parts: Partitions) -> list:
     @dg.asset(
         group_name="behaviour", tags=stage(TRAINING),
         io_manager_key="model_io_manager",
-        ins={"device_windows": EVERY_BUILT_DAY},
+        ins={"device_windows": EVERY_BUILT_DAY, "device_services": EVERY_BUILT_DAY},
     )
     def anomaly_detector(context: dg.AssetExecutionContext, config: TrainingConfig, device_windows: LazyDays,
-                         model_settings: ModelSettings, reports: ReportFiles, served_models: ServedModels):
-        """PyOD detectors per device, compared on the later days, the best kept; thresholds at the target FPR."""
+                         device_services: LazyDays, model_settings: ModelSettings, reports: ReportFiles,
+                         served_models: ServedModels):
+        """PyOD detectors per device, compared on the later days, the best kept; thresholds at the target FPR.
+
+        Each device's detector also watches its endpoint evidence (`features.SERVICE_FEATURES`): the
+        share of its Internet flows to backends it never used on its training days.
+        """
         windows = concat_days(device_windows)
+        services = _services(device_services)
         if config.rebaseline:
-            return rebaselined_detector(context, config, windows, model_settings, reports, served_models)
+            return rebaselined_detector(context, config, windows, model_settings, reports, served_models, services)
         champion = served_models.champion("anomaly_detector") if config.challenge else None
         windows, split = training_split(windows, config, model_settings, champion)
         episodes = model_settings.read_episodes()
@@ -294,10 +309,11 @@ def build(parts: Partitions) -> list:
         train = split.is_train(windows)
         evaluation = windows[~train]
         detector, metrics = anomaly.compare_and_fit(
-            windows[train], labels[train], evaluation, labels[~train], model_settings.target_fpr, model_settings.seed)
-        scored = detector.score(evaluation).assign(device_name=evaluation["device_name"])
+            windows[train], labels[train], evaluation, labels[~train], model_settings.target_fpr, model_settings.seed,
+            services=services)
+        scored = detector.score(evaluation, services=services).assign(device_name=evaluation["device_name"])
         metrics["per_device"] = anomaly.per_device_fpr(scored, labels[~train])
-        found = incidents.group_incidents(scored, detector.deviations(evaluation), model_settings.window_minutes)
+        found = incidents.group_incidents(scored, detector.deviations(evaluation, services), model_settings.window_minutes)
         metrics["incidents"] = incidents.incident_metrics(found, episodes, evaluation, model_settings.window_minutes,
                                                           pd.Timedelta(hours=CONTEXT_HOURS))
         metrics.update({"threshold": f"per device: quantile {1 - model_settings.target_fpr:g} of its held-out scores",
@@ -309,7 +325,8 @@ def build(parts: Partitions) -> list:
         if champion is not None:
             detector, challenge = settle_challenge(context, reports, "anomaly_challenge.json", champion, detector, split,
                                                    champion_module.compare_detectors(
-                                                       champion, detector, evaluation, labels[~train], split.eval_range))
+                                                       champion, detector, evaluation, labels[~train], split.eval_range,
+                                                       services))
             metrics = detector.metrics
         metrics_path = reports.write_json("anomaly_metrics.json", metrics)
         return version_output(detector, {
@@ -332,15 +349,17 @@ def build(parts: Partitions) -> list:
         io_manager_key="lake_io_manager",
         check_specs=[dg.AssetCheckSpec("anomaly_rate_in_bounds", asset="anomaly_scores",
                                        description="The day's share of flagged windows is at most five times the target FPR.")],
+        # The day before: the first hours' 24-hour share of flows to unseen backends.
+        ins={"device_services": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE)},
     )
-    def anomaly_scores(context: dg.AssetExecutionContext, device_windows: LazyDays,
+    def anomaly_scores(context: dg.AssetExecutionContext, device_windows: LazyDays, device_services: LazyDays,
                        anomaly_detector: anomaly.AnomalyDetector, model_settings: ModelSettings):
         """Anomaly score, flag and the most deviating features per device-window."""
         detector = anomaly_detector
         windows = concat_days({d: device_windows[d] for d in context.partition_keys})
         if len(windows):
             # Scored once for every day of the run: the detectors are per device, not per day.
-            scores = detector.score(windows).assign(device_name=windows["device_name"].to_numpy(),
+            scores = detector.score(windows, services=_services(device_services)).assign(device_name=windows["device_name"].to_numpy(),
                                                     model_version=detector.version)
         else:
             scores = pd.DataFrame(columns=SCORE_COLUMNS)
@@ -383,10 +402,11 @@ def build(parts: Partitions) -> list:
         # Each day is read again as the next day's day before: the last two days stay read.
         ins={"anomaly_scores": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE),
              "device_windows": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE),
+             "device_services": dg.AssetIn(partition_mapping=DAY_AND_TWO_BEFORE),
              "clean_flows": dg.AssetIn(partition_mapping=DAY_AND_DAY_BEFORE, metadata={"columns": incidents.FLOW_COLUMNS})},
     )
     def anomaly_incidents(context: dg.AssetExecutionContext, anomaly_scores: LazyDays, device_windows: LazyDays,
-                          clean_flows: LazyDays, anomaly_detector: anomaly.AnomalyDetector,
+                          device_services: LazyDays, clean_flows: LazyDays, anomaly_detector: anomaly.AnomalyDetector,
                           model_settings: ModelSettings) -> dg.Output:
         """Incidents: a device's flagged windows grouped, with a guessed kind and the flows behind them.
 
@@ -398,7 +418,8 @@ def build(parts: Partitions) -> list:
             days = [d for d in (previous_day(day), day) if d in anomaly_scores]
             scores = concat_days({d: anomaly_scores[d] for d in days})
             windows = concat_days({d: device_windows[d] for d in days if d in device_windows})
-            found = incidents.day_incidents(scores, _aligned_deviations(anomaly_detector, windows, scores), day,
+            services = _services(device_services, [previous_day(days[0]), *days] if days else [])
+            found = incidents.day_incidents(scores, _aligned_deviations(anomaly_detector, windows, scores, services), day,
                                             model_settings.window_minutes)
             flows = concat_days({d: clean_flows[d] for d in days if d in clean_flows})
             found = incidents.incident_evidence(found, flows)

@@ -72,8 +72,11 @@ def challenge_metadata(challenge: dict | None) -> dict:
 
 
 def rebaselined_detector(context: dg.AssetExecutionContext, config: TrainingConfig, windows: pd.DataFrame,
-                          model_settings: ModelSettings, reports: ReportFiles, served_models: ServedModels) -> dg.Output:
-    """The served detector with the requested devices refitted on their new normal: a new version."""
+                          model_settings: ModelSettings, reports: ReportFiles, served_models: ServedModels,
+                          services: pd.DataFrame | None = None) -> dg.Output:
+    """The served detector with the requested devices refitted on their new normal: a new version.
+    `services`: the windows' `device_services` rows (a detector with endpoint evidence relearns the
+    device's backends too)."""
     detector = served_models.champion("anomaly_detector")
     if detector is None:
         raise dg.Failure("anomaly_detector: nothing to re-baseline before the first training")
@@ -83,7 +86,7 @@ def rebaselined_detector(context: dg.AssetExecutionContext, config: TrainingConf
     refitted = {}
     for request in config.rebaseline:
         device_key, _, from_day = request.partition("@")
-        detector = rebaseline.refit_detector(detector, windows, device_key, from_day, model_settings.seed)
+        detector = rebaseline.refit_detector(detector, windows, device_key, from_day, model_settings.seed, services)
         refitted[device_key] = baselines[device_key] = {"from_day": from_day, "until": until}
     metrics["baselines"] = baselines
     detector.metrics = metrics
