@@ -15,8 +15,9 @@ of 24-hour context after it):
    hour or over 24 hours by at least half as much as the rise (anything new dilutes the
    24-hour shares of the rest a little): its conversations moved (a firmware change, a
    new cloud);
-4. new-endpoint: a service or port class rises, none falls: something new on top of the
-   usual (a beacon, an upload to a new service);
+4. new-endpoint: a service or port class, or the share on server ports never used in
+   training, rises, none falls: something new on top of the usual (a beacon, an upload to
+   a new service);
 5. volume: bytes, packets or flows moved (up or down) and nothing above did;
 6. other: none of these; the moved features say what happened.
 "Moved" is a mean deviation of at least one spread beyond the band (`MOVED`).
@@ -37,7 +38,9 @@ SWAP = 0.5
 INCIDENT_COLUMNS = ["device_key", "device_name", "incident", "start", "end", "windows_flagged", "peak_score_ratio",
                     "peak_window", "top_features", "kind", "kind_reason"]
 EVIDENCE_COLUMNS = ["evidence_peers", "evidence_ports", "usual_peers", "usual_ports", "new_peers"]
-SERVICE_PREFIXES = ("w_svc_", "w_port_b", "c_svc_", "c_port_b")
+# Service shares, port classes, and the share on server ports the device never used in training
+# (features.SERVICE_FEATURES): what a device talks to.
+SERVICE_PREFIXES = ("w_svc_", "w_port_b", "c_svc_", "c_port_b", "w_unseen_port", "c_unseen_port")
 VOLUME_FEATURES = ("w_log_bytes_out", "w_log_bytes_in", "w_log_packets_out", "w_log_packets_in", "w_log_flows")
 from iot_assets.contracts.vocabulary import KIND_RULES  # noqa: F401 (guess_kind returns these)
 

@@ -254,6 +254,9 @@ def test_an_incident_going_on_at_midnight_keeps_its_start_and_id_on_the_next_day
     ({"w_svc_https_alt_share": 7.0, "w_svc_https_share": -3.0}, "service-mix"),
     ({"c_svc_https_alt_share": 6.0, "c_svc_https_share": -5.5}, "service-mix"),
     ({"c_svc_http_alt_share": 8.0, "c_svc_https_share": -1.3, "w_svc_http_alt_share": 6.0}, "new-endpoint"),
+    # Server ports never used in training (the detector's endpoint evidence): new on top, or instead of the usual.
+    ({"w_unseen_port_share": 9.0, "c_unseen_port_share": 4.0, "w_log_flows": 2.0}, "new-endpoint"),
+    ({"w_unseen_port_share": 9.0, "w_svc_https_share": -6.0}, "service-mix"),
     ({"w_log_bytes_out": 4.0, "w_log_packets_in": 3.0, "w_log_packets_out": 3.0}, "volume"),
     ({"w_payload_per_pkt_in": 5.0}, "other"),
 ])
