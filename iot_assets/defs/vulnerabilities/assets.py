@@ -2,6 +2,8 @@
 
 import re
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -154,87 +156,105 @@ def notice_name(line: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", line)
 
 
-def build(parts: Partitions) -> list:
-    """This group's definitions over the partitions resolved at load."""
+@dataclass(frozen=True)
+class FeedTable:
+    """One table a feed gives: its asset, its key in `FeedImport.tables`, its columns."""
+
+    asset: str
+    table: str
+    columns: list[str]
+    description: str
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    """One public feed: its files in the feeds folder, how they are imported, the tables (assets) it gives."""
+
+    feed: str  # nvd, kev or epss (FEED_LABELS)
+    expected: str  # the file name or pattern a missing feed's warning names
+    files: Callable[[Path], list[Path]]  # the feed's files in the (local copy of the) feeds folder
+    load: Callable[[Path, list[Path]], feeds.FeedImport]  # (folder, files) -> import; a FeedError refuses
+    description: str  # what the import reads and refuses
+    tables: tuple[FeedTable, ...]  # the first one carries the feeds_fresh check
+    check_description: str
+
+
+FEEDS = (
+    FeedSpec("nvd", feeds.NVD_GLOB, files=lambda local: sorted(local.glob(feeds.NVD_GLOB)),
+             load=lambda local, files: feeds.import_nvd(local),
+             description="Every nvdcve-2.0-*.json.gz in the feeds folder; a file whose sha256 differs from its "
+                         ".meta fails the run.",
+             tables=(FeedTable("nvd_feed", "cves", feeds.CVE_COLUMNS,
+                               "NVD CVE API 2.0 feed files (sha256 checked against each .meta): one row per CVE "
+                               "with its CVSS and advisory."),
+                     FeedTable("nvd_cpe_matches", "cpe_matches", feeds.CPE_MATCH_COLUMNS,
+                               "The NVD feed's CPE match entries: which CPE and version range each CVE affects.")),
+             check_description="The NVD feed is there and at most IOT_ASSETS_FEED_MAX_AGE_DAYS old (against today)."),
+    FeedSpec("kev", feeds.KEV_FILE, files=lambda local: [p for p in [local / feeds.KEV_FILE] if p.exists()],
+             load=lambda local, files: feeds.import_kev(files[0]),
+             description="CISA's Known Exploited Vulnerabilities (known_exploited_vulnerabilities.json): one row "
+                         "per CVE, due date.",
+             tables=(FeedTable("kev_feed", "kev", feeds.KEV_COLUMNS,
+                               "CISA's Known Exploited Vulnerabilities (known_exploited_vulnerabilities.json): "
+                               "one row per CVE, due date."),),
+             check_description="The CISA KEV catalogue is there and at most IOT_ASSETS_FEED_MAX_AGE_DAYS old "
+                               "(against today)."),
+    FeedSpec("epss", feeds.EPSS_GLOB, files=feeds.epss_files,
+             load=lambda local, files: feeds.import_newest_good(files, feeds.import_epss),
+             description="FIRST EPSS scores (epss_scores-YYYY-MM-DD.csv.gz): the newest good file, newer refused "
+                         "ones named.",
+             tables=(FeedTable("epss_feed", "epss", feeds.EPSS_COLUMNS,
+                               "FIRST EPSS scores (epss_scores-YYYY-MM-DD.csv.gz): the newest good file, newer "
+                               "refused ones named."),),
+             check_description="The newest EPSS file is good and at most IOT_ASSETS_FEED_MAX_AGE_DAYS old "
+                               "(against today)."),
+)
+
+
+def feed_asset(spec: FeedSpec) -> dg.AssetsDefinition:
+    """The feed's tables as assets of one run (a feed with no file gives empty tables and a feeds_fresh warning)."""
+    checked = spec.tables[0].asset
 
     @dg.multi_asset(
-        group_name="vulnerabilities",
-        outs={
-            "nvd_feed": dg.AssetOut(tags=stage(INGEST), io_manager_key="lake_io_manager",
-                                    description="NVD CVE API 2.0 feed files (sha256 checked against each .meta): "
-                                                "one row per CVE with its CVSS and advisory.",
-                                    metadata={"dagster/column_schema": dg.TableSchema(
-                                        columns=[dg.TableColumn(c) for c in feeds.CVE_COLUMNS])}),
-            "nvd_cpe_matches": dg.AssetOut(tags=stage(INGEST), io_manager_key="lake_io_manager",
-                                           description="The NVD feed's CPE match entries: which CPE and version "
-                                                       "range each CVE affects.",
-                                           metadata={"dagster/column_schema": dg.TableSchema(
-                                               columns=[dg.TableColumn(c) for c in feeds.CPE_MATCH_COLUMNS])}),
-        },
-        check_specs=[dg.AssetCheckSpec("feeds_fresh", asset="nvd_feed",
-                                       description="The NVD feed is there and at most IOT_ASSETS_FEED_MAX_AGE_DAYS "
-                                                   "old (against today).")],
+        name=f"{spec.feed}_feed", group_name="vulnerabilities", description=spec.description,
+        outs={table.asset: dg.AssetOut(tags=stage(INGEST), io_manager_key="lake_io_manager",
+                                       description=table.description,
+                                       metadata={"dagster/column_schema": dg.TableSchema(
+                                           columns=[dg.TableColumn(c) for c in table.columns])})
+              for table in spec.tables},
+        check_specs=[dg.AssetCheckSpec("feeds_fresh", asset=checked, description=spec.check_description)],
     )
-    def nvd_feed(context: dg.AssetExecutionContext, vulnerability_settings: VulnerabilitySettings):
-        """Every nvdcve-2.0-*.json.gz in the feeds folder; a file whose sha256 differs from its .meta fails the run."""
+    def feed_tables(context: dg.AssetExecutionContext, vulnerability_settings: VulnerabilitySettings):
         folder = vulnerability_settings.feeds_dir
         with vulnerability_settings.local_feeds() as local:
-            if not any(local.glob(feeds.NVD_GLOB)):
-                result = NoFeed("nvd", folder, feeds.NVD_GLOB)
-                tables = {"cves": pd.DataFrame(columns=feeds.CVE_COLUMNS),
-                          "cpe_matches": pd.DataFrame(columns=feeds.CPE_MATCH_COLUMNS)}
-                context.log.warning(result.message)
-            else:
-                result = _import("nvd", lambda: feeds.import_nvd(local))
-                tables = result.tables
-        metadata = _feed_metadata(result, folder)
-        yield dg.Output(tables["cves"], output_name="nvd_feed", data_version=_data_version(result), metadata=metadata)
-        yield dg.Output(tables["cpe_matches"], output_name="nvd_cpe_matches", data_version=_data_version(result),
-                        metadata={**metadata, "records": len(tables["cpe_matches"])})
-        yield freshness("nvd_feed", result, vulnerability_settings.max_age_days, _today())
-
-
-    @dg.asset(group_name="vulnerabilities", tags=stage(INGEST), io_manager_key="lake_io_manager",
-              check_specs=[dg.AssetCheckSpec("feeds_fresh", asset="kev_feed",
-                                             description="The CISA KEV catalogue is there and at most "
-                                                         "IOT_ASSETS_FEED_MAX_AGE_DAYS old (against today).")],
-              metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c) for c in feeds.KEV_COLUMNS])})
-    def kev_feed(context: dg.AssetExecutionContext, vulnerability_settings: VulnerabilitySettings):
-        """CISA's Known Exploited Vulnerabilities (known_exploited_vulnerabilities.json): one row per CVE, due date."""
-        folder = vulnerability_settings.feeds_dir
-        with vulnerability_settings.local_feeds() as local:
-            path = Path(local) / feeds.KEV_FILE
-            if not path.exists():
-                result, table = NoFeed("kev", folder, feeds.KEV_FILE), pd.DataFrame(columns=feeds.KEV_COLUMNS)
-                context.log.warning(result.message)
-            else:
-                result = _import("kev", lambda: feeds.import_kev(path))
-                table = result.tables["kev"]
-        yield dg.Output(table, data_version=_data_version(result), metadata=_feed_metadata(result, folder))
-        yield freshness("kev_feed", result, vulnerability_settings.max_age_days, _today())
-
-
-    @dg.asset(group_name="vulnerabilities", tags=stage(INGEST), io_manager_key="lake_io_manager",
-              check_specs=[dg.AssetCheckSpec("feeds_fresh", asset="epss_feed",
-                                             description="The newest EPSS file is good and at most "
-                                                         "IOT_ASSETS_FEED_MAX_AGE_DAYS old (against today).")],
-              metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c) for c in feeds.EPSS_COLUMNS])})
-    def epss_feed(context: dg.AssetExecutionContext, vulnerability_settings: VulnerabilitySettings):
-        """FIRST EPSS scores (epss_scores-YYYY-MM-DD.csv.gz): the newest good file, newer refused ones named."""
-        folder = vulnerability_settings.feeds_dir
-        with vulnerability_settings.local_feeds() as local:
-            files = feeds.epss_files(local)
+            files = spec.files(Path(local))
             if not files:
-                result, table = NoFeed("epss", folder, feeds.EPSS_GLOB), pd.DataFrame(columns=feeds.EPSS_COLUMNS)
+                result = NoFeed(spec.feed, folder, spec.expected)
+                tables = {table.table: pd.DataFrame(columns=table.columns) for table in spec.tables}
                 context.log.warning(result.message)
             else:
-                result = _import("epss", lambda: feeds.import_newest_good(files, feeds.import_epss))
-                table = result.tables["epss"]
+                result = _import(spec.feed, lambda: spec.load(Path(local), files))
+                tables = result.tables
                 for refused in result.refused:
-                    context.log.warning(f"EPSS file refused: {refused}")
-        yield dg.Output(table, data_version=_data_version(result), metadata=_feed_metadata(result, folder))
-        yield freshness("epss_feed", result, vulnerability_settings.max_age_days, _today())
+                    context.log.warning(f"{FEED_LABELS[spec.feed]} file refused: {refused}")
+        metadata = _feed_metadata(result, folder)
+        for table in spec.tables:
+            # The first table's records are the feed's (its CVEs); the others count their own rows.
+            records = {} if table.asset == checked else {"records": len(tables[table.table])}
+            yield dg.Output(tables[table.table], output_name=table.asset, data_version=_data_version(result),
+                            metadata={**metadata, **records})
+        yield freshness(checked, result, vulnerability_settings.max_age_days, _today())
 
+    return feed_tables
+
+
+def or_empty(table: pd.DataFrame | None, columns: list[str]) -> pd.DataFrame:
+    """A feed table, or an empty one with its columns when the feed is not materialized yet."""
+    return table if table is not None else pd.DataFrame(columns=columns)
+
+
+def build(parts: Partitions) -> list:
+    """This group's definitions over the partitions resolved at load."""
 
     @dg.asset(
         partitions_def=parts.daily,
@@ -261,10 +281,8 @@ def build(parts: Partitions) -> list:
                                epss_feed: pd.DataFrame | None, line_membership: pd.DataFrame | None,
                                previous_vulnerabilities: LazyDays, model_settings: ModelSettings):
         """Per device MAC and CVE of its model's CPE: CVSS, KEV, EPSS, exposure evidence, risk, status since first seen."""
-        cves = nvd_feed if nvd_feed is not None else pd.DataFrame(columns=feeds.CVE_COLUMNS)
-        matches = nvd_cpe_matches if nvd_cpe_matches is not None else pd.DataFrame(columns=feeds.CPE_MATCH_COLUMNS)
-        kev = kev_feed if kev_feed is not None else pd.DataFrame(columns=feeds.KEV_COLUMNS)
-        epss = epss_feed if epss_feed is not None else pd.DataFrame(columns=feeds.EPSS_COLUMNS)
+        cves, matches = or_empty(nvd_feed, feeds.CVE_COLUMNS), or_empty(nvd_cpe_matches, feeds.CPE_MATCH_COLUMNS)
+        kev, epss = or_empty(kev_feed, feeds.KEV_COLUMNS), or_empty(epss_feed, feeds.EPSS_COLUMNS)
         missing = [name for name, table in (("nvd_feed", nvd_feed), ("kev_feed", kev_feed), ("epss_feed", epss_feed))
                    if table is None]
         if missing:
@@ -326,7 +344,7 @@ def build(parts: Partitions) -> list:
             "notices_removed": dg.MetadataValue.json(sorted(p.name for p in stale)),
             "notices_folder": dg.MetadataValue.path(str(folder))})
 
-    return [nvd_feed, kev_feed, epss_feed, device_vulnerabilities, vulnerability_report]
+    return [*(feed_asset(spec) for spec in FEEDS), device_vulnerabilities, vulnerability_report]
 
 
 @dg.definitions
