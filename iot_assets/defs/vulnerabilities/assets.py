@@ -16,6 +16,7 @@ from iot_assets.core import feeds
 from iot_assets.core import vulnerabilities as vuln
 from iot_assets.core.device_cpes import DEFAULT_DEVICE_CPES, read_device_cpes
 from iot_assets.defs.automation.sensors import AFTER_ITS_INPUTS
+from iot_assets.defs.day_metadata import table_metadata
 from iot_assets.defs.ingest.assets import days_check, schema_failures
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import EVERY_BUILT_DAY, Partitions
@@ -23,6 +24,7 @@ from iot_assets.defs.resources import ModelSettings, VulnerabilitySettings
 from iot_assets.defs.stages import DAILY_SCORING, INGEST, REPORTS, stage
 from iot_assets.io.lake import LazyDays
 from iot_assets.io.reports import ReportFiles
+from iot_assets.reports.day_tables import vulnerabilities_table
 
 with warnings.catch_warnings():
     # The parameter is beta in Dagster 1.13; the first day has no day before it.
@@ -33,20 +35,6 @@ with warnings.catch_warnings():
 # A feed table not materialized yet (a deployment upgraded to this group, a first feed refused)
 # arrives as None and counts as empty: the daily graph goes on, the feeds' checks say why.
 FEED_TABLE = dg.AssetIn(metadata={"allow_missing": True})
-WORKLIST_ROWS = 100  # rows of the day's worklist table in the UI (the lake table has them all)
-WORKLIST_SCHEMA = dg.TableSchema(columns=[
-    dg.TableColumn("device", "string", description="predicted model"),
-    dg.TableColumn("mac", "string"),
-    dg.TableColumn("cve", "string"),
-    dg.TableColumn("cvss", "float", description="CVSS base score"),
-    dg.TableColumn("kev", "bool", description="in CISA's Known Exploited Vulnerabilities catalogue"),
-    dg.TableColumn("epss", "float", description="FIRST EPSS probability of exploitation within 30 days"),
-    dg.TableColumn("exposed", "bool", description="vulnerable service seen reachable or in use with Internet peers"),
-    dg.TableColumn("status", "string", description="open or acknowledged"),
-    dg.TableColumn("days_open", "int"),
-    dg.TableColumn("risk", "float", description="cvss x (1 + kev) x (1 + epss) x 1.5 if exposed"),
-    dg.TableColumn("remediation", "string"),
-])
 FEED_LABELS = {"nvd": "NVD CVE", "kev": "CISA KEV", "epss": "FIRST EPSS"}
 
 
@@ -121,24 +109,14 @@ def lines_on(membership: pd.DataFrame | None, day: str) -> pd.DataFrame | None:
             .rename("line").reset_index())
 
 
-def worklist_table(findings: pd.DataFrame) -> dg.TableMetadataValue:
-    """The day's unresolved findings, riskiest device first, as a table for the UI."""
-    work = vuln.device_worklist(findings).head(WORKLIST_ROWS)
-    records = [dg.TableRecord({
-        "device": r.device, "mac": r.device_mac, "cve": r.cve, "cvss": None if pd.isna(r.cvss) else float(r.cvss),
-        "kev": bool(r.kev), "epss": None if pd.isna(r.epss) else float(r.epss), "exposed": bool(r.exposed),
-        "status": r.status, "days_open": int(r.days_open), "risk": round(float(r.risk), 2),
-        "remediation": r.remediation}) for r in work.itertuples()]
-    return dg.MetadataValue.table(records, schema=WORKLIST_SCHEMA)
-
-
-def day_metadata(findings: pd.DataFrame) -> dict:
+def day_metadata(findings: pd.DataFrame, day: str) -> dict:
     """One day's materialization metadata: counts and the worklist."""
     counts = vuln.day_summary(findings)
     return {"open": counts["open"], "acknowledged": counts["acknowledged"],
             "resolved": int((findings["status"] == "resolved").sum()), "new_today": counts["new_today"],
             "resolved_today": counts["resolved_today"], "kev_open": counts["kev"], "exposed_open": counts["exposed"],
-            "devices_with_findings": counts["devices"], "worklist": worklist_table(findings)}
+            "devices_with_findings": counts["devices"],
+            "worklist": table_metadata(vulnerabilities_table(findings, day))}
 
 
 def line_notices(findings: pd.DataFrame) -> dict[str, str]:
@@ -305,7 +283,7 @@ def build(parts: Partitions) -> list:
             if failures is not None:
                 schema_bad[day] = "; ".join(f"{r.column} {r.check} ({r.rows} rows)" for r in failures.itertuples())
             out[day] = table
-            context.add_asset_metadata(day_metadata(table), asset_key="device_vulnerabilities", partition_key=day)
+            context.add_asset_metadata(day_metadata(table, day), asset_key="device_vulnerabilities", partition_key=day)
         context.add_asset_metadata({"cves_in_feed": len(cves), "kev_entries": len(kev), "epss_scores": len(epss),
                                     "feeds_missing": dg.MetadataValue.json(missing),
                                     "device_cpes": dg.MetadataValue.path(str(DEFAULT_DEVICE_CPES))},
