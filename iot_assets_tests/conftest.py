@@ -1,12 +1,9 @@
 """Fixtures every test folder shares; the helpers they use live in iot_assets_tests/support/."""
 
-import importlib
-import pkgutil
 from pathlib import Path
 
 import pytest
 
-from iot_assets import defs as defs_package
 from iot_assets.core.memory import freeze_long_lived
 from iot_assets.synthetic import sample
 from iot_assets_tests.support.records import FIRST_DAY, REAL_DATA
@@ -18,10 +15,7 @@ def pytest_collection_finish(session):
     The lake IO manager collects in full before each step reads its inputs (core/memory.py); `iot-assets run`
     freezes its loaded code location so that such a collection stays cheap, and so does the suite. Unfrozen, a
     full collection walks every object of the test session: in a fast-tier worker that never loaded `defs()`,
-    37 full collections took 46 s of CPU (load 6.5), against 12 s frozen. The code location's modules are
-    imported first: most tests build it."""
-    for module in pkgutil.walk_packages(defs_package.__path__, f"{defs_package.__name__}."):
-        importlib.import_module(module.name)
+    37 full collections took 46 s of CPU (load 6.5), against 12 s frozen."""
     freeze_long_lived()
 
 
