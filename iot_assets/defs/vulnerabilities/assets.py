@@ -152,26 +152,24 @@ class FeedSpec:
     expected: str  # the file name or pattern a missing feed's warning names
     files: Callable[[Path], list[Path]]  # the feed's files in the (local copy of the) feeds folder
     load: Callable[[Path, list[Path]], feeds.FeedImport]  # (folder, files) -> import; a FeedError refuses
-    description: str  # what the import reads and refuses
     tables: tuple[FeedTable, ...]  # the first one carries the feeds_fresh check
     check_description: str
+    description: str | None = None  # what the import reads and refuses, when its first table does not say
 
 
 FEEDS = (
     FeedSpec("nvd", feeds.NVD_GLOB, files=lambda local: sorted(local.glob(feeds.NVD_GLOB)),
              load=lambda local, files: feeds.import_nvd(local),
-             description="Every nvdcve-2.0-*.json.gz in the feeds folder; a file whose sha256 differs from its "
-                         ".meta fails the run.",
              tables=(FeedTable("nvd_feed", "cves", feeds.CVE_COLUMNS,
                                "NVD CVE API 2.0 feed files (sha256 checked against each .meta): one row per CVE "
                                "with its CVSS and advisory."),
                      FeedTable("nvd_cpe_matches", "cpe_matches", feeds.CPE_MATCH_COLUMNS,
                                "The NVD feed's CPE match entries: which CPE and version range each CVE affects.")),
-             check_description="The NVD feed is there and at most IOT_ASSETS_FEED_MAX_AGE_DAYS old (against today)."),
+             check_description="The NVD feed is there and at most IOT_ASSETS_FEED_MAX_AGE_DAYS old (against today).",
+             description="Every nvdcve-2.0-*.json.gz in the feeds folder; a file whose sha256 differs from its "
+                         ".meta fails the run."),
     FeedSpec("kev", feeds.KEV_FILE, files=lambda local: [p for p in [local / feeds.KEV_FILE] if p.exists()],
              load=lambda local, files: feeds.import_kev(files[0]),
-             description="CISA's Known Exploited Vulnerabilities (known_exploited_vulnerabilities.json): one row "
-                         "per CVE, due date.",
              tables=(FeedTable("kev_feed", "kev", feeds.KEV_COLUMNS,
                                "CISA's Known Exploited Vulnerabilities (known_exploited_vulnerabilities.json): "
                                "one row per CVE, due date."),),
@@ -179,8 +177,6 @@ FEEDS = (
                                "(against today)."),
     FeedSpec("epss", feeds.EPSS_GLOB, files=feeds.epss_files,
              load=lambda local, files: feeds.import_newest_good(files, feeds.import_epss),
-             description="FIRST EPSS scores (epss_scores-YYYY-MM-DD.csv.gz): the newest good file, newer refused "
-                         "ones named.",
              tables=(FeedTable("epss_feed", "epss", feeds.EPSS_COLUMNS,
                                "FIRST EPSS scores (epss_scores-YYYY-MM-DD.csv.gz): the newest good file, newer "
                                "refused ones named."),),
@@ -194,7 +190,8 @@ def feed_asset(spec: FeedSpec) -> dg.AssetsDefinition:
     checked = spec.tables[0].asset
 
     @dg.multi_asset(
-        name=f"{spec.feed}_feed", group_name="vulnerabilities", description=spec.description,
+        name=f"{spec.feed}_feed", group_name="vulnerabilities",
+        description=spec.description or spec.tables[0].description,
         outs={table.asset: dg.AssetOut(tags=stage(INGEST), io_manager_key="lake_io_manager",
                                        description=table.description,
                                        metadata={"dagster/column_schema": dg.TableSchema(
