@@ -15,7 +15,7 @@ def pytest_collection_finish(session):
     The lake IO manager collects in full before each step reads its inputs (core/memory.py); `iot-assets run`
     freezes its loaded code location so that such a collection stays cheap, and so does the suite. Unfrozen, a
     full collection walks every object of the test session: in a fast-tier worker that never loaded `defs()`,
-    37 full collections took 46 s of CPU (load 6.5), against 12 s frozen."""
+    37 full collections took 46 s of CPU (load 6.5); frozen, a worker spends 12 to 15 s in them."""
     freeze_long_lived()
 
 
