@@ -187,14 +187,16 @@ class AnomalyIncidents(pa.DataFrameModel):
     device_key: Series[Text] = pa.Field(matches={"pattern": DEVICE_KEY_PATTERN},
                                         description="the device: its MAC, ip:<private address> or line:<address>")
     device_name: Series[Text] = pa.Field(nullable=True, description="catalogue device, null if not in the catalogue")
-    incident: Series[Text] = pa.Field(unique=True, description="device key @ start")
-    start: Series[UtcMs] = pa.Field(description="start of the first flagged window")
-    end: Series[UtcMs] = pa.Field(description="end of the last flagged window")
+    incident: Series[Text] = pa.Field(unique=True, description="the incident's id: device key @ start")
+    start: Series[UtcMs] = pa.Field(description="start of the first flagged window (UTC)")
+    end: Series[UtcMs] = pa.Field(description="end of the last flagged window (UTC)")
     windows_flagged: Series[int] = pa.Field(ge=1)
-    peak_score_ratio: Series[float] = pa.Field(gt=0, description="highest score over the device's threshold")
+    peak_score_ratio: Series[float] = pa.Field(gt=0, description="the highest anomaly score over the device's "
+                                                                 "threshold (1 = at the threshold)")
     peak_window: Series[UtcMs] = pa.Field()
     top_features: Series[Text] = pa.Field(description="the features that moved most in the peak window, in spreads")
-    kind: Series[Text] = pa.Field(isin=list(KIND_RULES), description="guessed from the deviations (core/incidents.py)")
+    kind: Series[Text] = pa.Field(isin=list(KIND_RULES), description="what the deviations look like: "
+                                  f"{', '.join(KIND_RULES)} (the rules of core/incidents.py)")
     kind_reason: Series[Text] = pa.Field(description="the rule that named the kind, with the deviations behind it")
     evidence_peers: Series[Text] = pa.Field(description="top remote peers during the incident")
     evidence_ports: Series[Text] = pa.Field(description="top services (protocol/server port; ICMP has no port) during the incident")
@@ -236,11 +238,11 @@ class DeviceVulnerabilities(pa.DataFrameModel):
     """A day's device_vulnerabilities: each (device MAC, CVE) finding with its risk, evidence and lifecycle."""
 
     day: Series[Text] = pa.Field(matches={"pattern": DAY_PATTERN}, description="the partition's day")
-    device_mac: Series[Text] = pa.Field(matches={"pattern": MAC_PATTERN})
+    device_mac: Series[Text] = pa.Field(matches={"pattern": MAC_PATTERN}, description="the device's MAC address")
     device: Series[Text] = pa.Field(description="the inventory's predicted model, whose CPE matched")
     line: Series[Text] = pa.Field(description="the subscriber line(s) of the device on the day; `unknown` if none")
     cpe: Series[Text] = pa.Field(description="the model's CPE 2.3 name that matched (contracts/device_cpes.csv)")
-    cve: Series[Text] = pa.Field(matches={"pattern": CVE_ID_PATTERN})
+    cve: Series[Text] = pa.Field(matches={"pattern": CVE_ID_PATTERN}, description="the CVE id")
     title: Series[Text] = pa.Field(description="first sentence of the NVD description")
     published: Series[Text] = pa.Field(nullable=True, description="NVD publication day")
     cvss: Series[float] = pa.Field(ge=0, le=10, nullable=True, description="CVSS base score (NVD's, 3.x first)")
@@ -255,7 +257,8 @@ class DeviceVulnerabilities(pa.DataFrameModel):
     remediation: Series[Text] = pa.Field(description="fixed version, KEV's required action or the vendor's advice")
     first_seen: Series[Text] = pa.Field(matches={"pattern": DAY_PATTERN})
     last_seen: Series[Text] = pa.Field(matches={"pattern": DAY_PATTERN}, description="last day the finding matched")
-    status: Series[Text] = pa.Field(isin=["open", "acknowledged", "resolved"])
+    status: Series[Text] = pa.Field(isin=["open", "acknowledged", "resolved"],
+                                    description="open; acknowledged by an operator; resolved")
     new_today: Series[bool] = pa.Field(description="first matched today, or matched again after it was resolved")
     resolved_on: Series[Text] = pa.Field(nullable=True)
     resolution: Series[Text] = pa.Field(nullable=True, description="why it was resolved: device gone, firmware, evidence")

@@ -48,6 +48,8 @@ import numpy as np
 import pandas as pd
 from packaging.version import InvalidVersion, Version
 
+from iot_assets.contracts.schemas import DeviceVulnerabilities
+
 POSSIBLY_AFFECTED = "possibly affected (firmware unknown)"
 KEV_BOOST = 1.0
 EXPOSED_WEIGHT = 1.5
@@ -57,9 +59,7 @@ REACHABLE_KINDS = ("inbound_from_internet", "udp_reflector", "telnet", "upnp_ssd
 STATUSES = ("open", "acknowledged", "resolved")
 
 MATCH_COLUMNS = ["device_mac", "device", "cpe", "cve", "affected", "fixed_version", "fixed_after_version"]
-VULN_COLUMNS = ["day", "device_mac", "device", "line", "cpe", "cve", "title", "published", "cvss", "cvss_severity",
-                "kev", "kev_due_date", "epss", "exposed", "evidence", "risk", "affected", "remediation",
-                "first_seen", "last_seen", "status", "new_today", "resolved_on", "resolution", "days_open"]
+VULN_COLUMNS = list(DeviceVulnerabilities.to_schema().columns)  # the day table's columns, in the contract's order
 
 _PORT_PATTERNS = (re.compile(r"\b(?:tcp|udp)/(\d{1,5})\b", re.I), re.compile(r"\bports?\s+(\d{1,5})\b", re.I),
                   re.compile(r"\b(?:tcp|udp)\s+ports?\s+(\d{1,5})\b", re.I))

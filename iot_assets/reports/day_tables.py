@@ -1,9 +1,10 @@
-"""A day's products as the analyst reads them: inventory, incidents, exposure worklist, line inventory.
+"""A day's products as the analyst reads them: inventory, incidents, exposure and vulnerability worklists, lines.
 
 Each function takes one day's table (as the lake holds it) and returns a `DayTable`: the rows
 an analyst reads, with every column named and explained. The same tables are the Dagster UI's
 table metadata (`iot_assets.defs.day_metadata`) and what `iot-assets show` prints. Rendering
-only: frames in, rows out.
+only: frames in, rows out. A column shown as the lake holds it takes its type and description
+from the table's pandera model (`lake_column`): the contract is the one place they are written.
 """
 
 from __future__ import annotations
@@ -11,10 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
+import pandera.pandas as pa
 
+from iot_assets.contracts.schemas import AnomalyIncidents, DeviceVulnerabilities
 from iot_assets.core import exposure
+from iot_assets.core import vulnerabilities as vuln
 
 MAX_ROWS = 500  # a day's table in the UI: past this, the lake has the rest
+VULNERABILITY_ROWS = 100  # the day's vulnerability worklist in the UI (the lake table has them all)
+# pandera dtypes as Dagster's table column types; a time is shown as text.
+_TABLE_TYPES = {"str": "string", "float64": "float", "int64": "int", "bool": "bool"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,12 @@ class DayTable:
         return pd.DataFrame(self.rows, columns=[c.name for c in self.columns])
 
 
+def lake_column(model: type[pa.DataFrameModel], name: str, shown_as: str | None = None) -> Column:
+    """Column `name` of the lake table `model` shown as it is: type and description from the model."""
+    column = model.to_schema().columns[name]
+    return Column(shown_as or name, _TABLE_TYPES.get(str(column.dtype), "string"), column.description or "")
+
+
 def _plain(value):
     """A cell as a plain value: NaN and NaT become None, numpy scalars Python ones."""
     if value is None:
@@ -51,10 +64,10 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _table(day: str, columns: tuple[Column, ...], frame: pd.DataFrame) -> DayTable:
+def _table(day: str, columns: tuple[Column, ...], frame: pd.DataFrame, max_rows: int = MAX_ROWS) -> DayTable:
     names = [c.name for c in columns]
     rows = [{name: _plain(value) for name, value in zip(names, values)}
-            for values in frame[names].head(MAX_ROWS).itertuples(index=False, name=None)]
+            for values in frame[names].head(max_rows).itertuples(index=False, name=None)]
     return DayTable(day, columns, rows, len(frame))
 
 
@@ -109,15 +122,14 @@ def inventory_table(inventory: pd.DataFrame, day: str, membership: pd.DataFrame 
 INCIDENT_COLUMNS = (
     Column("day", "string", "the day the incident is listed on (one going on at midnight is on both days)"),
     Column("device", "string", "the catalogue device, or the device key when it is not in the catalogue"),
-    Column("start", "string", "start of the first flagged window (UTC)"),
-    Column("end", "string", "end of the last flagged window (UTC)"),
-    Column("kind", "string", "what the deviations look like: scan-like, flood-like, service-mix, new-endpoint, "
-                             "volume or other (core/incidents.py)"),
-    Column("peak", "float", "the highest anomaly score over the device's threshold (1 = at the threshold)"),
+    lake_column(AnomalyIncidents, "start"),
+    lake_column(AnomalyIncidents, "end"),
+    lake_column(AnomalyIncidents, "kind"),
+    lake_column(AnomalyIncidents, "peak_score_ratio", shown_as="peak"),
     Column("evidence", "string", "the remote peers and services (protocol/port; ICMP has no port) of the device's "
                                  "flows during the incident, with flows and MB"),
-    Column("new_peers", "int", "peers during the incident never seen outside it that day"),
-    Column("incident", "string", "the incident's id: device key @ start"),
+    lake_column(AnomalyIncidents, "new_peers"),
+    lake_column(AnomalyIncidents, "incident"),
 )
 
 
@@ -212,3 +224,18 @@ def line_table(line_inventory: pd.DataFrame, day: str) -> DayTable:
         rows.append({"line": line_id, "models": models, "first_seen": f"{part['at'].min():%Y-%m-%d %H:%M}",
                      "sampling": f"1:{rate}"})
     return _table(day, LINE_COLUMNS, pd.DataFrame(rows))
+
+
+VULNERABILITY_COLUMNS = (
+    lake_column(DeviceVulnerabilities, "device"),
+    lake_column(DeviceVulnerabilities, "device_mac", shown_as="mac"),
+    *(lake_column(DeviceVulnerabilities, name)
+      for name in ("cve", "cvss", "kev", "epss", "exposed", "status", "days_open", "risk", "remediation")),
+)
+
+
+def vulnerabilities_table(findings: pd.DataFrame, day: str) -> DayTable:
+    """device_vulnerabilities of a day as the worklist: unresolved findings, the riskiest device first."""
+    work = vuln.device_worklist(findings)
+    shown = work.rename(columns={"device_mac": "mac"}).assign(risk=work["risk"].astype(float).round(2))
+    return _table(day, VULNERABILITY_COLUMNS, shown, max_rows=VULNERABILITY_ROWS)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from iot_assets.cli import main
 from iot_assets.config import Settings, SettingsError
 from iot_assets.contracts import catalogue
+from iot_assets.contracts.schemas import AnomalyIncidents, DeviceVulnerabilities
 from iot_assets.core import exposure
 from iot_assets.core.incidents import service_labels
 from iot_assets.io.lake import parquet_bytes
@@ -144,6 +145,32 @@ def test_incidents_table_has_the_day_and_the_evidence():
     (row,) = day_tables.incidents_table(incidents, DAY).rows
     assert row["day"] == DAY and row["start"] == "2019-07-04 23:00" and row["end"] == "2019-07-05 02:00"
     assert row["peak"] == 7.3 and "tcp/23" in row["evidence"] and "203.0.113.9" in row["evidence"]
+    columns = {c.name: c for c in day_tables.incidents_table(incidents, DAY).columns}
+    # A lake column keeps the contract's words: they are written once, in AnomalyIncidents.
+    lake = AnomalyIncidents.to_schema().columns
+    assert columns["peak"].description == lake["peak_score_ratio"].description
+    assert (columns["kind"].description, columns["new_peers"].type) == (lake["kind"].description, "int")
+    assert "scan-like" in columns["kind"].description
+
+
+def test_vulnerabilities_table_is_the_open_worklist_riskiest_device_first():
+    # FICTIONAL test records: the CVE ids are in the 2099 range, no vendor advisory is meant.
+    findings = pd.DataFrame({
+        "device": ["Nature Remo", "Nature Remo", "Philips Hue Bridge", "Philips Hue Bridge"],
+        "device_mac": [REMO.mac, REMO.mac, HUE.mac, HUE.mac],
+        "cve": ["CVE-2099-00001", "CVE-2099-00002", "CVE-2099-00003", "CVE-2099-00004"],
+        "cvss": [5.0, None, 9.8, 7.5], "kev": [False, False, True, False], "epss": [0.1, None, 0.5, 0.2],
+        "exposed": [False, False, True, False], "status": ["open", "acknowledged", "open", "resolved"],
+        "days_open": [3, 1, 2, 9], "risk": [5.5, 0.0, 44.1, 9.0], "remediation": ["update", "none", "patch", "done"]})
+    table = day_tables.vulnerabilities_table(findings, DAY)
+    assert [(r["mac"], r["cve"]) for r in table.rows] == [
+        (HUE.mac, "CVE-2099-00003"), (REMO.mac, "CVE-2099-00001"), (REMO.mac, "CVE-2099-00002")]
+    assert table.rows[0]["kev"] is True and table.rows[0]["risk"] == 44.1 and table.rows[2]["cvss"] is None
+    assert table.total_rows == 3  # the resolved finding is not on the worklist
+    lake = DeviceVulnerabilities.to_schema().columns
+    columns = {c.name: c for c in table.columns}
+    assert columns["mac"].description == lake["device_mac"].description
+    assert [columns[n].type for n in ("cvss", "kev", "days_open", "remediation")] == ["float", "bool", "int", "string"]
 
 
 class _Links(HTMLParser):

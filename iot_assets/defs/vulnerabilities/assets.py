@@ -2,6 +2,8 @@
 
 import re
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from iot_assets.core import feeds
 from iot_assets.core import vulnerabilities as vuln
 from iot_assets.core.device_cpes import DEFAULT_DEVICE_CPES, read_device_cpes
 from iot_assets.defs.automation.sensors import AFTER_ITS_INPUTS
+from iot_assets.defs.day_metadata import table_metadata
 from iot_assets.defs.ingest.assets import days_check, schema_failures
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import EVERY_BUILT_DAY, Partitions
@@ -21,6 +24,7 @@ from iot_assets.defs.resources import ModelSettings, VulnerabilitySettings
 from iot_assets.defs.stages import DAILY_SCORING, INGEST, REPORTS, stage
 from iot_assets.io.lake import LazyDays
 from iot_assets.io.reports import ReportFiles
+from iot_assets.reports.day_tables import vulnerabilities_table
 
 with warnings.catch_warnings():
     # The parameter is beta in Dagster 1.13; the first day has no day before it.
@@ -31,20 +35,6 @@ with warnings.catch_warnings():
 # A feed table not materialized yet (a deployment upgraded to this group, a first feed refused)
 # arrives as None and counts as empty: the daily graph goes on, the feeds' checks say why.
 FEED_TABLE = dg.AssetIn(metadata={"allow_missing": True})
-WORKLIST_ROWS = 100  # rows of the day's worklist table in the UI (the lake table has them all)
-WORKLIST_SCHEMA = dg.TableSchema(columns=[
-    dg.TableColumn("device", "string", description="predicted model"),
-    dg.TableColumn("mac", "string"),
-    dg.TableColumn("cve", "string"),
-    dg.TableColumn("cvss", "float", description="CVSS base score"),
-    dg.TableColumn("kev", "bool", description="in CISA's Known Exploited Vulnerabilities catalogue"),
-    dg.TableColumn("epss", "float", description="FIRST EPSS probability of exploitation within 30 days"),
-    dg.TableColumn("exposed", "bool", description="vulnerable service seen reachable or in use with Internet peers"),
-    dg.TableColumn("status", "string", description="open or acknowledged"),
-    dg.TableColumn("days_open", "int"),
-    dg.TableColumn("risk", "float", description="cvss x (1 + kev) x (1 + epss) x 1.5 if exposed"),
-    dg.TableColumn("remediation", "string"),
-])
 FEED_LABELS = {"nvd": "NVD CVE", "kev": "CISA KEV", "epss": "FIRST EPSS"}
 
 
@@ -119,24 +109,14 @@ def lines_on(membership: pd.DataFrame | None, day: str) -> pd.DataFrame | None:
             .rename("line").reset_index())
 
 
-def worklist_table(findings: pd.DataFrame) -> dg.TableMetadataValue:
-    """The day's unresolved findings, riskiest device first, as a table for the UI."""
-    work = vuln.device_worklist(findings).head(WORKLIST_ROWS)
-    records = [dg.TableRecord({
-        "device": r.device, "mac": r.device_mac, "cve": r.cve, "cvss": None if pd.isna(r.cvss) else float(r.cvss),
-        "kev": bool(r.kev), "epss": None if pd.isna(r.epss) else float(r.epss), "exposed": bool(r.exposed),
-        "status": r.status, "days_open": int(r.days_open), "risk": round(float(r.risk), 2),
-        "remediation": r.remediation}) for r in work.itertuples()]
-    return dg.MetadataValue.table(records, schema=WORKLIST_SCHEMA)
-
-
-def day_metadata(findings: pd.DataFrame) -> dict:
+def day_metadata(findings: pd.DataFrame, day: str) -> dict:
     """One day's materialization metadata: counts and the worklist."""
     counts = vuln.day_summary(findings)
     return {"open": counts["open"], "acknowledged": counts["acknowledged"],
             "resolved": int((findings["status"] == "resolved").sum()), "new_today": counts["new_today"],
             "resolved_today": counts["resolved_today"], "kev_open": counts["kev"], "exposed_open": counts["exposed"],
-            "devices_with_findings": counts["devices"], "worklist": worklist_table(findings)}
+            "devices_with_findings": counts["devices"],
+            "worklist": table_metadata(vulnerabilities_table(findings, day))}
 
 
 def line_notices(findings: pd.DataFrame) -> dict[str, str]:
@@ -154,87 +134,102 @@ def notice_name(line: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", line)
 
 
-def build(parts: Partitions) -> list:
-    """This group's definitions over the partitions resolved at load."""
+@dataclass(frozen=True)
+class FeedTable:
+    """One table a feed gives: its asset, its key in `FeedImport.tables`, its columns."""
+
+    asset: str
+    table: str
+    columns: list[str]
+    description: str
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    """One public feed: its files in the feeds folder, how they are imported, the tables (assets) it gives."""
+
+    feed: str  # nvd, kev or epss (FEED_LABELS)
+    expected: str  # the file name or pattern a missing feed's warning names
+    files: Callable[[Path], list[Path]]  # the feed's files in the (local copy of the) feeds folder
+    load: Callable[[Path, list[Path]], feeds.FeedImport]  # (folder, files) -> import; a FeedError refuses
+    tables: tuple[FeedTable, ...]  # the first one carries the feeds_fresh check
+    check_description: str
+    description: str | None = None  # what the import reads and refuses, when its first table does not say
+
+
+FEEDS = (
+    FeedSpec("nvd", feeds.NVD_GLOB, files=lambda local: sorted(local.glob(feeds.NVD_GLOB)),
+             load=lambda local, files: feeds.import_nvd(local),
+             tables=(FeedTable("nvd_feed", "cves", feeds.CVE_COLUMNS,
+                               "NVD CVE API 2.0 feed files (sha256 checked against each .meta): one row per CVE "
+                               "with its CVSS and advisory."),
+                     FeedTable("nvd_cpe_matches", "cpe_matches", feeds.CPE_MATCH_COLUMNS,
+                               "The NVD feed's CPE match entries: which CPE and version range each CVE affects.")),
+             check_description="The NVD feed is there and at most IOT_ASSETS_FEED_MAX_AGE_DAYS old (against today).",
+             description="Every nvdcve-2.0-*.json.gz in the feeds folder; a file whose sha256 differs from its "
+                         ".meta fails the run."),
+    FeedSpec("kev", feeds.KEV_FILE, files=lambda local: [p for p in [local / feeds.KEV_FILE] if p.exists()],
+             load=lambda local, files: feeds.import_kev(files[0]),
+             tables=(FeedTable("kev_feed", "kev", feeds.KEV_COLUMNS,
+                               "CISA's Known Exploited Vulnerabilities (known_exploited_vulnerabilities.json): "
+                               "one row per CVE, due date."),),
+             check_description="The CISA KEV catalogue is there and at most IOT_ASSETS_FEED_MAX_AGE_DAYS old "
+                               "(against today)."),
+    FeedSpec("epss", feeds.EPSS_GLOB, files=feeds.epss_files,
+             load=lambda local, files: feeds.import_newest_good(files, feeds.import_epss),
+             tables=(FeedTable("epss_feed", "epss", feeds.EPSS_COLUMNS,
+                               "FIRST EPSS scores (epss_scores-YYYY-MM-DD.csv.gz): the newest good file, newer "
+                               "refused ones named."),),
+             check_description="The newest EPSS file is good and at most IOT_ASSETS_FEED_MAX_AGE_DAYS old "
+                               "(against today)."),
+)
+
+
+def feed_asset(spec: FeedSpec) -> dg.AssetsDefinition:
+    """The feed's tables as assets of one run (a feed with no file gives empty tables and a feeds_fresh warning)."""
+    checked = spec.tables[0].asset
 
     @dg.multi_asset(
-        group_name="vulnerabilities",
-        outs={
-            "nvd_feed": dg.AssetOut(tags=stage(INGEST), io_manager_key="lake_io_manager",
-                                    description="NVD CVE API 2.0 feed files (sha256 checked against each .meta): "
-                                                "one row per CVE with its CVSS and advisory.",
-                                    metadata={"dagster/column_schema": dg.TableSchema(
-                                        columns=[dg.TableColumn(c) for c in feeds.CVE_COLUMNS])}),
-            "nvd_cpe_matches": dg.AssetOut(tags=stage(INGEST), io_manager_key="lake_io_manager",
-                                           description="The NVD feed's CPE match entries: which CPE and version "
-                                                       "range each CVE affects.",
-                                           metadata={"dagster/column_schema": dg.TableSchema(
-                                               columns=[dg.TableColumn(c) for c in feeds.CPE_MATCH_COLUMNS])}),
-        },
-        check_specs=[dg.AssetCheckSpec("feeds_fresh", asset="nvd_feed",
-                                       description="The NVD feed is there and at most IOT_ASSETS_FEED_MAX_AGE_DAYS "
-                                                   "old (against today).")],
+        name=f"{spec.feed}_feed", group_name="vulnerabilities",
+        description=spec.description or spec.tables[0].description,
+        outs={table.asset: dg.AssetOut(tags=stage(INGEST), io_manager_key="lake_io_manager",
+                                       description=table.description,
+                                       metadata={"dagster/column_schema": dg.TableSchema(
+                                           columns=[dg.TableColumn(c) for c in table.columns])})
+              for table in spec.tables},
+        check_specs=[dg.AssetCheckSpec("feeds_fresh", asset=checked, description=spec.check_description)],
     )
-    def nvd_feed(context: dg.AssetExecutionContext, vulnerability_settings: VulnerabilitySettings):
-        """Every nvdcve-2.0-*.json.gz in the feeds folder; a file whose sha256 differs from its .meta fails the run."""
+    def feed_tables(context: dg.AssetExecutionContext, vulnerability_settings: VulnerabilitySettings):
         folder = vulnerability_settings.feeds_dir
         with vulnerability_settings.local_feeds() as local:
-            if not any(local.glob(feeds.NVD_GLOB)):
-                result = NoFeed("nvd", folder, feeds.NVD_GLOB)
-                tables = {"cves": pd.DataFrame(columns=feeds.CVE_COLUMNS),
-                          "cpe_matches": pd.DataFrame(columns=feeds.CPE_MATCH_COLUMNS)}
-                context.log.warning(result.message)
-            else:
-                result = _import("nvd", lambda: feeds.import_nvd(local))
-                tables = result.tables
-        metadata = _feed_metadata(result, folder)
-        yield dg.Output(tables["cves"], output_name="nvd_feed", data_version=_data_version(result), metadata=metadata)
-        yield dg.Output(tables["cpe_matches"], output_name="nvd_cpe_matches", data_version=_data_version(result),
-                        metadata={**metadata, "records": len(tables["cpe_matches"])})
-        yield freshness("nvd_feed", result, vulnerability_settings.max_age_days, _today())
-
-
-    @dg.asset(group_name="vulnerabilities", tags=stage(INGEST), io_manager_key="lake_io_manager",
-              check_specs=[dg.AssetCheckSpec("feeds_fresh", asset="kev_feed",
-                                             description="The CISA KEV catalogue is there and at most "
-                                                         "IOT_ASSETS_FEED_MAX_AGE_DAYS old (against today).")],
-              metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c) for c in feeds.KEV_COLUMNS])})
-    def kev_feed(context: dg.AssetExecutionContext, vulnerability_settings: VulnerabilitySettings):
-        """CISA's Known Exploited Vulnerabilities (known_exploited_vulnerabilities.json): one row per CVE, due date."""
-        folder = vulnerability_settings.feeds_dir
-        with vulnerability_settings.local_feeds() as local:
-            path = Path(local) / feeds.KEV_FILE
-            if not path.exists():
-                result, table = NoFeed("kev", folder, feeds.KEV_FILE), pd.DataFrame(columns=feeds.KEV_COLUMNS)
-                context.log.warning(result.message)
-            else:
-                result = _import("kev", lambda: feeds.import_kev(path))
-                table = result.tables["kev"]
-        yield dg.Output(table, data_version=_data_version(result), metadata=_feed_metadata(result, folder))
-        yield freshness("kev_feed", result, vulnerability_settings.max_age_days, _today())
-
-
-    @dg.asset(group_name="vulnerabilities", tags=stage(INGEST), io_manager_key="lake_io_manager",
-              check_specs=[dg.AssetCheckSpec("feeds_fresh", asset="epss_feed",
-                                             description="The newest EPSS file is good and at most "
-                                                         "IOT_ASSETS_FEED_MAX_AGE_DAYS old (against today).")],
-              metadata={"dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c) for c in feeds.EPSS_COLUMNS])})
-    def epss_feed(context: dg.AssetExecutionContext, vulnerability_settings: VulnerabilitySettings):
-        """FIRST EPSS scores (epss_scores-YYYY-MM-DD.csv.gz): the newest good file, newer refused ones named."""
-        folder = vulnerability_settings.feeds_dir
-        with vulnerability_settings.local_feeds() as local:
-            files = feeds.epss_files(local)
+            files = spec.files(Path(local))
             if not files:
-                result, table = NoFeed("epss", folder, feeds.EPSS_GLOB), pd.DataFrame(columns=feeds.EPSS_COLUMNS)
+                result = NoFeed(spec.feed, folder, spec.expected)
+                tables = {table.table: pd.DataFrame(columns=table.columns) for table in spec.tables}
                 context.log.warning(result.message)
             else:
-                result = _import("epss", lambda: feeds.import_newest_good(files, feeds.import_epss))
-                table = result.tables["epss"]
+                result = _import(spec.feed, lambda: spec.load(Path(local), files))
+                tables = result.tables
                 for refused in result.refused:
-                    context.log.warning(f"EPSS file refused: {refused}")
-        yield dg.Output(table, data_version=_data_version(result), metadata=_feed_metadata(result, folder))
-        yield freshness("epss_feed", result, vulnerability_settings.max_age_days, _today())
+                    context.log.warning(f"{FEED_LABELS[spec.feed]} file refused: {refused}")
+        metadata = _feed_metadata(result, folder)
+        for table in spec.tables:
+            # The first table's records are the feed's (its CVEs); the others count their own rows.
+            records = {} if table.asset == checked else {"records": len(tables[table.table])}
+            yield dg.Output(tables[table.table], output_name=table.asset, data_version=_data_version(result),
+                            metadata={**metadata, **records})
+        yield freshness(checked, result, vulnerability_settings.max_age_days, _today())
 
+    return feed_tables
+
+
+def or_empty(table: pd.DataFrame | None, columns: list[str]) -> pd.DataFrame:
+    """A feed table, or an empty one with its columns when the feed is not materialized yet."""
+    return table if table is not None else pd.DataFrame(columns=columns)
+
+
+def build(parts: Partitions) -> list:
+    """This group's definitions over the partitions resolved at load."""
 
     @dg.asset(
         partitions_def=parts.daily,
@@ -261,10 +256,8 @@ def build(parts: Partitions) -> list:
                                epss_feed: pd.DataFrame | None, line_membership: pd.DataFrame | None,
                                previous_vulnerabilities: LazyDays, model_settings: ModelSettings):
         """Per device MAC and CVE of its model's CPE: CVSS, KEV, EPSS, exposure evidence, risk, status since first seen."""
-        cves = nvd_feed if nvd_feed is not None else pd.DataFrame(columns=feeds.CVE_COLUMNS)
-        matches = nvd_cpe_matches if nvd_cpe_matches is not None else pd.DataFrame(columns=feeds.CPE_MATCH_COLUMNS)
-        kev = kev_feed if kev_feed is not None else pd.DataFrame(columns=feeds.KEV_COLUMNS)
-        epss = epss_feed if epss_feed is not None else pd.DataFrame(columns=feeds.EPSS_COLUMNS)
+        cves, matches = or_empty(nvd_feed, feeds.CVE_COLUMNS), or_empty(nvd_cpe_matches, feeds.CPE_MATCH_COLUMNS)
+        kev, epss = or_empty(kev_feed, feeds.KEV_COLUMNS), or_empty(epss_feed, feeds.EPSS_COLUMNS)
         missing = [name for name, table in (("nvd_feed", nvd_feed), ("kev_feed", kev_feed), ("epss_feed", epss_feed))
                    if table is None]
         if missing:
@@ -287,7 +280,7 @@ def build(parts: Partitions) -> list:
             if failures is not None:
                 schema_bad[day] = "; ".join(f"{r.column} {r.check} ({r.rows} rows)" for r in failures.itertuples())
             out[day] = table
-            context.add_asset_metadata(day_metadata(table), asset_key="device_vulnerabilities", partition_key=day)
+            context.add_asset_metadata(day_metadata(table, day), asset_key="device_vulnerabilities", partition_key=day)
         context.add_asset_metadata({"cves_in_feed": len(cves), "kev_entries": len(kev), "epss_scores": len(epss),
                                     "feeds_missing": dg.MetadataValue.json(missing),
                                     "device_cpes": dg.MetadataValue.path(str(DEFAULT_DEVICE_CPES))},
@@ -326,7 +319,7 @@ def build(parts: Partitions) -> list:
             "notices_removed": dg.MetadataValue.json(sorted(p.name for p in stale)),
             "notices_folder": dg.MetadataValue.path(str(folder))})
 
-    return [nvd_feed, kev_feed, epss_feed, device_vulnerabilities, vulnerability_report]
+    return [*(feed_asset(spec) for spec in FEEDS), device_vulnerabilities, vulnerability_report]
 
 
 @dg.definitions
