@@ -97,14 +97,14 @@ class Daemon:
     """`dagster-daemon run` on the code location, in a session of its own (so that only its processes
     are ever signalled); kill -9 kills the daemon process alone, as the kernel's OOM killer would."""
 
-    def __init__(self, env: dict[str, str], log: Path):
-        self.env, self.log = env, log
+    def __init__(self, env: dict[str, str], log: Path, code_location: tuple[str, ...] = ("-m", "iot_assets.definitions")):
+        self.env, self.log, self.code_location = env, log, code_location
         self.proc: subprocess.Popen | None = None
         self.sessions: list[int] = []  # every session started: their processes are the soak's to find and stop
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m", "iot_assets.definitions"],
+            self.proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", *self.code_location],
                                          env=self.env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
         self.sessions.append(self.proc.pid)
 

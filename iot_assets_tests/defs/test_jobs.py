@@ -142,3 +142,40 @@ def test_changed_days_ask_for_the_day_job_then_every_shard_of_the_days():
     job = defs.resolve_job_def("daily_by_line_shard_job")
     assert job.partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(requests[1].tags[start], requests[1].tags[end])) == [
         "2019-06-26|00-of-02", "2019-06-26|01-of-02", "2019-06-27|00-of-02", "2019-06-27|01-of-02"]
+
+
+def test_every_run_executes_in_one_process_and_every_asset_is_in_its_data_location_pool(tmp_path):
+    """Daemon-launched runs: no process per step; every asset, whichever job or backfill runs it, holds its data
+    location's pool (a path with a space included: a pool name has none)."""
+    from iot_assets.definitions import data_location_pool
+
+    data = tmp_path / "a data folder"
+    defs = definitions_for(data)
+    for job_name in ("ingest_archives_job", "daily_job", "training_job"):
+        assert defs.resolve_job_def(job_name).executor_def.name == "in_process", job_name
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"  # the UI's backfills
+    pool = data_location_pool(str(data))
+    assert pool == f"iot_assets:{str(data).replace(' ', '%20')}"
+    assert {a.node_def.name: a.node_def.pool for a in defs.assets} == {a.node_def.name: pool for a in defs.assets}
+    # What the run queue holds a backfill's run by: the pools of its execution plan.
+    from dagster._core.execution.api import create_execution_plan
+    from dagster._core.op_concurrency_limits_counter import compute_run_op_concurrency_info_for_snapshot
+    from dagster._core.snap import snapshot_from_execution_plan
+
+    backfill_job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey(k) for k in ("clean_flows", "clean_rejects", "flow_sample", "device_windows")})
+    plan = create_execution_plan(backfill_job)
+    concurrency = compute_run_op_concurrency_info_for_snapshot(
+        snapshot_from_execution_plan(plan, backfill_job.get_job_snapshot_id()))
+    assert concurrency.all_pools == {pool}
+
+
+def test_the_celery_code_location_keeps_its_executor_and_the_pools(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("celery_definitions", Path(__file__).parents[2] / "deploy" / "celery_definitions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    defs = module.celery_definitions(settings_for(tmp_path))
+    assert defs.resolve_job_def("daily_job").executor_def.name == "celery"
+    assert {a.node_def.pool for a in defs.assets} == {f"iot_assets:{tmp_path}"}
