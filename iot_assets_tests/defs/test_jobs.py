@@ -179,3 +179,36 @@ def test_the_celery_code_location_keeps_its_executor_and_the_pools(tmp_path):
     defs = module.celery_definitions(settings_for(tmp_path))
     assert defs.resolve_job_def("daily_job").executor_def.name == "celery"
     assert {a.node_def.pool for a in defs.assets} == {f"iot_assets:{tmp_path}"}
+
+
+def test_a_ui_backfill_of_older_days_also_targets_the_lookbacks_of_later_days(tmp_path):
+    """What the UI's "Materialize partitions" of the daily assets for 2019-06-25..26 really targets, as Dagster
+    computes it (`launchPartitionBackfill` with partition names): the days, and the later days whose assets read
+    them through a lookback's partition mapping, transitively: the day after (device_windows and what is scored
+    from it), the inventory's week, the line window, the report's two weeks. Those later days must be built before the
+    backfill's runs reach them: the queue starts the location's job runs first (QUEUE_PRIORITY) and one run at a
+    time (the pools; iot_assets_tests/defs/test_daemon_backfill.py)."""
+    import time
+    from datetime import date, timedelta
+
+    from dagster._core.execution.asset_backfill import AssetBackfillData
+
+    from iot_assets.core.device_inventory import INVENTORY_DAYS
+
+    defs = definitions_for(tmp_path, IOT_ASSETS_START_DATE="2019-06-25", IOT_ASSETS_END_DATE="2019-07-31")
+    keys = defs.resolve_job_def("daily_job").asset_layer.selected_asset_keys
+    with dg.DagsterInstance.ephemeral() as instance:
+        target = AssetBackfillData.from_asset_partitions(defs.resolve_asset_graph(), ["2019-06-25", "2019-06-26"],
+                                                         list(keys), instance, time.time(), False).target_subset
+    last_day = {key.to_user_string(): max(subset.get_partition_keys())
+                for key, subset in target.partitions_subsets_by_asset_key.items()}
+    window = settings_for(tmp_path).line_window_days
+    assert last_day["clean_flows"] == "2019-06-26"
+    assert last_day["device_windows"] == last_day["anomaly_scores"] == "2019-06-27"
+    def after(days: int) -> str:
+        return (date(2019, 6, 26) + timedelta(days=days)).isoformat()
+
+    # The week of windows after the day after; the window of line views; two weeks of exposure after the day after.
+    assert last_day["device_inventory"] == after(1 + INVENTORY_DAYS - 1)
+    assert last_day["line_inventory"] == after(window)
+    assert last_day["daily_report"] == after(1 + 13)
