@@ -44,13 +44,14 @@ def test_a_ui_backfill_and_a_daily_run_on_one_location_never_overlap_and_both_co
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     before = {r.run_id for r in instance.get_runs()}
     log = tmp_path / "daemon.log"
-    daemon = subprocess.Popen([f"{BIN}/dagster-daemon", "run", "-m", "iot_assets.definitions"], env=env, cwd=ROOT,
-                              stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log, "w") as log_file:
+        daemon = subprocess.Popen([f"{BIN}/dagster-daemon", "run", "-m", "iot_assets.definitions"], env=env, cwd=ROOT,
+                                  stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # The newest day's daily_job, queued as a sensor queues it; then the backfill of the older days.
         launched = subprocess.run([f"{BIN}/dagster", "job", "launch", "-m", "iot_assets.definitions", "-j", "daily_job",
                                    "--tags", json.dumps({"dagster/partition": DAYS[-1]})],
-                                  env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+                                  env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
         assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-2000:]
         backfill_id = soak.launch_backfill(env, DAYS[:2], tmp_path / "graphql.log")
         deadline = time.monotonic() + 900

@@ -109,8 +109,8 @@ def days_to_redo(instance: dg.DagsterInstance, daily_jobs: list[dg.JobDefinition
     """Landed days not built since the landing zone last changed them (iot_assets.materialize._unbuilt_days)
     whose newest daily run failed for good (no automatic retry coming) fewer than REDO_LIMIT times, while
     no daily run is queued or in progress; and for each such day, the id of that failed run."""
-    from iot_assets.materialize import _changed_at, _unbuilt_days  # materialize imports this module
     from iot_assets.defs.stages import DAILY_FLOWS
+    from iot_assets.materialize import _changed_at, _unbuilt_days  # materialize imports this module
 
     names = [job.name for job in daily_jobs]
     if runs_in_flight(instance, names):
@@ -144,9 +144,9 @@ def _gave_up(run: dg.DagsterRun) -> bool:
 
 
 def _utc(timestamp: float):
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return datetime.fromtimestamp(timestamp, tz=UTC)
 
 
 # A scheduled or drift-triggered retrain challenges the served models on a sliding window of
