@@ -30,7 +30,8 @@ checks:
 - served models changed only by recorded decisions: the version each model store serves after
   each day is one a materialization of that model recorded, and the served version changes
   only when a model run materialized it (no training in the daemon's days: it must not change);
-- no run left in progress, and the backfill completed;
+- no run left in progress, no two runs in progress at once (the run records' start and end times:
+  one run writes the data location at a time, the backfill's included), and the backfill completed;
 then prints `days simulated`, `faults injected`, `records lost` (0 or the soak failed: exit 1).
 """
 
@@ -97,14 +98,14 @@ class Daemon:
     """`dagster-daemon run` on the code location, in a session of its own (so that only its processes
     are ever signalled); kill -9 kills the daemon process alone, as the kernel's OOM killer would."""
 
-    def __init__(self, env: dict[str, str], log: Path):
-        self.env, self.log = env, log
+    def __init__(self, env: dict[str, str], log: Path, code_location: tuple[str, ...] = ("-m", "iot_assets.definitions")):
+        self.env, self.log, self.code_location = env, log, code_location
         self.proc: subprocess.Popen | None = None
         self.sessions: list[int] = []  # every session started: their processes are the soak's to find and stop
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m", "iot_assets.definitions"],
+            self.proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", *self.code_location],
                                          env=self.env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
         self.sessions.append(self.proc.pid)
 
@@ -272,6 +273,20 @@ def check(data: Path, days: list[str], reexports: dict[str, str], settled: list[
             "archives_not_in_report": sorted(landed - set(expected)), "records_decoded": len(decoded)}
 
 
+def overlapping_runs(records) -> list[str]:
+    """Pairs of runs (every run of the soak writes its one data location) that were in progress at the same
+    time, from the run records' start and end times: the queue allows one at a time."""
+    spans = sorted((r.start_time, r.end_time or time.time(), r.dagster_run) for r in records if r.start_time)
+    overlaps, busy_until, holder = [], 0.0, None
+    for start, end, run in spans:
+        if start < busy_until:
+            overlaps.append(f"{holder.job_name} {holder.run_id[:8]} and {run.job_name} {run.run_id[:8]} "
+                            f"({busy_until - start:.1f} s)")
+        if end > busy_until:
+            busy_until, holder = end, run
+    return overlaps
+
+
 def inject_kill(daemon: Daemon, rng: random.Random, until: float, faults: dict[str, int]) -> None:
     """kill -9 of a run worker (the first to appear before `until`) or of the daemon, at random."""
     if rng.random() < 0.5:
@@ -427,6 +442,7 @@ def report(work: Path, state: dict) -> int:
     result["runs_retried"] = sum(1 for r in runs if "dagster/parent_run_id" in r.dagster_run.tags
                                  and "dagster/backfill" not in r.dagster_run.tags)
     result["runs_left_in_progress"] = [r.dagster_run.run_id for r in runs if r.dagster_run.status in IN_PROGRESS]
+    result["runs_overlapping"] = overlapping_runs(runs)
     backfill = instance.get_backfill(state["backfill_id"]) if state["backfill_id"] else None
     result["backfill"] = backfill.status.value if backfill else None
     faults = state["faults"]
@@ -438,6 +454,7 @@ def report(work: Path, state: dict) -> int:
           and not result["archives_not_in_report"] and result["records_lost"] == 0
           and result["duplicate_lines"] == 0 and result["duplicate_flows"] == 0 and result["reexport_rows_clean"] == 0
           and not result["model_changes_not_recorded"] and not result["runs_left_in_progress"]
+          and not result["runs_overlapping"]
           and (backfill is None or result["backfill"] in ("COMPLETED", "COMPLETED_SUCCESS")))
     return 0 if ok else 1
 

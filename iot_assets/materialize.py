@@ -49,6 +49,10 @@ def instance_yaml() -> str:
     # died would leave its days unbuilt for good; a run that failed on its data (a step failed) is not
     # retried. Monitoring fails a run stuck in STARTING (the daemon killed while launching it), which
     # then is retried too.
+    # Pools at run granularity: every asset is in its data location's pool (iot_assets.definitions), so a
+    # run that writes the location stays QUEUED (the UI shows it blocked on the pool) until no run of the
+    # location is in progress: the UI's asset backfills (`__ASSET_JOB`, no location tag) included. The
+    # location tag's limit stays for the runs of the location's jobs that write nothing (checks only).
     return f"""telemetry:
   enabled: false
 nux:
@@ -64,7 +68,11 @@ run_monitoring:
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
-  config:
+concurrency:
+  pools:
+    granularity: run
+    default_limit: 1
+  runs:
     tag_concurrency_limits:
       - key: {LOCATION_TAG}
         value:

@@ -201,3 +201,76 @@ def test_js_distance_bounds():
     p = np.array([0.5, 0.5, 0.0])
     assert drift.js_distance(p, p) < 1e-3
     assert drift.js_distance(np.array([1.0, 0, 0]), np.array([0, 0, 1.0])) > 0.99
+
+
+def test_archive_sensor_asks_for_no_second_scan_while_one_is_in_flight(tmp_path):
+    """A scan compares the whole landing zone: while one is queued or running, a change waits for the next tick."""
+    from dagster._core.test_utils import create_run_for_test
+
+    resources = {"archives": resources_for(tmp_path)["archives"]}
+    archive_sensor = definitions_for(tmp_path).get_sensor_def("archive_sensor")
+    instance = dg.DagsterInstance.ephemeral()
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "nature_remo.tar.gz").write_bytes(b"landed while a scan runs")
+    running = create_run_for_test(instance, job_name="ingest_archives_job", status=dg.DagsterRunStatus.STARTED)
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        skipped = archive_sensor(context)
+        assert isinstance(skipped, dg.SkipReason) and "queued or running" in skipped.skip_message
+        assert context.cursor is None  # the change is still to be asked for
+    instance.delete_run(running.run_id)
+    create_run_for_test(instance, job_name="ingest_archives_job", status=dg.DagsterRunStatus.SUCCESS)
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        assert isinstance(archive_sensor(context), dg.RunRequest)
+
+
+def test_changed_days_sensor_redoes_the_days_whose_daily_run_gave_up(tmp_path):
+    """A daily run whose retries were used up (its worker killed each time) leaves its days unbuilt: the sensor
+    asks for them again, once per failed run, not while a daily run is queued or will be retried, and no more
+    after REDO_LIMIT failures; a day built after its landing is not asked for."""
+    from dagster._core.test_utils import create_run_for_test
+
+    from iot_assets.defs.automation.sensors import REDO_LIMIT
+    from iot_assets.materialize import _job_assets
+
+    defs = definitions_for(tmp_path, IOT_ASSETS_END_DATE="2019-07-08")
+    sensor = defs.get_sensor_def("changed_days_sensor")
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick(cursor: str | None) -> tuple[list[tuple], str]:
+        with dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor) as context:
+            result = sensor.evaluate_tick(context)
+        return sorted((r.run_key, r.partition_key, r.tags.get("dagster/asset_partition_range_start"),
+                       r.tags.get("dagster/asset_partition_range_end")) for r in result.run_requests), result.cursor
+
+    def daily_run(status: dg.DagsterRunStatus, will_retry: str | None = "false"):
+        tags = {"dagster/asset_partition_range_start": "2019-06-25", "dagster/asset_partition_range_end": "2019-06-27"}
+        if status == dg.DagsterRunStatus.FAILURE and will_retry is not None:
+            tags["dagster/will_retry"] = will_retry
+        return create_run_for_test(instance, job_name="daily_job", status=status, tags=tags)
+
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        "raw_archives", metadata={"changed_days": dg.MetadataValue.json(["2019-06-25", "2019-06-26", "2019-06-27"])}))
+    requests, cursor = tick(None)
+    assert [r[2:] for r in requests] == [("2019-06-25", "2019-06-27")]
+    assert tick(cursor)[0] == []  # asked once; no daily run has ended yet
+    # 2019-06-26 is built after its landing (every daily asset), by another run.
+    for asset in _job_assets(defs.resolve_job_def("daily_job")):
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition="2019-06-26"))
+
+    retried = daily_run(dg.DagsterRunStatus.FAILURE, will_retry="true")
+    assert tick(cursor)[0] == []  # its retry is coming
+    first_failure = daily_run(dg.DagsterRunStatus.FAILURE)
+    requests, _ = tick(cursor)
+    assert requests == [(f"redo-{first_failure.run_id[:8]}-2019-06-25-2019-06-25", "2019-06-25", None, None),
+                        (f"redo-{first_failure.run_id[:8]}-2019-06-27-2019-06-27", "2019-06-27", None, None)]
+    assert tick(cursor)[0] == requests  # the same keys: the daemon launches them once
+    running = daily_run(dg.DagsterRunStatus.STARTED)
+    assert tick(cursor)[0] == []
+    instance.delete_run(running.run_id)
+    instance.delete_run(retried.run_id)
+    for _ in range(REDO_LIMIT - 2):  # the first failure was above
+        last_failure = daily_run(dg.DagsterRunStatus.FAILURE)
+        requests, _ = tick(cursor)
+        assert {r[0].split("-")[1] for r in requests} == {last_failure.run_id[:8]}
+    daily_run(dg.DagsterRunStatus.FAILURE)  # the REDO_LIMIT-th failure since the landing
+    assert tick(cursor)[0] == []

@@ -142,3 +142,75 @@ def test_changed_days_ask_for_the_day_job_then_every_shard_of_the_days():
     job = defs.resolve_job_def("daily_by_line_shard_job")
     assert job.partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(requests[1].tags[start], requests[1].tags[end])) == [
         "2019-06-26|00-of-02", "2019-06-26|01-of-02", "2019-06-27|00-of-02", "2019-06-27|01-of-02"]
+
+
+def test_every_run_executes_in_one_process_and_every_asset_is_in_its_data_location_pool(tmp_path):
+    """Daemon-launched runs: no process per step; every asset, whichever job or backfill runs it, holds its data
+    location's pool (a path with a space included: a pool name has none)."""
+    from iot_assets.definitions import data_location_pool
+
+    data = tmp_path / "a data folder"
+    defs = definitions_for(data)
+    for job_name in ("ingest_archives_job", "daily_job", "training_job"):
+        assert defs.resolve_job_def(job_name).executor_def.name == "in_process", job_name
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"  # the UI's backfills
+    pool = data_location_pool(str(data))
+    assert pool == f"iot_assets:{str(data).replace(' ', '%20')}"
+    assert {a.node_def.name: a.node_def.pool for a in defs.assets} == {a.node_def.name: pool for a in defs.assets}
+    # What the run queue holds a backfill's run by: the pools of its execution plan.
+    from dagster._core.execution.api import create_execution_plan
+    from dagster._core.op_concurrency_limits_counter import compute_run_op_concurrency_info_for_snapshot
+    from dagster._core.snap import snapshot_from_execution_plan
+
+    backfill_job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey(k) for k in ("clean_flows", "clean_rejects", "flow_sample", "device_windows")})
+    plan = create_execution_plan(backfill_job)
+    concurrency = compute_run_op_concurrency_info_for_snapshot(
+        snapshot_from_execution_plan(plan, backfill_job.get_job_snapshot_id()))
+    assert concurrency.all_pools == {pool}
+
+
+def test_the_celery_code_location_keeps_its_executor_and_the_pools(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("celery_definitions", Path(__file__).parents[2] / "deploy" / "celery_definitions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    defs = module.celery_definitions(settings_for(tmp_path))
+    assert defs.resolve_job_def("daily_job").executor_def.name == "celery"
+    assert {a.node_def.pool for a in defs.assets} == {f"iot_assets:{tmp_path}"}
+
+
+def test_a_ui_backfill_of_older_days_also_targets_the_lookbacks_of_later_days(tmp_path):
+    """What the UI's "Materialize partitions" of the daily assets for 2019-06-25..26 really targets, as Dagster
+    computes it (`launchPartitionBackfill` with partition names): the days, and the later days whose assets read
+    them through a lookback's partition mapping, transitively: the day after (device_windows and what is scored
+    from it), the inventory's week, the line window, the report's two weeks. Those later days must be built before the
+    backfill's runs reach them: the queue starts the location's job runs first (QUEUE_PRIORITY) and one run at a
+    time (the pools; iot_assets_tests/defs/test_daemon_backfill.py)."""
+    import time
+    from datetime import date, timedelta
+
+    from dagster._core.execution.asset_backfill import AssetBackfillData
+
+    from iot_assets.core.device_inventory import INVENTORY_DAYS
+
+    defs = definitions_for(tmp_path, IOT_ASSETS_START_DATE="2019-06-25", IOT_ASSETS_END_DATE="2019-07-31")
+    keys = defs.resolve_job_def("daily_job").asset_layer.selected_asset_keys
+    with dg.DagsterInstance.ephemeral() as instance:
+        target = AssetBackfillData.from_asset_partitions(defs.resolve_asset_graph(), ["2019-06-25", "2019-06-26"],
+                                                         list(keys), instance, time.time(), False).target_subset
+    last_day = {key.to_user_string(): max(subset.get_partition_keys())
+                for key, subset in target.partitions_subsets_by_asset_key.items()}
+    window = settings_for(tmp_path).line_window_days
+    assert last_day["clean_flows"] == "2019-06-26"
+    assert last_day["device_windows"] == last_day["anomaly_scores"] == "2019-06-27"
+    def after(days: int) -> str:
+        return (date(2019, 6, 26) + timedelta(days=days)).isoformat()
+
+    # The week of windows after the day after; the window of line views; two weeks of exposure after the day after.
+    assert last_day["device_inventory"] == after(1 + INVENTORY_DAYS - 1)
+    assert last_day["line_inventory"] == after(window)
+    # Two weeks after the last day, or after the day after when Dagster's walk also follows device_exposure's
+    # own day-before mapping first (it does in some orders, not in others).
+    assert last_day["daily_report"] in (after(13), after(1 + 13))

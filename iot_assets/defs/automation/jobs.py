@@ -26,6 +26,11 @@ from iot_assets.defs.stages import (
 # time (iot_assets.materialize.instance_yaml), whoever launched it (the CLI, the UI, a sensor).
 LOCATION_TAG = "iot_assets/data_location"
 PID_TAG = "iot_assets/pid"  # the process a CLI run executes in: a dead one makes the run an orphan
+# The queue starts the location's job runs (the sensors' ingest and daily builds) before the runs of the
+# UI's asset backfills (priority 0) waiting for the same pool: a backfill of older days also targets the
+# dependents of later days (the day after, a week, two weeks: the partition mappings of the lookbacks),
+# which fail while their own day is still waiting to be built.
+QUEUE_PRIORITY = {"dagster/priority": "1"}
 
 # The group whose daily assets are partitioned day x line shard when the lines are sharded.
 LINE_SHARDED_GROUP = "lines"
@@ -57,7 +62,7 @@ def line_shard_job_name(job_name: str) -> str:
 
 def build_jobs(location: str, parts: Partitions) -> dict[str, UnresolvedAssetJobDefinition]:
     """The code location's jobs, their runs tagged with the data location."""
-    tags = {LOCATION_TAG: location}
+    tags = {LOCATION_TAG: location, **QUEUE_PRIORITY}
     sharded = dg.AssetSelection.groups(LINE_SHARDED_GROUP) if parts.lines_sharded else None
 
     def job(name: str, selection: dg.AssetSelection, description: str) -> UnresolvedAssetJobDefinition:

@@ -78,6 +78,77 @@ def stale_days(instance: dg.DagsterInstance, cursor: dict[str, int]) -> tuple[se
     return stale, cursor
 
 
+QUEUED_OR_IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+                         dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+# How many runs of a day may fail after the landing zone last changed it before the sensor stops
+# asking again: each had its automatic retries; a day that fails on its data fails alone, and
+# `iot-assets run` says why.
+REDO_LIMIT = 3
+
+
+def runs_in_flight(instance: dg.DagsterInstance, job_names: list[str]) -> list[dg.DagsterRun]:
+    """The runs of these jobs queued or in progress."""
+    return [r for name in job_names
+            for r in instance.get_runs(dg.RunsFilter(job_name=name, statuses=QUEUED_OR_IN_PROGRESS))]
+
+
+def days_of_run(run: dg.DagsterRun, partitions_def: dg.PartitionsDefinition) -> set[str]:
+    """The days a run of a daily job builds: its partition, or every day of its range."""
+    from iot_assets.defs.partitions import day_of_key
+
+    if run.tags.get("dagster/partition"):
+        return {day_of_key(run.tags["dagster/partition"])}
+    first, last = run.tags.get(RANGE_START), run.tags.get(RANGE_END)
+    if not first or not last:
+        return set()
+    days = partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(first, last))
+    return {day_of_key(key) for key in days}
+
+
+def days_to_redo(instance: dg.DagsterInstance, daily_jobs: list[dg.JobDefinition], asked: set[str]) -> tuple[set[str], dict[str, str]]:
+    """Landed days not built since the landing zone last changed them (iot_assets.materialize._unbuilt_days)
+    whose newest daily run failed for good (no automatic retry coming) fewer than REDO_LIMIT times, while
+    no daily run is queued or in progress; and for each such day, the id of that failed run."""
+    from iot_assets.defs.stages import DAILY_FLOWS
+    from iot_assets.materialize import _changed_at, _unbuilt_days  # materialize imports this module
+
+    names = [job.name for job in daily_jobs]
+    if runs_in_flight(instance, names):
+        return set(), {}
+    changed_at = _changed_at(instance)
+    landed = [d for d in daily_jobs[0].partitions_def.get_partition_keys() if d in changed_at and d not in asked]
+    unbuilt = set()
+    for job in daily_jobs:
+        unbuilt |= _unbuilt_days(instance, DAILY_FLOWS, job, landed)
+    if not unbuilt:
+        return set(), {}
+    since = _utc(min(changed_at[day] for day in unbuilt))
+    newest: dict[str, tuple[float, dg.DagsterRun]] = {}  # each day's newest run since its last change
+    gave_up: dict[str, int] = {}  # each day's runs since its last change that failed with no retry to come
+    for job in daily_jobs:
+        for record in instance.get_run_records(dg.RunsFilter(job_name=job.name, created_after=since)):
+            run, created = record.dagster_run, record.create_timestamp.timestamp()
+            for day in days_of_run(run, job.partitions_def) & unbuilt:
+                if created < changed_at[day]:
+                    continue
+                if day not in newest or created > newest[day][0]:
+                    newest[day] = (created, run)
+                gave_up[day] = gave_up.get(day, 0) + _gave_up(run)
+    redo = {day for day, (_, run) in newest.items() if _gave_up(run) and gave_up[day] < REDO_LIMIT}
+    return redo, {day: newest[day][1].run_id for day in redo}
+
+
+def _gave_up(run: dg.DagsterRun) -> bool:
+    """A failed run no automatic retry follows (the instance tags each failure with its decision)."""
+    return run.status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/will_retry") == "false"
+
+
+def _utc(timestamp: float):
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, tz=UTC)
+
+
 # A scheduled or drift-triggered retrain challenges the served models on a sliding window of
 # recent days and replaces them only when it does better on the days after that window
 # (iot_assets/champion.py). `training_job` from the UI without config trains on the time split.
@@ -115,6 +186,8 @@ def build(deployment: Deployment) -> dg.Definitions:
     daily_jobs = [jobs[name] for name in ("daily_job", line_shard_job_name("daily_job")) if name in jobs]
     partitions_of = {"daily_job": parts.daily, line_shard_job_name("daily_job"): parts.lines}
 
+    archive_sensor_job_name = jobs["ingest_archives_job"].name
+
     @dg.sensor(job=jobs["ingest_archives_job"], minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.RUNNING)
     def archive_sensor(context: dg.SensorEvaluationContext, archives: ArchiveStore):
@@ -126,6 +199,10 @@ def build(deployment: Deployment) -> dg.Definitions:
             if fingerprint and fingerprint != context.cursor:
                 context.update_cursor(fingerprint)
             return dg.SkipReason("no new or changed archives or collector files since the last ingest")
+        # A scan compares the whole landing zone: one queued or running covers this change, or leaves a
+        # landing zone the next tick sees differ from what it ingested (the cursor stays behind meanwhile).
+        if runs_in_flight(context.instance, [archive_sensor_job_name]):
+            return dg.SkipReason("a landing-zone scan is queued or running; the next scan sees this change")
         context.update_cursor(fingerprint)
         return dg.RunRequest(run_key=f"landing-zone-{fingerprint}")
 
@@ -174,12 +251,20 @@ def build(deployment: Deployment) -> dg.Definitions:
     @dg.sensor(jobs=daily_jobs, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
     def changed_days_sensor(context: dg.SensorEvaluationContext):
         """Rebuilds every daily asset, through the daily report, of the days new, changed or removed archives
-        or collector files touch."""
+        or collector files touch, and of the days whose daily run gave up."""
         stale, cursor = stale_days(context.instance, json.loads(context.cursor) if context.cursor else {})
-        for first, last in day_ranges(sorted(stale), parts):
-            landed = "-".join(str(cursor[a]) for a in LANDING_ASSETS if a in cursor)
+        landed = "-".join(str(cursor[a]) for a in LANDING_ASSETS if a in cursor)
+        requests = [(f"{landed}-{first}-{last}", first, last) for first, last in day_ranges(sorted(stale), parts)]
+        # Days whose daily run gave up (its retries used up: the worker killed each time), as
+        # `iot-assets run` would find them (`_unbuilt_days`): asked again, once per failed run.
+        redo, failed_run = days_to_redo(context.instance, [context.repository_def.get_job(j.name) for j in daily_jobs],
+                                         stale)
+        for first, last in day_ranges(sorted(redo), parts):
+            failed = sorted({failed_run[d] for d in redo if first <= d <= last})
+            requests.append((f"redo-{'-'.join(r[:8] for r in failed)}-{first}-{last}", first, last))
+        for key_of_range, first, last in requests:
             for job in daily_jobs:
-                key = f"{landed}-{first}-{last}" + ("" if job.name == "daily_job" else f"-{job.name}")
+                key = key_of_range + ("" if job.name == "daily_job" else f"-{job.name}")
                 if first == last and job.name == "daily_job":
                     yield dg.RunRequest(run_key=key, job_name=job.name, partition_key=first)
                 else:  # the days (every shard of them) in one run
