@@ -247,8 +247,14 @@ def _instance_home(settings: Settings, env: dict) -> Path:
 
     home = Path(env.get("DAGSTER_HOME") or Path(settings.data_dir) / "dagster_home")
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(instance_yaml())
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(instance_yaml())
+    elif "granularity: run" not in config.read_text() and "QueuedRunCoordinator" in config.read_text():
+        # Written by an older iot-assets (or by hand): its queue does not hold the UI's asset backfills.
+        click.echo(f"warning: {config} has no run-granularity concurrency pools, so a backfill launched from the UI "
+                   "can run beside the automation's runs on the same data: add the `concurrency:` block of "
+                   "iot_assets.materialize.instance_yaml (or delete the file: the next command writes it)", err=True)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -348,11 +354,10 @@ def ui(port: int, reports_port: int | None) -> None:
         raise click.UsageError("`iot-assets ui` serves the reports of a local data folder; with an object store, "
                                "start `dagster-webserver` and `dagster-daemon` yourself and serve the reports from a "
                                "static web endpoint (IOT_ASSETS_REPORTS_URL), see docs/dagster-ui.md")
-    env = dict(os.environ)
-    home = Path(env.setdefault("DAGSTER_HOME", str(Path(settings.data_dir) / "dagster_home")))
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # The instance `iot-assets run` uses, created the same way when new: the daemon this starts must queue
+    # runs one per data location and retry the ones whose worker died, as the CLI's runs do.
+    home = _instance_home(settings, dict(os.environ))
+    env = dict(os.environ, DAGSTER_HOME=str(home))
     configured = urlparse(settings.reports_url).port or DEFAULT_REPORTS_PORT
     if reports_port is None:
         reports_port = configured if port_is_free(configured) else free_port()

@@ -1,3 +1,5 @@
+import os
+
 from click.testing import CliRunner
 
 from iot_assets.cli import main
@@ -45,3 +47,28 @@ def test_the_pipeline_process_lets_openmp_threads_sleep_unless_told_otherwise():
     out = subprocess.run([sys.executable, "-c", probe], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_a_new_instance_gets_the_queue_and_pools_and_an_older_one_a_warning(tmp_path, monkeypatch, capsys):
+    """`iot-assets run` and `iot-assets ui` share one instance setup: a new DAGSTER_HOME gets the queue with
+    run-granularity pools; one written before them is named, with the fix, and left as it is."""
+    import yaml
+
+    from iot_assets.cli import _instance_home
+    from iot_assets.config import Settings
+    from iot_assets.defs.automation.jobs import LOCATION_TAG
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    home = _instance_home(Settings.from_env({"IOT_ASSETS_DATA_DIR": str(tmp_path / "data")}), dict(os.environ))
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["concurrency"]["pools"] == {"granularity": "run", "default_limit": 1}
+    assert config["concurrency"]["runs"]["tag_concurrency_limits"][0]["key"] == LOCATION_TAG
+    assert capsys.readouterr().err == ""
+
+    older = "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator\n"
+    (home / "dagster.yaml").write_text(older)
+    _instance_home(Settings.from_env({"IOT_ASSETS_DATA_DIR": str(tmp_path / "data")}), dict(os.environ))
+    assert (home / "dagster.yaml").read_text() == older
+    warning = capsys.readouterr().err
+    assert warning.startswith(f"warning: {home / 'dagster.yaml'} has no run-granularity concurrency pools")
