@@ -43,17 +43,20 @@ def test_a_ui_backfill_and_a_daily_run_on_one_location_never_overlap_and_both_co
     env = built_sample(tmp_path, DAYS)
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     before = {r.run_id for r in instance.get_runs()}
+    # The newest day's daily_job, queued as a sensor queues it; then the backfill of the older days. Both
+    # before the daemon starts: its run queue and its backfill loop then meet them at once, so the
+    # backfill's first run is queued while the daily run holds the location, on an idle machine too
+    # (with the daemon already running, a quick daily run could end before the backfill's first run exists).
+    launched = subprocess.run([f"{BIN}/dagster", "job", "launch", "-m", "iot_assets.definitions", "-j", "daily_job",
+                               "--tags", json.dumps({"dagster/partition": DAYS[-1]})],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-2000:]
+    backfill_id = soak.launch_backfill(env, DAYS[:2], tmp_path / "graphql.log")
     log = tmp_path / "daemon.log"
     with open(log, "w") as log_file:
         daemon = subprocess.Popen([f"{BIN}/dagster-daemon", "run", "-m", "iot_assets.definitions"], env=env, cwd=ROOT,
                                   stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        # The newest day's daily_job, queued as a sensor queues it; then the backfill of the older days.
-        launched = subprocess.run([f"{BIN}/dagster", "job", "launch", "-m", "iot_assets.definitions", "-j", "daily_job",
-                                   "--tags", json.dumps({"dagster/partition": DAYS[-1]})],
-                                  env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-        assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-2000:]
-        backfill_id = soak.launch_backfill(env, DAYS[:2], tmp_path / "graphql.log")
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             backfill = instance.get_backfill(backfill_id)
@@ -79,6 +82,9 @@ def test_a_ui_backfill_and_a_daily_run_on_one_location_never_overlap_and_both_co
     assert reaching and all(r.start_time >= daily.end_time for r in reaching), statuses
     # One run at a time, from the run records; and the queue did hold one: a run queued while another ran.
     assert soak.overlapping_runs(records) == []
+    # Held: b was queued before a ended, a started first, and b started only after a ended (without the
+    # pool the queue launches both at once).
     held = [(a.dagster_run.job_name, b.dagster_run.job_name) for a in records for b in records
-            if a.start_time < b.create_timestamp.timestamp() < a.end_time and b.start_time >= a.end_time]
+            if a is not b and b.create_timestamp.timestamp() < a.end_time and a.start_time <= b.start_time
+            and b.start_time >= a.end_time]
     assert held, statuses
