@@ -274,3 +274,35 @@ def test_changed_days_sensor_redoes_the_days_whose_daily_run_gave_up(tmp_path):
         assert {r[0].split("-")[1] for r in requests} == {last_failure.run_id[:8]}
     daily_run(dg.DagsterRunStatus.FAILURE)  # the REDO_LIMIT-th failure since the landing
     assert tick(cursor)[0] == []
+
+
+def test_changed_days_sensor_redoes_the_days_of_a_backfill_run_that_failed_for_good(tmp_path):
+    """A backfill never runs a failed run again: the sensor asks once for its days as one daily run, after any
+    daily run in flight; not for a run a retry follows, nor for a failed run outside a backfill."""
+    from dagster._core.test_utils import create_run_for_test
+
+    defs = definitions_for(tmp_path, IOT_ASSETS_END_DATE="2019-07-08")
+    sensor = defs.get_sensor_def("changed_days_sensor")
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick() -> list[tuple]:
+        with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+            result = sensor.evaluate_tick(context)
+        return sorted((r.run_key, r.job_name, r.tags.get("dagster/asset_partition_range_start"),
+                       r.tags.get("dagster/asset_partition_range_end")) for r in result.run_requests)
+
+    def asset_run(will_retry: str, **tags):
+        return create_run_for_test(instance, job_name="__ASSET_JOB", status=dg.DagsterRunStatus.FAILURE,
+                                   tags={"dagster/will_retry": will_retry, **tags})
+
+    reach = {"dagster/asset_partition_range_start": "2019-06-25", "dagster/asset_partition_range_end": "2019-06-27"}
+    asset_run("true", **{"dagster/backfill": "abcdefgh"}, **reach)  # its retry is coming
+    asset_run("false", **reach)  # a failed materialization outside any backfill: the analyst's to rerun
+    assert tick() == []
+    failed = asset_run("false", **{"dagster/backfill": "abcdefgh"}, **reach)
+    running = create_run_for_test(instance, job_name="daily_job", status=dg.DagsterRunStatus.STARTED,
+                                  tags={"dagster/partition": "2019-06-27"})
+    assert tick() == []  # the day it failed on may be the one being built
+    instance.delete_run(running.run_id)
+    assert tick() == [(f"redo-backfill-{failed.run_id[:8]}-2019-06-25-2019-06-27", "daily_job", "2019-06-25",
+                       "2019-06-27")]

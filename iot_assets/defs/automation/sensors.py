@@ -78,6 +78,7 @@ def stale_days(instance: dg.DagsterInstance, cursor: dict[str, int]) -> tuple[se
     return stale, cursor
 
 
+BACKFILL_JOB = "__ASSET_JOB"  # the job of an asset backfill's runs
 QUEUED_OR_IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                          dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 # How many runs of a day may fail after the landing zone last changed it before the sensor stops
@@ -136,6 +137,22 @@ def days_to_redo(instance: dg.DagsterInstance, daily_jobs: list[dg.JobDefinition
                 gave_up[day] = gave_up.get(day, 0) + _gave_up(run)
     redo = {day for day, (_, run) in newest.items() if _gave_up(run) and gave_up[day] < REDO_LIMIT}
     return redo, {day: newest[day][1].run_id for day in redo}
+
+
+def backfill_runs_to_redo(instance: dg.DagsterInstance) -> list[tuple[str, str, str]]:
+    """(run id, first day, last day) of each run of an asset backfill (the UI's "Materialize partitions")
+    that failed with no retry to come. A backfill never runs a failed run again; its runs reach later days
+    through the lookbacks, and one that reached a day in the minute between that day's landing scan and
+    its daily run failed on it, leaving the backfill's days as they were."""
+    from iot_assets.defs.partitions import day_of_key
+
+    found = []
+    for run in instance.get_runs(dg.RunsFilter(job_name=BACKFILL_JOB, statuses=[dg.DagsterRunStatus.FAILURE])):
+        first = run.tags.get("dagster/partition") or run.tags.get(RANGE_START)
+        last = run.tags.get("dagster/partition") or run.tags.get(RANGE_END)
+        if "dagster/backfill" in run.tags and _gave_up(run) and first and last:
+            found.append((run.run_id, day_of_key(first), day_of_key(last)))
+    return found
 
 
 def _gave_up(run: dg.DagsterRun) -> bool:
@@ -262,6 +279,11 @@ def build(deployment: Deployment) -> dg.Definitions:
         for first, last in day_ranges(sorted(redo), parts):
             failed = sorted({failed_run[d] for d in redo if first <= d <= last})
             requests.append((f"redo-{'-'.join(r[:8] for r in failed)}-{first}-{last}", first, last))
+        # The days of a backfill run that failed for good, once each (the run key), as one daily run queued
+        # after the days this tick asks for: a day the backfill reached before it was built is built first.
+        if not runs_in_flight(context.instance, [job.name for job in daily_jobs]):
+            for run_id, first, last in backfill_runs_to_redo(context.instance):
+                requests.append((f"redo-backfill-{run_id[:8]}-{first}-{last}", first, last))
         for key_of_range, first, last in requests:
             for job in daily_jobs:
                 key = key_of_range + ("" if job.name == "daily_job" else f"-{job.name}")
