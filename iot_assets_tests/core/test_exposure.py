@@ -11,7 +11,7 @@ import pytest
 
 from iot_assets.contracts import catalogue
 from iot_assets.contracts.schemas import CleanFlows
-from iot_assets.core import exposure, exposure_metrics
+from iot_assets.core import exposure, exposure_json, exposure_metrics
 from iot_assets.core.archive import find_archives
 from iot_assets.core.clean import to_device_centric
 from iot_assets.core.ingest import decode_archive
@@ -250,7 +250,7 @@ def test_exposure_json_has_the_documented_structure():
     # The incidents that explained a finding on any of its days (iot_assets.core.exposure_incidents), once each.
     d1 = d1.assign(explained_by_incident=["2019-07-01-a1b2"])
     d2 = d2.assign(explained_by_incident=["2019-07-01-a1b2, 2019-07-02-c3d4", None])
-    report = exposure.exposure_json(pd.concat([d1, d2]))
+    report = exposure_json.exposure_json(pd.concat([d1, d2]))
     assert report["day_range"] == ["2019-07-01", "2019-07-02"]
     (device,) = report["devices"]
     assert device["device_key"] == mac and device["score"] == 11.0

@@ -14,7 +14,7 @@ from iot_assets.cli import main
 from iot_assets.config import Settings, SettingsError
 from iot_assets.contracts import catalogue
 from iot_assets.contracts.schemas import AnomalyIncidents, DeviceVulnerabilities
-from iot_assets.core import exposure
+from iot_assets.core import exposure, exposure_json
 from iot_assets.core.incidents import service_labels
 from iot_assets.io.lake import parquet_bytes
 from iot_assets.io.reports import ReportFiles
@@ -106,7 +106,7 @@ def test_advisories_carry_title_versions_and_link_outside_example_peers():
     assert details["fixed_version"] == "1935144040" and "1935144020" in details["affected_versions"]
     assert details["url"] == "https://www.cve.org/CVERecord?id=CVE-2020-6007" and "Zigbee" in details["title"]
     findings = _exposure_day(DAY, None, [(HUE.mac, "Philips Hue Bridge", ("known_advisory", "high"))])
-    report = exposure.exposure_json(findings, [DAY], advisories)
+    report = exposure_json.exposure_json(findings, [DAY], advisories)
     (finding,) = report["devices"][0]["findings"]
     assert finding["example_peers"] == [] and finding["advisories"][0]["advisory_id"] == "CVE-2020-6007"
     assert finding["remediation"] == exposure.ADVISORY_REMEDIATION

@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from iot_assets.contracts.calendar import previous_day
-from iot_assets.core import exposure, exposure_incidents, exposure_metrics
+from iot_assets.core import exposure, exposure_incidents, exposure_json, exposure_metrics
 from iot_assets.defs.day_metadata import attach, exposure_metadata
 from iot_assets.defs.loading import current_deployment
 from iot_assets.defs.partitions import EVERY_BUILT_DAY, Partitions
@@ -120,7 +120,7 @@ def build(parts: Partitions) -> list:
         """reports/exposure.json over every built day, and reports/exposure_metrics.json against injected exposure episodes."""
         table = concat_days(device_exposure)
         days = sorted(device_exposure)  # a day without any finding has no rows, but it was evaluated
-        report = exposure.exposure_json(table, days, exposure.read_advisories(exposure_settings.advisories_path)[0])
+        report = exposure_json.exposure_json(table, days, exposure.read_advisories(exposure_settings.advisories_path)[0])
         path = reports.write_json("exposure.json", report)
         metadata = {"devices": len(report["devices"]), "lines": len(report["lines"]),
                     "day_range": dg.MetadataValue.json(report["day_range"]), **reports.metadata(path)}
